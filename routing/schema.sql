@@ -1,0 +1,38 @@
+-- geoedge routing.db schema, version 1 (PRAGMA user_version = 1).
+--
+-- Operators edit this database with the sqlite3 CLI while geoedge runs; every
+-- committed change is validated whole and applied within a second, and an
+-- invalid one is rejected while the last good table keeps serving.
+-- An edgeProxy routing.db (a `backends` table without country and
+-- coordinates, and no `regions` or `country_regions` tables, user_version 0)
+-- loads unchanged: geoedge then uses its built-in regions and country map.
+
+CREATE TABLE IF NOT EXISTS backends (
+  id         TEXT PRIMARY KEY,
+  app        TEXT NOT NULL DEFAULT 'default',
+  region     TEXT NOT NULL,          -- POP region id, e.g. 'eu'
+  country    TEXT,                   -- ISO 3166-1 alpha-2 of the backend's site
+  latitude   REAL,                   -- site coordinates; NULL: the region's
+  longitude  REAL,
+  wg_ip      TEXT NOT NULL,          -- address dialed (overlay address for remote POPs), v4 or v6
+  port       INTEGER NOT NULL,
+  healthy    INTEGER NOT NULL DEFAULT 1,
+  weight     INTEGER NOT NULL DEFAULT 1,
+  soft_limit INTEGER NOT NULL,
+  hard_limit INTEGER NOT NULL,
+  deleted    INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS regions (
+  id        TEXT PRIMARY KEY,
+  name      TEXT,
+  latitude  REAL NOT NULL,
+  longitude REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS country_regions (
+  country TEXT PRIMARY KEY,          -- ISO 3166-1 alpha-2
+  region  TEXT NOT NULL              -- regions.id
+);
+
+PRAGMA user_version = 1;

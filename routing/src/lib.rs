@@ -1,0 +1,41 @@
+//! geoedge's routing core: the routing.db schema, the live routing table,
+//! proximity-and-load scoring, and sticky bindings.
+//!
+//! The cores do no IO and read no clock: [`snapshot`] validation,
+//! [`diff`], [`score`], [`bindings`] and [`router`] take rows, locations
+//! and `now` as arguments, so they are unit-tested, property-tested and
+//! fuzzed without a runtime. The adapters sit at the edge behind the
+//! `sqlite` feature: [`loader`] reads and creates routing.db files with
+//! rusqlite, and [`watcher`] reloads one when it changes.
+//!
+//! The edge proxy calls [`Router::decide`] for every connection; the returned
+//! [`Reservation`] counts the connection against its backend until dropped.
+
+pub mod bindings;
+pub mod builtin;
+pub mod diff;
+pub mod model;
+pub mod raw;
+pub mod router;
+pub mod score;
+pub mod snapshot;
+pub mod table;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+#[cfg(feature = "sqlite")]
+pub mod loader;
+#[cfg(feature = "sqlite")]
+pub mod watcher;
+
+pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
+pub use diff::SnapshotDiff;
+pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+pub use raw::RawTable;
+pub use router::{
+    Candidate, DecisionKind, DecisionStats, Explanation, NoRoute, Request, Route, Router,
+};
+pub use score::{Placement, Tier, WhyNot};
+pub use snapshot::{InvalidTable, RowError, Snapshot};
+pub use table::{Applied, RejectReason, Rejected, ReloadStats, Reservation, RoutingTable};

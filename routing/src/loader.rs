@@ -1,0 +1,322 @@
+//! The SQLite adapter: reads a routing.db into a [`RawTable`] in one read
+//! transaction, creates new ones from `schema.sql`, and checks them.
+//!
+//! Connections are opened read-only with a short busy timeout, so a writer
+//! holding the database locked delays a reload instead of blocking it forever
+//! (the caller retries), and a reader never takes a lock a writer waits on
+//! for longer than one read transaction.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::raw::{BackendRow, CountryRegionRow, RawTable, RegionRow, Value};
+use crate::snapshot::{self, RowError};
+use crate::table::RejectReason;
+
+/// The schema, as shipped in `routing/schema.sql`.
+pub const SCHEMA_SQL: &str = include_str!("../schema.sql");
+
+/// The sample content written by [`init`], as shipped in `routing/sample.sql`.
+pub const SAMPLE_SQL: &str = include_str!("../sample.sql");
+
+/// How long a read waits for a writer's lock before giving up for this attempt.
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Why a routing.db could not be read or created.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file does not exist.
+    #[error("{0}: no such file")]
+    Missing(PathBuf),
+    /// SQLite refused the file or a query on it.
+    #[error("{path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A writer held the database locked past the busy timeout.
+    #[error("{0}: database is locked by a writer")]
+    Locked(PathBuf),
+    /// The `backends` table, or one of its required columns, is missing.
+    #[error("{path}: {what}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
+    /// `init` refuses to overwrite an existing file.
+    #[error("{0}: already exists")]
+    Exists(PathBuf),
+}
+
+impl LoadError {
+    /// The metric label for a reload that failed this way.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            LoadError::Locked(_) => RejectReason::Locked,
+            LoadError::Schema { .. } => RejectReason::Invalid,
+            _ => RejectReason::Unreadable,
+        }
+    }
+
+    fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        let busy = matches!(
+            source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if busy {
+            LoadError::Locked(path.to_owned())
+        } else {
+            LoadError::Sqlite {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// Opens a routing.db read-only for reloads.
+pub fn open(path: &Path) -> Result<Connection, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::Missing(path.to_owned()));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| LoadError::sqlite(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    Ok(conn)
+}
+
+/// `PRAGMA data_version`: changes whenever another connection commits.
+pub fn data_version(conn: &Connection, path: &Path) -> Result<i64, LoadError> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .map_err(|e| LoadError::sqlite(path, e))
+}
+
+/// Reads a whole routing.db from a file.
+pub fn load(path: &Path) -> Result<RawTable, LoadError> {
+    read(&open(path)?, path)
+}
+
+fn convert(v: rusqlite::types::Value) -> Value {
+    use rusqlite::types::Value as V;
+    match v {
+        V::Null => Value::Null,
+        V::Integer(i) => Value::Integer(i),
+        V::Real(f) => Value::Real(f),
+        V::Text(s) => Value::Text(s),
+        V::Blob(b) => Value::Blob(b),
+    }
+}
+
+fn columns(conn: &Connection, table: &str, path: &Path) -> Result<Vec<String>, LoadError> {
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA table_info({table})"))
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    let cols = stmt
+        .query_map([], |r| r.get::<_, String>(1))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    Ok(cols.into_iter().map(|c| c.to_ascii_lowercase()).collect())
+}
+
+/// Selects `wanted` columns of `table` (NULL for absent optional ones) with rowids.
+fn select(
+    conn: &Connection,
+    path: &Path,
+    table: &str,
+    wanted: &[(&str, bool)],
+) -> Result<Vec<(i64, Vec<Value>)>, LoadError> {
+    let have = columns(conn, table, path)?;
+    let mut exprs = Vec::with_capacity(wanted.len());
+    for &(col, required) in wanted {
+        if have.iter().any(|h| h == col) {
+            exprs.push(format!("\"{col}\""));
+        } else if required {
+            return Err(LoadError::Schema {
+                path: path.to_owned(),
+                what: format!("table {table} has no column {col}"),
+            });
+        } else {
+            exprs.push("NULL".to_owned());
+        }
+    }
+    let sql = format!(
+        "SELECT rowid, {} FROM {table} ORDER BY rowid",
+        exprs.join(", ")
+    );
+    let mut stmt = conn.prepare(&sql).map_err(|e| LoadError::sqlite(path, e))?;
+    let n = wanted.len();
+    let rows = stmt
+        .query_map([], |r| {
+            let rowid: i64 = r.get(0)?;
+            let mut cells = Vec::with_capacity(n);
+            for i in 0..n {
+                cells.push(convert(r.get::<_, rusqlite::types::Value>(i + 1)?));
+            }
+            Ok((rowid, cells))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    Ok(rows)
+}
+
+/// Reads every table in one read transaction, so the three tables are seen
+/// at the same commit.
+pub fn read(conn: &Connection, path: &Path) -> Result<RawTable, LoadError> {
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    let schema_version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    let tables: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT lower(name) FROM sqlite_master WHERE type IN ('table', 'view')")
+            .map_err(|e| LoadError::sqlite(path, e))?;
+        let names = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())
+            .map_err(|e| LoadError::sqlite(path, e))?;
+        names
+    };
+    let has = |t: &str| tables.iter().any(|n| n == t);
+    if !has("backends") {
+        return Err(LoadError::Schema {
+            path: path.to_owned(),
+            what: "no backends table".into(),
+        });
+    }
+
+    const BACKEND_COLS: &[(&str, bool)] = &[
+        ("id", true),
+        ("app", false),
+        ("region", true),
+        ("country", false),
+        ("latitude", false),
+        ("longitude", false),
+        ("wg_ip", true),
+        ("port", true),
+        ("healthy", false),
+        ("weight", false),
+        ("soft_limit", true),
+        ("hard_limit", true),
+        ("deleted", false),
+    ];
+    let backends = select(&tx, path, "backends", BACKEND_COLS)?
+        .into_iter()
+        .map(|(rowid, c)| {
+            let mut c = c.into_iter();
+            let mut next = || c.next().unwrap_or(Value::Null);
+            BackendRow {
+                rowid,
+                id: next(),
+                app: next(),
+                region: next(),
+                country: next(),
+                latitude: next(),
+                longitude: next(),
+                wg_ip: next(),
+                port: next(),
+                healthy: next(),
+                weight: next(),
+                soft_limit: next(),
+                hard_limit: next(),
+                deleted: next(),
+            }
+        })
+        .collect();
+
+    let regions = if has("regions") {
+        let cols = &[
+            ("id", true),
+            ("name", false),
+            ("latitude", true),
+            ("longitude", true),
+        ];
+        Some(
+            select(&tx, path, "regions", cols)?
+                .into_iter()
+                .map(|(rowid, c)| {
+                    let mut c = c.into_iter();
+                    let mut next = || c.next().unwrap_or(Value::Null);
+                    RegionRow {
+                        rowid,
+                        id: next(),
+                        name: next(),
+                        latitude: next(),
+                        longitude: next(),
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+
+    let country_regions = if has("country_regions") {
+        let cols = &[("country", true), ("region", true)];
+        Some(
+            select(&tx, path, "country_regions", cols)?
+                .into_iter()
+                .map(|(rowid, c)| {
+                    let mut c = c.into_iter();
+                    let mut next = || c.next().unwrap_or(Value::Null);
+                    CountryRegionRow {
+                        rowid,
+                        country: next(),
+                        region: next(),
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    tx.finish().map_err(|e| LoadError::sqlite(path, e))?;
+    Ok(RawTable {
+        schema_version,
+        backends,
+        regions,
+        country_regions,
+    })
+}
+
+/// Creates a new routing.db with the schema and, if `sample`, the sample
+/// regions, country map and backends. Refuses to overwrite a file.
+pub fn init(path: &Path, sample: bool) -> Result<(), LoadError> {
+    if path.exists() {
+        return Err(LoadError::Exists(path.to_owned()));
+    }
+    let mut conn = Connection::open(path).map_err(|e| LoadError::sqlite(path, e))?;
+    let tx = conn.transaction().map_err(|e| LoadError::sqlite(path, e))?;
+    tx.execute_batch(SCHEMA_SQL)
+        .map_err(|e| LoadError::sqlite(path, e))?;
+    if sample {
+        tx.execute_batch(SAMPLE_SQL)
+            .map_err(|e| LoadError::sqlite(path, e))?;
+    }
+    tx.commit().map_err(|e| LoadError::sqlite(path, e))
+}
+
+/// Reads and validates a routing.db: every row-level error (empty when valid).
+pub fn check(path: &Path) -> Result<Vec<RowError>, LoadError> {
+    Ok(snapshot::check(&load(path)?))
+}
+
+/// The sample table, built in memory (for `geoedge route` without a routing.db).
+pub fn sample() -> RawTable {
+    let mut conn = Connection::open_in_memory().expect("in-memory SQLite opens");
+    let tx = conn.transaction().expect("in-memory transaction");
+    tx.execute_batch(SCHEMA_SQL)
+        .expect("shipped schema is valid SQL");
+    tx.execute_batch(SAMPLE_SQL)
+        .expect("shipped sample is valid SQL");
+    tx.commit().expect("in-memory commit");
+    read(&conn, Path::new(":memory:")).expect("the in-memory sample reads back")
+}

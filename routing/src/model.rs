@@ -1,0 +1,221 @@
+//! Identifiers and the validated shapes of routing.db rows: [`Backend`] and
+//! [`Region`], plus the per-backend connection counter [`BackendLoad`] that
+//! outlives table reloads.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use geoedge_geoip::{CountryCode, GeoPoint};
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $ty:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(Arc<str>);
+
+        impl $ty {
+            /// Wraps a string as this id.
+            pub fn new(s: &str) -> Self {
+                Self(Arc::from(s))
+            }
+
+            /// The id as a `&str`.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+
+        impl From<&str> for $ty {
+            fn from(s: &str) -> Self {
+                Self::new(s)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A backend's `id` in routing.db.
+    BackendId
+);
+string_id!(
+    /// An application name (`backends.app`); every decision is for one app.
+    AppId
+);
+string_id!(
+    /// A POP region id (`regions.id`, `backends.region`), e.g. `eu`.
+    RegionId
+);
+
+impl AppId {
+    /// The app used when none is named: `default`.
+    pub fn default_app() -> Self {
+        Self::new("default")
+    }
+}
+
+/// The number of connections currently held on one backend, counted from the
+/// moment the backend is chosen (a reservation) until the connection ends.
+///
+/// One counter exists per backend id for as long as the backend is in the
+/// table or has connections open, so counts survive reloads.
+#[derive(Debug, Default)]
+pub struct BackendLoad {
+    /// Reservations currently held.
+    active: AtomicU32,
+}
+
+impl BackendLoad {
+    /// Connections currently held.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Takes one slot if fewer than `hard_limit` are held. Atomic, so a
+    /// burst of concurrent callers never exceeds the limit.
+    pub fn try_acquire(&self, hard_limit: u32) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < hard_limit).then_some(a + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns one slot. Saturates at zero rather than wrapping.
+    pub fn release(&self) {
+        let _ = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1));
+    }
+}
+
+/// A region: a POP location that backends and countries map to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    /// `regions.id`.
+    pub id: RegionId,
+    /// Display name (`regions.name`), when set.
+    pub name: Option<String>,
+    /// Location of the region's POP.
+    pub point: GeoPoint,
+}
+
+/// One validated backend row, with its live connection counter attached.
+#[derive(Debug)]
+pub struct Backend {
+    /// `backends.id`.
+    pub id: BackendId,
+    /// `backends.app`.
+    pub app: AppId,
+    /// `backends.region`, known to be in the regions table.
+    pub region: RegionId,
+    /// Index of `region` in the snapshot's region list (for fast comparison).
+    pub(crate) region_idx: u16,
+    /// Country of the backend's site, when set.
+    pub country: Option<CountryCode>,
+    /// Site coordinates: the row's own, or its region's when NULL.
+    pub site: GeoPoint,
+    /// `site` as a unit vector, for distance ordering without trigonometry.
+    pub(crate) site_vec: [f64; 3],
+    /// Address dialed: `wg_ip`:`port`.
+    pub addr: SocketAddr,
+    /// `backends.healthy` (the operator's word; 0 always wins).
+    pub healthy: bool,
+    /// `backends.weight`: capacity multiplier; 0 takes no new clients.
+    pub weight: u32,
+    /// Above this many connections the backend yields to any peer of the same proximity.
+    pub soft_limit: u32,
+    /// Never more than this many connections at once.
+    pub hard_limit: u32,
+    /// `backends.deleted` (soft delete).
+    pub deleted: bool,
+    /// Live connection count, shared across reloads.
+    pub load: Arc<BackendLoad>,
+}
+
+impl Backend {
+    /// Eligible regardless of load: healthy, not deleted, weight above zero.
+    pub fn statically_eligible(&self) -> bool {
+        self.healthy && !self.deleted && self.weight > 0
+    }
+
+    /// Connections currently held.
+    pub fn active(&self) -> u32 {
+        self.load.active()
+    }
+
+    /// Same configuration as `other` (everything but the live counter).
+    pub fn same_config(&self, other: &Backend) -> bool {
+        self.id == other.id
+            && self.app == other.app
+            && self.region == other.region
+            && self.country == other.country
+            && self.site == other.site
+            && self.addr == other.addr
+            && self.healthy == other.healthy
+            && self.weight == other.weight
+            && self.soft_limit == other.soft_limit
+            && self.hard_limit == other.hard_limit
+            && self.deleted == other.deleted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_never_exceeds_hard_limit_and_saturates_at_zero() {
+        let l = BackendLoad::default();
+        assert!(l.try_acquire(2));
+        assert!(l.try_acquire(2));
+        assert!(!l.try_acquire(2));
+        assert_eq!(l.active(), 2);
+        l.release();
+        l.release();
+        l.release();
+        assert_eq!(l.active(), 0);
+        assert!(!l.try_acquire(0));
+    }
+
+    #[test]
+    fn concurrent_acquire_respects_hard_limit() {
+        let l = Arc::new(BackendLoad::default());
+        let got: u32 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = &l;
+                    s.spawn(move || (0..1000).filter(|_| l.try_acquire(50)).count() as u32)
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(got, 50);
+        assert_eq!(l.active(), 50);
+    }
+}

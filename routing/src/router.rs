@@ -1,0 +1,387 @@
+//! The decision: sticky binding first, then the best backend by proximity and
+//! load, with an atomic reservation so hard limits hold under bursts.
+//!
+//! Sans-IO: the caller passes the client's GeoIP [`Location`] and `now`;
+//! nothing here touches a socket, a file or a clock. The edge proxy calls
+//! [`Router::decide`] once per connection (and again with `exclude` when a
+//! connect fails); `geoedge route` calls [`Router::explain`].
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use geoedge_geoip::Location;
+
+use crate::bindings::{BindingConfig, BindingKey, Bindings};
+use crate::model::{AppId, Backend, BackendId, RegionId};
+use crate::score::{self, Placement, Ranked, Tier, WhyNot};
+use crate::table::{Reservation, RoutingTable};
+
+/// How a decision was reached: a small, fixed set usable as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// The client's binding was honoured.
+    Sticky,
+    /// A backend in the client's country.
+    Country,
+    /// A backend in the client's region.
+    Region,
+    /// The nearest backend by distance.
+    Distance,
+    /// No backend could take the client.
+    None,
+}
+
+impl DecisionKind {
+    /// Every kind, for pre-registering metric series.
+    pub const ALL: [DecisionKind; 5] = [
+        DecisionKind::Sticky,
+        DecisionKind::Country,
+        DecisionKind::Region,
+        DecisionKind::Distance,
+        DecisionKind::None,
+    ];
+
+    /// Lower-case label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DecisionKind::Sticky => "sticky",
+            DecisionKind::Country => "country",
+            DecisionKind::Region => "region",
+            DecisionKind::Distance => "distance",
+            DecisionKind::None => "none",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<Tier> for DecisionKind {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Country => DecisionKind::Country,
+            Tier::Region => DecisionKind::Region,
+            Tier::Distance => DecisionKind::Distance,
+        }
+    }
+}
+
+/// Decisions by kind, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct DecisionStats {
+    /// Indexed by [`DecisionKind`] in the order of [`DecisionKind::ALL`].
+    counts: [AtomicU64; 5],
+}
+
+impl DecisionStats {
+    /// Decisions of one kind so far.
+    pub fn count(&self, kind: DecisionKind) -> u64 {
+        self.counts[kind.index()].load(Ordering::Relaxed)
+    }
+
+    fn record(&self, kind: DecisionKind) {
+        self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One client asking for a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The app the client connected for.
+    pub app: &'a AppId,
+    /// The client's address (from the socket or a trusted PROXY header).
+    pub ip: IpAddr,
+    /// What GeoIP found, or `None` (private, not found, no database).
+    pub location: Option<&'a Location>,
+    /// Backends already tried for this connection (failover); empty at first.
+    pub exclude: &'a [BackendId],
+}
+
+/// A chosen backend with its slot held.
+#[derive(Debug)]
+pub struct Route {
+    /// The held slot; dropping it releases the backend's connection count.
+    pub reservation: Reservation,
+    /// How the backend was chosen.
+    pub kind: DecisionKind,
+}
+
+impl Route {
+    /// The chosen backend.
+    pub fn backend(&self) -> &Arc<Backend> {
+        self.reservation.backend()
+    }
+}
+
+/// Why no backend was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    /// The table has no backend for the app.
+    #[error("no backend is configured for app {0:?}")]
+    UnknownApp(AppId),
+    /// Every backend of the app is unhealthy, deleted, drained, at its hard limit or already tried.
+    #[error("no eligible backend for app {0:?}")]
+    NoneEligible(AppId),
+}
+
+/// One backend in an explanation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Candidate {
+    /// Backend id.
+    pub id: BackendId,
+    /// Load figure compared within a proximity level: `active ÷ (soft_limit × weight)`; lower wins.
+    pub score: f64,
+    /// Proximity tier for this client.
+    pub tier: Tier,
+    /// Great-circle distance from the client to the backend's site.
+    pub distance_km: Option<f64>,
+    /// Connections held now.
+    pub active: u32,
+    /// Soft limit.
+    pub soft_limit: u32,
+    /// Hard limit.
+    pub hard_limit: u32,
+    /// Weight.
+    pub weight: u32,
+    /// Region.
+    pub region: RegionId,
+    /// Whether it could take the client now.
+    pub eligible: bool,
+    /// Why not, when ineligible.
+    pub why_not: Option<WhyNot>,
+}
+
+/// Why a fresh client from an address would get the backend it would get.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Where the client was placed.
+    pub placement: Placement,
+    /// The region the client was placed in.
+    pub region: Option<RegionId>,
+    /// The backend it would get, if any.
+    pub backend: Option<BackendId>,
+    /// How.
+    pub kind: DecisionKind,
+    /// A sentence saying why.
+    pub reason: String,
+    /// Every backend of the app, best first, ineligible ones last.
+    pub candidates: Vec<Candidate>,
+}
+
+/// Chooses backends for clients: the routing table, the binding table and
+/// this POP's region.
+#[derive(Debug)]
+pub struct Router {
+    /// The live routing table.
+    table: Arc<RoutingTable>,
+    /// Sticky bindings.
+    bindings: Bindings,
+    /// This POP's region: where clients without a location are placed.
+    local_region: RegionId,
+    /// Decisions by kind.
+    stats: DecisionStats,
+}
+
+impl Router {
+    /// A router over a live table, for a POP in `local_region`.
+    pub fn new(table: Arc<RoutingTable>, local_region: RegionId, bindings: BindingConfig) -> Self {
+        Self {
+            table,
+            bindings: Bindings::new(bindings),
+            local_region,
+            stats: DecisionStats::default(),
+        }
+    }
+
+    /// The live table.
+    pub fn table(&self) -> &Arc<RoutingTable> {
+        &self.table
+    }
+
+    /// The binding table.
+    pub fn bindings(&self) -> &Bindings {
+        &self.bindings
+    }
+
+    /// Decisions by kind.
+    pub fn stats(&self) -> &DecisionStats {
+        &self.stats
+    }
+
+    /// This POP's region.
+    pub fn local_region(&self) -> &RegionId {
+        &self.local_region
+    }
+
+    /// Chooses a backend for a client and holds a slot on it. A live binding
+    /// to an eligible backend wins; otherwise the best backend is chosen and
+    /// the client is (re)bound to it.
+    pub fn decide(&self, req: &Request<'_>, now: Instant) -> Result<Route, NoRoute> {
+        let snap = self.table.snapshot_guard();
+        let Some(view) = snap.app(req.app.as_str()) else {
+            self.stats.record(DecisionKind::None);
+            return Err(NoRoute::UnknownApp(req.app.clone()));
+        };
+        let key = self.bindings.key(req.app, req.ip);
+        if req.exclude.is_empty() {
+            if let Some(route) = self.sticky(&snap, &key, req, now) {
+                self.stats.record(DecisionKind::Sticky);
+                return Ok(route);
+            }
+        }
+        let local = snap.region_index(self.local_region.as_str());
+        let placement = Placement::new(&snap, req.location, local);
+        // A lost race for a backend's last slot just moves on to the next best.
+        for _ in 0..=view.candidates.len() {
+            let Some(best) = score::best(&snap, view, &placement, req.exclude) else {
+                break;
+            };
+            let backend = &snap.backends[best.index as usize];
+            if let Some(reservation) = Reservation::try_new(backend) {
+                self.bindings.bind(key, backend.id.clone(), now);
+                let kind = DecisionKind::from(best.tier);
+                self.stats.record(kind);
+                return Ok(Route { reservation, kind });
+            }
+        }
+        self.stats.record(DecisionKind::None);
+        Err(NoRoute::NoneEligible(req.app.clone()))
+    }
+
+    fn sticky(
+        &self,
+        snap: &crate::snapshot::Snapshot,
+        key: &BindingKey,
+        req: &Request<'_>,
+        now: Instant,
+    ) -> Option<Route> {
+        let id = self.bindings.lookup(key, now)?;
+        let backend = snap.backend(id.as_str())?;
+        if backend.app != *req.app || !backend.statically_eligible() {
+            return None;
+        }
+        Reservation::try_new(backend).map(|reservation| Route {
+            reservation,
+            kind: DecisionKind::Sticky,
+        })
+    }
+
+    /// What a fresh client (no binding) from `req.ip` would get now, with
+    /// every candidate scored. Reserves nothing and binds nothing.
+    pub fn explain(&self, req: &Request<'_>) -> Explanation {
+        let snap = self.table.snapshot();
+        let local = snap.region_index(self.local_region.as_str());
+        let placement = Placement::new(&snap, req.location, local);
+        let region = placement
+            .region
+            .and_then(|r| snap.region(r))
+            .map(|r| r.id.clone());
+        let Some(view) = snap.app(req.app.as_str()) else {
+            return Explanation {
+                placement,
+                region,
+                backend: None,
+                kind: DecisionKind::None,
+                reason: format!("no backend is configured for app {:?}", req.app.as_str()),
+                candidates: Vec::new(),
+            };
+        };
+        let ranked = score::rank(&snap, view, &placement, req.exclude);
+        let candidates: Vec<Candidate> = ranked
+            .iter()
+            .map(|r| {
+                let b = &snap.backends[r.score.index as usize];
+                Candidate {
+                    id: b.id.clone(),
+                    score: r.score.load(),
+                    tier: r.score.tier,
+                    distance_km: placement.distance_km(b).map(|d| (d * 10.0).round() / 10.0),
+                    active: r.score.active,
+                    soft_limit: b.soft_limit,
+                    hard_limit: b.hard_limit,
+                    weight: b.weight,
+                    region: b.region.clone(),
+                    eligible: r.why_not.is_none(),
+                    why_not: r.why_not,
+                }
+            })
+            .collect();
+        let chosen = ranked.first().filter(|r| r.why_not.is_none());
+        let reason = reason(
+            &snap,
+            &placement,
+            &self.local_region,
+            &ranked,
+            chosen,
+            req.app,
+        );
+        Explanation {
+            placement,
+            region,
+            backend: chosen.map(|r| snap.backends[r.score.index as usize].id.clone()),
+            kind: chosen.map_or(DecisionKind::None, |r| r.score.tier.into()),
+            reason,
+            candidates,
+        }
+    }
+}
+
+fn reason(
+    snap: &crate::snapshot::Snapshot,
+    p: &Placement,
+    local_region: &RegionId,
+    ranked: &[Ranked],
+    chosen: Option<&Ranked>,
+    app: &AppId,
+) -> String {
+    let mut s = String::new();
+    let Some(c) = chosen else {
+        let count = |w: WhyNot| ranked.iter().filter(|r| r.why_not == Some(w)).count();
+        return format!(
+            "no eligible backend for app {:?}: {} backends, {} unhealthy, {} deleted, {} weight 0, {} at hard limit",
+            app.as_str(),
+            ranked.len(),
+            count(WhyNot::Unhealthy),
+            count(WhyNot::Deleted),
+            count(WhyNot::ZeroWeight),
+            count(WhyNot::AtHardLimit),
+        );
+    };
+    let b = &snap.backends[c.score.index as usize];
+    match c.score.tier {
+        Tier::Country => s.push_str(&format!(
+            "in the client's country ({})",
+            p.country.map(|c| c.to_string()).unwrap_or_default()
+        )),
+        Tier::Region => s.push_str(&format!("in the client's region ({})", b.region)),
+        Tier::Distance => match p.distance_km(b) {
+            Some(d) => s.push_str(&format!("nearest by great-circle distance ({d:.0} km)")),
+            None => s.push_str("no proximity information: least loaded"),
+        },
+    }
+    if c.score.over_soft {
+        s.push_str("; every eligible backend is at or over its soft limit, so the nearest least loaded one");
+    } else {
+        let spilled = ranked.iter().any(|r| {
+            r.why_not.is_none() && r.score.over_soft && r.score.proximity(&c.score).is_lt()
+        });
+        if spilled {
+            s.push_str("; nearer backends are at or over their soft limit");
+        } else {
+            s.push_str(", under its soft limit");
+        }
+    }
+    if !p.located {
+        s.push_str(&format!(
+            "; client not located by GeoIP, placed at this POP's region ({local_region})"
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! Decisions end to end over the core: reservations, stickiness, failover
+//! and reloads, on injected time.
+
+use super::*;
+use crate::raw::RawTable;
+use crate::testutil::{backend, table};
+use geoedge_geoip::{CountryCode, GeoPoint, Location};
+use std::time::Duration;
+
+fn london() -> Location {
+    Location {
+        country: Some(CountryCode::parse("GB").unwrap()),
+        continent: None,
+        subdivision: None,
+        point: GeoPoint::new(51.5, -0.12),
+    }
+}
+
+fn router(raw: &RawTable) -> Router {
+    let t = Arc::new(RoutingTable::from_raw(raw, 0).unwrap());
+    Router::new(t, RegionId::new("eu"), BindingConfig::default())
+}
+
+fn req<'a>(app: &'a AppId, ip: &str, loc: Option<&'a Location>) -> Request<'a> {
+    Request {
+        app,
+        ip: ip.parse().unwrap(),
+        location: loc,
+        exclude: &[],
+    }
+}
+
+#[test]
+fn hard_limit_holds_under_a_burst_and_reservations_release_once() {
+    let r = router(&table(vec![backend("only", "eu", Some("GB"), 10, 50)]));
+    let app = AppId::default_app();
+    let l = london();
+    let now = Instant::now();
+    let held: Vec<Route> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..10)
+            .map(|t| {
+                let (r, app, l) = (&r, &app, &l);
+                s.spawn(move || {
+                    (0..50)
+                        .filter_map(|i| {
+                            r.decide(&req(app, &format!("198.51.{t}.{i}"), Some(l)), now)
+                                .ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(held.len(), 50);
+    assert_eq!(r.table().active("only"), 50);
+    assert_eq!(r.stats().count(DecisionKind::None), 450);
+    drop(held);
+    assert_eq!(r.table().active("only"), 0);
+}
+
+#[test]
+fn sticky_until_ineligible_or_idle_for_ttl() {
+    let raw = table(vec![
+        backend("gb1", "eu", Some("GB"), 10, 20),
+        backend("gb2", "eu", Some("GB"), 10, 20),
+    ]);
+    let r = router(&raw);
+    let app = AppId::default_app();
+    let l = london();
+    let t0 = Instant::now();
+    let first = r.decide(&req(&app, "203.0.113.5", Some(&l)), t0).unwrap();
+    assert_eq!(first.backend().id.as_str(), "gb1");
+    assert_eq!(first.kind, DecisionKind::Country);
+    // gb1 now has more load than gb2, yet the client comes back to gb1.
+    let again = r
+        .decide(
+            &req(&app, "203.0.113.5", Some(&l)),
+            t0 + Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(again.backend().id.as_str(), "gb1");
+    assert_eq!(again.kind, DecisionKind::Sticky);
+    drop(again);
+    // A different client goes to the less loaded gb2.
+    let other = r.decide(&req(&app, "203.0.113.6", Some(&l)), t0).unwrap();
+    assert_eq!(other.backend().id.as_str(), "gb2");
+    drop((first, other));
+
+    // Drain gb1: the client moves, and is re-bound to gb2.
+    let mut drained = raw.clone();
+    drained.backends[0].healthy = 0.into();
+    r.table().apply(&drained, 1).unwrap();
+    let moved = r
+        .decide(
+            &req(&app, "203.0.113.5", Some(&l)),
+            t0 + Duration::from_secs(6),
+        )
+        .unwrap();
+    assert_eq!(moved.backend().id.as_str(), "gb2");
+    drop(moved);
+    r.table().apply(&raw, 2).unwrap();
+    let stays = r
+        .decide(
+            &req(&app, "203.0.113.5", Some(&l)),
+            t0 + Duration::from_secs(7),
+        )
+        .unwrap();
+    assert_eq!(
+        (stays.backend().id.as_str(), stays.kind),
+        ("gb2", DecisionKind::Sticky)
+    );
+    drop(stays);
+
+    // Idle for the TTL (600 s): a fresh decision (gb1 and gb2 both idle, gb1 by id).
+    let fresh = r
+        .decide(
+            &req(&app, "203.0.113.5", Some(&l)),
+            t0 + Duration::from_secs(7 + 600),
+        )
+        .unwrap();
+    assert_eq!(
+        (fresh.backend().id.as_str(), fresh.kind),
+        ("gb1", DecisionKind::Country)
+    );
+}
+
+#[test]
+fn sticky_gives_way_at_the_hard_limit() {
+    let r = router(&table(vec![
+        backend("a", "eu", Some("GB"), 1, 1),
+        backend("b", "eu", Some("GB"), 1, 1),
+    ]));
+    let app = AppId::default_app();
+    let t0 = Instant::now();
+    let first = r.decide(&req(&app, "192.0.2.1", None), t0).unwrap();
+    assert_eq!(first.backend().id.as_str(), "a");
+    // Same client again while its first connection holds a's only slot.
+    let second = r.decide(&req(&app, "192.0.2.1", None), t0).unwrap();
+    assert_eq!(second.backend().id.as_str(), "b");
+    assert!(r.decide(&req(&app, "192.0.2.1", None), t0).is_err());
+}
+
+#[test]
+fn failover_excludes_tried_backends_and_rebinds() {
+    let r = router(&table(vec![
+        backend("a", "eu", Some("GB"), 10, 20),
+        backend("b", "us", Some("US"), 10, 20),
+    ]));
+    let app = AppId::default_app();
+    let l = london();
+    let t0 = Instant::now();
+    let first = r.decide(&req(&app, "192.0.2.9", Some(&l)), t0).unwrap();
+    assert_eq!(first.backend().id.as_str(), "a");
+    let tried = [first.backend().id.clone()];
+    drop(first); // connect failed: slot released
+    assert_eq!(r.table().active("a"), 0);
+    let next = r
+        .decide(
+            &Request {
+                exclude: &tried,
+                ..req(&app, "192.0.2.9", Some(&l))
+            },
+            t0,
+        )
+        .unwrap();
+    assert_eq!(next.backend().id.as_str(), "b");
+    drop(next);
+    let sticky = r.decide(&req(&app, "192.0.2.9", Some(&l)), t0).unwrap();
+    assert_eq!(
+        (sticky.backend().id.as_str(), sticky.kind),
+        ("b", DecisionKind::Sticky)
+    );
+}
+
+#[test]
+fn counts_survive_reloads_for_backends_that_stay() {
+    let raw = table(vec![
+        backend("a", "eu", Some("GB"), 10, 20),
+        backend("b", "eu", None, 10, 20),
+    ]);
+    let r = router(&raw);
+    let app = AppId::default_app();
+    let l = london();
+    let held = r
+        .decide(&req(&app, "192.0.2.1", Some(&l)), Instant::now())
+        .unwrap();
+    let mut edited = raw.clone();
+    edited.backends[0].soft_limit = 5.into();
+    edited.backends.remove(1);
+    let applied = r.table().apply(&edited, 10).unwrap();
+    assert_eq!(applied.generation, 2);
+    assert_eq!(applied.diff.changed.len(), 1);
+    assert_eq!(applied.diff.removed.len(), 1);
+    assert_eq!(r.table().snapshot().backend("a").unwrap().active(), 1);
+    drop(held);
+    assert_eq!(r.table().snapshot().backend("a").unwrap().active(), 0);
+}
+
+#[test]
+fn invalid_or_emptying_edits_keep_the_table() {
+    let raw = table(vec![backend("a", "eu", Some("GB"), 10, 20)]);
+    let r = router(&raw);
+    let mut bad = raw.clone();
+    bad.backends[0].hard_limit = (-1).into();
+    let e = r.table().apply(&bad, 1).unwrap_err();
+    assert_eq!(e.reason(), crate::table::RejectReason::Invalid);
+    assert_eq!(e.row_errors().len(), 1);
+    let empty = table(vec![]);
+    assert_eq!(
+        r.table().apply(&empty, 1).unwrap_err().reason(),
+        crate::table::RejectReason::Emptied
+    );
+    let mut all_deleted = raw.clone();
+    all_deleted.backends[0].deleted = 1.into();
+    assert!(r.table().apply(&all_deleted, 1).is_err());
+    assert_eq!(r.table().generation(), 1);
+    assert_eq!(r.table().stats().rejected_total(), 3);
+    assert_eq!(r.table().snapshot().backend("a").unwrap().hard_limit, 20);
+}
+
+#[test]
+fn explain_lists_every_candidate_best_first() {
+    let mut sick = backend("sick", "eu", Some("GB"), 10, 20);
+    sick.healthy = 0.into();
+    let r = router(&table(vec![
+        sick,
+        backend("gb", "eu", Some("GB"), 10, 20),
+        backend("us", "us", Some("US"), 10, 20),
+    ]));
+    let app = AppId::default_app();
+    let l = london();
+    let e = r.explain(&req(&app, "81.2.69.160", Some(&l)));
+    assert_eq!(e.backend.as_ref().unwrap().as_str(), "gb");
+    assert_eq!(e.kind, DecisionKind::Country);
+    assert!(e.reason.contains("country (GB)"), "{}", e.reason);
+    let ids: Vec<_> = e.candidates.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["gb", "us", "sick"]);
+    assert_eq!(e.candidates[2].why_not, Some(WhyNot::Unhealthy));
+    assert!(e.candidates[1].distance_km.unwrap() > 5000.0);
+    // Explaining reserves and binds nothing.
+    assert_eq!(r.table().active("gb"), 0);
+    assert!(r.bindings().is_empty());
+    let unknown = r.explain(&req(&AppId::new("nope"), "81.2.69.160", Some(&l)));
+    assert!(unknown.backend.is_none() && unknown.candidates.is_empty());
+}

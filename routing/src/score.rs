@@ -1,0 +1,268 @@
+//! Proximity-and-load scoring: where a client is placed and which backend
+//! serves it best.
+//!
+//! Pure: reads a [`Snapshot`] and the backends' live counters, takes no lock,
+//! allocates nothing on the decision path ([`best`]), and never reads a clock.
+//!
+//! The order, best first, is the lexicographic order of
+//! 1. under the soft limit before at or over it (spill-over happens only when
+//!    every nearer backend is at or over soft);
+//! 2. proximity tier: same country, then same region, then the rest;
+//! 3. within the rest, shorter great-circle distance (exact: backends at the
+//!    same site are at the same proximity);
+//! 4. lower load `active ÷ (soft_limit × weight)`;
+//! 5. backend id, so ties break deterministically.
+//!
+//! A backend is eligible when healthy, not deleted, of non-zero weight, of the
+//! requested app, and below its hard limit.
+
+use std::cmp::Ordering;
+
+use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint, Location};
+
+use crate::model::{Backend, BackendId};
+use crate::snapshot::{AppView, Snapshot};
+
+/// How near a backend is to a client, coarsest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// The backend's site is in the client's country.
+    Country,
+    /// The backend is in the region the client's country maps to.
+    Region,
+    /// Neither: ordered by great-circle distance.
+    Distance,
+}
+
+impl Tier {
+    /// The tier as a lower-case label (`country`, `region`, `distance`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tier::Country => "country",
+            Tier::Region => "region",
+            Tier::Distance => "distance",
+        }
+    }
+}
+
+/// Where a client is, for scoring: its country, the region its country maps
+/// to, and a point on the globe.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    /// The client's country, when GeoIP knew it.
+    pub country: Option<CountryCode>,
+    /// The client's continent, when GeoIP knew it.
+    pub continent: Option<ContinentCode>,
+    /// Index of the client's region in the snapshot.
+    pub region: Option<u16>,
+    /// The point distances are measured from.
+    pub point: Option<GeoPoint>,
+    /// `point` as a unit vector (all zeros without a point: every site is then equally near).
+    vec: [f64; 3],
+    /// True when GeoIP located the client; false when it was placed at the POP's region.
+    pub located: bool,
+}
+
+impl Placement {
+    /// Places a client. Without a location (private address, not in the
+    /// database, no database loaded) the client is placed at `local_region`,
+    /// this POP's region. With a country but no coordinates (a Country
+    /// database) the client is placed at its country's region.
+    pub fn new(
+        snapshot: &Snapshot,
+        location: Option<&Location>,
+        local_region: Option<u16>,
+    ) -> Self {
+        let region_point = |r: Option<u16>| r.and_then(|r| snapshot.region(r)).map(|r| r.point);
+        let located = location.is_some_and(|l| l.country.is_some() || l.point.is_some());
+        let (country, continent, region, point) = match location {
+            Some(l) if located => {
+                let region = snapshot.country_map.region_of(l.country, l.continent);
+                let point = l
+                    .point
+                    .or_else(|| region_point(region))
+                    .or_else(|| region_point(local_region));
+                (l.country, l.continent, region, point)
+            }
+            _ => (None, None, local_region, region_point(local_region)),
+        };
+        Placement {
+            country,
+            continent,
+            region,
+            point,
+            vec: point.map_or([0.0; 3], |p| p.unit_vector()),
+            located,
+        }
+    }
+
+    fn tier_of(&self, b: &Backend) -> Tier {
+        if self.country.is_some() && b.country == self.country {
+            Tier::Country
+        } else if self.region == Some(b.region_idx) {
+            Tier::Region
+        } else {
+            Tier::Distance
+        }
+    }
+
+    /// Great-circle distance to a backend's site, when the client has a point.
+    pub fn distance_km(&self, b: &Backend) -> Option<f64> {
+        self.point.map(|p| p.distance_km(&b.site))
+    }
+}
+
+/// A scored backend: everything the order compares.
+#[derive(Debug, Clone, Copy)]
+pub struct Score {
+    /// Index into [`Snapshot::backends`] (id order).
+    pub index: u32,
+    /// Connections held when scored.
+    pub active: u32,
+    /// At or over the soft limit.
+    pub over_soft: bool,
+    /// Proximity tier.
+    pub tier: Tier,
+    /// Cosine of the angle to the site (higher is nearer); compared only in the distance tier.
+    closeness: f64,
+    /// `soft_limit × weight` (soft limit 0 counts as 1).
+    capacity: u64,
+}
+
+impl Score {
+    fn of(index: u32, b: &Backend, p: &Placement, active: u32) -> Self {
+        let tier = p.tier_of(b);
+        let v = &b.site_vec;
+        Score {
+            index,
+            active,
+            over_soft: active >= b.soft_limit,
+            tier,
+            closeness: if tier == Tier::Distance {
+                p.vec[0] * v[0] + p.vec[1] * v[1] + p.vec[2] * v[2]
+            } else {
+                0.0
+            },
+            capacity: u64::from(b.soft_limit.max(1)) * u64::from(b.weight.max(1)),
+        }
+    }
+
+    /// The load figure compared within a proximity level: `active ÷ (soft_limit × weight)`.
+    pub fn load(&self) -> f64 {
+        self.active as f64 / self.capacity as f64
+    }
+
+    /// Proximity alone: `Less` means `self` is nearer the client.
+    pub fn proximity(&self, other: &Score) -> Ordering {
+        self.tier
+            .cmp(&other.tier)
+            .then_with(|| other.closeness.total_cmp(&self.closeness))
+    }
+
+    /// The scoring order: `Less` means `self` is the better backend.
+    pub fn order(&self, other: &Score) -> Ordering {
+        self.over_soft
+            .cmp(&other.over_soft)
+            .then_with(|| self.proximity(other))
+            .then_with(|| {
+                let a = u128::from(self.active) * u128::from(other.capacity);
+                let b = u128::from(other.active) * u128::from(self.capacity);
+                a.cmp(&b)
+            })
+            .then(self.index.cmp(&other.index))
+    }
+}
+
+/// The best eligible backend of an app for a placement, skipping `exclude`
+/// (backends already tried for this connection). One pass, no allocation.
+pub fn best(
+    snapshot: &Snapshot,
+    view: &AppView,
+    p: &Placement,
+    exclude: &[BackendId],
+) -> Option<Score> {
+    let mut best: Option<Score> = None;
+    for &i in &view.candidates {
+        let b = &snapshot.backends[i as usize];
+        let active = b.load.active();
+        if active >= b.hard_limit || (!exclude.is_empty() && exclude.contains(&b.id)) {
+            continue;
+        }
+        let s = Score::of(i, b, p, active);
+        if best.is_none_or(|cur| s.order(&cur) == Ordering::Less) {
+            best = Some(s);
+        }
+    }
+    best
+}
+
+/// Why a backend cannot take a new client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhyNot {
+    /// `healthy = 0`.
+    Unhealthy,
+    /// `deleted = 1`.
+    Deleted,
+    /// `weight = 0`.
+    ZeroWeight,
+    /// `active >= hard_limit`.
+    AtHardLimit,
+    /// Already tried for this connection.
+    Excluded,
+}
+
+/// One backend of the app with its score and, if ineligible, why.
+#[derive(Debug, Clone, Copy)]
+pub struct Ranked {
+    /// The score (computed for ineligible backends too).
+    pub score: Score,
+    /// `None` when eligible.
+    pub why_not: Option<WhyNot>,
+}
+
+/// Every backend of an app, eligible ones first in scoring order, then the
+/// ineligible ones in the same order. For explanations, not the hot path.
+pub fn rank(
+    snapshot: &Snapshot,
+    view: &AppView,
+    p: &Placement,
+    exclude: &[BackendId],
+) -> Vec<Ranked> {
+    let mut v: Vec<Ranked> = view
+        .all
+        .iter()
+        .map(|&i| {
+            let b = &snapshot.backends[i as usize];
+            let active = b.load.active();
+            let why_not = if !b.healthy {
+                Some(WhyNot::Unhealthy)
+            } else if b.deleted {
+                Some(WhyNot::Deleted)
+            } else if b.weight == 0 {
+                Some(WhyNot::ZeroWeight)
+            } else if active >= b.hard_limit {
+                Some(WhyNot::AtHardLimit)
+            } else if exclude.contains(&b.id) {
+                Some(WhyNot::Excluded)
+            } else {
+                None
+            };
+            Ranked {
+                score: Score::of(i, b, p, active),
+                why_not,
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        a.why_not
+            .is_some()
+            .cmp(&b.why_not.is_some())
+            .then(a.score.order(&b.score))
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,627 @@
+//! Validation of a whole [`RawTable`] into an immutable [`Snapshot`].
+//!
+//! Pure: no IO, no clock. Every row-level problem is collected (not just the
+//! first) so `geoedge db check` and the reload log can list them all; a table
+//! with any error produces no snapshot at all, so a bad edit can never
+//! replace a good table.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint};
+
+use crate::builtin;
+use crate::model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+use crate::raw::{RawTable, Value};
+
+/// The newest routing.db schema version this build understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Largest accepted limit or weight; keeps `active × soft × weight` in `u64`.
+pub const MAX_LIMIT: i64 = 1 << 24;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One problem with one row (or with the table as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    /// Table the row is in (`backends`, `regions`, `country_regions`), or `routing.db`.
+    pub table: &'static str,
+    /// The row's id (or rowid when the id itself is unusable).
+    pub row: String,
+    /// The offending column, when one is to blame.
+    pub column: Option<&'static str>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.table, self.row)?;
+        if let Some(c) = self.column {
+            write!(f, " column {c}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A table that cannot be used: every row-level error found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("routing table rejected: {}", summary(.errors))]
+pub struct InvalidTable {
+    /// Every problem found, in row order.
+    pub errors: Vec<RowError>,
+}
+
+fn summary(errors: &[RowError]) -> String {
+    let mut s = errors
+        .iter()
+        .take(5)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if errors.len() > 5 {
+        s.push_str(&format!("; and {} more", errors.len() - 5));
+    }
+    s
+}
+
+/// Maps a client's country to a region: the table's `country_regions`, or the
+/// built-in map with its continent fallback.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CountryMap {
+    /// Explicit country → region index.
+    by_country: FastMap<CountryCode, u16>,
+    /// Continent → region index, used only with the built-in map.
+    by_continent: FastMap<ContinentCode, u16>,
+}
+
+impl CountryMap {
+    /// The region index for a country (or, with the built-in map, its continent).
+    pub fn region_of(
+        &self,
+        country: Option<CountryCode>,
+        continent: Option<ContinentCode>,
+    ) -> Option<u16> {
+        country
+            .and_then(|c| self.by_country.get(&c).copied())
+            .or_else(|| continent.and_then(|c| self.by_continent.get(&c).copied()))
+    }
+
+    /// Number of explicit country entries.
+    pub fn len(&self) -> usize {
+        self.by_country.len()
+    }
+
+    /// True when no country is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.by_country.is_empty()
+    }
+}
+
+/// The backends of one app, by index into [`Snapshot::backends`].
+#[derive(Debug, Clone, Default)]
+pub struct AppView {
+    /// Every backend of the app, in id order.
+    pub all: Vec<u32>,
+    /// Those that are healthy, not deleted and of non-zero weight, in id order.
+    pub candidates: Vec<u32>,
+}
+
+/// One validated, immutable routing table. Decisions read it without locks;
+/// a reload builds a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Schema version the table was read with.
+    pub schema_version: i64,
+    /// Every backend, sorted by id.
+    pub backends: Vec<Arc<Backend>>,
+    /// Backend id → index in `backends`.
+    by_id: FastMap<BackendId, u32>,
+    /// App → its backends.
+    apps: FastMap<AppId, AppView>,
+    /// Regions, sorted by id; indices are the `region_idx` of backends.
+    pub regions: Vec<Region>,
+    /// Region id → index in `regions`.
+    region_index: FastMap<RegionId, u16>,
+    /// Country → region.
+    pub country_map: CountryMap,
+    /// True when the regions came from the built-in list.
+    pub builtin_regions: bool,
+    /// True when the country map is the built-in one.
+    pub builtin_countries: bool,
+}
+
+impl Snapshot {
+    /// A table with no backends and the built-in regions.
+    pub fn empty() -> Self {
+        build(&RawTable::default(), |_| Arc::default()).expect("the built-in table is valid")
+    }
+
+    /// Backend by id.
+    pub fn backend(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.by_id.get(id).map(|&i| &self.backends[i as usize])
+    }
+
+    /// The backends of one app, if it has any.
+    pub fn app(&self, app: &str) -> Option<&AppView> {
+        self.apps.get(app)
+    }
+
+    /// Apps in the table, sorted.
+    pub fn apps(&self) -> Vec<&AppId> {
+        let mut v: Vec<_> = self.apps.keys().collect();
+        v.sort();
+        v
+    }
+
+    /// Index of a region by id.
+    pub fn region_index(&self, id: &str) -> Option<u16> {
+        self.region_index.get(id).copied()
+    }
+
+    /// Region by index.
+    pub fn region(&self, idx: u16) -> Option<&Region> {
+        self.regions.get(idx as usize)
+    }
+
+    /// Number of backends (including deleted and unhealthy ones).
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// True when the table has no backends at all.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Number of backends that are not soft-deleted.
+    pub fn live_len(&self) -> usize {
+        self.backends.iter().filter(|b| !b.deleted).count()
+    }
+}
+
+/// Cell readers that record an error and return `None`.
+struct Cells<'e> {
+    errors: &'e mut Vec<RowError>,
+    table: &'static str,
+    row: String,
+}
+
+impl Cells<'_> {
+    fn err(&mut self, column: Option<&'static str>, message: String) {
+        self.errors.push(RowError {
+            table: self.table,
+            row: self.row.clone(),
+            column,
+            message,
+        });
+    }
+
+    fn text(&mut self, col: &'static str, v: &Value, required: bool) -> Option<String> {
+        match v {
+            Value::Text(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Value::Null if !required => None,
+            Value::Text(_) if !required => None,
+            Value::Null | Value::Text(_) => {
+                self.err(Some(col), "must not be empty".into());
+                None
+            }
+            other => {
+                self.err(
+                    Some(col),
+                    format!("expected text, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        col: &'static str,
+        v: &Value,
+        default: Option<i64>,
+        range: (i64, i64),
+    ) -> Option<i64> {
+        let n = match v {
+            Value::Integer(i) => *i,
+            Value::Real(f) if f.fract() == 0.0 && f.abs() < 9e15 => *f as i64,
+            Value::Text(s) if s.trim().parse::<i64>().is_ok() => s.trim().parse().ok()?,
+            Value::Null if default.is_some() => return default,
+            other => {
+                self.err(
+                    Some(col),
+                    format!("expected an integer, found {}", describe(other)),
+                );
+                return None;
+            }
+        };
+        if n < range.0 || n > range.1 {
+            let msg = if n < 0 && range.0 >= 0 {
+                format!("{n} is negative")
+            } else {
+                format!("{n} is outside {}..={}", range.0, range.1)
+            };
+            self.err(Some(col), msg);
+            return None;
+        }
+        Some(n)
+    }
+
+    fn flag(&mut self, col: &'static str, v: &Value, default: bool) -> Option<bool> {
+        self.int(col, v, Some(default as i64), (0, 1))
+            .map(|n| n == 1)
+    }
+
+    fn real(&mut self, col: &'static str, v: &Value) -> Option<Option<f64>> {
+        match v {
+            Value::Null => Some(None),
+            Value::Real(f) => Some(Some(*f)),
+            Value::Integer(i) => Some(Some(*i as f64)),
+            Value::Text(s) if s.trim().parse::<f64>().is_ok() => Some(s.trim().parse().ok()),
+            other => {
+                self.err(
+                    Some(col),
+                    format!("expected a number, found {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn point(&mut self, lat: &Value, lon: &Value, required: bool) -> Option<Option<GeoPoint>> {
+        let (la, lo) = (self.real("latitude", lat)?, self.real("longitude", lon)?);
+        match (la, lo) {
+            (None, None) if !required => Some(None),
+            (Some(la), Some(lo)) => match GeoPoint::new(la, lo) {
+                Some(p) => Some(Some(p)),
+                None => {
+                    self.err(
+                        Some("latitude"),
+                        format!("({la}, {lo}) is not a valid latitude/longitude"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                let msg = if required {
+                    "latitude and longitude are required"
+                } else {
+                    "latitude and longitude must be both set or both NULL"
+                };
+                self.err(Some("latitude"), msg.into());
+                None
+            }
+        }
+    }
+
+    fn country(
+        &mut self,
+        col: &'static str,
+        v: &Value,
+        required: bool,
+    ) -> Option<Option<CountryCode>> {
+        match self.text(col, v, required) {
+            None if !required && matches!(v, Value::Null | Value::Text(_)) => Some(None),
+            None => None,
+            Some(s) => match CountryCode::parse(&s) {
+                Ok(c) => Some(Some(c)),
+                Err(_) => {
+                    self.err(
+                        Some(col),
+                        format!("{s:?} is not an ISO 3166-1 alpha-2 code"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Text(s) => format!("text {s:?}"),
+        Value::Real(f) => format!("real {f}"),
+        other => other.type_name().to_owned(),
+    }
+}
+
+fn row_label(id: &Value, rowid: i64) -> String {
+    match id {
+        Value::Text(s) if !s.trim().is_empty() => format!("{:?}", s.trim()),
+        _ => format!("rowid {rowid}"),
+    }
+}
+
+/// Validates a whole table and builds a snapshot. `load_for` supplies the
+/// live connection counter for each backend id (the table keeps them across
+/// reloads); it is called only when the table is valid.
+pub fn build(
+    raw: &RawTable,
+    mut load_for: impl FnMut(&BackendId) -> Arc<BackendLoad>,
+) -> Result<Snapshot, InvalidTable> {
+    let mut errors = Vec::new();
+    if raw.schema_version > SCHEMA_VERSION || raw.schema_version < 0 {
+        errors.push(RowError {
+            table: "routing.db",
+            row: "schema".into(),
+            column: None,
+            message: format!(
+                "user_version {} is not supported (this build reads 0..={SCHEMA_VERSION})",
+                raw.schema_version
+            ),
+        });
+        return Err(InvalidTable { errors });
+    }
+
+    // Regions.
+    let mut regions: Vec<Region> = Vec::new();
+    let builtin_regions = raw.regions.is_none();
+    match &raw.regions {
+        None => {
+            for &(id, name, lat, lon) in builtin::REGIONS {
+                regions.push(Region {
+                    id: RegionId::new(id),
+                    name: Some(name.to_owned()),
+                    point: GeoPoint::new(lat, lon).expect("built-in coordinates are valid"),
+                });
+            }
+        }
+        Some(rows) => {
+            let mut seen: FastMap<String, ()> = FastMap::default();
+            for r in rows {
+                let mut c = Cells {
+                    errors: &mut errors,
+                    table: "regions",
+                    row: row_label(&r.id, r.rowid),
+                };
+                let id = c.text("id", &r.id, true);
+                let name = match &r.name {
+                    Value::Text(s) => Some(s.clone()),
+                    _ => None,
+                };
+                let point = c.point(&r.latitude, &r.longitude, true);
+                if let Some(id) = &id {
+                    if seen.insert(id.clone(), ()).is_some() {
+                        c.err(Some("id"), "duplicate region id".into());
+                        continue;
+                    }
+                }
+                if let (Some(id), Some(Some(point))) = (id, point) {
+                    regions.push(Region {
+                        id: RegionId::new(&id),
+                        name,
+                        point,
+                    });
+                }
+            }
+        }
+    }
+    regions.sort_by(|a, b| a.id.cmp(&b.id));
+    if regions.len() > u16::MAX as usize {
+        errors.push(RowError {
+            table: "regions",
+            row: "table".into(),
+            column: None,
+            message: format!("{} regions is more than {}", regions.len(), u16::MAX),
+        });
+        return Err(InvalidTable { errors });
+    }
+    let region_index: FastMap<RegionId, u16> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.clone(), i as u16))
+        .collect();
+
+    // Country map.
+    let mut country_map = CountryMap::default();
+    let builtin_countries = raw.country_regions.is_none();
+    match &raw.country_regions {
+        None => {
+            let lookup = |id: &str| region_index.get(id).copied();
+            for &(c, r) in builtin::COUNTRIES {
+                if let (Ok(c), Some(r)) = (CountryCode::parse(c), lookup(r)) {
+                    country_map.by_country.insert(c, r);
+                }
+            }
+            for &(c, r) in builtin::CONTINENTS {
+                if let (Ok(c), Some(r)) = (ContinentCode::parse(c), lookup(r)) {
+                    country_map.by_continent.insert(c, r);
+                }
+            }
+        }
+        Some(rows) => {
+            for r in rows {
+                let mut c = Cells {
+                    errors: &mut errors,
+                    table: "country_regions",
+                    row: row_label(&r.country, r.rowid),
+                };
+                let country = c.country("country", &r.country, true);
+                let region = c.text("region", &r.region, true);
+                let region = region.and_then(|id| match region_index.get(id.as_str()) {
+                    Some(&i) => Some(i),
+                    None => {
+                        c.err(Some("region"), format!("unknown region {id:?}"));
+                        None
+                    }
+                });
+                if let (Some(Some(country)), Some(region)) = (country, region) {
+                    if country_map.by_country.insert(country, region).is_some() {
+                        c.err(Some("country"), "duplicate country".into());
+                    }
+                }
+            }
+        }
+    }
+
+    // Backends.
+    struct Valid {
+        id: BackendId,
+        app: AppId,
+        region: RegionId,
+        region_idx: u16,
+        country: Option<CountryCode>,
+        site: GeoPoint,
+        addr: SocketAddr,
+        healthy: bool,
+        weight: u32,
+        soft: u32,
+        hard: u32,
+        deleted: bool,
+    }
+    let mut valid: Vec<Valid> = Vec::with_capacity(raw.backends.len());
+    let mut seen: FastMap<String, ()> = FastMap::default();
+    for r in &raw.backends {
+        let before = errors.len();
+        let mut c = Cells {
+            errors: &mut errors,
+            table: "backends",
+            row: row_label(&r.id, r.rowid),
+        };
+        let id = c.text("id", &r.id, true);
+        if let Some(id) = &id {
+            if seen.insert(id.clone(), ()).is_some() {
+                c.err(Some("id"), "duplicate backend id".into());
+            }
+        }
+        let app = match &r.app {
+            Value::Null => Some("default".to_owned()),
+            v => c.text("app", v, true),
+        };
+        let region =
+            c.text("region", &r.region, true)
+                .and_then(|id| match region_index.get(id.as_str()) {
+                    Some(&i) => Some((id, i)),
+                    None => {
+                        c.err(Some("region"), format!("unknown region {id:?}"));
+                        None
+                    }
+                });
+        let country = c.country("country", &r.country, false);
+        let point = c.point(&r.latitude, &r.longitude, false);
+        let ip = c.text("wg_ip", &r.wg_ip, true).and_then(|s| {
+            // Accept a bracketed IPv6 literal too.
+            let t = s.trim_start_matches('[').trim_end_matches(']');
+            match t.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    c.err(
+                        Some("wg_ip"),
+                        format!("{s:?} is not an IPv4 or IPv6 address"),
+                    );
+                    None
+                }
+            }
+        });
+        let port = c.int("port", &r.port, None, (1, 65535));
+        let healthy = c.flag("healthy", &r.healthy, true);
+        let weight = c.int("weight", &r.weight, Some(1), (0, MAX_LIMIT));
+        let soft = c.int("soft_limit", &r.soft_limit, None, (0, MAX_LIMIT));
+        let hard = c.int("hard_limit", &r.hard_limit, None, (0, MAX_LIMIT));
+        let deleted = c.flag("deleted", &r.deleted, false);
+        if let (Some(s), Some(h)) = (soft, hard) {
+            if s > h {
+                c.err(
+                    Some("soft_limit"),
+                    format!("soft_limit {s} is above hard_limit {h} (inverted limits)"),
+                );
+            }
+        }
+        if errors.len() != before {
+            continue;
+        }
+        // All parts are present when no error was recorded.
+        let (Some(id), Some(app), Some((region, region_idx)), Some(country), Some(point)) =
+            (id, app, region, country, point)
+        else {
+            continue;
+        };
+        let (
+            Some(ip),
+            Some(port),
+            Some(healthy),
+            Some(weight),
+            Some(soft),
+            Some(hard),
+            Some(deleted),
+        ) = (ip, port, healthy, weight, soft, hard, deleted)
+        else {
+            continue;
+        };
+        valid.push(Valid {
+            id: BackendId::new(&id),
+            app: AppId::new(&app),
+            region: RegionId::new(&region),
+            region_idx,
+            country,
+            site: point.unwrap_or(regions[region_idx as usize].point),
+            addr: SocketAddr::new(ip, port as u16),
+            healthy,
+            weight: weight as u32,
+            soft: soft as u32,
+            hard: hard as u32,
+            deleted,
+        });
+    }
+
+    if !errors.is_empty() {
+        return Err(InvalidTable { errors });
+    }
+
+    valid.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut backends = Vec::with_capacity(valid.len());
+    let mut by_id = FastMap::default();
+    let mut apps: FastMap<AppId, AppView> = FastMap::default();
+    for (i, v) in valid.into_iter().enumerate() {
+        let b = Backend {
+            load: load_for(&v.id),
+            site_vec: v.site.unit_vector(),
+            id: v.id,
+            app: v.app,
+            region: v.region,
+            region_idx: v.region_idx,
+            country: v.country,
+            site: v.site,
+            addr: v.addr,
+            healthy: v.healthy,
+            weight: v.weight,
+            soft_limit: v.soft,
+            hard_limit: v.hard,
+            deleted: v.deleted,
+        };
+        by_id.insert(b.id.clone(), i as u32);
+        let view = apps.entry(b.app.clone()).or_default();
+        view.all.push(i as u32);
+        if b.statically_eligible() {
+            view.candidates.push(i as u32);
+        }
+        backends.push(Arc::new(b));
+    }
+
+    Ok(Snapshot {
+        schema_version: raw.schema_version,
+        backends,
+        by_id,
+        apps,
+        regions,
+        region_index,
+        country_map,
+        builtin_regions,
+        builtin_countries,
+    })
+}
+
+/// Validates a table without keeping it: every row-level error, or none.
+pub fn check(raw: &RawTable) -> Vec<RowError> {
+    match build(raw, |_| Arc::default()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,282 @@
+//! The live routing table: the current [`Snapshot`] behind an atomic swap,
+//! the per-backend connection counters in a [`DashMap`] that outlives
+//! snapshots, and the reload counters.
+//!
+//! Decisions load the snapshot with one atomic read and never wait on a
+//! reload; a reload validates a whole new table, carries the counters of
+//! backends that stay, and swaps. No lock or map guard is held across
+//! anything that blocks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::diff::SnapshotDiff;
+use crate::model::{Backend, BackendId, BackendLoad};
+use crate::raw::RawTable;
+use crate::snapshot::{self, InvalidTable, RowError, Snapshot};
+
+/// Why a reload did not apply: a small, fixed set, usable as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The file could not be opened or read (missing, not a database, corrupt).
+    Unreadable,
+    /// The database stayed locked by a writer past the busy timeout.
+    Locked,
+    /// Rows failed validation.
+    Invalid,
+    /// The new table has no live backend while the current one has some.
+    Emptied,
+}
+
+impl RejectReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::Unreadable,
+        RejectReason::Locked,
+        RejectReason::Invalid,
+        RejectReason::Emptied,
+    ];
+
+    /// Lower-case label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::Unreadable => "unreadable",
+            RejectReason::Locked => "locked",
+            RejectReason::Invalid => "invalid",
+            RejectReason::Emptied => "emptied",
+        }
+    }
+}
+
+/// A reload that was refused; the table in service is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// Rows failed validation.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTable),
+    /// The new table would empty a table that has live backends.
+    #[error("the new table has no live backend while {current} are in service; refusing to empty the table")]
+    Emptied {
+        /// Live backends in the table in service.
+        current: usize,
+    },
+}
+
+impl Rejected {
+    /// The metric label of this rejection.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Rejected::Invalid(_) => RejectReason::Invalid,
+            Rejected::Emptied { .. } => RejectReason::Emptied,
+        }
+    }
+
+    /// The row-level errors, when rows were at fault.
+    pub fn row_errors(&self) -> &[RowError] {
+        match self {
+            Rejected::Invalid(e) => &e.errors,
+            Rejected::Emptied { .. } => &[],
+        }
+    }
+}
+
+/// Reload counters, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Generation of the table in service: 0 before the first load, +1 per
+    /// applied reload that changed something.
+    pub generation: AtomicU64,
+    /// Reloads applied (including ones that changed nothing).
+    pub applied: AtomicU64,
+    /// Reloads refused, by [`RejectReason`] (index = position in [`RejectReason::ALL`]).
+    pub rejected: [AtomicU64; 4],
+    /// Unix time in seconds of the last applied reload (0 before the first).
+    pub last_applied_unix: AtomicU64,
+}
+
+impl ReloadStats {
+    /// Reloads refused for one reason.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected[i].load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused reload.
+    pub fn count_rejected(&self, reason: RejectReason) {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads refused for any reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// What an applied reload changed.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The new generation.
+    pub generation: u64,
+    /// The difference from the previous table.
+    pub diff: SnapshotDiff,
+}
+
+/// A held connection slot on one backend, taken when the backend is chosen.
+/// Dropping it releases the slot exactly once.
+#[derive(Debug)]
+pub struct Reservation {
+    /// The backend as it was when chosen.
+    backend: Arc<Backend>,
+}
+
+impl Reservation {
+    /// Takes a slot on `backend` if it is below its hard limit.
+    pub fn try_new(backend: &Arc<Backend>) -> Option<Self> {
+        backend.load.try_acquire(backend.hard_limit).then(|| Self {
+            backend: Arc::clone(backend),
+        })
+    }
+
+    /// The backend the slot is on.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.backend.load.release();
+    }
+}
+
+/// The live routing table shared by every connection.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// The snapshot in service.
+    current: ArcSwap<Snapshot>,
+    /// Connection counters by backend id; an entry lives while its backend is
+    /// in the table or still has connections, so counts survive reloads.
+    loads: DashMap<BackendId, Arc<BackendLoad>, foldhash::fast::RandomState>,
+    /// Serialises reloads (never taken on the decision path).
+    reload: Mutex<()>,
+    /// Reload counters.
+    stats: ReloadStats,
+}
+
+impl Default for RoutingTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RoutingTable {
+    /// A table with no backends (generation 0).
+    pub fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            loads: DashMap::default(),
+            reload: Mutex::new(()),
+            stats: ReloadStats::default(),
+        }
+    }
+
+    /// A table loaded from rows, or why they are invalid.
+    pub fn from_raw(raw: &RawTable, now_unix: u64) -> Result<Self, Rejected> {
+        let t = Self::new();
+        t.apply(raw, now_unix)?;
+        Ok(t)
+    }
+
+    /// The snapshot in service (one atomic load; never waits on a reload).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The snapshot in service without touching its reference count, for
+    /// short reads on the hot path. Do not hold it across an await.
+    pub fn snapshot_guard(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The reload counters.
+    pub fn stats(&self) -> &ReloadStats {
+        &self.stats
+    }
+
+    /// Generation of the table in service.
+    pub fn generation(&self) -> u64 {
+        self.stats.generation.load(Ordering::Acquire)
+    }
+
+    /// Connections held on a backend, by id (also for backends just removed
+    /// from the table whose connections are still open).
+    pub fn active(&self, id: &str) -> u32 {
+        self.loads.get(id).map_or(0, |l| l.active())
+    }
+
+    /// Validates `raw` whole and, if valid, swaps it in. An invalid table, or
+    /// one that would replace live backends with none, is refused and the
+    /// table in service is kept. The refusal is counted; logging is the
+    /// caller's (it knows whether this failure is new).
+    pub fn apply(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
+        let _serial = self.reload.lock();
+        let result = self.apply_locked(raw, now_unix);
+        if let Err(e) = &result {
+            self.stats.count_rejected(e.reason());
+        }
+        result
+    }
+
+    fn apply_locked(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
+        let old = self.current.load_full();
+        // `build` asks for counters only once the whole table is valid.
+        let new = snapshot::build(raw, |id| {
+            // Clone out of the map before returning: no guard outlives this line.
+            let load = self.loads.entry(id.clone()).or_default().value().clone();
+            load
+        })?;
+        let generation = self.stats.generation.load(Ordering::Acquire);
+        if generation > 0 && old.live_len() > 0 && new.live_len() == 0 {
+            for b in &new.backends {
+                if old.backend(b.id.as_str()).is_none() {
+                    self.loads.remove_if(&b.id, |_, l| l.active() == 0);
+                }
+            }
+            return Err(Rejected::Emptied {
+                current: old.live_len(),
+            });
+        }
+        let diff = SnapshotDiff::between(&old, &new);
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_applied_unix
+            .store(now_unix, Ordering::Relaxed);
+        if generation > 0 && diff.is_empty() && old.schema_version == new.schema_version {
+            // Nothing changed (a touched file, a no-op transaction): keep the generation.
+            return Ok(Applied { generation, diff });
+        }
+        self.current.store(Arc::new(new));
+        // Forget counters of removed backends once their connections are gone.
+        for id in &diff.removed {
+            self.loads.remove_if(id, |_, l| l.active() == 0);
+        }
+        let generation = generation + 1;
+        self.stats.generation.store(generation, Ordering::Release);
+        Ok(Applied { generation, diff })
+    }
+}

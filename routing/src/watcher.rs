@@ -1,0 +1,242 @@
+//! The reloader: follows a routing.db on disk and swaps each valid committed
+//! change into a [`RoutingTable`], within a second of the commit.
+//!
+//! Runs on its own thread (SQLite is never read on an async worker). It wakes
+//! on `notify` events for the database, its `-wal` and `-journal` (the parent
+//! directory is watched, so a file replaced by rename is seen), and at least
+//! every `poll` interval. A change is confirmed before any read: the file's
+//! identity (device, inode, size, mtime) or `PRAGMA data_version` on a kept
+//! read-only connection must differ from the last attempt, so an event storm
+//! costs one read. An invalid table is refused by [`RoutingTable::apply`];
+//! its reason is logged once per distinct failure and counted once per
+//! attempt, while the last good table keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use geoedge_geoip::watch::{FileIdentity, FileWatch, WatchWaker};
+use rusqlite::Connection;
+
+use crate::loader::{self, LoadError};
+use crate::table::{Applied, Rejected, RoutingTable};
+
+/// How the reloader watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Check at least this often even without a filesystem event (default 500 ms).
+    pub poll: Duration,
+    /// After an event, wait this long for the burst of events of one commit to end (default 30 ms).
+    pub debounce: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(500),
+            debounce: Duration::from_millis(30),
+        }
+    }
+}
+
+/// Why a load did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The table was refused.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+}
+
+#[allow(clippy::disallowed_methods)] // the adapter reads the wall clock for the reload timestamp
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Loads a routing.db into a table once (at start, or from a CLI command).
+/// A load failure is counted like a refused reload.
+pub fn load_into(table: &RoutingTable, path: &Path) -> Result<Applied, ReloadError> {
+    let raw = loader::load(path).inspect_err(|e| table.stats().count_rejected(e.reason()))?;
+    Ok(table.apply(&raw, unix_now())?)
+}
+
+/// A running reloader; stops and joins its thread when dropped.
+#[derive(Debug)]
+pub struct Reloader {
+    /// Set to ask the thread to stop.
+    stop: Arc<AtomicBool>,
+    /// Wakes the thread out of its wait, so stopping is immediate.
+    waker: WatchWaker,
+    /// The thread.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reloader {
+    /// Starts following `path`, applying changes to `table`. The table should
+    /// already hold the initial load ([`load_into`]).
+    pub fn spawn(
+        path: PathBuf,
+        table: Arc<RoutingTable>,
+        opts: WatchOptions,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let watch = FileWatch::new(&path, &["-wal", "-journal"]).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), "no filesystem events ({e}); polling every {:?}", opts.poll);
+            FileWatch::polling(&path)
+        });
+        let waker = watch.waker();
+        let thread = std::thread::Builder::new()
+            .name("routing-reload".into())
+            .spawn(move || run(&path, &watch, &table, opts, &flag))?;
+        Ok(Self {
+            stop,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (at most one read in progress).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the file looked like at the last attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    identity: Option<FileIdentity>,
+    data_version: Option<i64>,
+}
+
+/// A kept read-only connection and the inode it was opened on.
+struct Reader {
+    conn: Connection,
+    identity: FileIdentity,
+}
+
+fn run(
+    path: &Path,
+    watch: &FileWatch,
+    table: &RoutingTable,
+    opts: WatchOptions,
+    stop: &AtomicBool,
+) {
+    let mut reader: Option<Reader> = None;
+    // The first pass re-reads whatever is there, so an edit made between the
+    // caller's initial load and this thread's start is not missed (an
+    // unchanged table applies as a no-op).
+    let mut last: Option<Seen> = None;
+    let mut last_error: Option<String> = None;
+    let mut first = true;
+    while !stop.load(Ordering::Acquire) {
+        if !std::mem::take(&mut first) {
+            watch.wait(opts.poll, opts.debounce);
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let identity = FileIdentity::of(path).ok().flatten();
+        if reader.as_ref().is_none_or(|r| {
+            Some((r.identity.device, r.identity.inode)) != identity.map(|i| (i.device, i.inode))
+        }) {
+            reader = identity.and_then(|identity| {
+                loader::open(path)
+                    .ok()
+                    .map(|conn| Reader { conn, identity })
+            });
+        }
+        let data_version = reader
+            .as_ref()
+            .and_then(|r| loader::data_version(&r.conn, path).ok());
+        let seen = Seen {
+            identity,
+            data_version,
+        };
+        if last == Some(seen) {
+            continue;
+        }
+        let result = match &reader {
+            Some(r) => loader::read(&r.conn, path).map_err(ReloadError::from),
+            None => Err(ReloadError::Load(match identity {
+                None => LoadError::Missing(path.to_owned()),
+                Some(_) => loader::open(path)
+                    .err()
+                    .unwrap_or(LoadError::Missing(path.to_owned())),
+            })),
+        }
+        .and_then(|raw| table.apply(&raw, unix_now()).map_err(ReloadError::from));
+        match result {
+            Ok(applied) => {
+                last = Some(seen);
+                if applied.diff.is_empty() {
+                    tracing::debug!(
+                        generation = applied.generation,
+                        "routing.db reloaded, nothing changed"
+                    );
+                } else {
+                    tracing::info!(
+                        generation = applied.generation,
+                        changes = %applied.diff,
+                        "routing.db reloaded"
+                    );
+                }
+                if last_error.take().is_some() {
+                    tracing::info!(path = %path.display(), "routing.db is valid again");
+                }
+            }
+            Err(e) => {
+                let locked = matches!(&e, ReloadError::Load(LoadError::Locked(_)));
+                if let ReloadError::Load(le) = &e {
+                    // `apply` counts its own refusals; count read failures here,
+                    // once per distinct failure.
+                    if last_error.as_deref() != Some(&le.to_string()) {
+                        table.stats().count_rejected(le.reason());
+                    }
+                    // A connection that failed a read may hold stale state.
+                    reader = None;
+                }
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(&msg) {
+                    match &e {
+                        ReloadError::Rejected(r) if !r.row_errors().is_empty() => {
+                            for row in r.row_errors() {
+                                tracing::warn!(path = %path.display(), "routing.db row rejected: {row}");
+                            }
+                            tracing::warn!(
+                                path = %path.display(),
+                                "routing.db edit rejected ({} row errors); keeping generation {}",
+                                r.row_errors().len(),
+                                table.generation()
+                            );
+                        }
+                        _ => tracing::warn!(
+                            path = %path.display(),
+                            "routing.db not reloaded: {msg}; keeping generation {}",
+                            table.generation()
+                        ),
+                    }
+                    last_error = Some(msg);
+                }
+                // A lock is transient: try again next time without a new change.
+                last = if locked { None } else { Some(seen) };
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Settings: every one is a command-line flag, a `GEOEDGE_*` environment
+//! variable and a key of the TOML file named by `--config`. Flags win over
+//! the environment, the environment over the file, the file over the
+//! defaults. An unknown key in the file is an error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use geoedge_routing::{AppId, BindingConfig, RegionId};
+
+/// A duration written the human way (`600s`, `10m`, `1h 30m`), or a bare
+/// number of seconds in the TOML file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// One layer of settings: what the flags and environment gave, or what the
+/// file gave. Every field is optional; [`Layer::over`] stacks two layers.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// routing.db to read (`geoedge route` without one uses the embedded sample table).
+    #[arg(long, env = "GEOEDGE_ROUTING_DB", global = true, value_name = "PATH")]
+    pub routing_db: Option<PathBuf>,
+
+    /// MaxMind DB (GeoIP2/GeoLite2 City or Country, DB-IP City Lite); without one the embedded sample is used.
+    #[arg(long, env = "GEOEDGE_GEOIP", global = true, value_name = "PATH")]
+    pub geoip: Option<PathBuf>,
+
+    /// This POP's region: clients GeoIP cannot locate are placed here [default: eu].
+    #[arg(long, env = "GEOEDGE_REGION", global = true, value_name = "ID")]
+    pub region: Option<String>,
+
+    /// App whose backends are chosen [default: default].
+    #[arg(long, env = "GEOEDGE_APP", global = true, value_name = "APP")]
+    pub app: Option<String>,
+
+    /// A client keeps its backend until its binding has been idle this long [default: 600s].
+    #[arg(
+        long,
+        env = "GEOEDGE_BINDING_TTL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub binding_ttl: Option<HumanDuration>,
+
+    /// IPv4 clients share a binding per network of this prefix length [default: 32].
+    #[arg(long, env = "GEOEDGE_BINDING_IPV4_PREFIX", global = true, value_name = "BITS",
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub binding_ipv4_prefix: Option<u8>,
+
+    /// IPv6 clients share a binding per network of this prefix length [default: 128].
+    #[arg(long, env = "GEOEDGE_BINDING_IPV6_PREFIX", global = true, value_name = "BITS",
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub binding_ipv6_prefix: Option<u8>,
+
+    /// At most this many bindings are kept; the least recently used go first [default: 1000000].
+    #[arg(
+        long,
+        env = "GEOEDGE_BINDING_MAX_ENTRIES",
+        global = true,
+        value_name = "N"
+    )]
+    pub binding_max_entries: Option<usize>,
+}
+
+macro_rules! stack {
+    ($top:expr, $bottom:expr, $($f:ident),* $(,)?) => {
+        Layer { $($f: $top.$f.or($bottom.$f),)* }
+    };
+}
+
+impl Layer {
+    /// This layer's values, and `below`'s where this one has none.
+    pub fn over(self, below: Layer) -> Layer {
+        stack!(
+            self,
+            below,
+            routing_db,
+            geoip,
+            region,
+            app,
+            binding_ttl,
+            binding_ipv4_prefix,
+            binding_ipv6_prefix,
+            binding_max_entries,
+        )
+    }
+
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Layer> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let layer: Layer =
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        if layer.binding_ipv4_prefix.is_some_and(|p| p > 32) {
+            bail!(
+                "config file {}: binding_ipv4_prefix must be 0..=32",
+                path.display()
+            );
+        }
+        if layer.binding_ipv6_prefix.is_some_and(|p| p > 128) {
+            bail!(
+                "config file {}: binding_ipv6_prefix must be 0..=128",
+                path.display()
+            );
+        }
+        Ok(layer)
+    }
+}
+
+/// Settings resolved from all layers, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// routing.db path; `None` means the embedded sample table.
+    pub routing_db: Option<PathBuf>,
+    /// mmdb path; `None` means the embedded sample database.
+    pub geoip: Option<PathBuf>,
+    /// This POP's region.
+    pub region: RegionId,
+    /// The app decisions are for.
+    pub app: AppId,
+    /// Binding table settings.
+    pub bindings: BindingConfig,
+}
+
+impl Settings {
+    /// Resolves the flags/environment layer over the config file (if any) over the defaults.
+    pub fn resolve(cli: Layer, config: Option<&Path>) -> anyhow::Result<Settings> {
+        let file = match config {
+            Some(p) => Layer::from_file(p)?,
+            None => Layer::default(),
+        };
+        let l = cli.over(file);
+        let defaults = BindingConfig::default();
+        Ok(Settings {
+            routing_db: l.routing_db,
+            geoip: l.geoip,
+            region: RegionId::new(l.region.as_deref().unwrap_or("eu")),
+            app: AppId::new(l.app.as_deref().unwrap_or("default")),
+            bindings: BindingConfig {
+                ttl: l.binding_ttl.map_or(defaults.ttl, |d| d.0),
+                max_entries: l.binding_max_entries.unwrap_or(defaults.max_entries),
+                ipv4_prefix: l.binding_ipv4_prefix.unwrap_or(defaults.ipv4_prefix),
+                ipv6_prefix: l.binding_ipv6_prefix.unwrap_or(defaults.ipv6_prefix),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_parse_and_unknown_keys_fail() {
+        let l: Layer =
+            toml::from_str("region = 'us'\nbinding_ttl = '10m'\nbinding_max_entries = 5").unwrap();
+        assert_eq!(l.region.as_deref(), Some("us"));
+        assert_eq!(l.binding_ttl.unwrap().0, Duration::from_secs(600));
+        let l: Layer = toml::from_str("binding_ttl = 30").unwrap();
+        assert_eq!(l.binding_ttl.unwrap().0, Duration::from_secs(30));
+        let err = toml::from_str::<Layer>("regoin = 'us'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn upper_layer_wins() {
+        let top = Layer {
+            region: Some("sa".into()),
+            ..Layer::default()
+        };
+        let bottom = Layer {
+            region: Some("us".into()),
+            app: Some("api".into()),
+            ..Layer::default()
+        };
+        let l = top.over(bottom);
+        assert_eq!(
+            (l.region.as_deref(), l.app.as_deref()),
+            (Some("sa"), Some("api"))
+        );
+    }
+}
