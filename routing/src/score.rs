@@ -21,7 +21,7 @@ use std::cmp::Ordering;
 use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint, Location};
 
 use crate::model::{Backend, BackendId};
-use crate::snapshot::{AppView, Snapshot};
+use crate::snapshot::{AppView, HotBackend, Snapshot};
 
 /// How near a backend is to a client, coarsest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -175,7 +175,13 @@ impl Score {
 }
 
 /// The best eligible backend of an app for a placement, skipping `exclude`
-/// (backends already tried for this connection). One pass, no allocation.
+/// (backends already tried for this connection). No allocation.
+///
+/// A backend under its soft limit in the nearest tier beats everything
+/// else, so the client's country and then its region are scanned first and
+/// the full scan runs only when neither has a backend under soft. Within a
+/// scan, a backend that cannot beat the best so far on soft-limit status or
+/// tier is dismissed before any arithmetic.
 pub fn best(
     snapshot: &Snapshot,
     view: &AppView,
@@ -183,18 +189,64 @@ pub fn best(
     exclude: &[BackendId],
 ) -> Option<Score> {
     let mut best: Option<Score> = None;
-    for &i in &view.candidates {
-        let b = &snapshot.backends[i as usize];
-        let active = b.load.active();
-        if active >= b.hard_limit || (!exclude.is_empty() && exclude.contains(&b.id)) {
-            continue;
-        }
-        let s = Score::of(i, b, p, active);
-        if best.is_none_or(|cur| s.order(&cur) == Ordering::Less) {
-            best = Some(s);
+    let group = p.country.and_then(|c| view.hot_by_country.get(&c));
+    let region = p.region.and_then(|r| view.hot_by_region.get(&r));
+    for positions in [group, region].into_iter().flatten() {
+        let members = positions.iter().map(|&i| &view.hot[i as usize]);
+        scan(snapshot, members, p, exclude, &mut best);
+        if best.is_some_and(|b| !b.over_soft) {
+            return best;
         }
     }
+    scan(snapshot, view.hot.iter(), p, exclude, &mut best);
     best
+}
+
+fn scan<'a>(
+    snapshot: &Snapshot,
+    members: impl Iterator<Item = &'a HotBackend>,
+    p: &Placement,
+    exclude: &[BackendId],
+    best: &mut Option<Score>,
+) {
+    for h in members {
+        let active = h.load.active();
+        if active >= h.hard_limit {
+            continue;
+        }
+        let over_soft = active >= h.soft_limit;
+        let tier = if p.country.is_some() && h.country == p.country {
+            Tier::Country
+        } else if p.region == Some(h.region_idx) {
+            Tier::Region
+        } else {
+            Tier::Distance
+        };
+        if let Some(cur) = best {
+            if (over_soft, tier) > (cur.over_soft, cur.tier) {
+                continue;
+            }
+        }
+        if !exclude.is_empty() && exclude.contains(&snapshot.backends[h.index as usize].id) {
+            continue;
+        }
+        let v = &h.site_vec;
+        let s = Score {
+            index: h.index,
+            active,
+            over_soft,
+            tier,
+            closeness: if tier == Tier::Distance {
+                p.vec[0] * v[0] + p.vec[1] * v[1] + p.vec[2] * v[2]
+            } else {
+                0.0
+            },
+            capacity: h.capacity,
+        };
+        if best.is_none_or(|cur| s.order(&cur) == Ordering::Less) {
+            *best = Some(s);
+        }
+    }
 }
 
 /// Why a backend cannot take a new client.

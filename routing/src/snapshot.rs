@@ -108,6 +108,34 @@ pub struct AppView {
     pub all: Vec<u32>,
     /// Those that are healthy, not deleted and of non-zero weight, in id order.
     pub candidates: Vec<u32>,
+    /// The fields scoring reads for each of `candidates`, packed together so
+    /// that a scan over a thousand backends stays in cache.
+    pub(crate) hot: Vec<HotBackend>,
+    /// Positions in `hot` of the candidates in each country.
+    pub(crate) hot_by_country: FastMap<CountryCode, Vec<u32>>,
+    /// Positions in `hot` of the candidates in each region (by region index).
+    pub(crate) hot_by_region: FastMap<u16, Vec<u32>>,
+}
+
+/// What [`crate::score::best`] reads of one candidate, in one cache line.
+#[derive(Debug, Clone)]
+pub(crate) struct HotBackend {
+    /// Live connection counter.
+    pub load: Arc<BackendLoad>,
+    /// Site as a unit vector.
+    pub site_vec: [f64; 3],
+    /// `soft_limit × weight` (soft limit 0 counts as 1).
+    pub capacity: u64,
+    /// Index into [`Snapshot::backends`].
+    pub index: u32,
+    /// Soft limit.
+    pub soft_limit: u32,
+    /// Hard limit.
+    pub hard_limit: u32,
+    /// Region index.
+    pub region_idx: u16,
+    /// Site country.
+    pub country: Option<CountryCode>,
 }
 
 /// One validated, immutable routing table. Decisions read it without locks;
@@ -598,6 +626,24 @@ pub fn build(
         view.all.push(i as u32);
         if b.statically_eligible() {
             view.candidates.push(i as u32);
+            let pos = view.hot.len() as u32;
+            if let Some(c) = b.country {
+                view.hot_by_country.entry(c).or_default().push(pos);
+            }
+            view.hot_by_region
+                .entry(b.region_idx)
+                .or_default()
+                .push(pos);
+            view.hot.push(HotBackend {
+                load: Arc::clone(&b.load),
+                site_vec: b.site_vec,
+                capacity: u64::from(b.soft_limit.max(1)) * u64::from(b.weight.max(1)),
+                index: i as u32,
+                soft_limit: b.soft_limit,
+                hard_limit: b.hard_limit,
+                region_idx: b.region_idx,
+                country: b.country,
+            });
         }
         backends.push(Arc::new(b));
     }

