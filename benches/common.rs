@@ -100,9 +100,15 @@ pub fn table(n: usize) -> RawTable {
 /// A deterministic stream of public-looking IPv4 addresses (xorshift).
 pub struct Addresses(u32);
 
+impl Default for Addresses {
+    fn default() -> Self {
+        Self(0x9E37_79B9)
+    }
+}
+
 impl Addresses {
     pub fn new() -> Self {
-        Self(0x9E37_79B9)
+        Self::default()
     }
 }
 

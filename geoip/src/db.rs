@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use maxminddb::{MaxMindDbError, Reader};
+use parking_lot::Mutex;
 
 use crate::error::GeoIpError;
 use crate::location::{ContinentCode, CountryCode, GeoPoint, Location, SubdivisionCode};
@@ -133,6 +134,81 @@ fn canonical(ip: IpAddr) -> IpAddr {
 pub struct GeoDb {
     reader: Reader<Vec<u8>>,
     info: DbInfo,
+    /// Answers by /24 (IPv4) or /48 (IPv6) block, for blocks inside one network.
+    blocks: Cache,
+    /// Decoded records by data-section offset.
+    records: Cache,
+}
+
+/// A small direct-mapped cache of lookup answers, used twice:
+///
+/// * by address block: when the network an address falls in is a /24 or
+///   shorter (IPv4; /48 for IPv6), every address of its /24 (/48) gets the
+///   same answer, so the answer is cached under the block and the next
+///   client from that block skips the search tree entirely (exact, never a
+///   guess: blocks inside a longer network are not cached);
+/// * by record offset: many networks share one record (a city), and
+///   decoding a record costs more than walking the tree to it.
+///
+/// Bounded (a fixed number of slots); a slot another thread holds is treated
+/// as a miss, so a lookup never waits.
+struct Cache {
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The key; `u64::MAX` when empty.
+    key: u64,
+    /// The answer: a location, or `None` for "not in the database".
+    answer: Option<Location>,
+}
+
+/// Slots per cache: 65,536 of 48 bytes, about 3 MiB each.
+const CACHE_SLOTS: usize = 1 << 16;
+
+impl Cache {
+    fn new() -> Self {
+        let empty = Slot {
+            key: u64::MAX,
+            answer: None,
+        };
+        Self {
+            slots: (0..CACHE_SLOTS).map(|_| Mutex::new(empty)).collect(),
+        }
+    }
+
+    fn slot(&self, key: u64) -> &Mutex<Slot> {
+        let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_SLOTS.trailing_zeros());
+        &self.slots[h as usize]
+    }
+
+    fn get(&self, key: u64) -> Option<Option<Location>> {
+        let slot = self.slot(key).try_lock()?;
+        (slot.key == key).then_some(slot.answer)
+    }
+
+    fn put(&self, key: u64, answer: Option<Location>) {
+        if let Some(mut slot) = self.slot(key).try_lock() {
+            *slot = Slot { key, answer };
+        }
+    }
+}
+
+/// The cache key of an address's /24 (IPv4) or /48 (IPv6) block.
+fn block_key(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => (4 << 56) | u64::from(u32::from(v4) >> 8),
+        IpAddr::V6(v6) => (6 << 56) | (u128::from(v6) >> 80) as u64,
+    }
+}
+
+/// Whether a network of `prefix` bits covers the whole block of `ip`.
+fn covers_block(ip: IpAddr, network_is_v4: bool, prefix: u8) -> bool {
+    match ip {
+        IpAddr::V4(_) => network_is_v4 && prefix <= 24,
+        IpAddr::V6(_) => !network_is_v4 && prefix <= 48,
+    }
 }
 
 impl fmt::Debug for GeoDb {
@@ -185,7 +261,12 @@ impl GeoDb {
             node_count: meta.node_count,
             size_bytes,
         };
-        let db = GeoDb { reader, info };
+        let db = GeoDb {
+            reader,
+            info,
+            blocks: Cache::new(),
+            records: Cache::new(),
+        };
         for address in PROBES {
             db.decode(address)
                 .map_err(|source| GeoIpError::Probe { address, source })?;
@@ -235,11 +316,32 @@ impl GeoDb {
         if ip.is_ipv6() && self.info.ip_version == 4 {
             return Ok(None);
         }
-        let Some(r) = self.reader.lookup(ip)?.decode::<Record<'_>>()? else {
+        let block = block_key(ip);
+        if let Some(answer) = self.blocks.get(block) {
+            return Ok(answer);
+        }
+        let result = self.reader.lookup(ip)?;
+        let whole_block = result
+            .network()
+            .is_ok_and(|n| covers_block(ip, n.is_ipv4(), n.prefix()));
+        let Some(offset) = result.offset() else {
+            if whole_block {
+                self.blocks.put(block, None);
+            }
+            return Ok(None);
+        };
+        let offset = offset as u64;
+        if let Some(answer) = self.records.get(offset) {
+            if whole_block {
+                self.blocks.put(block, answer);
+            }
+            return Ok(answer);
+        }
+        let Some(r) = result.decode::<Record<'_>>()? else {
             return Ok(None);
         };
         let country = |code: Option<&str>| code.and_then(|c| CountryCode::parse(c).ok());
-        Ok(Some(Location {
+        let location = Location {
             country: country(r.country).or_else(|| country(r.registered_country)),
             continent: r.continent.and_then(|c| ContinentCode::parse(c).ok()),
             subdivision: r.subdivision.and_then(SubdivisionCode::parse),
@@ -247,7 +349,12 @@ impl GeoDb {
                 .latitude
                 .zip(r.longitude)
                 .and_then(|(lat, lon)| GeoPoint::new(lat, lon)),
-        }))
+        };
+        self.records.put(offset, Some(location));
+        if whole_block {
+            self.blocks.put(block, Some(location));
+        }
+        Ok(Some(location))
     }
 }
 

@@ -56,8 +56,10 @@ fn dbip_city_lite_2023() {
     check("dbip-city-lite-latest.mmdb", "DBIP-City-Lite");
 }
 
-/// Our partial decoder must agree with `maxminddb`'s full `geoip2::City`
-/// decoding on whatever records random addresses hit.
+/// Our partial decoder (and its caches) must agree with `maxminddb`'s full
+/// `geoip2::City` decoding on whatever records random addresses hit. Half
+/// the addresses share a /24 (or /48) with an earlier one, so answers cached
+/// by block are checked against blocks split into smaller networks too.
 fn agrees_with_full_decoding(name: &str) {
     let Some(path) = real_db(name) else { return };
     let db = GeoDb::open(&path).unwrap();
@@ -70,12 +72,25 @@ fn agrees_with_full_decoding(name: &str) {
         state
     };
     let mut found_count = 0;
+    let (mut v4, mut v6) = (0u32, 0u128);
     for i in 0..20_000 {
+        let fresh_block = i % 8 < 4;
         let ip = if i % 4 == 0 {
-            let hi = 0x2000u128 | u128::from(next() & 0x0fff);
-            IpAddr::V6(Ipv6Addr::from((hi << 112) | (u128::from(next()) << 48)))
+            if fresh_block {
+                let hi = 0x2000u128 | u128::from(next() & 0x0fff);
+                v6 = (hi << 112) | (u128::from(next()) << 48);
+            }
+            // Same /48, another address in it.
+            let low = (u128::from(next()) << 16) ^ u128::from(next() as u16);
+            IpAddr::V6(Ipv6Addr::from(
+                (v6 & !((1u128 << 80) - 1)) | (low & ((1u128 << 80) - 1)),
+            ))
         } else {
-            IpAddr::V4(Ipv4Addr::from(next() as u32))
+            if fresh_block {
+                v4 = next() as u32;
+            }
+            // Same /24, another address in it.
+            IpAddr::V4(Ipv4Addr::from((v4 & 0xffff_ff00) | (next() as u32 & 0xff)))
         };
         let mine = db.lookup(ip);
         if mine == Lookup::Private {

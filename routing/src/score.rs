@@ -58,8 +58,6 @@ pub struct Placement {
     pub region: Option<u16>,
     /// The point distances are measured from.
     pub point: Option<GeoPoint>,
-    /// `point` as a unit vector (all zeros without a point: every site is then equally near).
-    vec: [f64; 3],
     /// True when GeoIP located the client; false when it was placed at the POP's region.
     pub located: bool,
 }
@@ -92,9 +90,15 @@ impl Placement {
             continent,
             region,
             point,
-            vec: point.map_or([0.0; 3], |p| p.unit_vector()),
             located,
         }
+    }
+
+    /// `point` as a unit vector; all zeros without a point, so that every
+    /// site is then equally near. Computed only when the distance tier is
+    /// reached (it costs four trigonometric calls).
+    fn vector(&self) -> [f64; 3] {
+        self.point.map_or([0.0; 3], |p| p.unit_vector())
     }
 
     fn tier_of(&self, b: &Backend) -> Tier {
@@ -134,13 +138,14 @@ impl Score {
     fn of(index: u32, b: &Backend, p: &Placement, active: u32) -> Self {
         let tier = p.tier_of(b);
         let v = &b.site_vec;
+        let pv = p.vector();
         Score {
             index,
             active,
             over_soft: active >= b.soft_limit,
             tier,
             closeness: if tier == Tier::Distance {
-                p.vec[0] * v[0] + p.vec[1] * v[1] + p.vec[2] * v[2]
+                pv[0] * v[0] + pv[1] * v[1] + pv[2] * v[2]
             } else {
                 0.0
             },
@@ -178,10 +183,12 @@ impl Score {
 /// (backends already tried for this connection). No allocation.
 ///
 /// A backend under its soft limit in the nearest tier beats everything
-/// else, so the client's country and then its region are scanned first and
-/// the full scan runs only when neither has a backend under soft. Within a
-/// scan, a backend that cannot beat the best so far on soft-limit status or
-/// tier is dismissed before any arithmetic.
+/// else, so the client's country and then its region are scanned first.
+/// Failing those, the site groups (candidates by country, each with a
+/// bounding cap) are scanned nearest cap first, stopping once the nearest
+/// backend under soft found so far is nearer than any remaining cap can be.
+/// Within a scan, a backend that cannot beat the best so far on soft-limit
+/// status or tier is dismissed before any arithmetic.
 pub fn best(
     snapshot: &Snapshot,
     view: &AppView,
@@ -193,12 +200,39 @@ pub fn best(
     let region = p.region.and_then(|r| view.hot_by_region.get(&r));
     for positions in [group, region].into_iter().flatten() {
         let members = positions.iter().map(|&i| &view.hot[i as usize]);
-        scan(snapshot, members, p, exclude, &mut best);
+        // Country and region members are never in the distance tier: no vector needed.
+        scan(snapshot, members, p, &[0.0; 3], exclude, &mut best);
         if best.is_some_and(|b| !b.over_soft) {
             return best;
         }
     }
-    scan(snapshot, view.hot.iter(), p, exclude, &mut best);
+    const MAX_GROUPS: usize = 64;
+    let pv = p.vector();
+    if view.sites.len() > MAX_GROUPS {
+        scan(snapshot, view.hot.iter(), p, &pv, exclude, &mut best);
+        return best;
+    }
+    // Upper bound of the closeness (cosine) of any site of each group.
+    let mut order = [(0.0f64, 0u8); MAX_GROUPS];
+    let n = view.sites.len();
+    for (i, g) in view.sites.iter().enumerate() {
+        order[i] = (g.max_closeness(&pv), i as u8);
+    }
+    let order = &mut order[..n];
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(bound, i) in order.iter() {
+        if let Some(b) = best.filter(|b| !b.over_soft) {
+            // A margin far above the rounding error of the bound.
+            if bound < b.closeness - 1e-12 {
+                break;
+            }
+        }
+        let members = view.sites[i as usize]
+            .members
+            .iter()
+            .map(|&m| &view.hot[m as usize]);
+        scan(snapshot, members, p, &pv, exclude, &mut best);
+    }
     best
 }
 
@@ -206,6 +240,7 @@ fn scan<'a>(
     snapshot: &Snapshot,
     members: impl Iterator<Item = &'a HotBackend>,
     p: &Placement,
+    pv: &[f64; 3],
     exclude: &[BackendId],
     best: &mut Option<Score>,
 ) {
@@ -237,7 +272,7 @@ fn scan<'a>(
             over_soft,
             tier,
             closeness: if tier == Tier::Distance {
-                p.vec[0] * v[0] + p.vec[1] * v[1] + p.vec[2] * v[2]
+                pv[0] * v[0] + pv[1] * v[1] + pv[2] * v[2]
             } else {
                 0.0
             },

@@ -115,6 +115,87 @@ pub struct AppView {
     pub(crate) hot_by_country: FastMap<CountryCode, Vec<u32>>,
     /// Positions in `hot` of the candidates in each region (by region index).
     pub(crate) hot_by_region: FastMap<u16, Vec<u32>>,
+    /// The candidates partitioned into site groups (by country, or by region
+    /// for backends without one), each with a bounding cap on the sphere, so
+    /// the distance tier can skip groups that cannot hold the nearest backend.
+    pub(crate) sites: Vec<SiteGroup>,
+}
+
+/// A set of candidates and the smallest known cap around their sites.
+#[derive(Debug, Clone)]
+pub(crate) struct SiteGroup {
+    /// Positions in [`AppView::hot`].
+    pub members: Vec<u32>,
+    /// Unit vector of the cap's centre.
+    pub center: [f64; 3],
+    /// Cosine of the cap's angular radius: no member is farther from `center`.
+    pub cos_radius: f64,
+    /// Sine of the cap's angular radius.
+    pub sin_radius: f64,
+}
+
+impl SiteGroup {
+    /// The largest cosine of the angle from `v` (a unit vector, or zero) to
+    /// any point of the cap: an upper bound on the closeness of every member.
+    pub fn max_closeness(&self, v: &[f64; 3]) -> f64 {
+        let c = &self.center;
+        let cos_a = (v[0] * c[0] + v[1] * c[1] + v[2] * c[2]).clamp(-1.0, 1.0);
+        if cos_a >= self.cos_radius {
+            // Inside the cap.
+            return 1.0;
+        }
+        // cos(a - r) = cos a cos r + sin a sin r, with a > r.
+        let sin_a = (1.0 - cos_a * cos_a).max(0.0).sqrt();
+        cos_a * self.cos_radius + sin_a * self.sin_radius
+    }
+}
+
+impl AppView {
+    fn index_sites(&mut self) {
+        let mut groups: FastMap<(Option<CountryCode>, u16), Vec<u32>> = FastMap::default();
+        for (pos, h) in self.hot.iter().enumerate() {
+            let key = (
+                h.country,
+                if h.country.is_some() { 0 } else { h.region_idx },
+            );
+            groups.entry(key).or_default().push(pos as u32);
+        }
+        let mut sites: Vec<SiteGroup> = groups
+            .into_values()
+            .map(|members| {
+                let mut c = [0.0f64; 3];
+                for &m in &members {
+                    let v = self.hot[m as usize].site_vec;
+                    c = [c[0] + v[0], c[1] + v[1], c[2] + v[2]];
+                }
+                let norm = (c[0] * c[0] + c[1] * c[1] + c[2] * c[2]).sqrt();
+                let center = if norm > 1e-9 {
+                    [c[0] / norm, c[1] / norm, c[2] / norm]
+                } else {
+                    self.hot[members[0] as usize].site_vec
+                };
+                let radius = members
+                    .iter()
+                    .map(|&m| angle(&center, &self.hot[m as usize].site_vec))
+                    .fold(0.0, f64::max);
+                SiteGroup {
+                    members,
+                    center,
+                    cos_radius: radius.cos(),
+                    sin_radius: radius.sin(),
+                }
+            })
+            .collect();
+        sites.sort_by_key(|g| g.members[0]);
+        self.sites = sites;
+    }
+}
+
+/// The angle between two unit vectors, in radians.
+pub(crate) fn angle(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    (a[0] * b[0] + a[1] * b[1] + a[2] * b[2])
+        .clamp(-1.0, 1.0)
+        .acos()
 }
 
 /// What [`crate::score::best`] reads of one candidate, in one cache line.
@@ -648,6 +729,9 @@ pub fn build(
         backends.push(Arc::new(b));
     }
 
+    for view in apps.values_mut() {
+        view.index_sites();
+    }
     Ok(Snapshot {
         schema_version: raw.schema_version,
         backends,
