@@ -153,14 +153,20 @@ fn run(
             }
         }
         let identity = FileIdentity::of(path).ok().flatten();
-        if reader.as_ref().is_none_or(|r| {
-            Some((r.identity.device, r.identity.inode)) != identity.map(|i| (i.device, i.inode))
-        }) {
-            reader = identity.and_then(|identity| {
-                loader::open(path)
-                    .ok()
-                    .map(|conn| Reader { conn, identity })
-            });
+        let same_file = |r: &Reader| {
+            identity.is_some_and(|i| (i.device, i.inode) == (r.identity.device, r.identity.inode))
+        };
+        // (Re)open when the file was replaced, and remember why opening failed.
+        let mut open_error = None;
+        if !reader.as_ref().is_some_and(same_file) {
+            reader = None;
+            match identity {
+                None => open_error = Some(LoadError::Missing(path.to_owned())),
+                Some(identity) => match loader::open(path) {
+                    Ok(conn) => reader = Some(Reader { conn, identity }),
+                    Err(e) => open_error = Some(e),
+                },
+            }
         }
         let data_version = reader
             .as_ref()
@@ -172,14 +178,11 @@ fn run(
         if last == Some(seen) {
             continue;
         }
-        let result = match &reader {
-            Some(r) => loader::read(&r.conn, path).map_err(ReloadError::from),
-            None => Err(ReloadError::Load(match identity {
-                None => LoadError::Missing(path.to_owned()),
-                Some(_) => loader::open(path)
-                    .err()
-                    .unwrap_or(LoadError::Missing(path.to_owned())),
-            })),
+        let result = match (&reader, open_error) {
+            (Some(r), _) => loader::read(&r.conn, path).map_err(ReloadError::from),
+            (None, e) => Err(ReloadError::Load(
+                e.unwrap_or_else(|| LoadError::Missing(path.to_owned())),
+            )),
         }
         .and_then(|raw| table.apply(&raw, unix_now()).map_err(ReloadError::from));
         match result {
