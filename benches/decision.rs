@@ -11,15 +11,33 @@
 //! looks up uniformly random addresses over the whole IPv4 space, the
 //! cold-cache worst case of the 56 MB search tree.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use geoedge_geoip::GeoDb;
 use geoedge_routing::{AppId, BindingConfig, RegionId, Request, Router, RoutingTable};
 
 mod common;
 
 const WORKING_SET: usize = 1 << 16;
+
+/// One connection's decision, as the proxy makes it: look the client up,
+/// decide, and (by dropping the route) release the reservation.
+fn connect(db: &GeoDb, router: &Router, app: &AppId, ip: IpAddr, now: Instant) -> bool {
+    let lookup = db.lookup(ip);
+    let route = router.decide(
+        &Request {
+            app,
+            ip,
+            location: lookup.location(),
+            exclude: &[],
+        },
+        now,
+    );
+    route.is_ok()
+}
 
 fn decision(c: &mut Criterion) {
     let (db, db_name) = common::city_db();
@@ -42,19 +60,7 @@ fn decision(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("fresh_client", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 1) & (WORKING_SET - 1);
-                let ip = working_set[i];
-                let lookup = db.lookup(ip);
-                let route = fresh.decide(
-                    &Request {
-                        app: &app,
-                        ip,
-                        location: lookup.location(),
-                        exclude: &[],
-                    },
-                    now,
-                );
-                // Dropping the route releases the reservation, as a closed connection does.
-                std::hint::black_box(route.is_ok())
+                std::hint::black_box(connect(&db, &fresh, &app, working_set[i], now))
             })
         });
         let returning = Router::new(table, RegionId::new("eu"), BindingConfig::default());
@@ -62,18 +68,7 @@ fn decision(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("returning_client", n), &n, |b, _| {
             b.iter(|| {
                 j = (j + 1) & 1023;
-                let ip = working_set[j];
-                let lookup = db.lookup(ip);
-                let route = returning.decide(
-                    &Request {
-                        app: &app,
-                        ip,
-                        location: lookup.location(),
-                        exclude: &[],
-                    },
-                    now,
-                );
-                std::hint::black_box(route.is_ok())
+                std::hint::black_box(connect(&db, &returning, &app, working_set[j], now))
             })
         });
     }

@@ -62,24 +62,3 @@ pub const CONTINENTS: &[(&str, &str)] = &[
     ("AS", "ap"),
     ("OC", "ap"),
 ];
-
-/// A sample country map written by `geoedge db init`, covering the countries
-/// of the sample backends and their neighbours.
-pub const SAMPLE_COUNTRIES: &[(&str, &str)] = &[
-    ("GB", "eu"),
-    ("DE", "eu"),
-    ("FR", "eu"),
-    ("NL", "eu"),
-    ("ES", "eu"),
-    ("IT", "eu"),
-    ("US", "us"),
-    ("CA", "us"),
-    ("MX", "us"),
-    ("BR", "sa"),
-    ("AR", "sa"),
-    ("CL", "sa"),
-    ("JP", "ap"),
-    ("SG", "ap"),
-    ("IN", "ap"),
-    ("AU", "ap"),
-];
