@@ -320,6 +320,30 @@ async fn half_close_both_ways_with_mebibytes() {
 }
 
 #[tokio::test]
+async fn idle_connections_are_closed_and_release_their_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let be = Backend::start("be").await;
+    add_backend(&db, "be", "eu", "GB", be.addr, 1, 1);
+    let edge = Edge::start(&edge_args(&db, &["--idle-timeout", "1s"]));
+    let mut c = connect_as(edge.addr, sample_address("GB")).await;
+    assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
+    c.get_mut().write_all(b"echo\n").await.unwrap();
+    let mut buf = Vec::new();
+    let early = tokio::time::timeout(Duration::from_millis(400), c.read_to_end(&mut buf)).await;
+    assert!(early.is_err(), "still open well before the idle timeout");
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "closed after the idle timeout");
+    // Its only slot (hard limit 1) is free again.
+    eventually("backend side closed", || {
+        be.seen.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let mut again = connect_as(edge.addr, sample_address("GB")).await;
+    assert_eq!(greeting(&mut again).await.as_deref(), Some("be"));
+}
+
+#[tokio::test]
 async fn malformed_proxy_headers_never_reach_a_backend() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
