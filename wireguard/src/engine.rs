@@ -1,0 +1,562 @@
+//! The datapath around the peer table, without IO: an IP packet from the
+//! TUN becomes a datagram for a peer's endpoint, a datagram from the network
+//! becomes an IP packet for the TUN (or a handshake reply), and a timer tick
+//! becomes retransmits, rekeys and keepalives.
+//!
+//! Rules it keeps:
+//! - every output buffer is checked before boringtun sees it, so boringtun
+//!   never panics on a short buffer (encapsulate needs `len + 32` and at
+//!   least 148 bytes; decapsulate needs the datagram's length);
+//! - a datagram is decapsulated with `Some(sender)`, so that under load
+//!   boringtun answers with a cookie instead of failing;
+//! - after a handshake message produced a reply, packets that were queued
+//!   waiting for the session are flushed ([`Engine::flush`]);
+//! - a decrypted packet is written to the TUN only if its source address
+//!   routes back to the peer that sent it;
+//! - a peer's endpoint follows the address its last authenticated datagram
+//!   came from (roaming);
+//! - a datagram that is malformed, unauthenticated, replayed or for no peer
+//!   gets no reply, only a count.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use crate::key::PrivateKey;
+use crate::peer::PeerId;
+use crate::peers::Peers;
+
+/// WireGuard's data message overhead (header and tag).
+pub const OVERHEAD: usize = 32;
+
+/// The smallest output buffer boringtun accepts (a handshake initiation).
+pub const MIN_BUFFER: usize = 148;
+
+/// A buffer size that fits any IP packet (64 KiB) plus the overhead.
+pub const MAX_BUFFER: usize = 65_535 + OVERHEAD;
+
+const MSG_INIT: u8 = 1;
+const MSG_RESPONSE: u8 = 2;
+const MSG_COOKIE: u8 = 3;
+const MSG_DATA: u8 = 4;
+const COOKIE_REPLY_LEN: usize = 64;
+
+/// Why a packet or datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// From the TUN: not an IPv4 or IPv6 packet.
+    NotIp,
+    /// From the TUN: no peer's allowed IPs hold the destination.
+    NoRoute,
+    /// The peer has no endpoint to send to yet.
+    NoEndpoint,
+    /// The output buffer is too small for this packet.
+    BufferTooSmall,
+    /// Not a well-formed WireGuard message.
+    Malformed,
+    /// A handshake initiation from a key that is not a peer.
+    UnknownPeer,
+    /// A message whose receiver index is no peer's.
+    UnknownIndex,
+    /// Failed authentication (MAC, AEAD tag, key, timestamp).
+    Unauthenticated,
+    /// A replayed or too old data message.
+    Replayed,
+    /// A message that does not fit the handshake state (e.g. a response to
+    /// no initiation, data for no session).
+    Unexpected,
+    /// A handshake refused under load without a sender address.
+    UnderLoad,
+    /// The peer's handshake attempts expired.
+    Expired,
+    /// Decrypted, but its source address is not among the peer's allowed IPs.
+    SourceNotAllowed,
+}
+
+impl DropReason {
+    fn from_wg(e: &WireGuardError) -> Self {
+        use WireGuardError as E;
+        match e {
+            E::InvalidMac
+            | E::InvalidAeadTag
+            | E::WrongKey
+            | E::WrongIndex
+            | E::InvalidTai64nTimestamp
+            | E::WrongTai64nTimestamp => Self::Unauthenticated,
+            E::DuplicateCounter | E::InvalidCounter => Self::Replayed,
+            E::UnexpectedPacket | E::NoCurrentSession | E::WrongPacketType => Self::Unexpected,
+            E::UnderLoad => Self::UnderLoad,
+            E::ConnectionExpired => Self::Expired,
+            E::DestinationBufferTooSmall => Self::BufferTooSmall,
+            E::IncorrectPacketLength | E::InvalidPacket | E::LockFailed => Self::Malformed,
+        }
+    }
+
+    /// Whether the drop concerns a datagram from the network that failed
+    /// checks (as opposed to a local packet with nowhere to go).
+    pub fn is_invalid_datagram(self) -> bool {
+        matches!(
+            self,
+            Self::Malformed
+                | Self::UnknownPeer
+                | Self::UnknownIndex
+                | Self::Unauthenticated
+                | Self::Replayed
+                | Self::Unexpected
+                | Self::SourceNotAllowed
+        )
+    }
+}
+
+/// Why a handshake initiation was not attributed to a peer.
+enum Refusal {
+    /// Under load without a valid cookie: answer with this cookie reply.
+    Cookie([u8; COOKIE_REPLY_LEN]),
+    /// Dropped.
+    Drop(DropReason),
+}
+
+/// A datagram to send, borrowed from the caller's output buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transmit<'a> {
+    /// The peer it is for (`None`: a cookie reply to an unidentified sender).
+    pub peer: Option<PeerId>,
+    /// Where to send it.
+    pub endpoint: SocketAddr,
+    /// The datagram.
+    pub datagram: &'a [u8],
+}
+
+/// A datagram to send, owned (from [`Engine::poll_timers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedTransmit {
+    /// The peer it is for.
+    pub peer: PeerId,
+    /// Where to send it.
+    pub endpoint: SocketAddr,
+    /// The datagram.
+    pub datagram: Vec<u8>,
+}
+
+/// What to do after handling one packet or datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Send this datagram. After one that answered a datagram, call
+    /// [`Engine::flush`] until it returns `None`.
+    Send(Transmit<'a>),
+    /// Write this IP packet to the TUN.
+    WriteTun(&'a [u8]),
+    /// Nothing to do (a keepalive arrived, or a packet waits for a handshake
+    /// already under way).
+    Done,
+    /// Dropped, and why (already counted).
+    Drop(DropReason),
+}
+
+/// Counters for the whole interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Packets from the TUN that were not IP.
+    pub not_ip: u64,
+    /// Packets from the TUN for no peer.
+    pub no_route: u64,
+    /// Packets for a peer without an endpoint.
+    pub no_endpoint: u64,
+    /// Packets or datagrams too large for the buffer given.
+    pub buffer_too_small: u64,
+    /// Datagrams that were not WireGuard messages.
+    pub malformed: u64,
+    /// Handshake initiations from unknown keys.
+    pub unknown_peer: u64,
+    /// Messages for unknown receiver indices.
+    pub unknown_index: u64,
+    /// Messages that failed authentication.
+    pub unauthenticated: u64,
+    /// Replayed data messages.
+    pub replayed: u64,
+    /// Messages out of handshake order.
+    pub unexpected: u64,
+    /// Handshakes refused under load.
+    pub under_load: u64,
+    /// Packets for peers whose handshakes expired.
+    pub expired: u64,
+    /// Decrypted packets whose source is not the peer's.
+    pub source_not_allowed: u64,
+    /// Cookie replies sent (handshakes while under load).
+    pub cookie_replies: u64,
+}
+
+impl EngineStats {
+    /// Datagrams from the network that failed a check (every reason for
+    /// which [`DropReason::is_invalid_datagram`] holds).
+    pub fn invalid_datagrams(&self) -> u64 {
+        self.malformed
+            + self.unknown_peer
+            + self.unknown_index
+            + self.unauthenticated
+            + self.replayed
+            + self.unexpected
+            + self.source_not_allowed
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        let c = match reason {
+            DropReason::NotIp => &mut self.not_ip,
+            DropReason::NoRoute => &mut self.no_route,
+            DropReason::NoEndpoint => &mut self.no_endpoint,
+            DropReason::BufferTooSmall => &mut self.buffer_too_small,
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::UnknownPeer => &mut self.unknown_peer,
+            DropReason::UnknownIndex => &mut self.unknown_index,
+            DropReason::Unauthenticated => &mut self.unauthenticated,
+            DropReason::Replayed => &mut self.replayed,
+            DropReason::Unexpected => &mut self.unexpected,
+            DropReason::UnderLoad => &mut self.under_load,
+            DropReason::Expired => &mut self.expired,
+            DropReason::SourceNotAllowed => &mut self.source_not_allowed,
+        };
+        *c += 1;
+    }
+}
+
+/// The sans-IO WireGuard datapath for one interface.
+#[derive(Debug)]
+pub struct Engine {
+    peers: Peers,
+    stats: EngineStats,
+    /// The longest packet ever queued into a `Tunn`: a flush buffer must fit
+    /// it plus the overhead.
+    max_tun_packet: usize,
+    /// Peers that may have packets queued behind a handshake that just
+    /// completed.
+    pending_flush: Vec<PeerId>,
+    last_rate_reset: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+impl Engine {
+    /// An engine with no peers for the interface with `private_key`.
+    pub fn new(private_key: PrivateKey) -> Self {
+        Self::with_peers(Peers::new(private_key))
+    }
+
+    /// An engine around an existing table.
+    pub fn with_peers(peers: Peers) -> Self {
+        Self {
+            peers,
+            stats: EngineStats::default(),
+            max_tun_packet: 0,
+            pending_flush: Vec::new(),
+            last_rate_reset: None,
+            scratch: vec![0u8; MIN_BUFFER.max(OVERHEAD + 16)],
+        }
+    }
+
+    /// The peer table.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The peer table, to reconfigure it.
+    pub fn peers_mut(&mut self) -> &mut Peers {
+        &mut self.peers
+    }
+
+    /// The interface's counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    fn drop(&mut self, reason: DropReason) -> Action<'static> {
+        self.stats.count(reason);
+        Action::Drop(reason)
+    }
+
+    /// Handles an IP packet read from the TUN: routes it by destination
+    /// through the allowed IPs and encapsulates it into `out` (which must
+    /// hold `packet.len() + 32` and at least 148 bytes). Without a session
+    /// the packet waits in the peer's queue and a handshake initiation is
+    /// returned instead (or `Done` if one is under way).
+    pub fn handle_tun_packet<'a>(&mut self, packet: &[u8], out: &'a mut [u8]) -> Action<'a> {
+        let Some(dst) = Tunn::dst_address(packet) else {
+            return self.drop(DropReason::NotIp);
+        };
+        let Some(id) = self.peers.route(dst) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        if out.len() < (packet.len() + OVERHEAD).max(MIN_BUFFER) {
+            return self.drop(DropReason::BufferTooSmall);
+        }
+        let Some(peer) = self.peers.get_mut(id) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let Some(endpoint) = peer.endpoint else {
+            return self.drop(DropReason::NoEndpoint);
+        };
+        self.max_tun_packet = self.max_tun_packet.max(packet.len());
+        match peer.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(d) => {
+                peer.stats.tx_bytes += d.len() as u64;
+                if d.first() == Some(&MSG_INIT) {
+                    peer.stats.handshake_initiations_sent += 1;
+                }
+                Action::Send(Transmit {
+                    peer: Some(id),
+                    endpoint,
+                    datagram: d,
+                })
+            }
+            TunnResult::Err(e) => self.drop(DropReason::from_wg(&e)),
+            _ => Action::Done,
+        }
+    }
+
+    /// Handles a datagram received from `from` at `now`, using `out` (at
+    /// least the datagram's length and 148 bytes) for the result.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &'a mut [u8],
+        now: Instant,
+    ) -> Action<'a> {
+        if out.len() < datagram.len().max(MIN_BUFFER) {
+            return self.drop(DropReason::BufferTooSmall);
+        }
+        let Ok(packet) = Tunn::parse_incoming_packet(datagram) else {
+            return self.drop(DropReason::Malformed);
+        };
+        let kind = datagram[0];
+        let id = match packet {
+            Packet::HandshakeInit(_) => match self.initiation_sender(from, datagram) {
+                Ok(id) => Some(id),
+                Err(Refusal::Drop(reason)) => return self.drop(reason),
+                Err(Refusal::Cookie(cookie)) => {
+                    self.stats.cookie_replies += 1;
+                    out[..cookie.len()].copy_from_slice(&cookie);
+                    return Action::Send(Transmit {
+                        peer: None,
+                        endpoint: from,
+                        datagram: &out[..cookie.len()],
+                    });
+                }
+            },
+            Packet::HandshakeResponse(p) => self.peers.by_receiver_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.by_receiver_index(p.receiver_idx),
+            Packet::PacketData(p) => self.peers.by_receiver_index(p.receiver_idx),
+        };
+        let Some(id) = id else {
+            return self.drop(DropReason::UnknownIndex);
+        };
+        self.handle_from_peer(id, kind, from, datagram, out, now)
+    }
+
+    /// Who sent a handshake initiation: its MACs and the load are checked
+    /// before the Diffie-Hellman that reveals the sender's static key.
+    fn initiation_sender(&self, from: SocketAddr, datagram: &[u8]) -> Result<PeerId, Refusal> {
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        match self
+            .peers
+            .rate_limiter()
+            .verify_packet(Some(from.ip()), datagram, &mut cookie)
+        {
+            Ok(verified) => self
+                .peers
+                .sender_of(&verified)
+                .ok_or(Refusal::Drop(DropReason::UnknownPeer)),
+            Err(TunnResult::WriteToNetwork(c)) if c.len() == COOKIE_REPLY_LEN => {
+                Err(Refusal::Cookie(cookie))
+            }
+            Err(TunnResult::Err(e)) => Err(Refusal::Drop(DropReason::from_wg(&e))),
+            Err(_) => Err(Refusal::Drop(DropReason::Malformed)),
+        }
+    }
+
+    /// A datagram of message type `kind` identified as coming from peer `id`.
+    fn handle_from_peer<'a>(
+        &mut self,
+        id: PeerId,
+        kind: u8,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &'a mut [u8],
+        now: Instant,
+    ) -> Action<'a> {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return self.drop(DropReason::UnknownIndex);
+        };
+        // The result borrows `out` only, so the table is free again below.
+        match peer.tunn.decapsulate(Some(from.ip()), datagram, out) {
+            TunnResult::WriteToNetwork(reply) => {
+                if reply.first() == Some(&MSG_COOKIE) {
+                    // Under load: the sender is not authenticated yet.
+                    self.stats.cookie_replies += 1;
+                    return Action::Send(Transmit {
+                        peer: None,
+                        endpoint: from,
+                        datagram: reply,
+                    });
+                }
+                if let Some(peer) = self.authenticated(id, from, datagram.len()) {
+                    peer.stats.tx_bytes += reply.len() as u64;
+                    if kind == MSG_INIT || kind == MSG_RESPONSE {
+                        peer.stats.handshakes_completed += 1;
+                        peer.stats.last_handshake = Some(now);
+                    }
+                    if kind == MSG_INIT {
+                        peer.stats.handshake_initiations_received += 1;
+                    }
+                }
+                if !self.pending_flush.contains(&id) {
+                    self.pending_flush.push(id);
+                }
+                Action::Send(Transmit {
+                    peer: Some(id),
+                    endpoint: from,
+                    datagram: reply,
+                })
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                self.deliver(id, from, datagram.len(), packet, src.into())
+            }
+            TunnResult::WriteToTunnelV6(packet, src) => {
+                self.deliver(id, from, datagram.len(), packet, src.into())
+            }
+            TunnResult::Done => {
+                if kind == MSG_DATA {
+                    // An authenticated keepalive.
+                    self.authenticated(id, from, datagram.len());
+                }
+                Action::Done
+            }
+            TunnResult::Err(e) => self.drop(DropReason::from_wg(&e)),
+        }
+    }
+
+    /// Peer `id` sent an authenticated datagram of `len` bytes from `from`:
+    /// it roams there and its receive counter moves.
+    fn authenticated(
+        &mut self,
+        id: PeerId,
+        from: SocketAddr,
+        len: usize,
+    ) -> Option<&mut crate::peer::Peer> {
+        let peer = self.peers.get_mut(id)?;
+        peer.endpoint = Some(from);
+        peer.stats.rx_bytes += len as u64;
+        Some(peer)
+    }
+
+    /// A packet decrypted from peer `id`: written to the TUN only if its
+    /// source `src` routes back to that peer.
+    fn deliver<'a>(
+        &mut self,
+        id: PeerId,
+        from: SocketAddr,
+        len: usize,
+        packet: &'a mut [u8],
+        src: IpAddr,
+    ) -> Action<'a> {
+        let allowed = self.peers.route(src) == Some(id);
+        let Some(peer) = self.authenticated(id, from, len) else {
+            return self.drop(DropReason::UnknownIndex);
+        };
+        if !allowed {
+            peer.stats.source_not_allowed += 1;
+            return self.drop(DropReason::SourceNotAllowed);
+        }
+        Action::WriteTun(packet)
+    }
+
+    /// Sends what queued behind a handshake that just completed: call after
+    /// any [`Action::Send`] from [`Engine::handle_datagram`], until `None`.
+    /// `out` must hold the longest packet handed to
+    /// [`Engine::handle_tun_packet`] plus 32 bytes ([`MAX_BUFFER`] always
+    /// does).
+    pub fn flush<'a>(&mut self, out: &'a mut [u8]) -> Option<Transmit<'a>> {
+        let need = (self.max_tun_packet + OVERHEAD).max(MIN_BUFFER);
+        while let Some(&id) = self.pending_flush.last() {
+            if out.len() < need {
+                self.pending_flush.clear();
+                self.stats.count(DropReason::BufferTooSmall);
+                return None;
+            }
+            let Some(peer) = self.peers.get_mut(id) else {
+                self.pending_flush.pop();
+                continue;
+            };
+            let Some(endpoint) = peer.endpoint else {
+                self.pending_flush.pop();
+                continue;
+            };
+            let len = match peer.tunn.decapsulate(None, &[], out) {
+                TunnResult::WriteToNetwork(d) => d.len(),
+                _ => {
+                    self.pending_flush.pop();
+                    continue;
+                }
+            };
+            peer.stats.tx_bytes += len as u64;
+            if out.first() == Some(&MSG_INIT) {
+                peer.stats.handshake_initiations_sent += 1;
+            }
+            return Some(Transmit {
+                peer: Some(id),
+                endpoint,
+                datagram: &out[..len],
+            });
+        }
+        None
+    }
+
+    /// Runs every peer's timers at `now` (call every 100–250 ms): handshake
+    /// retransmits and rekeys, keepalives, persistent keepalives; resets the
+    /// shared handshake rate limiter once a second. Returns the datagrams to
+    /// send.
+    pub fn poll_timers(&mut self, now: Instant) -> Vec<OwnedTransmit> {
+        let reset_due = match self.last_rate_reset {
+            None => true,
+            Some(last) => {
+                now.checked_duration_since(last).unwrap_or(Duration::ZERO) >= Duration::from_secs(1)
+            }
+        };
+        if reset_due {
+            self.peers.rate_limiter().reset_count();
+            self.last_rate_reset = Some(now);
+        }
+        let mut sends = Vec::new();
+        let scratch = &mut self.scratch;
+        for peer in self.peers.iter_mut() {
+            let mut out: Vec<Vec<u8>> = Vec::new();
+            if let TunnResult::WriteToNetwork(d) = peer.tunn.update_timers(scratch) {
+                out.push(d.to_vec());
+            }
+            if peer.endpoint.is_some() && peer.take_keepalive_due(now) {
+                if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(&[], scratch) {
+                    out.push(d.to_vec());
+                }
+            }
+            let Some(endpoint) = peer.endpoint else {
+                continue;
+            };
+            for datagram in out {
+                peer.stats.tx_bytes += datagram.len() as u64;
+                if datagram.first() == Some(&MSG_INIT) {
+                    peer.stats.handshake_initiations_sent += 1;
+                }
+                sends.push(OwnedTransmit {
+                    peer: peer.id,
+                    endpoint,
+                    datagram,
+                });
+            }
+        }
+        sends
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
