@@ -35,4 +35,14 @@ CREATE TABLE IF NOT EXISTS country_regions (
   region  TEXT NOT NULL              -- regions.id
 );
 
+-- WireGuard peers: the other POPs this POP reaches over its backhaul.
+-- Optional: without this table geoedge has no peers.
+CREATE TABLE IF NOT EXISTS wg_peers (
+  public_key           TEXT PRIMARY KEY,  -- base64, as `wg pubkey` prints it
+  endpoint             TEXT,              -- host:port or [v6]:port; NULL: the peer connects to us
+  allowed_ips          TEXT NOT NULL,     -- comma-separated CIDRs routed to this peer
+  persistent_keepalive INTEGER,           -- seconds; NULL or 0: off
+  region               TEXT               -- the POP region the peer serves (regions.id), or NULL
+);
+
 PRAGMA user_version = 1;

@@ -19,6 +19,8 @@ pub struct SnapshotDiff {
     pub regions_changed: bool,
     /// The country map differs.
     pub countries_changed: bool,
+    /// The WireGuard peers differ.
+    pub peers_changed: bool,
 }
 
 impl SnapshotDiff {
@@ -57,6 +59,7 @@ impl SnapshotDiff {
         }
         d.regions_changed = old.regions != new.regions;
         d.countries_changed = old.country_map != new.country_map;
+        d.peers_changed = old.wg_peers != new.wg_peers;
         d
     }
 
@@ -67,6 +70,7 @@ impl SnapshotDiff {
             && self.changed.is_empty()
             && !self.regions_changed
             && !self.countries_changed
+            && !self.peers_changed
     }
 }
 
@@ -93,6 +97,9 @@ impl fmt::Display for SnapshotDiff {
         }
         if self.countries_changed {
             f.write_str(" country map changed")?;
+        }
+        if self.peers_changed {
+            f.write_str(" wireguard peers changed")?;
         }
         Ok(())
     }

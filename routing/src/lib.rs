@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod diff;
 pub mod model;
+pub mod peers;
 pub mod raw;
 pub mod router;
 pub mod score;
@@ -32,6 +33,7 @@ pub mod watcher;
 pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
 pub use diff::SnapshotDiff;
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+pub use peers::{Endpoint, WgPeer};
 pub use raw::RawTable;
 pub use router::{
     Candidate, DecisionKind, DecisionStats, Explanation, NoRoute, Request, Route, Router,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::raw::{BackendRow, CountryRegionRow, RawTable, RegionRow, Value};
+use crate::raw::{BackendRow, CountryRegionRow, RawTable, RegionRow, Value, WgPeerRow};
 use crate::snapshot::{self, RowError};
 use crate::table::RejectReason;
 
@@ -278,12 +278,39 @@ pub fn read(conn: &Connection, path: &Path) -> Result<RawTable, LoadError> {
     } else {
         None
     };
+    let wg_peers = if has("wg_peers") {
+        let cols = &[
+            ("public_key", true),
+            ("endpoint", false),
+            ("allowed_ips", true),
+            ("persistent_keepalive", false),
+            ("region", false),
+        ];
+        select(&tx, path, "wg_peers", cols)?
+            .into_iter()
+            .map(|(rowid, c)| {
+                let mut c = c.into_iter();
+                let mut next = || c.next().unwrap_or(Value::Null);
+                WgPeerRow {
+                    rowid,
+                    public_key: next(),
+                    endpoint: next(),
+                    allowed_ips: next(),
+                    persistent_keepalive: next(),
+                    region: next(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     tx.finish().map_err(|e| LoadError::sqlite(path, e))?;
     Ok(RawTable {
         schema_version,
         backends,
         regions,
         country_regions,
+        wg_peers,
     })
 }
 

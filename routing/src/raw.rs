@@ -138,6 +138,23 @@ pub struct CountryRegionRow {
     pub region: Value,
 }
 
+/// One `wg_peers` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WgPeerRow {
+    /// SQLite rowid, for error messages.
+    pub rowid: i64,
+    /// `public_key`
+    pub public_key: Value,
+    /// `endpoint`
+    pub endpoint: Value,
+    /// `allowed_ips`
+    pub allowed_ips: Value,
+    /// `persistent_keepalive`
+    pub persistent_keepalive: Value,
+    /// `region`
+    pub region: Value,
+}
+
 /// Everything read from one routing.db in one read transaction.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawTable {
@@ -151,4 +168,6 @@ pub struct RawTable {
     /// The `country_regions` rows, or `None` when the table does not exist
     /// (the built-in country map is used then).
     pub country_regions: Option<Vec<CountryRegionRow>>,
+    /// The `wg_peers` rows (none when the table does not exist).
+    pub wg_peers: Vec<WgPeerRow>,
 }

@@ -14,6 +14,7 @@ use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint};
 
 use crate::builtin;
 use crate::model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+use crate::peers::WgPeer;
 use crate::raw::{RawTable, Value};
 
 /// The newest routing.db schema version this build understands.
@@ -241,6 +242,8 @@ pub struct Snapshot {
     pub builtin_regions: bool,
     /// True when the country map is the built-in one.
     pub builtin_countries: bool,
+    /// WireGuard peers (`wg_peers`), sorted by public key.
+    pub wg_peers: Vec<WgPeer>,
 }
 
 impl Snapshot {
@@ -677,6 +680,9 @@ pub fn build(
         });
     }
 
+    let wg_peers =
+        crate::peers::validate(&raw.wg_peers, |r| region_index.contains_key(r), &mut errors);
+
     if !errors.is_empty() {
         return Err(InvalidTable { errors });
     }
@@ -742,6 +748,7 @@ pub fn build(
         country_map,
         builtin_regions,
         builtin_countries,
+        wg_peers,
     })
 }
 

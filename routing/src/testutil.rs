@@ -49,6 +49,7 @@ pub fn table(backends: Vec<BackendRow>) -> RawTable {
                 })
                 .collect(),
         ),
+        wg_peers: Vec::new(),
     }
 }
 

@@ -381,3 +381,40 @@ fn check_lists_row_errors_of_a_bad_file() {
     // init refuses to overwrite.
     assert!(loader::init(&path, true).is_err());
 }
+
+#[test]
+fn wireguard_peers_reload_with_the_table() {
+    let f = fixture();
+    assert!(f.table.snapshot().wg_peers.is_empty());
+    let key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+    sqlite3(
+        &f.path,
+        &format!(
+            "INSERT INTO wg_peers (public_key, endpoint, allowed_ips, persistent_keepalive, region)
+             VALUES ('{key}', '192.0.2.10:51820', '10.77.1.0/24', 25, 'us');"
+        ),
+    );
+    eventually("peer added", || f.table.snapshot().wg_peers.len() == 1);
+    let peer = f.table.snapshot().wg_peers[0].clone();
+    assert_eq!(peer.public_key.to_string(), key);
+    assert_eq!(peer.persistent_keepalive, Some(25));
+    sqlite3(
+        &f.path,
+        "UPDATE wg_peers SET endpoint = '192.0.2.11:51820';",
+    );
+    eventually("endpoint changed", || {
+        f.table.snapshot().wg_peers[0]
+            .endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref()
+            == Some("192.0.2.11:51820")
+    });
+    refused(
+        &f,
+        "malformed peer key",
+        RejectReason::Invalid,
+        || sqlite3(&f.path, "UPDATE wg_peers SET public_key = 'short';"),
+        |t| t.snapshot().wg_peers.len() == 1,
+    );
+}

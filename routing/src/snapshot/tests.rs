@@ -38,6 +38,7 @@ fn edgeproxy_table_uses_builtin_regions_and_country_map() {
         )],
         regions: None,
         country_regions: None,
+        wg_peers: Vec::new(),
     };
     let s = build(&raw, |_| Arc::default()).unwrap();
     assert!(s.builtin_regions && s.builtin_countries);
