@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use geoedge_wireguard::PrivateKey;
 
 use crate::config::{Layer, Settings};
 
@@ -39,6 +41,9 @@ pub enum Command {
     Db(DbCommand),
     /// Run the edge proxy.
     Run,
+    /// WireGuard keys.
+    #[command(subcommand)]
+    Wg(WgCommand),
     /// Run the whole edge offline on an embedded default: three in-process backends, a generated routing.db, the sample mmdb.
     Demo,
     /// Connect to ADDR claiming client address IP in a PROXY v1 header, and print the backend's first line.
@@ -83,6 +88,15 @@ impl Cli {
     }
 }
 
+/// `geoedge wg …`
+#[derive(Debug, Subcommand)]
+pub enum WgCommand {
+    /// Print a new private key (base64, as `wg genkey` does).
+    Genkey,
+    /// Read a private key on standard input and print its public key (as `wg pubkey` does).
+    Pubkey,
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = || Settings::resolve(cli.settings.clone(), cli.config.as_deref());
@@ -91,6 +105,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Init { path, empty }) => crate::db_cmd::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::db_cmd::check(path),
         Command::Run => crate::run_cmd::run(&settings()?),
+        Command::Wg(WgCommand::Genkey) => {
+            println!("{}", PrivateKey::generate()?.to_base64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wg(WgCommand::Pubkey) => {
+            let mut text = String::new();
+            std::io::stdin().read_line(&mut text)?;
+            let key: PrivateKey = text
+                .trim()
+                .parse()
+                .context("reading a private key on standard input")?;
+            println!("{}", key.public_key());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             // The demo listens on loopback, trusts PROXY headers from it, and
             // tells its backends who the client is.

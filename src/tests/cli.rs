@@ -250,3 +250,60 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
         .unwrap()
         .success());
 }
+
+fn with_stdin(mut cmd: Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn wg_keys_are_interchangeable_with_the_wg_tool() {
+    let key = ok(geoedge().args(["wg", "genkey"]).output().unwrap());
+    let mut pubkey = geoedge();
+    pubkey.args(["wg", "pubkey"]);
+    let ours = ok(with_stdin(pubkey, &key));
+    assert_eq!(ours.trim().len(), 44);
+    // Garbage, a short key and the all-zero key are refused.
+    for bad in [
+        "garbage\n",
+        "AAAA\n",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    ] {
+        let mut c = geoedge();
+        c.args(["wg", "pubkey"]);
+        assert!(!with_stdin(c, bad).status.success(), "{bad}");
+    }
+    if Command::new("wg").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "wireguard-tools is missing: .ci/run installs it"
+        );
+        eprintln!("skipping: the wg tool is not installed (apt-get install wireguard-tools)");
+        return;
+    }
+    let mut wg = Command::new("wg");
+    wg.arg("pubkey");
+    assert_eq!(ok(with_stdin(wg, &key)), ours, "wg pubkey of our key");
+    let theirs = ok(Command::new("wg").arg("genkey").output().unwrap());
+    let mut wg = Command::new("wg");
+    wg.arg("pubkey");
+    let mut c = geoedge();
+    c.args(["wg", "pubkey"]);
+    assert_eq!(
+        ok(with_stdin(c, &theirs)),
+        ok(with_stdin(wg, &theirs)),
+        "our pubkey of wg's key"
+    );
+}
