@@ -94,6 +94,7 @@ pub fn table(n: usize) -> RawTable {
                 })
                 .collect(),
         ),
+        wg_peers: Vec::new(),
     }
 }
 
