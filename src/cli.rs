@@ -95,6 +95,8 @@ pub enum WgCommand {
     Genkey,
     /// Read a private key on standard input and print its public key (as `wg pubkey` does).
     Pubkey,
+    /// Run only the WireGuard endpoint (a backend POP host): the wg_* settings, peers from routing.db if given.
+    Up,
 }
 
 /// Runs a parsed command line.
@@ -105,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Init { path, empty }) => crate::db_cmd::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::db_cmd::check(path),
         Command::Run => crate::run_cmd::run(&settings()?),
+        Command::Wg(WgCommand::Up) => crate::wg::up(&settings()?),
         Command::Wg(WgCommand::Genkey) => {
             println!("{}", PrivateKey::generate()?.to_base64());
             Ok(ExitCode::SUCCESS)

@@ -174,6 +174,47 @@ pub struct Layer {
         value_name = "DURATION"
     )]
     pub drain_timeout: Option<HumanDuration>,
+
+    /// WireGuard interface name; setting it turns the backhaul on (peers come from routing.db's wg_peers).
+    #[arg(long, env = "GEOEDGE_WG_INTERFACE", global = true, value_name = "NAME")]
+    pub wg_interface: Option<String>,
+
+    /// WireGuard UDP listen port [default: 51820].
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_LISTEN_PORT",
+        global = true,
+        value_name = "PORT"
+    )]
+    pub wg_listen_port: Option<u16>,
+
+    /// File holding this POP's WireGuard private key (mode 0600 or stricter).
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_PRIVATE_KEY_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub wg_private_key_file: Option<PathBuf>,
+
+    /// Overlay address of the WireGuard interface, with its prefix (repeatable), e.g. 10.77.0.1/16.
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_ADDRESS",
+        global = true,
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub wg_address: Option<Vec<String>>,
+
+    /// MTU of the WireGuard interface [default: 1420].
+    #[arg(long, env = "GEOEDGE_WG_MTU", global = true, value_name = "BYTES")]
+    pub wg_mtu: Option<u16>,
+
+    /// Attach to an existing TUN interface of that name instead of creating one (no CAP_NET_ADMIN needed).
+    #[arg(long, env = "GEOEDGE_WG_ATTACH", global = true, value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub wg_attach: Option<bool>,
 }
 
 macro_rules! stack {
@@ -204,6 +245,12 @@ impl Layer {
             idle_timeout,
             proxy_header_timeout,
             drain_timeout,
+            wg_interface,
+            wg_listen_port,
+            wg_private_key_file,
+            wg_address,
+            wg_mtu,
+            wg_attach,
         )
     }
 
@@ -258,6 +305,25 @@ pub struct Settings {
     pub proxy_header_timeout: Duration,
     /// How long shutdown waits for open connections.
     pub drain_timeout: Duration,
+    /// The WireGuard backhaul, when configured.
+    pub wireguard: Option<WgSettings>,
+}
+
+/// The WireGuard interface settings.
+#[derive(Debug, Clone)]
+pub struct WgSettings {
+    /// Interface name.
+    pub interface: String,
+    /// UDP listen port.
+    pub listen_port: u16,
+    /// Private key file.
+    pub private_key_file: PathBuf,
+    /// Overlay addresses (empty when attaching).
+    pub addresses: Vec<IpNet>,
+    /// MTU.
+    pub mtu: u16,
+    /// Attach to an existing TUN instead of creating one.
+    pub attach: bool,
 }
 
 /// A client listener: an address, and the app it serves.
@@ -318,6 +384,38 @@ impl Settings {
         let secs = |d: Option<HumanDuration>, default: u64| {
             d.map_or(Duration::from_secs(default), |d| d.0)
         };
+        let wireguard = match l.wg_interface {
+            None => None,
+            Some(interface) => {
+                if interface.is_empty() || interface.len() > 15 {
+                    bail!("wg_interface {interface:?}: 1 to 15 characters");
+                }
+                let attach = l.wg_attach.unwrap_or(false);
+                let addresses = l
+                    .wg_address
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| {
+                        a.trim()
+                            .parse::<IpNet>()
+                            .with_context(|| format!("wg_address {a:?}: not a CIDR"))
+                    })
+                    .collect::<anyhow::Result<Vec<IpNet>>>()?;
+                if addresses.is_empty() && !attach {
+                    bail!("wg_interface {interface:?} needs wg_address (or wg_attach to an existing TUN)");
+                }
+                Some(WgSettings {
+                    interface,
+                    listen_port: l.wg_listen_port.unwrap_or(51820),
+                    private_key_file: l
+                        .wg_private_key_file
+                        .context("wg_interface needs wg_private_key_file")?,
+                    addresses,
+                    mtu: l.wg_mtu.unwrap_or(1420),
+                    attach,
+                })
+            }
+        };
         Ok(Settings {
             routing_db: l.routing_db,
             geoip: l.geoip,
@@ -337,6 +435,7 @@ impl Settings {
             idle_timeout: secs(l.idle_timeout, 600),
             proxy_header_timeout: secs(l.proxy_header_timeout, 3),
             drain_timeout: secs(l.drain_timeout, 30),
+            wireguard,
         })
     }
 }

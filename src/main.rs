@@ -11,6 +11,8 @@ mod proxy_protocol;
 mod relay;
 mod route_cmd;
 mod run_cmd;
+mod wg;
+mod wg_key;
 
 use std::process::ExitCode;
 

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::dialer::TcpDialer;
 use crate::proxy::{Proxy, ProxyOptions};
+use crate::wg::Backhaul;
 
 /// Everything a running edge holds; dropping it stops the reloaders.
 pub struct Edge {
@@ -178,8 +179,19 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let edge = start(settings, &routing_db)?;
     runtime.block_on(async {
+        // The backhaul comes up first: backends in other POPs are dialed through it.
+        let backhaul = match &settings.wireguard {
+            Some(wg) => {
+                Some(Backhaul::start(wg, Some(Arc::clone(edge.proxy.router.table()))).await?)
+            }
+            None => None,
+        };
         let listeners = bind(settings).await?;
-        serve(&edge, listeners, settings.drain_timeout).await
+        let served = serve(&edge, listeners, settings.drain_timeout).await;
+        if let Some(b) = backhaul {
+            b.shutdown().await;
+        }
+        served
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,352 @@
+//! geoedge's WireGuard backhaul end to end: a network namespace standing for
+//! a backend POP runs Debian's `wireguard-go` and a backend server; geoedge
+//! (`geoedge run`, in the root namespace) reads its peer from routing.db's
+//! `wg_peers`, and proxies a client to the POP's backend through its own
+//! userspace WireGuard interface. 64 MiB go each way with matching sha256,
+//! and `wg show` on both sides shows the handshake.
+//!
+//! Needs root, /dev/net/tun, `ip`, `wireguard-go` and `wg`: it skips with a
+//! printed reason where they are missing (and fails under CI when the tools
+//! are missing). Everything it creates is removed, also on failure.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use support::*;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    let missing: Vec<&str> = ["ip", "wireguard-go", "wg"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if !missing.is_empty() {
+        let reason = format!("{} not installed", missing.join(", "));
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI this test must run: {reason}"
+        );
+        return Some(reason);
+    }
+    None
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Removes what the test made, in reverse order, also when it panics.
+struct Cleanup {
+    netns: String,
+    veth: String,
+    children: Vec<Child>,
+    sockets: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .stderr(Stdio::null())
+            .status();
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+/// A backend inside the namespace: greets, then echoes until end-of-file.
+fn backend_in_netns(ns: &str, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let netns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        // SAFETY: setns on a namespace file we hold open; affects this thread only.
+        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let listener = TcpListener::bind(addr).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        // geoedge sends a PROXY v1 header first.
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        assert!(header.starts_with("PROXY TCP4 207.237.0.1 "), "{header:?}");
+        s.write_all(b"backend=pop-us\n").unwrap();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                s.shutdown(Shutdown::Write).unwrap();
+                return;
+            }
+            s.write_all(&buf[..n]).unwrap();
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("backend listening");
+    h
+}
+
+#[test]
+fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let pid = std::process::id();
+    let n = 100 + pid % 100;
+    let (ns, ve0, ve1) = (
+        format!("gepop{pid}"),
+        format!("gew0{pid}"),
+        format!("gew1{pid}"),
+    );
+    let (pop_if, edge_if) = (format!("wgpop{pid}"), format!("ge{pid}"));
+    let mut cleanup = Cleanup {
+        netns: ns.clone(),
+        veth: ve0.clone(),
+        children: Vec::new(),
+        sockets: vec![
+            format!("/var/run/wireguard/{pop_if}.sock"),
+            format!("/var/run/wireguard/{edge_if}.sock"),
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Keys, made with geoedge (interchangeable with the wg tool).
+    let key = |name: &str| {
+        let out = geoedge().args(["wg", "genkey"]).output().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, &out.stdout).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let mut c = geoedge()
+            .args(["wg", "pubkey"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        let public = String::from_utf8(c.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        (path, public)
+    };
+    let (pop_key, pop_pub) = key("pop.key");
+    let (edge_key, edge_pub) = key("edge.key");
+
+    // The POP namespace, joined by a veth pair, running wireguard-go.
+    run(&["ip", "netns", "add", &ns]);
+    run(&[
+        "ip", "link", "add", &ve0, "type", "veth", "peer", "name", &ve1,
+    ]);
+    run(&["ip", "link", "set", &ve1, "netns", &ns]);
+    run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("172.31.{n}.1/24"),
+        "dev",
+        &ve0,
+    ]);
+    run(&["ip", "link", "set", &ve0, "up"]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("172.31.{n}.2/24"),
+        "dev",
+        &ve1,
+    ]);
+    run(&["ip", "-n", &ns, "link", "set", &ve1, "up"]);
+    run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    let wggo = Command::new("ip")
+        .args(["netns", "exec", &ns, "wireguard-go", "-f", &pop_if])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    cleanup.children.push(wggo);
+    let sock = format!("/var/run/wireguard/{pop_if}.sock");
+    for _ in 0..100 {
+        if Path::new(&sock).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "wg",
+        "set",
+        &pop_if,
+        "listen-port",
+        "51820",
+        "private-key",
+        pop_key.to_str().unwrap(),
+        "peer",
+        &edge_pub,
+        "allowed-ips",
+        &format!("10.78.{n}.1/32"),
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("10.78.{n}.2/24"),
+        "dev",
+        &pop_if,
+    ]);
+    run(&["ip", "-n", &ns, "link", "set", &pop_if, "mtu", "1420", "up"]);
+    let backend_addr: SocketAddr = format!("10.78.{n}.2:9000").parse().unwrap();
+    let backend = backend_in_netns(&ns, backend_addr);
+
+    // routing.db: the POP's backend and the POP as a WireGuard peer.
+    let db = routing_db(dir.path());
+    sqlite3(
+        &db,
+        &format!(
+            "INSERT INTO backends (id, region, country, wg_ip, port, soft_limit, hard_limit)
+               VALUES ('pop-us', 'us', 'US', '{}', 9000, 100, 200);
+             INSERT INTO wg_peers (public_key, endpoint, allowed_ips, persistent_keepalive, region)
+               VALUES ('{pop_pub}', '172.31.{n}.2:51820', '10.78.{n}.0/24', 25, 'us');",
+            backend_addr.ip()
+        ),
+    );
+
+    let mut edge = Edge::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--routing-db",
+        db.to_str().unwrap(),
+        "--region",
+        "eu",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+        "--send-proxy-protocol",
+        "v1",
+        "--connect-timeout",
+        "10s",
+        "--wg-interface",
+        &edge_if,
+        "--wg-listen-port",
+        "0",
+        "--wg-private-key-file",
+        edge_key.to_str().unwrap(),
+        "--wg-address",
+        &format!("10.78.{n}.1/24"),
+    ]);
+
+    // A client in New York, through the tunnel, 64 MiB each way.
+    let mut client = TcpStream::connect(edge.addr).unwrap();
+    client
+        .write_all(
+            format!(
+                "PROXY TCP4 207.237.0.1 127.0.0.1 40000 {}\r\n",
+                edge.addr.port()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    assert_eq!(greeting, "backend=pop-us\n", "log: {:#?}", edge.log());
+    const TOTAL: usize = 64 << 20;
+    let mut writer = client.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 65536];
+        let mut state = 0x9e37_79b9_u32;
+        for _ in 0..TOTAL / chunk.len() {
+            for b in chunk.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *b = state as u8;
+            }
+            hash.update(&chunk);
+            writer.write_all(&chunk).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+        hash.finalize()
+    });
+    let mut received = Sha256::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let k = reader.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        received.update(&buf[..k]);
+        total += k;
+    }
+    let sent = sending.join().unwrap();
+    assert_eq!(total, TOTAL);
+    assert_eq!(
+        received.finalize(),
+        sent,
+        "64 MiB each way with the same sha256"
+    );
+    backend.join().unwrap();
+
+    // wg show on both sides: the POP's wireguard-go and geoedge's own socket.
+    let pop_show = run(&["ip", "netns", "exec", &ns, "wg", "show", &pop_if]);
+    assert!(pop_show.contains("latest handshake"), "{pop_show}");
+    let edge_show = run(&["wg", "show", &edge_if]);
+    assert!(
+        edge_show.contains(&pop_pub) && edge_show.contains("latest handshake"),
+        "{edge_show}"
+    );
+    assert!(edge_show.contains("transfer:"), "{edge_show}");
+
+    let status = edge.signal_and_wait("TERM", Duration::from_secs(40));
+    assert!(status.success(), "{:#?}", edge.log());
+    assert!(!Path::new(&format!("/var/run/wireguard/{edge_if}.sock")).exists());
+    drop(cleanup);
+}

@@ -1,0 +1,184 @@
+//! The WireGuard backhaul glue: starts geoedge's WireGuard device from the
+//! settings, gives it the peers of routing.db's `wg_peers`, and follows
+//! every reload of the table (an edit that changes one peer leaves the
+//! others' sessions alone). Also the `geoedge wg up` command: a POP host
+//! running only the WireGuard endpoint.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use geoedge_routing::watcher::{self, Reloader, WatchOptions};
+use geoedge_routing::{Endpoint, RoutingTable, WgPeer};
+use geoedge_wireguard::{Device, DeviceConfig, InterfaceConfig, PeerConfig, TunSetup};
+use tokio::task::JoinHandle;
+
+use crate::config::{Settings, WgSettings};
+use crate::wg_key::load_private_key;
+
+/// A running WireGuard device and the task feeding it peers.
+pub struct Backhaul {
+    /// The device (TUN, UDP socket, configuration socket).
+    device: Arc<Device>,
+    /// Follows the routing table's `wg_peers`.
+    follower: Option<JoinHandle<()>>,
+}
+
+impl Backhaul {
+    /// Starts the device with the peers `table` holds now, and follows it.
+    pub async fn start(
+        settings: &WgSettings,
+        table: Option<Arc<RoutingTable>>,
+    ) -> anyhow::Result<Backhaul> {
+        let private_key = load_private_key(&settings.private_key_file)?;
+        let peers = match &table {
+            Some(t) => peer_configs(&t.snapshot().wg_peers).await,
+            None => Vec::new(),
+        };
+        let tun = if settings.attach {
+            TunSetup::Attach
+        } else {
+            TunSetup::Create {
+                addresses: settings.addresses.clone(),
+                mtu: settings.mtu,
+            }
+        };
+        let device = Device::start(DeviceConfig {
+            name: settings.interface.clone(),
+            interface: InterfaceConfig {
+                private_key,
+                listen_port: settings.listen_port,
+            },
+            peers,
+            tun,
+            uapi_dir: Some(geoedge_wireguard::device::UAPI_DIR.into()),
+        })
+        .await
+        .with_context(|| format!("starting WireGuard interface {}", settings.interface))?;
+        tracing::info!(
+            interface = %settings.interface,
+            listen_port = device.listen_port(),
+            peers = device.with_peers(|p| p.len()),
+            "WireGuard backhaul up"
+        );
+        let device = Arc::new(device);
+        let follower = table.map(|t| tokio::spawn(follow(t, Arc::clone(&device))));
+        Ok(Backhaul { device, follower })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// Stops following and tears the device down (TUN, socket files).
+    pub async fn shutdown(mut self) {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+            let _ = f.await;
+        }
+        match Arc::try_unwrap(self.device) {
+            Ok(device) => device.shutdown().await,
+            Err(device) => drop(device),
+        }
+    }
+}
+
+/// The device's peer list for routing.db's peers; host-name endpoints are
+/// resolved now (an unresolvable one is left unset: the peer can still
+/// reach us, and we retry at the next reload).
+async fn peer_configs(peers: &[WgPeer]) -> Vec<PeerConfig> {
+    let mut out = Vec::with_capacity(peers.len());
+    for p in peers {
+        let endpoint = match &p.endpoint {
+            None => None,
+            Some(Endpoint::Addr(a)) => Some(*a),
+            Some(Endpoint::Host(host, port)) => {
+                match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    Ok(mut addrs) => addrs.next(),
+                    Err(e) => {
+                        tracing::warn!(peer = %p.public_key, endpoint = %host, "cannot resolve endpoint: {e}");
+                        None
+                    }
+                }
+            }
+        };
+        out.push(PeerConfig {
+            public_key: p.public_key,
+            endpoint,
+            allowed_ips: p.allowed_ips.clone(),
+            persistent_keepalive: p.persistent_keepalive,
+        });
+    }
+    out
+}
+
+/// Reconciles the device with the table after every reload that changed peers.
+async fn follow(table: Arc<RoutingTable>, device: Arc<Device>) {
+    let mut seen = table.generation();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let generation = table.generation();
+        if generation == seen {
+            continue;
+        }
+        seen = generation;
+        let peers = peer_configs(&table.snapshot().wg_peers).await;
+        match device.reconcile(&peers) {
+            Ok(r) if r.is_empty() => {}
+            Ok(r) => tracing::info!(
+                added = r.added.len(),
+                removed = r.removed.len(),
+                endpoint_changed = r.endpoint_changed.len(),
+                allowed_ips_changed = r.allowed_ips_changed.len(),
+                keepalive_changed = r.keepalive_changed.len(),
+                generation,
+                "WireGuard peers updated"
+            ),
+            Err(e) => tracing::warn!(
+                generation,
+                "WireGuard peers not updated: {e}; keeping the current peers"
+            ),
+        }
+    }
+}
+
+/// `geoedge wg up`: only the WireGuard endpoint, for a backend POP host.
+/// Peers come from `routing_db`'s `wg_peers` when one is configured (and
+/// follow its edits), and can be changed with `wg set` either way.
+pub fn up(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let wg = settings
+        .wireguard
+        .as_ref()
+        .context("geoedge wg up needs wg_interface, wg_private_key_file and wg_address")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (table, _reloader) = match &settings.routing_db {
+        Some(path) => {
+            let table = Arc::new(RoutingTable::new());
+            watcher::load_into(&table, path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let reloader =
+                Reloader::spawn(path.clone(), Arc::clone(&table), WatchOptions::default())?;
+            (Some(table), Some(reloader))
+        }
+        None => (None, None),
+    };
+    runtime.block_on(async {
+        let backhaul = Backhaul::start(wg, table).await?;
+        println!(
+            "wireguard {} up, listening on UDP port {}",
+            wg.interface,
+            backhaul.device().listen_port()
+        );
+        crate::run_cmd::stop_signal().await;
+        tracing::info!("stopping");
+        backhaul.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

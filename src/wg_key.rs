@@ -1,0 +1,57 @@
+//! Reading the WireGuard private key file: refused when group- or
+//! world-accessible, and never logged.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use geoedge_wireguard::PrivateKey;
+
+/// Reads a private key file written by `wg genkey` (or `geoedge wg genkey`).
+pub fn load_private_key(path: &Path) -> anyhow::Result<PrivateKey> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("private key file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "private key file {} is accessible by group or others (mode {mode:03o}); chmod 600 it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading private key file {}", path.display()))?;
+    // The error names the file and what is wrong, never the content.
+    text.trim()
+        .parse::<PrivateKey>()
+        .map_err(|e| anyhow::anyhow!("private key file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn only_private_files_with_valid_keys_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate().unwrap();
+        let good = write(dir.path(), "good", &format!("{}\n", key.to_base64()), 0o600);
+        assert_eq!(load_private_key(&good).unwrap(), key);
+        let open = write(dir.path(), "open", &key.to_base64(), 0o644);
+        let e = load_private_key(&open).unwrap_err().to_string();
+        assert!(e.contains("group or others"), "{e}");
+        assert!(!e.contains(&key.to_base64()));
+        let group = write(dir.path(), "group", &key.to_base64(), 0o640);
+        assert!(load_private_key(&group).is_err());
+        let bad = write(dir.path(), "bad", "c2hvcnQ=\n", 0o600);
+        let e = load_private_key(&bad).unwrap_err().to_string();
+        assert!(e.contains("32 bytes") && !e.contains("c2hvcnQ="), "{e}");
+        assert!(load_private_key(&dir.path().join("missing")).is_err());
+    }
+}
