@@ -4,6 +4,7 @@
 //! others' sessions alone). Also the `geoedge wg up` command: a POP host
 //! running only the WireGuard endpoint.
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use anyhow::Context;
 use geoedge_routing::watcher::{self, Reloader, WatchOptions};
 use geoedge_routing::{Endpoint, RoutingTable, WgPeer};
 use geoedge_wireguard::{Device, DeviceConfig, InterfaceConfig, PeerConfig, TunSetup};
+use ipnet::IpNet;
 use tokio::task::JoinHandle;
 
 use crate::config::{Settings, WgSettings};
@@ -62,8 +64,15 @@ impl Backhaul {
             peers = device.with_peers(|p| p.len()),
             "WireGuard backhaul up"
         );
+        // Routes to the peers' allowed IPs go into an interface we created;
+        // an attached one is routed by whoever made it.
+        let mut routes =
+            (!settings.attach).then(|| Routes::new(&settings.interface, &settings.addresses));
+        if let Some(r) = routes.as_mut() {
+            r.sync(&device.with_peers(|p| p.configs()));
+        }
         let device = Arc::new(device);
-        let follower = table.map(|t| tokio::spawn(follow(t, Arc::clone(&device))));
+        let follower = table.map(|t| tokio::spawn(follow(t, Arc::clone(&device), routes)));
         Ok(Backhaul { device, follower })
     }
 
@@ -114,8 +123,70 @@ async fn peer_configs(peers: &[WgPeer]) -> Vec<PeerConfig> {
     out
 }
 
-/// Reconciles the device with the table after every reload that changed peers.
-async fn follow(table: Arc<RoutingTable>, device: Arc<Device>) {
+/// The kernel routes that send the peers' allowed IPs into our interface
+/// (beyond the interface's own subnets, which the kernel routes already).
+struct Routes {
+    /// The interface.
+    interface: String,
+    /// The interface's own networks.
+    connected: Vec<IpNet>,
+    /// Routes installed so far.
+    installed: BTreeSet<IpNet>,
+}
+
+impl Routes {
+    fn new(interface: &str, addresses: &[IpNet]) -> Self {
+        Self {
+            interface: interface.to_owned(),
+            connected: addresses.iter().map(IpNet::trunc).collect(),
+            installed: BTreeSet::new(),
+        }
+    }
+
+    /// Adds routes for new allowed IPs and removes those no peer has any more.
+    fn sync(&mut self, peers: &[PeerConfig]) {
+        let wanted: BTreeSet<IpNet> = peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .filter(|net| !self.connected.iter().any(|c| c.contains(net)))
+            .collect();
+        for net in wanted.difference(&self.installed) {
+            self.ip_route("replace", net);
+        }
+        for net in self.installed.difference(&wanted) {
+            self.ip_route("del", net);
+        }
+        self.installed = wanted;
+    }
+
+    fn ip_route(&self, verb: &str, net: &IpNet) {
+        let family = if net.addr().is_ipv4() { "-4" } else { "-6" };
+        let net_text = net.to_string();
+        let args = [
+            family,
+            "route",
+            verb,
+            net_text.as_str(),
+            "dev",
+            self.interface.as_str(),
+        ];
+        match std::process::Command::new("ip").args(args).output() {
+            Ok(out) if out.status.success() => {
+                tracing::debug!(route = %net, interface = %self.interface, "ip route {verb}")
+            }
+            Ok(out) => tracing::warn!(
+                route = %net,
+                "ip route {verb} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => tracing::warn!(route = %net, "cannot run ip route {verb}: {e}"),
+        }
+    }
+}
+
+/// Reconciles the device (and its routes) with the table after every
+/// reload that changed something.
+async fn follow(table: Arc<RoutingTable>, device: Arc<Device>, mut routes: Option<Routes>) {
     let mut seen = table.generation();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -141,6 +212,9 @@ async fn follow(table: Arc<RoutingTable>, device: Arc<Device>) {
                 generation,
                 "WireGuard peers not updated: {e}; keeping the current peers"
             ),
+        }
+        if let Some(r) = routes.as_mut() {
+            r.sync(&device.with_peers(|p| p.configs()));
         }
     }
 }

@@ -252,7 +252,7 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
             "INSERT INTO backends (id, region, country, wg_ip, port, soft_limit, hard_limit)
                VALUES ('pop-us', 'us', 'US', '{}', 9000, 100, 200);
              INSERT INTO wg_peers (public_key, endpoint, allowed_ips, persistent_keepalive, region)
-               VALUES ('{pop_pub}', '172.31.{n}.2:51820', '10.78.{n}.0/24', 25, 'us');",
+               VALUES ('{pop_pub}', '172.31.{n}.2:51820', '10.78.{n}.0/24, 10.178.{n}.0/24', 25, 'us');",
             backend_addr.ip()
         ),
     );
@@ -280,6 +280,10 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
         "--wg-address",
         &format!("10.78.{n}.1/24"),
     ]);
+
+    // Allowed IPs beyond the interface's own subnet are routed into it.
+    let routes = run(&["ip", "route", "show", "dev", &edge_if]);
+    assert!(routes.contains(&format!("10.178.{n}.0/24")), "{routes}");
 
     // A client in New York, through the tunnel, 64 MiB each way.
     let mut client = TcpStream::connect(edge.addr).unwrap();
