@@ -299,6 +299,7 @@ impl Engine {
         match peer.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(d) => {
                 peer.stats.tx_bytes += d.len() as u64;
+                peer.sent_since_tick = true;
                 if d.first() == Some(&MSG_INIT) {
                     peer.stats.handshake_initiations_sent += 1;
                 }
@@ -401,6 +402,7 @@ impl Engine {
                 }
                 if let Some(peer) = self.authenticated(id, from, datagram.len()) {
                     peer.stats.tx_bytes += reply.len() as u64;
+                    peer.sent_since_tick = true;
                     if kind == MSG_INIT || kind == MSG_RESPONSE {
                         peer.stats.handshakes_completed += 1;
                         peer.stats.last_handshake = Some(now);
@@ -499,6 +501,7 @@ impl Engine {
                 }
             };
             peer.stats.tx_bytes += len as u64;
+            peer.sent_since_tick = true;
             if out.first() == Some(&MSG_INIT) {
                 peer.stats.handshake_initiations_sent += 1;
             }

@@ -353,6 +353,41 @@ fn timers_send_persistent_keepalives_on_the_callers_clock() {
 }
 
 #[test]
+fn no_keepalive_while_traffic_flows() {
+    let mut p = pair();
+    connect(&mut p);
+    let mut c = p.a.peers().by_key(&p.b_pub).unwrap().config();
+    c.persistent_keepalive = Some(25);
+    p.a.peers_mut().reconcile(&[c], p.now).unwrap();
+    let t0 = p.now;
+    assert_eq!(
+        p.a.poll_timers(t0)
+            .iter()
+            .filter(|t| t.datagram[0] == 4 && t.datagram.len() == 32)
+            .count(),
+        1
+    );
+    // A data packet every 10 s: no keepalive is ever due.
+    let mut out = vec![0u8; MAX_BUFFER];
+    for i in 1..=6u64 {
+        let now = t0 + Duration::from_secs(10 * i);
+        let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"payload");
+        assert!(matches!(
+            p.a.handle_tun_packet(&packet, &mut out),
+            Action::Send(_)
+        ));
+        let ticks = p.a.poll_timers(now);
+        assert!(
+            ticks.iter().all(|t| t.datagram.len() != 32),
+            "keepalive at {i}: {ticks:?}"
+        );
+    }
+    // Silence for the interval: one keepalive again.
+    let quiet = p.a.poll_timers(t0 + Duration::from_secs(60 + 25));
+    assert_eq!(quiet.iter().filter(|t| t.datagram.len() == 32).count(), 1);
+}
+
+#[test]
 fn a_keepalive_without_a_session_starts_a_handshake() {
     let mut p = pair();
     let mut c = p.a.peers().by_key(&p.b_pub).unwrap().config();

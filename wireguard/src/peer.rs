@@ -109,6 +109,9 @@ pub struct Peer {
     /// When the last persistent keepalive went out; `None`: send one at the
     /// next tick.
     pub(crate) last_keepalive: Option<Instant>,
+    /// Something was sent to the peer since the last timer tick, so no
+    /// keepalive is needed until an interval passes without traffic.
+    pub(crate) sent_since_tick: bool,
     pub(crate) tunn: Tunn,
     pub(crate) stats: PeerStats,
 }
@@ -168,6 +171,11 @@ impl Peer {
         let Some(interval) = self.persistent_keepalive() else {
             return false;
         };
+        // Traffic went out since the last tick: it did the keepalive's job.
+        if std::mem::take(&mut self.sent_since_tick) && self.last_keepalive.is_some() {
+            self.last_keepalive = Some(now);
+            return false;
+        }
         let due = match self.last_keepalive {
             None => true,
             Some(last) => {

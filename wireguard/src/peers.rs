@@ -291,6 +291,7 @@ impl Peers {
             allowed_ips: normalize(&config.allowed_ips),
             persistent_keepalive: config.persistent_keepalive.filter(|k| *k > 0),
             last_keepalive: None,
+            sent_since_tick: false,
             tunn,
             stats: PeerStats::default(),
         };
