@@ -21,48 +21,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use support::*;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun is missing".into());
-    }
-    let missing: Vec<&str> = ["ip", "wireguard-go", "wg"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        let reason = format!("{} not installed", missing.join(", "));
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "under CI this test must run: {reason}"
-        );
-        return Some(reason);
-    }
-    None
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    privileged_skip_reason(&["ip", "wireguard-go", "wg"])
 }
 
 /// Removes what the test made, in reverse order, also when it panics.

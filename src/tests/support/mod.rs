@@ -358,3 +358,48 @@ pub async fn greeting(c: &mut TokioBufReader<TcpStream>) -> Option<String> {
         _ => None,
     }
 }
+
+/// Whether a command is on the PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Why a test that needs root, /dev/net/tun and `tools` cannot run here,
+/// if it cannot. Under CI, missing tools are a failure rather than a skip.
+pub fn privileged_skip_reason(tools: &[&str]) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if !missing.is_empty() {
+        let reason = format!("{} not installed", missing.join(", "));
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI this test must run: {reason}"
+        );
+        return Some(reason);
+    }
+    None
+}
+
+/// Runs a command, panicking with its stderr when it fails; returns stdout.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
