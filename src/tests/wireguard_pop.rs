@@ -1406,19 +1406,31 @@ fn udp_counters(ns: Option<&str>) -> [u64; 3] {
     [get("InDatagrams"), get("RcvbufErrors"), get("InErrors")]
 }
 
-#[test]
-fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
-    let _serial = serial();
+/// The setup the flood and rekey tests share: an edge routing.db listing
+/// one POP (`pop-a`, region us, a backend on 10.79.{ov}.2:9000) that runs
+/// `geoedge wg up` in its namespace. The test starts the edge itself.
+/// Fields drop in declaration order: the backend and POP before the lab.
+struct OnePop {
+    backend: NsBackend,
+    pop: Pop,
+    site: Site,
+    ov: u32,
+    edge_if: String,
+    pop_if: String,
+    edge_key: PathBuf,
+    edge_pub: String,
+    a_pub: String,
+    db: PathBuf,
+    lab: Lab,
+}
+
+fn one_pop(k: u32, edge_prefix: &str, pop_prefix: &str, tag: &str) -> OnePop {
     let mut lab = Lab::new();
-    let ov = lab.subnet(3);
-    let (edge_if, pop_if) = (lab.name("geg", ""), lab.name("gpga", ""));
+    let ov = lab.subnet(k);
+    let (edge_if, pop_if) = (lab.name(edge_prefix, ""), lab.name(pop_prefix, ""));
     let (edge_key, edge_pub) = lab.keypair("edge.key");
     let (a_key, a_pub) = lab.keypair("a.key");
-    let site = lab.site(3, "ga");
+    let site = lab.site(k, tag);
     let pop_db = lab.db("pop");
     sqlite3(
         &pop_db,
@@ -1427,7 +1439,7 @@ fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
         ),
     );
     lab.socket(&pop_if);
-    let mut pop = Pop::start(
+    let pop = Pop::start(
         &site.ns,
         &pop_if,
         &a_key,
@@ -1450,6 +1462,41 @@ fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
             site.ns_ip, pop.port
         ),
     );
+    OnePop {
+        backend,
+        pop,
+        site,
+        ov,
+        edge_if,
+        pop_if,
+        edge_key,
+        edge_pub,
+        a_pub,
+        db,
+        lab,
+    }
+}
+
+#[test]
+fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let _serial = serial();
+    let mut one = one_pop(3, "geg", "gpga", "ga");
+    let (ov, edge_if, pop_if, db) = (
+        one.ov,
+        one.edge_if.clone(),
+        one.pop_if.clone(),
+        one.db.clone(),
+    );
+    let (edge_key, edge_pub, a_pub) = (
+        one.edge_key.clone(),
+        one.edge_pub.clone(),
+        one.a_pub.clone(),
+    );
+    let (lab, pop, site, backend) = (&mut one.lab, &mut one.pop, &one.site, &one.backend);
 
     // Record the real datagrams of the handshake and of some traffic.
     let capture = Capture::start(&site.veth);
@@ -1586,43 +1633,19 @@ fn rekey_keeps_connections() {
         return;
     }
     let _serial = serial();
-    let mut lab = Lab::new();
-    let ov = lab.subnet(4);
-    let (edge_if, pop_if) = (lab.name("ger", ""), lab.name("gpra", ""));
-    let (edge_key, edge_pub) = lab.keypair("edge.key");
-    let (a_key, a_pub) = lab.keypair("a.key");
-    let site = lab.site(4, "ra");
-    let pop_db = lab.db("pop");
-    sqlite3(
-        &pop_db,
-        &format!(
-            "INSERT INTO wg_peers (public_key, endpoint, allowed_ips) VALUES ('{edge_pub}', NULL, '10.79.{ov}.1/32');"
-        ),
+    let mut one = one_pop(4, "ger", "gpra", "ra");
+    let (ov, edge_if, pop_if, db) = (
+        one.ov,
+        one.edge_if.clone(),
+        one.pop_if.clone(),
+        one.db.clone(),
     );
-    lab.socket(&pop_if);
-    let mut pop = Pop::start(
-        &site.ns,
-        &pop_if,
-        &a_key,
-        &format!("10.79.{ov}.2/24"),
-        &pop_db,
+    let (edge_key, edge_pub, a_pub) = (
+        one.edge_key.clone(),
+        one.edge_pub.clone(),
+        one.a_pub.clone(),
     );
-    let _backend = NsBackend::start(
-        Some(&site.ns),
-        format!("10.79.{ov}.2:9000").parse().unwrap(),
-        "pop-a",
-    );
-    let db = lab.db("edge");
-    sqlite3(
-        &db,
-        &format!(
-            "INSERT INTO backends (id, region, country, wg_ip, port, soft_limit, hard_limit) VALUES
-               ('pop-a', 'us', 'US', '10.79.{ov}.2', 9000, 100, 200);
-             INSERT INTO wg_peers (public_key, endpoint, allowed_ips, persistent_keepalive, region) VALUES
-               ('{a_pub}', '{}:{}', '10.79.{ov}.2/32', 25, 'us');",
-            site.ns_ip, pop.port
-        ),
-    );
+    let (lab, pop) = (&mut one.lab, &mut one.pop);
     let mut edge = lab.edge(
         &edge_if,
         &edge_key,
