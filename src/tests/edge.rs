@@ -15,24 +15,6 @@ use geoedge_geoip::sample_address;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-fn edge_args<'a>(db: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--routing-db",
-        db.to_str().unwrap(),
-        "--region",
-        "eu",
-        "--proxy-protocol-from",
-        "127.0.0.0/8",
-        "--send-proxy-protocol",
-        "v1",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 /// Polls until `cond` holds (5 s at most).
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -217,29 +217,21 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
         ),
     );
 
-    let mut edge = Edge::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--routing-db",
-        db.to_str().unwrap(),
-        "--region",
-        "eu",
-        "--proxy-protocol-from",
-        "127.0.0.0/8",
-        "--send-proxy-protocol",
-        "v1",
-        "--connect-timeout",
-        "10s",
-        "--wg-interface",
-        &edge_if,
-        "--wg-listen-port",
-        "0",
-        "--wg-private-key-file",
-        edge_key.to_str().unwrap(),
-        "--wg-address",
-        &format!("10.78.{n}.1/24"),
-    ]);
+    let mut edge = Edge::start(&edge_args(
+        &db,
+        &[
+            "--connect-timeout",
+            "10s",
+            "--wg-interface",
+            &edge_if,
+            "--wg-listen-port",
+            "0",
+            "--wg-private-key-file",
+            edge_key.to_str().unwrap(),
+            "--wg-address",
+            &format!("10.78.{n}.1/24"),
+        ],
+    ));
 
     // Allowed IPs beyond the interface's own subnet are routed into it.
     let routes = run(&["ip", "route", "show", "dev", &edge_if]);

@@ -232,27 +232,19 @@ impl Lab {
     /// Starts the edge (`geoedge run` with its WireGuard interface).
     fn edge(&mut self, iface: &str, key: &Path, address: &str, db: &Path, extra: &[&str]) -> Edge {
         self.socket(iface);
-        let mut args = vec![
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--routing-db",
-            db.to_str().unwrap(),
-            "--region",
-            "eu",
-            "--proxy-protocol-from",
-            "127.0.0.0/8",
-            "--send-proxy-protocol",
-            "v1",
-            "--wg-interface",
-            iface,
-            "--wg-listen-port",
-            "0",
-            "--wg-private-key-file",
-            key.to_str().unwrap(),
-            "--wg-address",
-            address,
-        ];
+        let mut args = edge_args(
+            db,
+            &[
+                "--wg-interface",
+                iface,
+                "--wg-listen-port",
+                "0",
+                "--wg-private-key-file",
+                key.to_str().unwrap(),
+                "--wg-address",
+                address,
+            ],
+        );
         args.extend_from_slice(extra);
         Edge::start(&args)
     }

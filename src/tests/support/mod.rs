@@ -403,3 +403,24 @@ pub fn run(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `geoedge run` on 127.0.0.1:0 for the routing.db `db`, in region `eu`,
+/// trusting PROXY headers from loopback and sending PROXY v1 to backends,
+/// then `extra`.
+pub fn edge_args<'a>(db: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--routing-db",
+        db.to_str().unwrap(),
+        "--region",
+        "eu",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+        "--send-proxy-protocol",
+        "v1",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
