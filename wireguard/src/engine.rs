@@ -514,6 +514,12 @@ impl Engine {
         None
     }
 
+    /// Whether packets may still be queued behind a completed handshake
+    /// (call [`Engine::flush`] again).
+    pub fn has_pending_flush(&self) -> bool {
+        !self.pending_flush.is_empty()
+    }
+
     /// Runs every peer's timers at `now` (call every 100–250 ms): handshake
     /// retransmits and rekeys, keepalives, persistent keepalives; resets the
     /// shared handshake rate limiter once a second. Returns the datagrams to

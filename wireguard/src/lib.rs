@@ -17,8 +17,6 @@
 
 pub mod allowed_ips;
 #[cfg(feature = "io")]
-mod batch;
-#[cfg(feature = "io")]
 pub mod device;
 pub mod engine;
 pub mod key;
@@ -27,6 +25,8 @@ pub mod peers;
 pub mod uapi;
 #[cfg(feature = "io")]
 mod uapi_socket;
+#[cfg(feature = "io")]
+mod udp;
 
 pub use allowed_ips::AllowedIps;
 #[cfg(feature = "io")]
