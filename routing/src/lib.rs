@@ -13,6 +13,7 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod connect;
 pub mod diff;
 pub mod model;
 pub mod peers;
@@ -31,6 +32,7 @@ pub mod loader;
 pub mod watcher;
 
 pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
+pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKETS_SECONDS};
 pub use diff::SnapshotDiff;
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
 pub use peers::{Endpoint, WgPeer};

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use geoedge_geoip::{CountryCode, GeoPoint};
 
+use crate::connect::ConnectStats;
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $ty:ident) => {
         $(#[$doc])*
@@ -83,17 +85,25 @@ impl AppId {
 /// moment the backend is chosen (a reservation) until the connection ends.
 ///
 /// One counter exists per backend id for as long as the backend is in the
-/// table or has connections open, so counts survive reloads.
+/// table or has connections open, so counts survive reloads. The backend's
+/// connect outcomes ([`ConnectStats`]) ride along, for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct BackendLoad {
     /// Reservations currently held.
     active: AtomicU32,
+    /// Connect durations and failures.
+    connect: ConnectStats,
 }
 
 impl BackendLoad {
     /// Connections currently held.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// The backend's connect outcomes.
+    pub fn connect_stats(&self) -> &ConnectStats {
+        &self.connect
     }
 
     /// Takes one slot if fewer than `hard_limit` are held. Atomic, so a
