@@ -215,6 +215,24 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_WG_ATTACH", global = true, value_name = "BOOL",
           num_args = 0..=1, default_missing_value = "true")]
     pub wg_attach: Option<bool>,
+
+    /// Listener for /metrics, /healthz and /readyz, or `off`; never a client listener's address [default: 127.0.0.1:9090].
+    #[arg(
+        long,
+        env = "GEOEDGE_METRICS_LISTEN",
+        global = true,
+        value_name = "ADDR|off"
+    )]
+    pub metrics_listen: Option<String>,
+
+    /// Log format on stderr: text or json (filtered by RUST_LOG) [default: text].
+    #[arg(
+        long,
+        env = "GEOEDGE_LOG_FORMAT",
+        global = true,
+        value_name = "text|json"
+    )]
+    pub log_format: Option<String>,
 }
 
 macro_rules! stack {
@@ -251,6 +269,8 @@ impl Layer {
             wg_address,
             wg_mtu,
             wg_attach,
+            metrics_listen,
+            log_format,
         )
     }
 
@@ -307,6 +327,69 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The WireGuard backhaul, when configured.
     pub wireguard: Option<WgSettings>,
+    /// The metrics and health listener (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("log_format {other:?}: expected text or json"),
+        }
+    }
+}
+
+/// The log format named by the flags, the environment or the config file,
+/// read before anything else so that the first lines are in it. A config
+/// file that cannot be read is reported later, by [`Settings::resolve`].
+pub fn early_log_format(cli: &Layer, config: Option<&Path>) -> LogFormat {
+    let named = cli.log_format.clone().or_else(|| {
+        config
+            .and_then(|p| Layer::from_file(p).ok())
+            .and_then(|l| l.log_format)
+    });
+    named.and_then(|s| s.parse().ok()).unwrap_or_default()
+}
+
+/// The metrics listener: an address, or `off`. It must not be one of the
+/// client listeners: metrics are never served on a client-facing port.
+fn metrics_listen(
+    value: Option<&str>,
+    listen: &[ListenSpec],
+) -> anyhow::Result<Option<SocketAddr>> {
+    let value = value.unwrap_or("127.0.0.1:9090").trim();
+    if value == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = value
+        .parse()
+        .with_context(|| format!("metrics_listen {value:?}: not an ADDR:PORT or off"))?;
+    let overlaps = |a: IpAddr, b: IpAddr| a.is_unspecified() || b.is_unspecified() || a == b;
+    if addr.port() != 0 {
+        if let Some(l) = listen
+            .iter()
+            .find(|l| l.addr.port() == addr.port() && overlaps(l.addr.ip(), addr.ip()))
+        {
+            bail!(
+                "metrics_listen {addr} overlaps the client listener {}: metrics are never served on a client-facing port",
+                l.addr
+            );
+        }
+    }
+    Ok(Some(addr))
 }
 
 /// The WireGuard interface settings.
@@ -416,6 +499,13 @@ impl Settings {
                 })
             }
         };
+        let metrics_listen = metrics_listen(l.metrics_listen.as_deref(), &listen)?;
+        // Logging is set up before the settings are resolved
+        // ([`early_log_format`]); a bad value is still an error here.
+        l.log_format
+            .as_deref()
+            .map(str::parse::<LogFormat>)
+            .transpose()?;
         Ok(Settings {
             routing_db: l.routing_db,
             geoip: l.geoip,
@@ -436,6 +526,7 @@ impl Settings {
             proxy_header_timeout: secs(l.proxy_header_timeout, 3),
             drain_timeout: secs(l.drain_timeout, 30),
             wireguard,
+            metrics_listen,
         })
     }
 }
@@ -456,6 +547,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listener_is_never_a_client_port() {
+        let listen = |s: &str| vec![s.parse::<ListenSpec>().unwrap()];
+        assert_eq!(
+            metrics_listen(None, &listen("0.0.0.0:8080")).unwrap(),
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(
+            metrics_listen(Some("off"), &listen("0.0.0.0:8080")).unwrap(),
+            None
+        );
+        for (metrics, client) in [
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("0.0.0.0:8080", "10.0.0.1:8080"),
+            ("10.0.0.1:8080", "api=10.0.0.1:8080"),
+        ] {
+            let err = metrics_listen(Some(metrics), &listen(client)).unwrap_err();
+            assert!(err.to_string().contains("client-facing"), "{err}");
+        }
+        // Another address on the same port, or port 0, is fine.
+        assert!(metrics_listen(Some("10.0.0.2:8080"), &listen("10.0.0.1:8080")).is_ok());
+        assert!(metrics_listen(Some("127.0.0.1:0"), &listen("127.0.0.1:0")).is_ok());
+        assert!(metrics_listen(Some("nine"), &[]).is_err());
+    }
+
+    #[test]
+    fn log_format_from_the_flag_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, "log_format = 'json'\n").unwrap();
+        assert_eq!(
+            early_log_format(&Layer::default(), Some(&file)),
+            LogFormat::Json
+        );
+        let flag = Layer {
+            log_format: Some("text".into()),
+            ..Layer::default()
+        };
+        assert_eq!(early_log_format(&flag, Some(&file)), LogFormat::Text);
+        assert_eq!(early_log_format(&Layer::default(), None), LogFormat::Text);
+        assert!("yaml".parse::<LogFormat>().is_err());
     }
 
     #[test]

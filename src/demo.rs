@@ -90,7 +90,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         let listeners = crate::run_cmd::bind(&settings).await?;
         let listen = listeners[0].1.local_addr()?;
         print_tour(&settings, listen, &db, &addrs);
-        crate::run_cmd::serve(&edge, listeners, settings.drain_timeout).await
+        let health = crate::health::Health::default();
+        crate::run_cmd::serve(&edge, listeners, settings.drain_timeout, &health).await
     })?;
     println!("geoedge demo: stopped");
     Ok(ExitCode::SUCCESS)

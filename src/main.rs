@@ -6,11 +6,15 @@ mod config;
 mod db_cmd;
 mod demo;
 mod dialer;
+mod health;
+mod logging;
+mod metrics;
 mod proxy;
 mod proxy_protocol;
 mod relay;
 mod route_cmd;
 mod run_cmd;
+mod throttle;
 mod wg;
 mod wg_key;
 
@@ -20,7 +24,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.default_log_level());
+    logging::init(
+        cli.default_log_level(),
+        config::early_log_format(&cli.settings, cli.config.as_deref()),
+    );
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -28,15 +35,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Logs go to stderr (stdout carries command output), filtered by `RUST_LOG`
-/// (default `info` for `run` and `demo`, `warn` for one-shot commands).
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -3,23 +3,71 @@
 //!
 //! The listener and the shutdown signal are passed in ([`Proxy::serve`]), so
 //! tests bind `127.0.0.1:0`. Accept errors never end the loop.
+//!
+//! Each connection runs in a `conn` span (`client`, `country`, `backend`)
+//! with its events at debug; failures that repeat are logged at warn once
+//! per [`FAILURE_LOG_INTERVAL`]. The outcome of every connection and every
+//! connect attempt is counted for the metrics: [`ConnStats`] here, connect
+//! durations and failures on the backend's own counters (through the route
+//! already held: no lookup, no lock).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use geoedge_geoip::GeoIp;
-use geoedge_routing::{AppId, BackendId, Request, Router};
+use geoedge_routing::{AppId, BackendId, ConnectFailure, Request, Router};
 use ipnet::IpNet;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+use tracing::field::{display, Empty};
+use tracing::Instrument;
 
 use crate::dialer::{self, Dialer};
+use crate::metrics::{ConnResult, ConnStats};
 use crate::proxy_protocol::{self, Header, Parse, ProxyHeaderError, Version};
-use crate::relay::{self, Ended};
+use crate::relay::{self, Ended, Meter};
+use crate::throttle::Throttle;
+
+/// A failure that keeps happening is logged at most once per this long.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The failures that can repeat once per connection, each logged at most
+/// once per [`FAILURE_LOG_INTERVAL`].
+#[derive(Debug)]
+pub struct FailureLog {
+    /// Accepting a client failed (out of descriptors and the like).
+    accept: Throttle,
+    /// Connecting to a backend failed.
+    connect: Throttle,
+    /// No backend could take a client.
+    no_backend: Throttle,
+}
+
+impl Default for FailureLog {
+    fn default() -> Self {
+        Self {
+            accept: Throttle::new(FAILURE_LOG_INTERVAL),
+            connect: Throttle::new(FAILURE_LOG_INTERVAL),
+            no_backend: Throttle::new(FAILURE_LOG_INTERVAL),
+        }
+    }
+}
+
+/// The metric label of a failed connect.
+fn classify(e: &io::Error) -> ConnectFailure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            ConnectFailure::Unreachable
+        }
+        _ => ConnectFailure::Other,
+    }
+}
 
 /// How the proxy treats connections.
 #[derive(Debug, Clone)]
@@ -49,8 +97,13 @@ pub struct Proxy<D> {
     pub options: ProxyOptions,
     /// Opens backend connections.
     pub dialer: D,
-    /// Every connection task, so shutdown can wait for them.
+    /// Every connection task, so shutdown can wait for them (and the
+    /// metrics count the open connections).
     pub tasks: TaskTracker,
+    /// Connections by outcome, bytes relayed.
+    pub conns: Arc<ConnStats>,
+    /// Repeating failures, logged once per interval.
+    pub failures: FailureLog,
 }
 
 impl<D: Dialer> Proxy<D> {
@@ -72,9 +125,18 @@ impl<D: Dialer> Proxy<D> {
                     let this = Arc::clone(&self);
                     let app = app.clone();
                     let local = stream.local_addr().ok().or(local);
-                    self.tasks.spawn(async move {
-                        this.handle(stream, peer, local, app).await;
-                    });
+                    let span = tracing::debug_span!(
+                        "conn",
+                        client = Empty,
+                        country = Empty,
+                        backend = Empty
+                    );
+                    self.tasks.spawn(
+                        async move {
+                            this.handle(stream, peer, local, app).await;
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of
@@ -84,7 +146,9 @@ impl<D: Dialer> Proxy<D> {
                         Some(23 | 24) => Duration::from_millis(200),
                         _ => Duration::from_millis(10),
                     };
-                    tracing::warn!("accept failed: {e}; pausing {pause:?}");
+                    if let Some(suppressed) = self.failures.accept.check(Instant::now()) {
+                        tracing::warn!(suppressed, "accept failed: {e}; pausing {pause:?}");
+                    }
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -123,10 +187,12 @@ impl<D: Dialer> Proxy<D> {
                 ))) => (source, destination, early),
                 Ok(Ok((Header::Local, early))) => (peer, local, early),
                 Ok(Err(e)) => {
+                    self.conns.record(ConnResult::BadProxyHeader);
                     tracing::debug!(%peer, reason = e.reason(), "PROXY header rejected: {e}");
                     return;
                 }
                 Err(_) => {
+                    self.conns.record(ConnResult::ProxyHeaderTimeout);
                     tracing::debug!(%peer, "no PROXY header within {:?}", self.options.proxy_header_timeout);
                     return;
                 }
@@ -134,10 +200,18 @@ impl<D: Dialer> Proxy<D> {
         } else {
             (peer, local, Vec::new())
         };
+        let span = tracing::Span::current();
         let ip = source.ip().to_canonical();
+        span.record("client", display(ip));
         let lookup = self.geoip.lookup(ip);
+        if let Some(country) = lookup.country() {
+            span.record("country", display(country));
+        }
         let mut tried: Vec<BackendId> = Vec::new();
+        let mut result = ConnResult::NoBackend;
         for _ in 0..self.options.connect_attempts {
+            // The decision's clock also starts the connect's.
+            let started = Instant::now();
             let route = match self.router.decide(
                 &Request {
                     app: &app,
@@ -145,12 +219,16 @@ impl<D: Dialer> Proxy<D> {
                     location: lookup.location(),
                     exclude: &tried,
                 },
-                std::time::Instant::now(),
+                started,
             ) {
                 Ok(route) => route,
                 Err(e) => {
-                    tracing::debug!(client = %source, "{e}");
-                    return;
+                    if result == ConnResult::NoBackend {
+                        if let Some(suppressed) = self.failures.no_backend.check(Instant::now()) {
+                            tracing::warn!(suppressed, "no backend for a client: {e}");
+                        }
+                    }
+                    break;
                 }
             };
             let backend = Arc::clone(route.backend());
@@ -159,37 +237,76 @@ impl<D: Dialer> Proxy<D> {
                 self.dialer.connect(backend.addr),
             )
             .await;
-            let stream = match connected {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(backend = %backend.id, "connect failed: {e}");
-                    tried.push(backend.id.clone());
-                    continue; // `route` drops here: the slot is released.
+            let outcomes = backend.load.connect_stats();
+            let failure = match connected {
+                Ok(Ok(stream)) => {
+                    outcomes.observe(started.elapsed());
+                    self.conns.record(ConnResult::Ok);
+                    span.record("backend", display(&backend.id));
+                    self.relay(client, stream, source, destination, &early, route)
+                        .await;
+                    return;
                 }
-                Err(_) => {
-                    tracing::debug!(backend = %backend.id, "connect timed out");
-                    tried.push(backend.id.clone());
-                    continue;
-                }
+                Ok(Err(e)) => (classify(&e), e.to_string()),
+                Err(_) => (
+                    ConnectFailure::Timeout,
+                    format!("no answer within {:?}", self.options.connect_timeout),
+                ),
             };
-            let mut first = Vec::new();
-            if let Some(version) = self.options.send_proxy_protocol {
-                version.encode(source, destination, &mut first);
+            outcomes.fail(failure.0);
+            if let Some(suppressed) = self.failures.connect.check(Instant::now()) {
+                tracing::warn!(
+                    backend = %backend.id,
+                    reason = failure.0.as_str(),
+                    suppressed,
+                    "connecting to a backend failed: {}",
+                    failure.1
+                );
             }
-            first.extend_from_slice(&early);
-            tracing::debug!(client = %source, backend = %backend.id, kind = route.kind.as_str(), "relaying");
-            match relay::relay(client, stream, &first, self.options.idle_timeout).await {
-                Ended::Closed(moved) => {
-                    tracing::debug!(backend = %backend.id, up = moved.up, down = moved.down, "closed")
-                }
-                Ended::Idle => tracing::debug!(backend = %backend.id, "idle timeout"),
-                Ended::Error(e) => tracing::debug!(backend = %backend.id, "relay ended: {e}"),
-            }
-            // `route` (and with it the reservation) is released exactly once, here.
-            drop(route);
-            return;
+            tried.push(backend.id.clone());
+            result = ConnResult::ConnectFailed;
+            // `route` drops here: the slot is released.
         }
-        tracing::debug!(client = %source, attempts = tried.len(), "no backend reachable");
+        self.conns.record(result);
+        tracing::debug!(
+            attempts = tried.len(),
+            result = result.as_str(),
+            "no backend reachable"
+        );
+    }
+
+    /// Relays a connected client; `route` (and with it the backend's slot)
+    /// is released exactly once, when this returns.
+    async fn relay(
+        &self,
+        client: TcpStream,
+        stream: TcpStream,
+        source: SocketAddr,
+        destination: SocketAddr,
+        early: &[u8],
+        route: geoedge_routing::Route,
+    ) {
+        let mut first = Vec::new();
+        if let Some(version) = self.options.send_proxy_protocol {
+            version.encode(source, destination, &mut first);
+        }
+        first.extend_from_slice(early);
+        self.conns
+            .bytes_up
+            .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(kind = route.kind.as_str(), "relaying");
+        let meter = Meter {
+            up: &self.conns.bytes_up,
+            down: &self.conns.bytes_down,
+        };
+        match relay::relay(client, stream, &first, self.options.idle_timeout, meter).await {
+            Ended::Closed(moved) => {
+                tracing::debug!(up = moved.up, down = moved.down, "closed")
+            }
+            Ended::Idle => tracing::debug!("idle timeout"),
+            Ended::Error(e) => tracing::debug!("relay ended: {e}"),
+        }
+        drop(route);
     }
 }
 

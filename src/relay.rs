@@ -5,7 +5,9 @@
 //! keeps flowing. An error on either side ends both. When no byte has moved
 //! either way for the idle timeout, both sides are closed. A direction's
 //! buffer is allocated on its first read, so a connection that never sends
-//! in one direction holds no buffer for it.
+//! in one direction holds no buffer for it. Bytes are added to the
+//! caller's counters as each chunk is passed on, so the metrics see a
+//! long-lived connection's traffic as it flows.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +30,15 @@ pub struct Moved {
     pub down: u64,
 }
 
+/// Where a relay counts the bytes it passes on (relaxed adds, one per chunk).
+#[derive(Debug, Clone, Copy)]
+pub struct Meter<'a> {
+    /// Client to backend.
+    pub up: &'a AtomicU64,
+    /// Backend to client.
+    pub down: &'a AtomicU64,
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum Ended {
@@ -42,12 +53,13 @@ pub enum Ended {
 /// Relays between `client` and `backend` until both directions are closed,
 /// one fails, or both stay idle for `idle`. `first_up` is sent to the
 /// backend before anything read from the client (bytes that arrived with a
-/// PROXY header).
+/// PROXY header); it is not counted by `meter`.
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     first_up: &[u8],
     idle: Duration,
+    meter: Meter<'_>,
 ) -> Ended {
     let start = Instant::now();
     let last = AtomicU64::new(0);
@@ -58,7 +70,12 @@ pub async fn relay(
             return Ended::Error(e);
         }
     }
-    let both = async { tokio::try_join!(copy(cr, bw, &last, start), copy(br, cw, &last, start)) };
+    let both = async {
+        tokio::try_join!(
+            copy(cr, bw, &last, start, meter.up),
+            copy(br, cw, &last, start, meter.down)
+        )
+    };
     let idle_watch = async {
         loop {
             let since = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -83,6 +100,7 @@ async fn copy(
     mut to: OwnedWriteHalf,
     last: &AtomicU64,
     start: Instant,
+    counted: &AtomicU64,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     // Allocated once data arrives: an idle direction holds no buffer.
@@ -97,6 +115,7 @@ async fn copy(
         }
         to.write_all(&buf[..n]).await?;
         total += n as u64;
+        counted.fetch_add(n as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

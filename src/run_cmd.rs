@@ -1,7 +1,10 @@
-//! `geoedge run`: the edge proxy. Loads routing.db and the GeoIP database
-//! (refusing to start on either being invalid), follows both live, binds the
-//! listeners, and serves until SIGTERM or SIGINT, then lets open
-//! connections finish for up to the drain timeout.
+//! `geoedge run`: the edge proxy. Opens the metrics and health listener
+//! first (so `/readyz` can say "starting"), loads routing.db and the GeoIP
+//! database (refusing to start on either being invalid, and waiting out a
+//! writer's lock on routing.db), follows both live, binds the listeners and
+//! turns ready, and serves until SIGTERM or SIGINT; then it turns unready,
+//! stops accepting and lets open connections finish for up to the drain
+//! timeout.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,16 +13,22 @@ use std::time::Duration;
 
 use anyhow::Context;
 use geoedge_geoip::{spawn_reloader, GeoDb, GeoIp, ReloadOptions, ReloaderHandle};
-use geoedge_routing::watcher::{self, Reloader, WatchOptions};
-use geoedge_routing::{AppId, Router, RoutingTable};
+use geoedge_routing::loader::LoadError;
+use geoedge_routing::watcher::{self, ReloadError, Reloader, WatchOptions};
+use geoedge_routing::{AppId, Applied, Router, RoutingTable};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::dialer::TcpDialer;
-use crate::proxy::{Proxy, ProxyOptions};
+use crate::health::Health;
+use crate::metrics::{EdgeSources, Metrics};
+use crate::proxy::{FailureLog, Proxy, ProxyOptions};
 use crate::wg::Backhaul;
+
+/// How long `run` waits at start for a writer to release routing.db.
+pub const STARTUP_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Everything a running edge holds; dropping it stops the reloaders.
 pub struct Edge {
@@ -35,7 +44,7 @@ pub struct Edge {
 /// starts following them.
 pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
     let table = Arc::new(RoutingTable::new());
-    let applied = watcher::load_into(&table, routing_db)
+    let applied = load_waiting(&table, routing_db)
         .with_context(|| format!("loading routing table {}", routing_db.display()))?;
     tracing::info!(path = %routing_db.display(), generation = applied.generation, backends = table.snapshot().len(), "routing table loaded");
     if table
@@ -86,12 +95,44 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         },
         dialer: TcpDialer,
         tasks: TaskTracker::new(),
+        conns: Default::default(),
+        failures: FailureLog::default(),
     });
     Ok(Edge {
         proxy,
         _routing: routing,
         _geoip: geoip_reloader,
     })
+}
+
+/// The first load of routing.db; a writer's lock is waited out (for up to
+/// [`STARTUP_LOCK_WAIT`]) rather than failing the start.
+fn load_waiting(table: &RoutingTable, path: &Path) -> Result<Applied, ReloadError> {
+    let deadline = std::time::Instant::now() + STARTUP_LOCK_WAIT;
+    let mut warned = false;
+    loop {
+        match watcher::load_into(table, path) {
+            Err(ReloadError::Load(LoadError::Locked(_)))
+                if std::time::Instant::now() < deadline =>
+            {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(path = %path.display(), "routing.db is locked by a writer; waiting up to {STARTUP_LOCK_WAIT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What the metrics read from a started edge.
+pub fn metric_sources(edge: &Edge) -> EdgeSources {
+    EdgeSources {
+        router: Arc::clone(&edge.proxy.router),
+        geoip: Arc::clone(&edge.proxy.geoip),
+        conns: Arc::clone(&edge.proxy.conns),
+        tasks: edge.proxy.tasks.clone(),
+    }
 }
 
 /// Binds every listener. Prints `listening APP ADDR` on stdout for each.
@@ -109,12 +150,13 @@ pub async fn bind(settings: &Settings) -> anyhow::Result<Vec<(AppId, TcpListener
     Ok(bound)
 }
 
-/// Serves on bound listeners until a stop signal, then stops accepting and
-/// lets open connections finish for up to `drain`.
+/// Serves on bound listeners until a stop signal, then turns unready, stops
+/// accepting and lets open connections finish for up to `drain`.
 pub async fn serve(
     edge: &Edge,
     listeners: Vec<(AppId, TcpListener)>,
     drain: Duration,
+    health: &Health,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers: Vec<_> = listeners
@@ -130,7 +172,9 @@ pub async fn serve(
             router.bindings().sweep(std::time::Instant::now(), 50_000);
         }
     });
+    health.set_ready();
     stop_signal().await;
+    health.set_draining();
     tracing::info!("stopping: no new connections; draining for up to {drain:?}");
     let _ = stop_tx.send(true);
     for s in servers {
@@ -177,7 +221,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // The health endpoints answer from the start: "starting" until the
+    // tables are loaded and the listeners bound.
+    let health = Arc::new(Health::default());
+    let metrics = Metrics::new(Arc::clone(&health))?;
+    let _endpoints = match settings.metrics_listen {
+        Some(addr) => Some(runtime.block_on(metrics.serve(addr))?),
+        None => None,
+    };
     let edge = start(settings, &routing_db)?;
+    metrics.register_edge(metric_sources(&edge))?;
     runtime.block_on(async {
         // The backhaul comes up first: backends in other POPs are dialed through it.
         let backhaul = match &settings.wireguard {
@@ -186,8 +239,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        let sampler = backhaul
+            .as_ref()
+            .map(|b| metrics.follow_wireguard(b.device()));
         let listeners = bind(settings).await?;
-        let served = serve(&edge, listeners, settings.drain_timeout).await;
+        let served = serve(&edge, listeners, settings.drain_timeout, &health).await;
+        if let Some(s) = sampler {
+            s.abort();
+            let _ = s.await;
+        }
         if let Some(b) = backhaul {
             b.shutdown().await;
         }

@@ -1,0 +1,34 @@
+//! Logs through `tracing` on stderr (stdout carries command output):
+//! filtered by `RUST_LOG` (`info` by default for the long-running commands,
+//! `warn` for one-shot ones), as text or as one JSON object per line
+//! (`--log-format json`).
+//!
+//! What is logged where: each client connection runs in a `conn` span
+//! carrying `client`, `country` and `backend`; its events are at debug.
+//! Reloads are at info, refused reloads and failures at warn, and a failure
+//! that repeats (a backend refusing every connect, an accept loop out of
+//! descriptors) is logged once per interval with the count of the ones
+//! suppressed in between (see [`crate::throttle`]).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber.
+pub fn init(default_level: &str, format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // The current span's fields (client, country, backend) go with each
+        // event; the whole span list would repeat them.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}

@@ -1,0 +1,346 @@
+//! Every metric geoedge exports, in one place: name, type, help text and
+//! label names. The collectors build their series from these definitions,
+//! `docs/metrics.md` lists them (a unit test checks it does), and the label
+//! values always come from small fixed enums or from routing.db (backend
+//! ids, regions, WireGuard peer keys), never from a client's address or an
+//! error's text.
+
+/// A metric's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (resets when the process restarts).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Counts in buckets, with a sum and a count.
+    Histogram,
+}
+
+/// One metric's definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Def {
+    /// Full name.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: Kind,
+    /// Help text (the `# HELP` line).
+    pub help: &'static str,
+    /// Label names, in order.
+    pub labels: &'static [&'static str],
+}
+
+const fn def(
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Def {
+    Def {
+        name,
+        kind,
+        help,
+        labels,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+// --- Connections (counted by the proxy) ---
+
+/// Client connections by outcome (`result`: [`ConnResult`](super::ConnResult)).
+pub const CONNECTIONS_TOTAL: Def = def(
+    "edge_connections_total",
+    Counter,
+    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout.",
+    &["result"],
+);
+/// Client connections open now.
+pub const CONNECTIONS_CURRENT: Def = def(
+    "edge_connections_current",
+    Gauge,
+    "Client connections open now, from accept to close (including those still reading a PROXY header).",
+    &[],
+);
+/// Bytes relayed, by direction.
+pub const BYTES_TOTAL: Def = def(
+    "edge_bytes_total",
+    Counter,
+    "Payload bytes relayed: up is client to backend, down is backend to client (PROXY headers not counted).",
+    &["direction"],
+);
+
+// --- Backends (read from the routing table at scrape time) ---
+
+/// Connections held per backend.
+pub const BACKEND_CONNECTIONS_CURRENT: Def = def(
+    "edge_backend_connections_current",
+    Gauge,
+    "Connections held on a backend now (counted from the moment it is chosen).",
+    &["backend", "region"],
+);
+/// Soft limit per backend.
+pub const BACKEND_SOFT_LIMIT: Def = def(
+    "edge_backend_soft_limit",
+    Gauge,
+    "The backend's soft limit: above it, the backend yields new clients to peers as near.",
+    &["backend"],
+);
+/// Hard limit per backend.
+pub const BACKEND_HARD_LIMIT: Def = def(
+    "edge_backend_hard_limit",
+    Gauge,
+    "The backend's hard limit: it never holds more connections than this.",
+    &["backend"],
+);
+/// Whether a backend takes new clients at all.
+pub const BACKEND_ELIGIBLE: Def = def(
+    "edge_backend_eligible",
+    Gauge,
+    "1 when the backend takes new clients (healthy, not deleted, weight above 0), else 0.",
+    &["backend"],
+);
+/// Connect duration per backend.
+pub const BACKEND_CONNECT_DURATION: Def = def(
+    "edge_backend_connect_duration_seconds",
+    Histogram,
+    "Time to open a TCP connection to the backend, successful connects only.",
+    &["backend"],
+);
+/// Connect failures per backend and reason.
+pub const CONNECT_FAILURES_TOTAL: Def = def(
+    "edge_connect_failures_total",
+    Counter,
+    "Failed connects to a backend by reason: refused, timeout, unreachable, other.",
+    &["backend", "reason"],
+);
+
+// --- Routing ---
+
+/// Decisions by tier.
+pub const ROUTING_DECISIONS_TOTAL: Def = def(
+    "edge_routing_decisions_total",
+    Counter,
+    "Routing decisions by how they were reached: sticky, country, region, distance, none (no backend could take the client).",
+    &["tier"],
+);
+/// Reloads by result.
+pub const ROUTING_RELOADS_TOTAL: Def = def(
+    "edge_routing_reloads_total",
+    Counter,
+    "routing.db loads by result: applied, or refused as unreadable, locked, invalid or emptied (the previous table keeps serving).",
+    &["result"],
+);
+/// Generation of the table in service.
+pub const ROUTING_GENERATION: Def = def(
+    "edge_routing_generation",
+    Gauge,
+    "Generation of the routing table in service (+1 per applied change).",
+    &[],
+);
+/// When the last reload applied.
+pub const ROUTING_LAST_RELOAD: Def = def(
+    "edge_routing_last_reload_timestamp_seconds",
+    Gauge,
+    "Unix time of the last applied routing.db load.",
+    &[],
+);
+/// Sticky bindings held.
+pub const BINDINGS_CURRENT: Def = def(
+    "edge_bindings_current",
+    Gauge,
+    "Sticky client bindings held now.",
+    &[],
+);
+/// Bindings evicted from a full table.
+pub const BINDING_EVICTIONS_TOTAL: Def = def(
+    "edge_binding_evictions_total",
+    Counter,
+    "Bindings evicted (least recently used first) because the binding table was full.",
+    &[],
+);
+/// Bindings expired.
+pub const BINDING_EXPIRATIONS_TOTAL: Def = def(
+    "edge_binding_expirations_total",
+    Counter,
+    "Bindings dropped after being idle for the binding TTL.",
+    &[],
+);
+
+// --- GeoIP ---
+
+/// Lookups by result.
+pub const GEOIP_LOOKUPS_TOTAL: Def = def(
+    "edge_geoip_lookups_total",
+    Counter,
+    "GeoIP lookups by result: found, not_found, private, error, no_database.",
+    &["result"],
+);
+/// Build time of the database in service.
+pub const GEOIP_BUILD_EPOCH: Def = def(
+    "edge_geoip_build_epoch_seconds",
+    Gauge,
+    "build_epoch of the GeoIP database in service (Unix time the vendor built it).",
+    &[],
+);
+/// GeoIP reloads by result.
+pub const GEOIP_RELOADS_TOTAL: Def = def(
+    "edge_geoip_reloads_total",
+    Counter,
+    "GeoIP database reloads by result: ok, failed (the previous database keeps serving).",
+    &["result"],
+);
+
+// --- WireGuard (sampled from the device once a second) ---
+
+/// Peers configured.
+pub const WIREGUARD_PEERS: Def = def(
+    "edge_wireguard_peers",
+    Gauge,
+    "WireGuard peers configured on the backhaul interface.",
+    &[],
+);
+/// Bytes per peer and direction.
+pub const WIREGUARD_PEER_BYTES_TOTAL: Def = def(
+    "edge_wireguard_peer_bytes_total",
+    Counter,
+    "WireGuard datagram bytes per peer: rx authenticated from the peer, tx sent to it.",
+    &["peer", "direction"],
+);
+/// Last handshake per peer.
+pub const WIREGUARD_PEER_LAST_HANDSHAKE: Def = def(
+    "edge_wireguard_peer_last_handshake_timestamp_seconds",
+    Gauge,
+    "Unix time of the last completed handshake with the peer (0: none yet).",
+    &["peer"],
+);
+/// Handshakes by result.
+pub const WIREGUARD_HANDSHAKES_TOTAL: Def = def(
+    "edge_wireguard_handshakes_total",
+    Counter,
+    "WireGuard handshakes by result: completed, unknown_peer (initiation from a key not configured), under_load (refused while under load).",
+    &["result"],
+);
+/// Invalid datagrams.
+pub const WIREGUARD_INVALID_PACKETS_TOTAL: Def = def(
+    "edge_wireguard_invalid_packets_total",
+    Counter,
+    "Datagrams on the WireGuard port that failed a check (malformed, unknown key or index, failed authentication, replayed, out of order, source not allowed).",
+    &[],
+);
+
+// --- The process ---
+
+/// Whether the edge is ready.
+pub const READY: Def = def(
+    "edge_ready",
+    Gauge,
+    "1 while /readyz answers ready (routing and GeoIP loaded, listeners bound, not draining), else 0.",
+    &[],
+);
+
+/// Every metric above, in the order they are documented (the tests check
+/// the conventions and the documentation against it).
+#[cfg(test)]
+pub const ALL: &[Def] = &[
+    CONNECTIONS_TOTAL,
+    CONNECTIONS_CURRENT,
+    BYTES_TOTAL,
+    BACKEND_CONNECTIONS_CURRENT,
+    BACKEND_SOFT_LIMIT,
+    BACKEND_HARD_LIMIT,
+    BACKEND_ELIGIBLE,
+    BACKEND_CONNECT_DURATION,
+    CONNECT_FAILURES_TOTAL,
+    ROUTING_DECISIONS_TOTAL,
+    ROUTING_RELOADS_TOTAL,
+    ROUTING_GENERATION,
+    ROUTING_LAST_RELOAD,
+    BINDINGS_CURRENT,
+    BINDING_EVICTIONS_TOTAL,
+    BINDING_EXPIRATIONS_TOTAL,
+    GEOIP_LOOKUPS_TOTAL,
+    GEOIP_BUILD_EPOCH,
+    GEOIP_RELOADS_TOTAL,
+    WIREGUARD_PEERS,
+    WIREGUARD_PEER_BYTES_TOTAL,
+    WIREGUARD_PEER_LAST_HANDSHAKE,
+    WIREGUARD_HANDSHAKES_TOTAL,
+    WIREGUARD_INVALID_PACKETS_TOTAL,
+    READY,
+];
+
+/// Metrics of the process collector (from the `prometheus` crate), listed
+/// in the documentation beside geoedge's own.
+#[cfg(test)]
+pub const PROCESS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_follow_the_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for d in ALL {
+            assert!(seen.insert(d.name), "{} twice", d.name);
+            assert!(d.name.starts_with("edge_"), "{}", d.name);
+            assert!(
+                d.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{}",
+                d.name
+            );
+            match d.kind {
+                Kind::Counter => assert!(d.name.ends_with("_total"), "{}", d.name),
+                _ => assert!(!d.name.ends_with("_total"), "{}", d.name),
+            }
+            if d.kind == Kind::Histogram {
+                assert!(d.name.ends_with("_seconds"), "{}", d.name);
+            }
+            assert!(!d.help.is_empty());
+            for l in d.labels {
+                assert!(
+                    [
+                        "result",
+                        "direction",
+                        "backend",
+                        "region",
+                        "reason",
+                        "tier",
+                        "peer"
+                    ]
+                    .contains(l),
+                    "{}: label {l} is not one of the bounded ones",
+                    d.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn docs_list_every_metric() {
+        let doc = include_str!("../../docs/metrics.md");
+        for d in ALL {
+            assert!(
+                doc.contains(&format!("`{}`", d.name)),
+                "docs/metrics.md does not list {}",
+                d.name
+            );
+        }
+        for name in PROCESS {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/metrics.md: {name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Logging a repeating failure once per interval instead of once per
+//! occurrence: a backend that refuses every connect, or an accept loop out
+//! of descriptors, must not flood the log. One [`Throttle`] per kind of
+//! failure; the first occurrence is logged at once, later ones within the
+//! interval are only counted, and the next line logged says how many were
+//! suppressed.
+//!
+//! Lock-free (two atomics) and clock-free: the caller passes `now`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// At most one log line per interval for one kind of failure.
+#[derive(Debug)]
+pub struct Throttle {
+    /// Times are kept as nanoseconds since this instant.
+    base: Instant,
+    /// The interval, in nanoseconds.
+    interval: u64,
+    /// Nanoseconds after `base` before which nothing more is logged (0 at
+    /// first: the first occurrence is always logged).
+    next: AtomicU64,
+    /// Occurrences not logged since the last line.
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    /// A throttle letting one line through per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            interval: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+            next: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log an occurrence at `now`: `Some(n)` with the number of
+    /// occurrences suppressed since the last line logged, or `None` (and
+    /// the occurrence is counted as suppressed).
+    pub fn check(&self, now: Instant) -> Option<u64> {
+        let t =
+            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        let next = self.next.load(Ordering::Relaxed);
+        if t >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    t.saturating_add(self.interval),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_per_interval_with_the_suppressed_count() {
+        let t = Throttle::new(Duration::from_secs(10));
+        let t0 = t.base;
+        assert_eq!(t.check(t0), Some(0), "the first one is logged");
+        for i in 1..=99 {
+            assert_eq!(t.check(t0 + Duration::from_millis(i * 10)), None);
+        }
+        assert_eq!(t.check(t0 + Duration::from_secs(10)), Some(99));
+        assert_eq!(t.check(t0 + Duration::from_secs(11)), None);
+        assert_eq!(t.check(t0 + Duration::from_secs(25)), Some(1));
+    }
+
+    #[test]
+    fn many_threads_at_once_log_one_line() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        let now = Instant::now();
+        let logged: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..1000).filter(|_| t.check(now).is_some()).count()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(logged, 1);
+        assert_eq!(t.suppressed.load(Ordering::Relaxed), 3999);
+    }
+}
