@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
@@ -98,25 +98,36 @@ pub struct Edge {
     child: Child,
     /// The first listener's address.
     pub addr: SocketAddr,
+    /// The metrics and health listener's address, when it has one.
+    pub metrics: Option<SocketAddr>,
     /// stderr lines, for diagnosis.
     lines: Arc<Mutex<Vec<String>>>,
+    /// stdout lines.
+    out: Arc<Mutex<Vec<String>>>,
 }
 
 impl Edge {
     /// Starts `geoedge <args>` and waits for its first `listening` line.
     pub fn start(args: &[&str]) -> Edge {
-        let mut child = geoedge()
-            .args(args)
-            .env("RUST_LOG", "geoedge=debug,info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("geoedge starts");
-        let (tx, rx) = mpsc::channel();
+        Edge::launch(args, &[("RUST_LOG", "geoedge=debug,info")], "listening ")
+    }
+
+    /// Starts `geoedge <args>` with extra environment variables and waits
+    /// for its first stdout line starting with `until` (`"listening "`, or
+    /// `"metrics "` to catch it before it has loaded anything).
+    pub fn launch(args: &[&str], env: &[(&str, &str)], until: &str) -> Edge {
+        let mut cmd = geoedge();
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("geoedge starts");
+        let out = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&out);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+                sink.lock().unwrap().push(line);
             }
         });
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -127,28 +138,44 @@ impl Edge {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = loop {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("listening ") {
-                        let addr = rest.split_whitespace().nth(1).unwrap();
-                        break addr.parse().unwrap();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "geoedge did not start listening: {:#?}",
-                        lines.lock().unwrap()
-                    );
-                }
-            }
+        let mut edge = Edge {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            metrics: None,
+            lines,
+            out,
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Edge { child, addr, lines }
+        edge.wait_for(until);
+        edge
     }
 
+    /// Waits (20 s at most) for a stdout line starting with `prefix`, and
+    /// takes the addresses from the lines so far.
+    pub fn wait_for(&mut self, prefix: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.out.lock().unwrap().clone();
+            for line in &out {
+                if let Some(rest) = line.strip_prefix("metrics ") {
+                    self.metrics = rest.trim().parse().ok();
+                }
+            }
+            if let Some(rest) = out.iter().find_map(|l| l.strip_prefix("listening ")) {
+                self.addr = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+            if out.iter().any(|l| l.starts_with(prefix)) {
+                return;
+            }
+            if std::time::Instant::now() > deadline || self.child.try_wait().unwrap().is_some() {
+                let _ = self.child.kill();
+                panic!(
+                    "geoedge printed no {prefix:?} line: {out:#?} {:#?}",
+                    self.lines.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -156,12 +183,22 @@ impl Edge {
 
     /// Sends a signal and waits (up to `within`) for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> std::process::ExitStatus {
+        self.signal(signal);
+        self.wait(within)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())
             .status()
             .unwrap();
         assert!(ok.success());
+    }
+
+    /// Waits (up to `within`) for the exit status.
+    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -368,6 +405,20 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `tool` is installed; when it is not, says so and returns false
+/// (the caller skips), except under CI, where it fails.
+pub fn tool_or_skip(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "under CI this test must run: {tool} is not installed (.ci/run installs it)"
+    );
+    eprintln!("skipping: {tool} is not installed");
+    false
+}
+
 /// Why a test that needs root, /dev/net/tun and `tools` cannot run here,
 /// if it cannot. Under CI, missing tools are a failure rather than a skip.
 pub fn privileged_skip_reason(tools: &[&str]) -> Option<String> {
@@ -420,7 +471,40 @@ pub fn edge_args<'a>(db: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         "127.0.0.0/8",
         "--send-proxy-protocol",
         "v1",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     args
+}
+
+/// A plain HTTP/1.0 GET (so the answer is never chunked): the status code
+/// and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
+    (status, body.to_owned())
+}
+
+/// The text of `/metrics` on a metrics listener.
+pub fn scrape(metrics: SocketAddr) -> String {
+    let (status, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a scrape.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
