@@ -80,11 +80,13 @@ impl ConnectFailure {
 /// connect attempt and read at scrape time.
 #[derive(Debug, Default)]
 pub struct ConnectStats {
+    /// Sum of the successful connects' durations, in nanoseconds (first:
+    /// on the same cache line as the backend's connection count and the
+    /// fastest buckets).
+    sum_ns: AtomicU64,
     /// Successful connects per bucket (not cumulative); the last one is
     /// above every bound.
     buckets: [AtomicU64; 15],
-    /// Sum of the successful connects' durations, in nanoseconds.
-    sum_ns: AtomicU64,
     /// Failed connects, by [`ConnectFailure`].
     failures: [AtomicU64; 4],
 }
@@ -105,7 +107,8 @@ impl ConnectStats {
     /// Records a successful connect that took `took`.
     pub fn observe(&self, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let i = BUCKETS_NS.partition_point(|&b| b < ns);
+        // Most connects land in the first buckets: scan from the bottom.
+        let i = BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(14);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
