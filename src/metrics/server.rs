@@ -176,3 +176,37 @@ pub fn spawn(listener: TcpListener, endpoints: Arc<Endpoints>) -> JoinHandle<()>
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scrapes_beyond_the_cap_are_answered_503_at_once() {
+        let health = Arc::new(Health::default());
+        let registry = Registry::new();
+        registry
+            .register(Box::new(super::super::collectors::ReadyCollector::new(
+                Arc::clone(&health),
+            )))
+            .unwrap();
+        let endpoints = Arc::new(Endpoints::new(registry, health));
+        let held: Vec<_> = (0..MAX_SCRAPES)
+            .map(|_| endpoints.scrapes.try_acquire().unwrap())
+            .collect();
+        let busy = Arc::clone(&endpoints).scrape().await;
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        let ok = Arc::clone(&endpoints).scrape().await;
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(
+            ok.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let body = http_body_util::BodyExt::collect(ok.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("edge_ready 0"));
+    }
+}
