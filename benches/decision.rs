@@ -10,16 +10,33 @@
 //! cycles over 1,024 addresses that stay bound. `steps/geoip_lookup_uniform`
 //! looks up uniformly random addresses over the whole IPv4 space, the
 //! cold-cache worst case of the 56 MB search tree.
+//!
+//! `metrics/…` runs, side by side, the proxy's per-connection work around
+//! the decision (everything but the IO) as it was before the metrics and as
+//! it is with them. Both read the clock for the decision, look the client
+//! up in the live GeoIP holder and decide. "Off" then reads the clock again
+//! to arm the connect timeout (what `tokio::time::timeout` does); "on" arms
+//! it from the decision's reading and instead reads the clock once the
+//! connect is done, records the duration in the backend's histogram, and
+//! counts the connection's outcome with the proxy's own counter type. The
+//! counters the cores always keep (GeoIP lookups, decisions by tier,
+//! bindings) are in both.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use geoedge_geoip::GeoDb;
+use geoedge_geoip::{GeoDb, GeoIp};
 use geoedge_routing::{AppId, BindingConfig, RegionId, Request, Router, RoutingTable};
 
 mod common;
+// The proxy's connection counters, exactly as the proxy has them.
+#[allow(dead_code)]
+#[path = "../src/metrics/conn_stats.rs"]
+mod conn_stats;
+
+use conn_stats::{ConnResult, ConnStats};
 
 const WORKING_SET: usize = 1 << 16;
 
@@ -37,6 +54,147 @@ fn connect(db: &GeoDb, router: &Router, app: &AppId, ip: IpAddr, now: Instant) -
         now,
     );
     route.is_ok()
+}
+
+/// The connect timeout the deadlines are armed with.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Metrics off: the decision, then the connect timeout armed the way
+/// `tokio::time::timeout` arms it (a clock read).
+fn connect_plain(geo: &GeoIp, router: &Router, app: &AppId, ip: IpAddr) -> bool {
+    let started = Instant::now();
+    let lookup = geo.lookup(ip);
+    let route = router.decide(
+        &Request {
+            app,
+            ip,
+            location: lookup.location(),
+            exclude: &[],
+        },
+        started,
+    );
+    std::hint::black_box(Instant::now() + CONNECT_TIMEOUT);
+    route.is_ok()
+}
+
+/// Metrics on: the decision, the timeout armed from the decision's clock
+/// read, the connect timed into the backend's histogram, the outcome
+/// counted.
+fn connect_metered(
+    geo: &GeoIp,
+    router: &Router,
+    app: &AppId,
+    ip: IpAddr,
+    conns: &ConnStats,
+) -> bool {
+    let started = Instant::now();
+    let lookup = geo.lookup(ip);
+    let route = router.decide(
+        &Request {
+            app,
+            ip,
+            location: lookup.location(),
+            exclude: &[],
+        },
+        started,
+    );
+    std::hint::black_box(started + CONNECT_TIMEOUT);
+    match route {
+        Ok(route) => {
+            // (The connect itself would be here.)
+            route
+                .backend()
+                .load
+                .connect_stats()
+                .observe(started.elapsed());
+            conns.record(ConnResult::Ok);
+            true
+        }
+        Err(_) => {
+            conns.record(ConnResult::NoBackend);
+            false
+        }
+    }
+}
+
+/// Metrics off and on, side by side.
+fn metrics_cost(c: &mut Criterion) {
+    // Each side has its own copy of the database (and so of its caches).
+    let (db, db_name) = common::city_db();
+    let (plain, geo) = (GeoIp::with_db(db), GeoIp::with_db(common::city_db().0));
+    let app = AppId::default_app();
+    let working_set: Vec<_> = common::Addresses::new().take(WORKING_SET).collect();
+    let conns = ConnStats::default();
+    let mut group = c.benchmark_group(format!("metrics/{db_name}"));
+    group.throughput(Throughput::Elements(1));
+    for n in [10usize, 100, 1000] {
+        let table = Arc::new(RoutingTable::from_raw(&common::table(n), 0).unwrap());
+        let router = |max_entries| {
+            Router::new(
+                Arc::clone(&table),
+                RegionId::new("eu"),
+                BindingConfig {
+                    max_entries,
+                    ..BindingConfig::default()
+                },
+            )
+        };
+        let (off, on) = (router(4096), router(4096));
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("fresh_client_off", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & (WORKING_SET - 1);
+                std::hint::black_box(connect_plain(&plain, &off, &app, working_set[i]))
+            })
+        });
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("fresh_client_on", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & (WORKING_SET - 1);
+                std::hint::black_box(connect_metered(&geo, &on, &app, working_set[i], &conns))
+            })
+        });
+        let (off, on) = (
+            router(BindingConfig::default().max_entries),
+            router(BindingConfig::default().max_entries),
+        );
+        let mut j = 0usize;
+        group.bench_with_input(BenchmarkId::new("returning_client_off", n), &n, |b, _| {
+            b.iter(|| {
+                j = (j + 1) & 1023;
+                std::hint::black_box(connect_plain(&plain, &off, &app, working_set[j]))
+            })
+        });
+        let mut j = 0usize;
+        group.bench_with_input(BenchmarkId::new("returning_client_on", n), &n, |b, _| {
+            b.iter(|| {
+                j = (j + 1) & 1023;
+                std::hint::black_box(connect_metered(&geo, &on, &app, working_set[j], &conns))
+            })
+        });
+    }
+    group.finish();
+
+    // The recording alone, on one hot backend.
+    let table = RoutingTable::from_raw(&common::table(10), 0).unwrap();
+    let backend = std::sync::Arc::clone(&table.snapshot().backends[0]);
+    let mut steps = c.benchmark_group(format!("metrics_steps/{db_name}"));
+    let started = Instant::now();
+    steps.bench_function("clock_read_and_elapsed", |b| {
+        b.iter(|| std::hint::black_box(started.elapsed()))
+    });
+    steps.bench_function("histogram_observe", |b| {
+        b.iter(|| {
+            backend
+                .load
+                .connect_stats()
+                .observe(std::hint::black_box(Duration::from_micros(180)))
+        })
+    });
+    steps.bench_function("outcome_count", |b| {
+        b.iter(|| conns.record(std::hint::black_box(ConnResult::Ok)))
+    });
+    steps.finish();
 }
 
 fn decision(c: &mut Criterion) {
@@ -123,6 +281,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = decision
+    targets = decision, metrics_cost
 }
 criterion_main!(benches);
