@@ -11,9 +11,9 @@
 //!   messages.
 //! - UDP → TUN: one `recvmmsg` of up to 32 buffers (UDP GRO coalesces a
 //!   sender's burst into one buffer); the datagrams are decrypted under one
-//!   lock into [`TUN_BATCH`] packet buffers, which tun-rs coalesces back
-//!   into TCP super-packets (GRO) and writes; handshake replies and what
-//!   queued behind a handshake go out as one batch.
+//!   lock into [`TUN_BATCH`] packet buffers, which [`Coalescer`] merges
+//!   back into TCP super-packets (GRO) before they are written; handshake
+//!   replies and what queued behind a handshake go out as one batch.
 //! - a 100 ms timer tick.
 //!
 //! A fourth serves `/var/run/wireguard/<name>.sock`. The tasks share the
@@ -39,9 +39,10 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::IpNet;
 use tokio::io::Interest;
 use tokio::task::JoinHandle;
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 
 use crate::engine::{Action, Engine, EngineStats, MAX_BUFFER, MIN_BUFFER, OVERHEAD};
+use crate::gro::Coalescer;
 use crate::peer::{InterfaceConfig, PeerConfig};
 use crate::peers::{ConfigError, Peers, Reconciled};
 use crate::uapi;
@@ -70,7 +71,9 @@ const SEND_BATCH_BYTES: usize = TUN_BATCH * (1_500 + OVERHEAD) + MAX_BUFFER;
 
 /// Headroom before each packet written to the TUN, for the virtio header
 /// when offload is on.
-const TUN_HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+const TUN_HEADROOM: usize = crate::gro::VNET_HDR_LEN;
+
+const _: () = assert!(TUN_HEADROOM == VIRTIO_NET_HDR_LEN);
 
 /// How the device gets its TUN interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,9 +463,9 @@ async fn tun_to_udp(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
 
 /// Receives datagrams a `recvmmsg` at a time (GRO-coalesced buffers come
 /// apart into their datagrams), decrypts up to [`TUN_BATCH`] of them under
-/// one engine lock, writes the packets to the TUN (coalesced by tun-rs when
-/// offload is on), then sends handshake replies and what queued behind a
-/// handshake.
+/// one engine lock, writes the packets to the TUN (TCP segments merged into
+/// super-packets when offload is on), then sends handshake replies and what
+/// queued behind a handshake.
 #[allow(clippy::disallowed_methods)] // adapter: stamps each batch with the monotonic clock
 async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
     let offload = tun.tcp_gso();
@@ -470,7 +473,8 @@ async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
     let mut packets: Vec<Vec<u8>> = (0..TUN_BATCH)
         .map(|_| Vec::with_capacity(TUN_HEADROOM + MAX_BUFFER))
         .collect();
-    let mut gro = GROTable::default();
+    let mut gro = Coalescer::new();
+    let mut write = Vec::with_capacity(TUN_BATCH);
     let mut replies = SendBatch::new(SEND_BATCH_BYTES, TUN_BATCH);
     let fd = shared.udp.socket.as_raw_fd();
     loop {
@@ -527,7 +531,13 @@ async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
                 }
             }
             if written > 0 {
-                write_tun(&tun, offload, &mut gro, &mut packets[..written]).await;
+                if offload {
+                    gro.coalesce(&mut packets[..written], &mut write);
+                } else {
+                    write.clear();
+                    write.extend(0..written);
+                }
+                write_tun(&tun, offload, &packets, &write).await;
             }
             shared.send_batch(&mut replies).await;
         }
@@ -546,17 +556,13 @@ fn flush_into(engine: &mut Engine, batch: &mut SendBatch) {
     }
 }
 
-/// Writes decrypted packets (each after [`TUN_HEADROOM`] bytes) to the TUN:
-/// coalesced into super-packets with offload, one write each without.
-async fn write_tun(tun: &AsyncDevice, offload: bool, gro: &mut GROTable, packets: &mut [Vec<u8>]) {
-    if offload {
-        if let Err(e) = tun.send_multiple(gro, packets, TUN_HEADROOM).await {
-            tracing::debug!(error = %e, "wireguard: TUN write failed");
-        }
-        return;
-    }
-    for packet in packets.iter() {
-        if let Err(e) = tun.send(&packet[TUN_HEADROOM..]).await {
+/// Writes the packets at indices `write` to the TUN: with offload each
+/// buffer starts with its virtio header (a super-packet's, or an empty
+/// one), without it the packet after the headroom goes alone.
+async fn write_tun(tun: &AsyncDevice, offload: bool, packets: &[Vec<u8>], write: &[usize]) {
+    let from = if offload { 0 } else { TUN_HEADROOM };
+    for &i in write {
+        if let Err(e) = tun.send(&packets[i][from..]).await {
             tracing::debug!(error = %e, "wireguard: TUN write failed");
         }
     }

@@ -8,6 +8,8 @@
 //! - [`peer`] and [`peers`] hold each peer's configuration, `Tunn` and
 //!   counters, and reconcile the table with a desired configuration;
 //! - [`engine`] is the datapath: TUN packets to datagrams and back, timers;
+//! - [`gro`] merges decrypted TCP segments into super-packets for a TUN
+//!   with offload;
 //! - [`uapi`] is the text of the `wg` configuration protocol.
 //!
 //! With the `io` feature, [`device`] runs an interface: a TUN, a UDP socket
@@ -19,6 +21,7 @@ pub mod allowed_ips;
 #[cfg(feature = "io")]
 pub mod device;
 pub mod engine;
+pub mod gro;
 pub mod key;
 pub mod peer;
 pub mod peers;
