@@ -5,6 +5,11 @@
 //! show` sees a handshake on both sides, ours through our configuration
 //! socket.
 //!
+//! The same transfer checks that the device's datapath does not allocate
+//! per packet: a counting global allocator sees every allocation in this
+//! process (the device's tasks and the test's own client and server
+//! threads) while 128 MiB cross the tunnel.
+//!
 //! Needs root, /dev/net/tun, `ip`, `wireguard-go` and `wg`; skips with a
 //! printed reason otherwise (under `CI`, missing WireGuard tools fail).
 //! Every name carries the process id; namespaces, links, processes and
@@ -14,11 +19,13 @@
 // An end-to-end test of the adapters: it reads real clocks for deadlines.
 #![allow(clippy::disallowed_methods)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use geoedge_wireguard::device::UAPI_DIR;
@@ -28,6 +35,44 @@ use geoedge_wireguard::{
 use sha2::{Digest, Sha256};
 
 const BYTES_EACH_WAY: usize = 64 << 20;
+
+/// The system allocator, counting allocations (and reallocations) made
+/// anywhere in this process.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed through to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// At most this many allocations in the whole process while 128 MiB (about
+/// 95,000 packets each way, plus acknowledgements) cross the tunnel: the
+/// test's threads and tokio allocate a little; one allocation per packet,
+/// or per batch, would be tens of thousands.
+const MAX_ALLOCATIONS_DURING_TRANSFER: u64 = 500;
 const POP_PORT: u16 = 51820;
 const TCP_PORT: u16 = 7777;
 
@@ -400,14 +445,20 @@ fn tcp_through_geoedge_and_wireguard_go_carries_64_mib_each_way() {
     assert_eq!(mode & 0o777, 0o600, "configuration socket mode");
 
     // 64 MiB each way, at once.
-    let started = Instant::now();
     let stream = connect(SocketAddr::new(IpAddr::V4(pop_overlay), TCP_PORT));
+    let started = Instant::now();
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let (client_sent, client_received, client_total) = exchange(stream, 0x1234_5678_9abc_def1);
     let (server_sent, server_received, server_total) = server.join().expect("server");
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "64 MiB each way in {secs:.1} s ({:.0} Mbit/s each way)",
+        "64 MiB each way in {secs:.1} s ({:.0} Mbit/s each way); {allocations} allocations in the process meanwhile",
         (BYTES_EACH_WAY * 8) as f64 / secs / 1e6
+    );
+    assert!(
+        allocations <= MAX_ALLOCATIONS_DURING_TRANSFER,
+        "{allocations} allocations while 128 MiB crossed the tunnel: the datapath allocates per packet or per batch"
     );
     assert_eq!(client_total, BYTES_EACH_WAY);
     assert_eq!(server_total, BYTES_EACH_WAY);
