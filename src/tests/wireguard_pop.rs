@@ -1103,7 +1103,10 @@ struct Captured {
 }
 
 /// Captures the IPv4 UDP datagrams crossing `ifname` (both directions) with
-/// a packet socket, until stopped.
+/// a packet socket, until stopped. geoedge sends bursts as UDP GSO
+/// messages, which cross a veth unsegmented: the socket asks for each
+/// frame's virtio header and splits such a message into its datagrams by
+/// the segment size the header carries.
 struct Capture {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<Captured>>>,
@@ -1114,7 +1117,7 @@ impl Capture {
         // Every protocol: outgoing frames only reach ETH_P_ALL sockets.
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto as libc::c_int) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as libc::c_int) };
         assert!(
             fd >= 0,
             "packet socket: {}",
@@ -1140,6 +1143,29 @@ impl Capture {
             )
         };
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        // `PACKET_VNET_HDR` (linux/if_packet.h, raw packet sockets only): a
+        // virtio_net_hdr before each frame; the frame is Ethernet (a veth).
+        const PACKET_VNET_HDR: libc::c_int = 15;
+        const VNET_HDR_LEN: usize = 10;
+        const ETHERNET_LEN: usize = 14;
+        const GSO_UDP_L4: u8 = 5;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with a c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                std::ptr::addr_of!(on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "PACKET_VNET_HDR: {}",
+            std::io::Error::last_os_error()
+        );
         let timeout = libc::timeval {
             tv_sec: 0,
             tv_usec: 100_000,
@@ -1158,7 +1184,7 @@ impl Capture {
         let s = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut got = Vec::new();
-            let mut buf = vec![0u8; 65536];
+            let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
             while !s.load(Ordering::SeqCst) {
                 // SAFETY: sockaddr_ll is plain data; all zeroes is valid.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -1174,10 +1200,15 @@ impl Capture {
                         &mut from_len,
                     )
                 };
-                if n <= 0 || from.sll_protocol != (libc::ETH_P_IP as u16).to_be() {
+                if n <= (VNET_HDR_LEN + ETHERNET_LEN) as isize
+                    || from.sll_protocol != (libc::ETH_P_IP as u16).to_be()
+                {
                     continue;
                 }
-                let p = &buf[..n as usize];
+                // virtio_net_hdr: flags, gso_type, hdr_len, gso_size, ...
+                let gso_type = buf[1] & 0x7f;
+                let gso_size = usize::from(u16::from_ne_bytes([buf[4], buf[5]]));
+                let p = &buf[VNET_HDR_LEN + ETHERNET_LEN..n as usize];
                 if p.len() < 28 || p[0] >> 4 != 4 || p[9] != 17 {
                     continue;
                 }
@@ -1191,11 +1222,19 @@ impl Capture {
                 if udp_len < 8 || p.len() < ihl + udp_len {
                     continue;
                 }
-                got.push(Captured {
-                    src: SocketAddrV4::new(ip(12), port(ihl)),
-                    dst: SocketAddrV4::new(ip(16), port(ihl + 2)),
-                    payload: p[ihl + 8..ihl + udp_len].to_vec(),
-                });
+                let payload = &p[ihl + 8..ihl + udp_len];
+                let segment = if gso_type == GSO_UDP_L4 && gso_size > 0 {
+                    gso_size
+                } else {
+                    payload.len().max(1)
+                };
+                for datagram in payload.chunks(segment) {
+                    got.push(Captured {
+                        src: SocketAddrV4::new(ip(12), port(ihl)),
+                        dst: SocketAddrV4::new(ip(16), port(ihl + 2)),
+                        payload: datagram.to_vec(),
+                    });
+                }
             }
             got
         });
