@@ -19,8 +19,15 @@
 # /var/run/wireguard/<name>.sock, its temporary directory) is removed on
 # exit, on failure and on Ctrl-C. No traffic leaves the two namespaces.
 #
+# With BASELINE=/path/to/another/geoedge (say, a build of an earlier
+# commit), configuration (d) runs that binary at both ends, so that a change
+# is measured against what it replaces in the same run:
+#
+#   sudo BASELINE=/tmp/geoedge-before CONFIGS="a c d" benches/wireguard/run.sh
+#
 # Environment: REPS (default 3), DURATION in seconds (default 8), CONFIGS
-# (default "a b c": the configurations to run, in this order), IDLE_WAIT
+# (default "a b c", or "a b c d" with BASELINE: the configurations to run,
+# in this order), IDLE_WAIT
 # (default 600: seconds to wait for an idle machine before each
 # configuration; the cores are shared with whatever else runs here).
 #
@@ -43,9 +50,17 @@ die() {
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
 [[ $IDLE_WAIT =~ ^[0-9]+$ ]] || die "IDLE_WAIT must be a number of seconds"
-read -ra CONFIGS <<<"${CONFIGS:-a b c}"
+BASELINE=${BASELINE:-}
+if [[ -n $BASELINE ]]; then
+    [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
+    BASELINE=$(realpath "$BASELINE")
+    read -ra CONFIGS <<<"${CONFIGS:-a b c d}"
+else
+    read -ra CONFIGS <<<"${CONFIGS:-a b c}"
+fi
 for cfg in "${CONFIGS[@]}"; do
-    [[ $cfg == [abc] ]] || die "CONFIGS takes a, b and c (default: \"a b c\")"
+    [[ $cfg == [abcd] ]] || die "CONFIGS takes a, b, c and d (default: \"a b c\")"
+    [[ $cfg != d || -n $BASELINE ]] || die "configuration d needs BASELINE=/path/to/geoedge"
 done
 
 if [[ $EUID -ne 0 ]]; then
@@ -157,9 +172,10 @@ wait_sock() { # pid sock: wait up to 10 s for the configuration socket
     return 1
 }
 
-# side: A or B; kind: wggo or geoedge; iface: interface name
+# side: A or B; kind: wggo, geoedge or baseline; iface: interface name
 start_end() {
-    local side=$1 kind=$2 iface=$3 ns key peer_pub my_over peer_over peer_under log pid
+    local side=$1 kind=$2 iface=$3 ns key peer_pub my_over peer_over peer_under log pid bin=$GEOEDGE
+    [[ $kind == baseline ]] && bin=$BASELINE
     if [[ $side == A ]]; then
         ns=$NS_A key=$WORK/a.key peer_pub=$PUB_B my_over=$OVER_A peer_over=$OVER_B peer_under=$UNDER_B
     else
@@ -193,7 +209,7 @@ start_end() {
             echo "   creating $db failed" >&2
             return 1
         }
-        ip netns exec "$ns" "$GEOEDGE" wg up --routing-db "$db" --wg-interface "$iface" \
+        ip netns exec "$ns" "$bin" wg up --routing-db "$db" --wg-interface "$iface" \
             --wg-private-key-file "$key" --wg-address "$my_over/24" --wg-listen-port "$PORT" \
             >>"$log" 2>&1 &
         pid=$!
@@ -299,9 +315,10 @@ measure() {
 }
 
 declare -A NAMES KIND_A KIND_B RESULTS CPU FAILS
-NAMES=([a]="wireguard-go <-> wireguard-go" [b]="geoedge <-> wireguard-go" [c]="geoedge <-> geoedge")
-KIND_A=([a]=wggo [b]=geoedge [c]=geoedge)
-KIND_B=([a]=wggo [b]=wggo [c]=geoedge)
+NAMES=([a]="wireguard-go <-> wireguard-go" [b]="geoedge <-> wireguard-go" [c]="geoedge <-> geoedge"
+    [d]="baseline <-> baseline")
+KIND_A=([a]=wggo [b]=geoedge [c]=geoedge [d]=baseline)
+KIND_B=([a]=wggo [b]=wggo [c]=geoedge [d]=baseline)
 
 # A round trip from A to B's overlay address: a ping when ping is installed,
 # otherwise a TCP connection to a closed port that B's kernel refuses (the
@@ -440,6 +457,7 @@ echo "nproc $NPROC; CPU $cpu_model; $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2
 echo "kernel $(uname -r); $(wireguard-go --version 2>&1 | head -n 1); $(iperf3 --version 2>&1 | head -n 1 | sed 's/ (cJSON.*//')"
 echo "TCP congestion control in the namespaces $(ip netns exec "$NS_A" sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null || echo '?'); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "geoedge $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'); $(wg --version 2>&1 | head -n 1 | sed 's/ - https.*//')"
+[[ -n $BASELINE ]] && echo "baseline (d): $BASELINE"
 echo
 echo "== results: iperf3 single TCP stream, $DURATION s, Mbit/s, median of $REPS (samples in brackets)"
 echo "A runs the iperf3 client (10.80.0.1), B the server (10.80.0.2); B->A is iperf3 -R"
@@ -460,14 +478,17 @@ for cfg in "${CONFIGS[@]}"; do
     done
     printf '| (%s) %-30s | %-24s | %-24s |\n' "$cfg" "${NAMES[$cfg]}" "${row[0]}" "${row[1]}"
 done
-ratio() {
-    [[ ${MED[c,$1]:--} == - || ${MED[a,$1]:--} == - ]] && {
+ratio() { # dir over under
+    [[ ${MED[$2,$1]:--} == - || ${MED[$3,$1]:--} == - ]] && {
         echo "-"
         return
     }
-    awk -v c="${MED[c,$1]}" -v a="${MED[a,$1]}" 'BEGIN {printf "%.2f", c / a}'
+    awk -v c="${MED[$2,$1]}" -v a="${MED[$3,$1]}" 'BEGIN {printf "%.2f", c / a}'
 }
-printf '| %-34s | %-24s | %-24s |\n' "ratio (c)/(a)" "$(ratio fwd)" "$(ratio rev)"
+printf '| %-34s | %-24s | %-24s |\n' "ratio (c)/(a)" "$(ratio fwd c a)" "$(ratio rev c a)"
+if [[ -n ${MED[d,fwd]:-} ]]; then
+    printf '| %-34s | %-24s | %-24s |\n' "ratio (c)/(d), geoedge over baseline" "$(ratio fwd c d)" "$(ratio rev c d)"
+fi
 echo
 echo "== CPU, mean over the rounds, % of one core (A-end, B-end = the WireGuard process on each side)"
 printf '| %-34s | %-4s | %6s | %6s | %7s | %7s | %7s | %6s | %8s | %6s |\n' "A <-> B" "dir" "A-end" "B-end" "iperf3c" "iperf3s" "softirq" "others" "machine" "retr"
