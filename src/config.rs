@@ -14,6 +14,7 @@ use geoedge_routing::{AppId, BindingConfig, RegionId};
 use ipnet::IpNet;
 
 use crate::proxy_protocol::Version;
+use geoedge_wireguard::engine::REKEY_AFTER_TIME;
 
 /// A CIDR, or a bare address meaning just that host.
 fn parse_cidr(s: &str) -> anyhow::Result<IpNet> {
@@ -216,6 +217,15 @@ pub struct Layer {
           num_args = 0..=1, default_missing_value = "true")]
     pub wg_attach: Option<bool>,
 
+    /// Rekey WireGuard sessions this POP initiated once they are this old, 1s to 120s [default: 120s, WireGuard's own].
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_REKEY_AFTER",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub wg_rekey_after: Option<HumanDuration>,
+
     /// Listener for /metrics, /healthz and /readyz, or `off`; never a client listener's address [default: 127.0.0.1:9090].
     #[arg(
         long,
@@ -269,6 +279,7 @@ impl Layer {
             wg_address,
             wg_mtu,
             wg_attach,
+            wg_rekey_after,
             metrics_listen,
             log_format,
         )
@@ -407,6 +418,8 @@ pub struct WgSettings {
     pub mtu: u16,
     /// Attach to an existing TUN instead of creating one.
     pub attach: bool,
+    /// Sessions this POP initiated are rekeyed once this old.
+    pub rekey_after: Duration,
 }
 
 /// A client listener: an address, and the app it serves.
@@ -496,6 +509,14 @@ impl Settings {
                     addresses,
                     mtu: l.wg_mtu.unwrap_or(1420),
                     attach,
+                    rekey_after: match l.wg_rekey_after {
+                        None => REKEY_AFTER_TIME,
+                        Some(d) if (Duration::from_secs(1)..=REKEY_AFTER_TIME).contains(&d.0) => d.0,
+                        Some(d) => bail!(
+                            "wg_rekey_after {}: between 1s and 120s (WireGuard rekeys after 120s by itself)",
+                            humantime::format_duration(d.0)
+                        ),
+                    },
                 })
             }
         };
@@ -590,6 +611,30 @@ mod tests {
         assert_eq!(early_log_format(&flag, Some(&file)), LogFormat::Text);
         assert_eq!(early_log_format(&Layer::default(), None), LogFormat::Text);
         assert!("yaml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn wireguard_rekey_time_is_bounded_by_wireguards_own() {
+        let wg = |rekey: Option<&str>| {
+            let mut toml = String::from(
+                "wg_interface = 'wg0'\nwg_address = ['10.77.0.1/24']\nwg_private_key_file = '/k'\n",
+            );
+            if let Some(r) = rekey {
+                toml.push_str(&format!("wg_rekey_after = '{r}'\n"));
+            }
+            let l: Layer = toml::from_str(&toml).unwrap();
+            Settings::resolve(l, None).map(|s| s.wireguard.unwrap().rekey_after)
+        };
+        assert_eq!(wg(None).unwrap(), REKEY_AFTER_TIME);
+        assert_eq!(wg(Some("3s")).unwrap(), Duration::from_secs(3));
+        assert_eq!(wg(Some("2m")).unwrap(), REKEY_AFTER_TIME);
+        for bad in ["500ms", "121s", "1h"] {
+            let e = wg(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("wg_rekey_after") && e.contains("120s"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl Backhaul {
         })
         .await
         .with_context(|| format!("starting WireGuard interface {}", settings.interface))?;
+        device.set_rekey_after(settings.rekey_after);
         tracing::info!(
             interface = %settings.interface,
             listen_port = device.listen_port(),

@@ -362,6 +362,12 @@ impl Device {
             .reconcile(desired, Instant::now())
     }
 
+    /// Rekeys sessions this device initiated once they are `after` old (see
+    /// [`Engine::set_rekey_after`]).
+    pub fn set_rekey_after(&self, after: Duration) {
+        self.shared.engine().set_rekey_after(after);
+    }
+
     /// The interface's counters.
     pub fn stats(&self) -> EngineStats {
         *self.shared.engine().stats()

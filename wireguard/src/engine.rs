@@ -37,6 +37,11 @@ pub const MIN_BUFFER: usize = 148;
 /// A buffer size that fits any IP packet (64 KiB) plus the overhead.
 pub const MAX_BUFFER: usize = 65_535 + OVERHEAD;
 
+/// WireGuard's `REKEY_AFTER_TIME`: boringtun starts a new handshake when a
+/// session it initiated is this old; [`Engine::set_rekey_after`] can only
+/// shorten it.
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+
 const MSG_INIT: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
 const MSG_COOKIE: u8 = 3;
@@ -233,6 +238,9 @@ pub struct Engine {
     /// completed.
     pending_flush: Vec<PeerId>,
     last_rate_reset: Option<Instant>,
+    /// Sessions we initiated are rekeyed once this old (at most
+    /// [`REKEY_AFTER_TIME`], which boringtun applies by itself).
+    rekey_after: Duration,
     scratch: Vec<u8>,
 }
 
@@ -250,6 +258,7 @@ impl Engine {
             max_tun_packet: 0,
             pending_flush: Vec::new(),
             last_rate_reset: None,
+            rekey_after: REKEY_AFTER_TIME,
             scratch: vec![0u8; MIN_BUFFER.max(OVERHEAD + 16)],
         }
     }
@@ -267,6 +276,20 @@ impl Engine {
     /// The interface's counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// Rekeys sessions we initiated once they are `after` old, instead of
+    /// after [`REKEY_AFTER_TIME`] (longer values are capped to it: boringtun
+    /// rekeys then regardless). The rekey is a new handshake started by
+    /// [`Engine::poll_timers`]; the old session carries traffic until the
+    /// new one is up.
+    pub fn set_rekey_after(&mut self, after: Duration) {
+        self.rekey_after = after.min(REKEY_AFTER_TIME);
+    }
+
+    /// How old a session we initiated gets before it is rekeyed.
+    pub fn rekey_after(&self) -> Duration {
+        self.rekey_after
     }
 
     fn drop(&mut self, reason: DropReason) -> Action<'static> {
@@ -406,6 +429,7 @@ impl Engine {
                     if kind == MSG_INIT || kind == MSG_RESPONSE {
                         peer.stats.handshakes_completed += 1;
                         peer.stats.last_handshake = Some(now);
+                        peer.initiated_session = kind == MSG_RESPONSE;
                     }
                     if kind == MSG_INIT {
                         peer.stats.handshake_initiations_received += 1;
@@ -537,10 +561,24 @@ impl Engine {
         }
         let mut sends = Vec::new();
         let scratch = &mut self.scratch;
+        let rekey_after = self.rekey_after;
         for peer in self.peers.iter_mut() {
             let mut out: Vec<Vec<u8>> = Vec::new();
             if let TunnResult::WriteToNetwork(d) = peer.tunn.update_timers(scratch) {
                 out.push(d.to_vec());
+            }
+            let rekey_due = rekey_after < REKEY_AFTER_TIME
+                && peer.initiated_session
+                && peer.stats.last_handshake.is_some_and(|at| {
+                    now.checked_duration_since(at).unwrap_or(Duration::ZERO) >= rekey_after
+                });
+            if rekey_due && peer.endpoint.is_some() {
+                // Not forced: nothing is sent while a handshake is under way.
+                if let TunnResult::WriteToNetwork(d) =
+                    peer.tunn.format_handshake_initiation(scratch, false)
+                {
+                    out.push(d.to_vec());
+                }
             }
             if peer.endpoint.is_some() && peer.take_keepalive_due(now) {
                 if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(&[], scratch) {

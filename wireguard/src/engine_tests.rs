@@ -407,6 +407,90 @@ fn a_keepalive_without_a_session_starts_a_handshake() {
     );
 }
 
+/// With a shortened rekey time, the side that initiated the session starts
+/// a new handshake once it is that old (on the caller's clock), the
+/// responder does not, and traffic flows through the new session.
+#[test]
+fn a_shortened_rekey_renews_the_initiators_session() {
+    let mut p = pair();
+    let rekey = Duration::from_secs(10);
+    p.a.set_rekey_after(rekey);
+    p.b.set_rekey_after(rekey);
+    assert_eq!(p.a.rekey_after(), rekey);
+    connect(&mut p);
+    let mut out = vec![0u8; MAX_BUFFER];
+    let mut out2 = vec![0u8; MAX_BUFFER];
+    let data_sent = |p: &mut Pair| {
+        p.a.peers()
+            .by_key(&p.b_pub)
+            .unwrap()
+            .stats()
+            .handshake_initiations_sent
+    };
+    assert!(p
+        .a
+        .poll_timers(p.now + rekey - Duration::from_millis(1))
+        .is_empty());
+    assert!(
+        p.b.poll_timers(p.now + rekey * 3).is_empty(),
+        "the responder does not rekey"
+    );
+    let later = p.now + rekey;
+    let sends = p.a.poll_timers(later);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].datagram[0], 1, "a handshake initiation");
+    assert_eq!(data_sent(&mut p), 2);
+    // Under way: no second initiation.
+    assert!(p.a.poll_timers(later + Duration::from_secs(1)).is_empty());
+    // The old session still carries packets meanwhile.
+    let ping = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"during");
+    let (_, d) = sent(p.a.handle_tun_packet(&ping, &mut out));
+    assert_eq!(d[0], 4);
+    assert_eq!(
+        p.b.handle_datagram(sa(A_ADDR), &d, &mut out2, later),
+        Action::WriteTun(&ping[..])
+    );
+    let (_, resp) = sent(p.b.handle_datagram(sa(A_ADDR), &sends[0].datagram, &mut out, later));
+    assert_eq!(resp[0], 2);
+    let (_, keepalive) = sent(p.a.handle_datagram(sa(B_ADDR), &resp, &mut out, later));
+    assert_eq!(
+        p.b.handle_datagram(sa(A_ADDR), &keepalive, &mut out2, later),
+        Action::Done
+    );
+    for (from_a, body) in [(true, &b"after a"[..]), (false, &b"after b"[..])] {
+        let (src, dst) = if from_a {
+            ([10, 0, 0, 1], [10, 0, 0, 2])
+        } else {
+            ([10, 0, 0, 2], [10, 0, 0, 1])
+        };
+        let packet = ipv4(src, dst, body);
+        let (tx, rx, from) = if from_a {
+            (&mut p.a, &mut p.b, A_ADDR)
+        } else {
+            (&mut p.b, &mut p.a, B_ADDR)
+        };
+        let (_, d) = sent(tx.handle_tun_packet(&packet, &mut out));
+        assert_eq!(
+            rx.handle_datagram(sa(from), &d, &mut out2, later),
+            Action::WriteTun(&packet[..])
+        );
+    }
+    for (engine, key) in [(&p.a, &p.b_pub), (&p.b, &p.a_pub)] {
+        let stats = engine.peers().by_key(key).unwrap().stats();
+        assert_eq!(stats.handshakes_completed, 2);
+        assert_eq!(stats.last_handshake, Some(later));
+    }
+    // The next rekey is due a rekey time after the new handshake.
+    assert!(p
+        .a
+        .poll_timers(later + rekey - Duration::from_millis(1))
+        .is_empty());
+    assert_eq!(p.a.poll_timers(later + rekey).len(), 1);
+    // Longer than WireGuard's own rekey time is boringtun's business.
+    p.a.set_rekey_after(Duration::from_secs(600));
+    assert_eq!(p.a.rekey_after(), REKEY_AFTER_TIME);
+}
+
 #[test]
 fn short_output_buffers_are_refused_not_panicked_on() {
     let mut p = pair();

@@ -112,6 +112,9 @@ pub struct Peer {
     /// Something was sent to the peer since the last timer tick, so no
     /// keepalive is needed until an interval passes without traffic.
     pub(crate) sent_since_tick: bool,
+    /// The current session began with our initiation (a response came
+    /// back), so rekeying it is ours to do.
+    pub(crate) initiated_session: bool,
     pub(crate) tunn: Tunn,
     pub(crate) stats: PeerStats,
 }

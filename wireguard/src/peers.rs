@@ -292,6 +292,7 @@ impl Peers {
             persistent_keepalive: config.persistent_keepalive.filter(|k| *k > 0),
             last_keepalive: None,
             sent_since_tick: false,
+            initiated_session: false,
             tunn,
             stats: PeerStats::default(),
         };
