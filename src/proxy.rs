@@ -241,7 +241,7 @@ impl<D: Dialer> Proxy<D> {
             )
             .await;
             let outcomes = backend.load.connect_stats();
-            let failure = match connected {
+            let (why, error) = match connected {
                 Ok(Ok(stream)) => {
                     outcomes.observe(started.elapsed());
                     self.conns.record(ConnResult::Ok);
@@ -250,20 +250,19 @@ impl<D: Dialer> Proxy<D> {
                         .await;
                     return;
                 }
-                Ok(Err(e)) => (classify(&e), e.to_string()),
-                Err(_) => (
-                    ConnectFailure::Timeout,
-                    format!("no answer within {:?}", self.options.connect_timeout),
-                ),
+                Ok(Err(e)) => (classify(&e), Some(e)),
+                Err(_) => (ConnectFailure::Timeout, None),
             };
-            outcomes.fail(failure.0);
+            outcomes.fail(why);
+            // Formatted only when logged: a storm of failures costs no text.
             if let Some(suppressed) = self.failures.connect.check(Instant::now()) {
+                let timeout = self.options.connect_timeout;
                 tracing::warn!(
                     backend = %backend.id,
-                    reason = failure.0.as_str(),
+                    reason = why.as_str(),
                     suppressed,
                     "connecting to a backend failed: {}",
-                    failure.1
+                    error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
                 );
             }
             tried.push(backend.id.clone());
