@@ -74,13 +74,15 @@ fn reloader_follows_the_file_and_keeps_the_last_good_database() {
     eventually("the renamed-in database to apply", || {
         country(&geoip, gb).as_deref() == Some("IE")
     });
+    // The database is swapped in before the reload is counted and the
+    // attempt logged: wait for the log before reading either.
+    let attempt = reloader
+        .wait_for_attempt(0, DEADLINE)
+        .expect("the attempt to be logged");
+    assert!(matches!(attempt.result, AttemptResult::Applied(_)));
     let s = stats();
     assert_eq!((s.reloads_ok, s.generation), (1, 2));
     assert_eq!(s.build_epoch, fixture::FIXTURE_BUILD_EPOCH + 1);
-    assert!(matches!(
-        reloader.last_attempt().unwrap().result,
-        AttemptResult::Applied(_)
-    ));
 
     // 2. Garbage written in place: rejected, the old answer stays.
     // (`fs::write` truncates first, so the reloader may also catch the
