@@ -176,6 +176,10 @@ pub struct Layer {
     )]
     pub drain_timeout: Option<HumanDuration>,
 
+    /// Worker threads serving client connections, each with its own runtime and its own SO_REUSEPORT listener per address [default: one per CPU].
+    #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
+    pub workers: Option<usize>,
+
     /// WireGuard interface name; setting it turns the backhaul on (peers come from routing.db's wg_peers).
     #[arg(long, env = "GEOEDGE_WG_INTERFACE", global = true, value_name = "NAME")]
     pub wg_interface: Option<String>,
@@ -273,6 +277,7 @@ impl Layer {
             idle_timeout,
             proxy_header_timeout,
             drain_timeout,
+            workers,
             wg_interface,
             wg_listen_port,
             wg_private_key_file,
@@ -336,6 +341,9 @@ pub struct Settings {
     pub proxy_header_timeout: Duration,
     /// How long shutdown waits for open connections.
     pub drain_timeout: Duration,
+    /// Worker threads (each a single-threaded runtime with its own
+    /// listeners).
+    pub workers: usize,
     /// The WireGuard backhaul, when configured.
     pub wireguard: Option<WgSettings>,
     /// The metrics and health listener (`None`: off).
@@ -546,6 +554,11 @@ impl Settings {
             idle_timeout: secs(l.idle_timeout, 600),
             proxy_header_timeout: secs(l.proxy_header_timeout, 3),
             drain_timeout: secs(l.drain_timeout, 30),
+            workers: match l.workers {
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(n @ 1..=1024) => n,
+                Some(n) => bail!("workers {n}: 1 to 1024"),
+            },
             wireguard,
             metrics_listen,
         })

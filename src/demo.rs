@@ -87,8 +87,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     settings.routing_db = Some(db.clone());
     let edge = crate::run_cmd::start(&settings, &db)?;
     runtime.block_on(async {
-        let listeners = crate::run_cmd::bind(&settings).await?;
-        let listen = listeners[0].1.local_addr()?;
+        let listeners = crate::run_cmd::bind(&settings)?;
+        let listen = listeners
+            .addrs()
+            .first()
+            .map(|(_, a)| *a)
+            .context("the demo has no listener")?;
         print_tour(&settings, listen, &db, &addrs);
         let health = crate::health::Health::default();
         crate::run_cmd::serve(&edge, listeners, settings.drain_timeout, &health).await

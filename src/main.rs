@@ -17,6 +17,7 @@ mod run_cmd;
 mod throttle;
 mod wg;
 mod wg_key;
+mod workers;
 
 use std::process::ExitCode;
 

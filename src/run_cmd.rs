@@ -15,8 +15,7 @@ use anyhow::Context;
 use geoedge_geoip::{spawn_reloader, GeoDb, GeoIp, ReloadOptions, ReloaderHandle};
 use geoedge_routing::loader::LoadError;
 use geoedge_routing::watcher::{self, ReloadError, Reloader, WatchOptions};
-use geoedge_routing::{AppId, Applied, Router, RoutingTable};
-use tokio::net::TcpListener;
+use geoedge_routing::{Applied, Router, RoutingTable};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +25,7 @@ use crate::health::Health;
 use crate::metrics::{EdgeSources, Metrics};
 use crate::proxy::{FailureLog, Proxy, ProxyOptions};
 use crate::wg::Backhaul;
+use crate::workers::Listeners;
 
 /// How long `run` waits at start for a writer to release routing.db.
 pub const STARTUP_LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -135,34 +135,22 @@ pub fn metric_sources(edge: &Edge) -> EdgeSources {
     }
 }
 
-/// Binds every listener. Prints `listening APP ADDR` on stdout for each.
-pub async fn bind(settings: &Settings) -> anyhow::Result<Vec<(AppId, TcpListener)>> {
-    let mut bound = Vec::new();
-    for spec in &settings.listen {
-        let listener = TcpListener::bind(spec.addr)
-            .await
-            .with_context(|| format!("binding {}", spec.addr))?;
-        let addr = listener.local_addr()?;
-        println!("listening {} {addr}", spec.app);
-        tracing::info!(app = %spec.app, %addr, "listening");
-        bound.push((spec.app.clone(), listener));
-    }
-    Ok(bound)
+/// Binds every client listener, once per worker (see
+/// [`crate::workers::bind`]).
+pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+    crate::workers::bind(settings)
 }
 
 /// Serves on bound listeners until a stop signal, then turns unready, stops
 /// accepting and lets open connections finish for up to `drain`.
 pub async fn serve(
     edge: &Edge,
-    listeners: Vec<(AppId, TcpListener)>,
+    listeners: Listeners,
     drain: Duration,
     health: &Health,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let servers: Vec<_> = listeners
-        .into_iter()
-        .map(|(app, l)| tokio::spawn(Arc::clone(&edge.proxy).serve(l, app, stop_rx.clone())))
-        .collect();
+    let mut workers = crate::workers::spawn(&edge.proxy, listeners, &stop_rx)?;
     // Forget idle bindings in the background, a bounded batch at a time.
     let router = Arc::clone(&edge.proxy.router);
     let sweeper = tokio::spawn(async move {
@@ -177,9 +165,7 @@ pub async fn serve(
     health.set_draining();
     tracing::info!("stopping: no new connections; draining for up to {drain:?}");
     let _ = stop_tx.send(true);
-    for s in servers {
-        let _ = s.await;
-    }
+    workers.stopped().await;
     sweeper.abort();
     edge.proxy.tasks.close();
     if tokio::time::timeout(drain, edge.proxy.tasks.wait())
@@ -191,6 +177,7 @@ pub async fn serve(
             "drain timeout: closing open connections"
         );
     }
+    workers.finish().await;
     Ok(())
 }
 
@@ -242,7 +229,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         let sampler = backhaul
             .as_ref()
             .map(|b| metrics.follow_wireguard(b.device()));
-        let listeners = bind(settings).await?;
+        let listeners = bind(settings)?;
         let served = serve(&edge, listeners, settings.drain_timeout, &health).await;
         if let Some(s) = sampler {
             s.abort();
