@@ -3,9 +3,11 @@
 //! Each direction is copied until its reader reaches end-of-file, which is
 //! passed on as a write shutdown (a half-close) while the other direction
 //! keeps flowing. An error on either side ends both. When no byte has moved
-//! either way for the idle timeout, both sides are closed. A direction's
-//! buffer is allocated on its first read, so a connection that never sends
-//! in one direction holds no buffer for it. Bytes are added to the
+//! either way for the idle timeout, both sides are closed. A direction holds
+//! a buffer only while data moves: it waits for readability with none, takes
+//! one from its thread's pool when bytes arrive, and gives it back as soon
+//! as a read would block, so an idle connection holds no relay buffer at
+//! all. Bytes are added to the
 //! caller's counters as each chunk is passed on, so the metrics see a
 //! long-lived connection's traffic as it flows.
 
@@ -13,13 +15,60 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Relay buffer size per direction.
-const BUFFER: usize = 16 * 1024;
+/// Relay buffer size (per direction while data moves).
+const BUFFER: usize = 64 * 1024;
+
+/// Buffers a thread keeps for reuse; more are freed when given back.
+const POOL_CAP: usize = 32;
+
+thread_local! {
+    /// Each worker thread's spare relay buffers.
+    static POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A relay buffer from the thread's pool, returned to it when dropped.
+struct PooledBuf(Option<Box<[u8]>>);
+
+impl PooledBuf {
+    fn take() -> Self {
+        let buf = POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER].into_boxed_slice());
+        PooledBuf(Some(buf))
+    }
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            // A thread-local being torn down drops the buffer instead.
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_CAP {
+                    p.push(buf);
+                }
+            });
+        }
+    }
+}
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,26 +145,35 @@ pub async fn relay(
 }
 
 async fn copy(
-    mut from: OwnedReadHalf,
+    from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     last: &AtomicU64,
     start: Instant,
     counted: &AtomicU64,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    // Allocated once data arrives: an idle direction holds no buffer.
-    from.readable().await?;
-    let mut buf = vec![0u8; BUFFER];
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
+        // Idle: wait with no buffer.
+        from.readable().await?;
+        let mut buf = PooledBuf::take();
+        let eof = loop {
+            match from.try_read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    to.write_all(&buf[..n]).await?;
+                    total += n as u64;
+                    counted.fetch_add(n as u64, Ordering::Relaxed);
+                    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) => return Err(e),
+            }
+        };
+        drop(buf);
+        if eof {
             // Pass the half-close on; the other direction keeps going.
             to.shutdown().await?;
             return Ok(total);
         }
-        to.write_all(&buf[..n]).await?;
-        total += n as u64;
-        counted.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
