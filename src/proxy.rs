@@ -131,12 +131,8 @@ impl<D: Dialer> Proxy<D> {
                         country = Empty,
                         backend = Empty
                     );
-                    self.tasks.spawn(
-                        async move {
-                            this.handle(stream, peer, local, app).await;
-                        }
-                        .instrument(span),
-                    );
+                    self.tasks
+                        .spawn(this.handle(stream, peer, local, app).instrument(span));
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of
@@ -166,7 +162,7 @@ impl<D: Dialer> Proxy<D> {
 
     /// One client connection, start to end.
     async fn handle(
-        &self,
+        self: Arc<Self>,
         mut client: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
