@@ -14,6 +14,7 @@ mod proxy_protocol;
 mod relay;
 mod route_cmd;
 mod run_cmd;
+mod splice;
 mod throttle;
 mod wg;
 mod wg_key;

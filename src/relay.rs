@@ -11,8 +11,11 @@
 //! for readability with none, takes one from its thread's pool when bytes
 //! arrive, and gives it back as soon as a read would block and everything
 //! read has been written, so an idle connection holds no relay buffer at
-//! all. Bytes are added to the caller's counters as each chunk is passed on,
-//! so the metrics see a long-lived connection's traffic as it flows.
+//! all. A direction that has moved more than [`SPLICE_AFTER`] (a bulk
+//! transfer) moves its bytes with splice(2) through a pooled pipe instead
+//! of copying them (see [`crate::splice`]). Bytes are added to the caller's
+//! counters as each chunk is passed on, so the metrics see a long-lived
+//! connection's traffic as it flows.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -21,9 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use std::os::fd::AsRawFd;
+
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::splice::Pipe;
 
 /// Relay buffer size (per direction while data moves).
 const BUFFER: usize = 64 * 1024;
@@ -160,11 +167,22 @@ pub async fn relay(
     .await
 }
 
+/// A direction that has moved this much is a bulk transfer: it switches
+/// from copying to splice (below it, two syscalls per chunk either way, and
+/// a pipe would cost kernel memory for nothing).
+const SPLICE_AFTER: u64 = 256 * 1024;
+
 /// One direction of a relay: what it has read and not yet written.
 #[derive(Default)]
 struct Direction {
     /// Held while data moves; `None` while waiting for the reader.
     buf: Option<PooledBuf>,
+    /// The pipe of a splicing direction, held while data moves.
+    pipe: Option<Pipe>,
+    /// Past [`SPLICE_AFTER`]: moves bytes with splice.
+    splicing: bool,
+    /// No pipe was to be had: copy until the reader is drained.
+    no_pipe: bool,
     /// `buf[pos..end]` is read and not yet written.
     pos: usize,
     end: usize,
@@ -188,6 +206,9 @@ impl Direction {
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
+            if self.splicing {
+                return self.poll_splice(cx, from, to, counted, moved);
+            }
             if self.pos < self.end {
                 let Some(buf) = self.buf.as_ref() else {
                     return Poll::Ready(Err(io::Error::other("relay buffer missing")));
@@ -203,6 +224,13 @@ impl Direction {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Poll::Ready(Err(e)),
                 }
+                continue;
+            }
+            if self.moved >= SPLICE_AFTER && !self.eof && !self.no_pipe {
+                // A bulk transfer, and nothing is left in the buffer: go on
+                // with splice.
+                self.buf = None;
+                self.splicing = true;
                 continue;
             }
             if self.eof {
@@ -232,11 +260,177 @@ impl Direction {
                     *moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Drained: the buffer goes back until more arrives.
+                    // Drained: the buffer goes back until more arrives (and
+                    // the next stretch may find a pipe).
                     self.buf = None;
+                    self.no_pipe = false;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// [`Direction::poll`] for a bulk transfer: socket to pipe to socket,
+    /// holding a pipe only while data moves. Falls back to copying when no
+    /// pipe is to be had.
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        counted: &AtomicU64,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(pipe) = self.pipe.as_mut().filter(|p| p.filled > 0) {
+                ready!(to.poll_write_ready(cx))?;
+                match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd())) {
+                    Ok(n) => {
+                        self.moved += n as u64;
+                        counted.fetch_add(n as u64, Ordering::Relaxed);
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            if self.eof {
+                if !self.shut {
+                    self.shut = true;
+                    socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.pipe.is_none() {
+                ready!(from.poll_read_ready(cx))?;
+                match Pipe::take() {
+                    Some(p) => self.pipe = Some(p),
+                    None => {
+                        // No pipe to spare: copy this stretch.
+                        self.splicing = false;
+                        self.no_pipe = true;
+                        return self.poll(cx, from, to, counted, moved);
+                    }
+                }
+            }
+            let Some(pipe) = self.pipe.as_mut() else {
+                continue;
+            };
+            match from.try_io(Interest::READABLE, || pipe.fill_from(from.as_raw_fd())) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.pipe = None;
+                }
+                Ok(_) => *moved = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained and empty: the pipe goes back to the pool.
+                    self.pipe = None;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A bulk transfer switches to splice past the threshold (the thread's
+    /// pipe pool shows it), every byte arrives in order both ways, and the
+    /// pipe is back in the pool once the relay has ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn bulk_bytes_are_spliced_and_arrive_intact_both_ways() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let up_count = AtomicU64::new(0);
+        let down_count = AtomicU64::new(0);
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+        let relaying = relay(
+            client_side,
+            backend_side,
+            b"early",
+            Duration::from_secs(30),
+            Meter {
+                up: &up_count,
+                down: &down_count,
+            },
+        );
+        let client_io = async {
+            let (mut r, mut w) = client.split();
+            let send = async {
+                w.write_all(&up).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let recv = r.read_to_end(&mut got);
+            let (_, n) = tokio::join!(send, recv);
+            n.unwrap();
+            got
+        };
+        let backend_io = async {
+            let (mut r, mut w) = backend.split();
+            let send = async {
+                w.write_all(&down).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let recv = r.read_to_end(&mut got);
+            let (_, n) = tokio::join!(send, recv);
+            n.unwrap();
+            got
+        };
+        let (ended, at_client, at_backend) = tokio::join!(relaying, client_io, backend_io);
+        let Ended::Closed(moved) = ended else {
+            panic!("{ended:?}");
+        };
+        assert_eq!(&at_backend[..5], b"early");
+        assert!(at_backend[5..] == up[..], "client to backend bytes differ");
+        assert!(at_client == down, "backend to client bytes differ");
+        assert_eq!(moved.up, up.len() as u64 + 5);
+        assert_eq!(moved.down, down.len() as u64);
+        assert_eq!(up_count.load(Ordering::Relaxed), up.len() as u64);
+        assert_eq!(down_count.load(Ordering::Relaxed), down.len() as u64);
+        let (open, spare) = crate::splice::thread_pipes();
+        assert!(open >= 1, "no pipe was used: the transfer was copied");
+        assert_eq!(open, spare, "every pipe is back in the pool");
+    }
+
+    /// An idle connection holds no buffer and no pipe, and ends at the idle
+    /// timeout.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_relay_ends_at_the_idle_timeout() {
+        let (_client, client_side) = pair().await;
+        let (backend_side, _backend) = pair().await;
+        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let started = Instant::now();
+        let ended = relay(
+            client_side,
+            backend_side,
+            b"",
+            Duration::from_millis(300),
+            Meter { up: &a, down: &b },
+        )
+        .await;
+        assert!(matches!(ended, Ended::Idle), "{ended:?}");
+        // Not before the timeout; the upper bound only catches a relay that
+        // never ends.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        assert_eq!(crate::splice::thread_pipes(), (0, 0));
     }
 }
