@@ -28,18 +28,19 @@ impl Dialer for TcpDialer {
         } else {
             TcpSocket::new_v6()?
         };
-        socket.set_nodelay(true)?;
-        let stream = socket.connect(addr).await?;
-        tune(&stream)?;
-        Ok(stream)
+        tune(SockRef::from(&socket))?;
+        socket.connect(addr).await
     }
 }
 
-/// TCP_NODELAY and keepalive, for both sides of a relayed connection.
-pub fn tune(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+/// TCP_NODELAY and keepalive (60 s, then every 10 s), for both sides of a
+/// relayed connection: set on a backend socket before it connects, and on
+/// the listeners, whose accepted sockets inherit them (so accepting costs
+/// no extra system calls).
+pub fn tune(socket: SockRef<'_>) -> io::Result<()> {
+    socket.set_tcp_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10));
-    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    socket.set_tcp_keepalive(&keepalive)
 }

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::field::{display, Empty};
 use tracing::Instrument;
 
-use crate::dialer::{self, Dialer};
+use crate::dialer::Dialer;
 use crate::metrics::{ConnResult, ConnStats};
 use crate::proxy_protocol::{self, Header, Parse, ProxyHeaderError, Version};
 use crate::relay::{self, Ended, Meter};
@@ -124,7 +124,6 @@ impl<D: Dialer> Proxy<D> {
                 Ok((stream, peer)) => {
                     let this = Arc::clone(&self);
                     let app = app.clone();
-                    let local = stream.local_addr().ok().or(local);
                     let span = tracing::debug_span!(
                         "conn",
                         client = Empty,
@@ -168,8 +167,13 @@ impl<D: Dialer> Proxy<D> {
         local: Option<SocketAddr>,
         app: AppId,
     ) {
-        let _ = dialer::tune(&client);
-        let local = local.unwrap_or(peer);
+        // The address the client reached: only a PROXY header for the
+        // backend carries it, so it is asked of the socket only then.
+        let local = if self.options.send_proxy_protocol.is_some() {
+            client.local_addr().ok().or(local).unwrap_or(peer)
+        } else {
+            local.unwrap_or(peer)
+        };
         let (source, destination, early) = if self.trusted(peer) {
             match tokio::time::timeout(self.options.proxy_header_timeout, read_header(&mut client))
                 .await

@@ -53,6 +53,8 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY and keepalive from here.
+    crate::dialer::tune(socket2::SockRef::from(&socket))?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -165,5 +167,34 @@ impl Workers {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux hands the listener's TCP_NODELAY and keepalive settings down
+    /// to accepted sockets, which is why accepting sets none.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let s = socket2::SockRef::from(&accepted);
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(
+            s.tcp_keepalive_time().unwrap(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().unwrap(),
+            std::time::Duration::from_secs(10)
+        );
+        // And a second listener can share the address.
+        let again = reuseport_listener(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(again.local_addr().unwrap(), listener.local_addr().unwrap());
     }
 }
