@@ -234,12 +234,7 @@ impl Direction {
                 continue;
             }
             if self.eof {
-                if !self.shut {
-                    // Pass the half-close on; the other direction keeps going.
-                    self.shut = true;
-                    socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
-                }
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(self.pass_eof(to));
             }
             if self.buf.is_none() {
                 // Idle: wait with no buffer.
@@ -270,6 +265,16 @@ impl Direction {
         }
     }
 
+    /// Passes the reader's end-of-file on as a write shutdown (a
+    /// half-close; the other direction keeps going), once.
+    fn pass_eof(&mut self, to: &TcpStream) -> io::Result<()> {
+        if !self.shut {
+            self.shut = true;
+            socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
+        }
+        Ok(())
+    }
+
     /// [`Direction::poll`] for a bulk transfer: socket to pipe to socket,
     /// holding a pipe only while data moves. Falls back to copying when no
     /// pipe is to be had.
@@ -296,11 +301,7 @@ impl Direction {
                 continue;
             }
             if self.eof {
-                if !self.shut {
-                    self.shut = true;
-                    socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
-                }
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(self.pass_eof(to));
             }
             if self.pipe.is_none() {
                 ready!(from.poll_read_ready(cx))?;

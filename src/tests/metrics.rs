@@ -16,7 +16,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -508,24 +508,6 @@ impl Drop for Sockets {
             let _ = std::fs::remove_file(s);
         }
     }
-}
-
-/// A private key file and its public key, made with geoedge.
-fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let out = geoedge().args(["wg", "genkey"]).output().unwrap();
-    assert!(out.status.success());
-    let path = dir.join(name);
-    std::fs::write(&path, &out.stdout).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut c = geoedge()
-        .args(["wg", "pubkey"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(&out.stdout).unwrap();
-    let public = String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap();
-    (path, public.trim().to_owned())
 }
 
 #[test]

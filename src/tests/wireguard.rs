@@ -109,28 +109,8 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
         ],
     };
     let dir = tempfile::tempdir().unwrap();
-    // Keys, made with geoedge (interchangeable with the wg tool).
-    let key = |name: &str| {
-        let out = geoedge().args(["wg", "genkey"]).output().unwrap();
-        let path = dir.path().join(name);
-        std::fs::write(&path, &out.stdout).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let mut c = geoedge()
-            .args(["wg", "pubkey"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(&out.stdout).unwrap();
-        let public = String::from_utf8(c.wait_with_output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_owned();
-        (path, public)
-    };
-    let (pop_key, pop_pub) = key("pop.key");
-    let (edge_key, edge_pub) = key("edge.key");
+    let (pop_key, pop_pub) = keypair(dir.path(), "pop.key");
+    let (edge_key, edge_pub) = keypair(dir.path(), "edge.key");
 
     // The POP namespace, joined by a veth pair, running wireguard-go.
     run(&["ip", "netns", "add", &ns]);

@@ -508,3 +508,25 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A private key file (mode 0600) in `dir` and its public key, made with
+/// `geoedge wg genkey` and `geoedge wg pubkey` (interchangeable with the
+/// `wg` tool's).
+#[allow(dead_code)] // not every test binary makes keys
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    use std::io::Write;
+    let out = geoedge().args(["wg", "genkey"]).output().unwrap();
+    assert!(out.status.success());
+    let path = dir.join(name);
+    std::fs::write(&path, &out.stdout).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut c = geoedge()
+        .args(["wg", "pubkey"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let public = String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap();
+    (path, public.trim().to_owned())
+}

@@ -169,24 +169,7 @@ impl Lab {
 
     /// A key pair made with geoedge (interchangeable with the wg tool).
     pub(crate) fn keypair(&self, name: &str) -> (PathBuf, String) {
-        let out = geoedge().args(["wg", "genkey"]).output().unwrap();
-        assert!(out.status.success());
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, &out.stdout).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let mut c = geoedge()
-            .args(["wg", "pubkey"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(&out.stdout).unwrap();
-        let public = String::from_utf8(c.wait_with_output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_owned();
-        (path, public)
+        keypair(self.dir.path(), name)
     }
 
     /// A routing.db of its own, in subdirectory `name`.
