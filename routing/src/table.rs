@@ -242,6 +242,14 @@ impl RoutingTable {
         result
     }
 
+    /// [`RoutingTable::apply`] without counting a refusal, for a caller that
+    /// counts each distinct failure once (the reloader: one bad edit seen
+    /// twice is still one bad edit).
+    pub fn apply_uncounted(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
+        let _serial = self.reload.lock();
+        self.apply_locked(raw, now_unix)
+    }
+
     fn apply_locked(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
         let old = self.current.load_full();
         // `build` asks for counters only once the whole table is valid.

@@ -21,7 +21,7 @@ use geoedge_geoip::watch::{FileIdentity, FileWatch, WatchWaker};
 use rusqlite::Connection;
 
 use crate::loader::{self, LoadError};
-use crate::table::{Applied, Rejected, RoutingTable};
+use crate::table::{Applied, RejectReason, Rejected, RoutingTable};
 
 /// How the reloader watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,16 @@ pub enum ReloadError {
     /// The table was refused.
     #[error(transparent)]
     Rejected(#[from] Rejected),
+}
+
+impl ReloadError {
+    /// Why, as counted in [`crate::ReloadStats`].
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            ReloadError::Load(e) => e.reason(),
+            ReloadError::Rejected(e) => e.reason(),
+        }
+    }
 }
 
 #[allow(clippy::disallowed_methods)] // the adapter reads the wall clock for the reload timestamp
@@ -184,7 +194,11 @@ fn run(
                 e.unwrap_or_else(|| LoadError::Missing(path.to_owned())),
             )),
         }
-        .and_then(|raw| table.apply(&raw, unix_now()).map_err(ReloadError::from));
+        .and_then(|raw| {
+            table
+                .apply_uncounted(&raw, unix_now())
+                .map_err(ReloadError::from)
+        });
         match result {
             Ok(applied) => {
                 last = Some(seen);
@@ -206,17 +220,16 @@ fn run(
             }
             Err(e) => {
                 let locked = matches!(&e, ReloadError::Load(LoadError::Locked(_)));
-                if let ReloadError::Load(le) = &e {
-                    // `apply` counts its own refusals; count read failures here,
-                    // once per distinct failure.
-                    if last_error.as_deref() != Some(&le.to_string()) {
-                        table.stats().count_rejected(le.reason());
-                    }
+                if let ReloadError::Load(_) = &e {
                     // A connection that failed a read may hold stale state.
                     reader = None;
                 }
                 let msg = e.to_string();
+                // Counted and logged once per distinct failure: the same bad
+                // edit seen again (another event, a touched file) is not a
+                // new one.
                 if last_error.as_deref() != Some(&msg) {
+                    table.stats().count_rejected(e.reason());
                     match &e {
                         ReloadError::Rejected(r) if !r.row_errors().is_empty() => {
                             for row in r.row_errors() {

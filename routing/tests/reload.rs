@@ -240,6 +240,51 @@ fn invalid_edits_keep_the_last_good_table() {
     );
 }
 
+/// One bad edit is one failure, however often the reloader looks at it:
+/// no-op transactions and touches of the file while it stays invalid are
+/// not counted (or logged) again.
+#[test]
+fn one_bad_edit_is_counted_once() {
+    let f = fixture();
+    let before = f.table.stats().rejected(RejectReason::Invalid);
+    sqlite3(
+        &f.path,
+        "UPDATE backends SET soft_limit = 300 WHERE id = 'eu-lhr-1';",
+    );
+    eventually("the bad edit is refused", || {
+        f.table.stats().rejected(RejectReason::Invalid) > before
+    });
+    for _ in 0..5 {
+        // A write transaction that changes nothing, and a touch: the file
+        // changes, the table in it does not.
+        sqlite3(
+            &f.path,
+            "UPDATE backends SET soft_limit = soft_limit WHERE id = 'eu-lhr-1';",
+        );
+        let now = std::time::SystemTime::now();
+        std::fs::File::options()
+            .append(true)
+            .open(&f.path)
+            .unwrap()
+            .set_modified(now)
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    assert_eq!(
+        f.table.stats().rejected(RejectReason::Invalid),
+        before + 1,
+        "the same bad edit was counted again"
+    );
+    // A different bad edit is a new failure.
+    sqlite3(
+        &f.path,
+        "UPDATE backends SET region = 'mars' WHERE id = 'us-iad-1';",
+    );
+    eventually("the second bad edit is counted", || {
+        f.table.stats().rejected(RejectReason::Invalid) == before + 2
+    });
+}
+
 #[test]
 fn garbage_over_the_file_then_a_replacement_by_rename() {
     let f = fixture();
