@@ -293,13 +293,11 @@ impl<D: Dialer> Proxy<D> {
             version.encode(source, destination, &mut first);
         }
         first.extend_from_slice(early);
-        self.conns
-            .bytes_up
-            .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.conns.up().add(early.len() as u64);
         tracing::debug!(kind = route.kind.as_str(), "relaying");
         let meter = Meter {
-            up: &self.conns.bytes_up,
-            down: &self.conns.bytes_down,
+            up: self.conns.up(),
+            down: self.conns.down(),
         };
         match relay::relay(client, stream, &first, self.options.idle_timeout, meter).await {
             Ended::Closed(moved) => {

@@ -20,7 +20,6 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::metrics::conn_stats::ByteCounter;
 use crate::splice::Pipe;
 
 /// Relay buffer size (per direction while data moves).
@@ -91,13 +91,13 @@ pub struct Moved {
     pub down: u64,
 }
 
-/// Where a relay counts the bytes it passes on (relaxed adds, one per chunk).
+/// Where a relay counts the bytes it passes on (one add per chunk).
 #[derive(Debug, Clone, Copy)]
 pub struct Meter<'a> {
     /// Client to backend.
-    pub up: &'a AtomicU64,
+    pub up: ByteCounter<'a>,
     /// Backend to client.
-    pub down: &'a AtomicU64,
+    pub down: ByteCounter<'a>,
 }
 
 /// How a relay ended.
@@ -202,7 +202,7 @@ impl Direction {
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &TcpStream,
-        counted: &AtomicU64,
+        counted: ByteCounter<'_>,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -218,7 +218,7 @@ impl Direction {
                     Ok(n) => {
                         self.pos += n;
                         self.moved += n as u64;
-                        counted.fetch_add(n as u64, Ordering::Relaxed);
+                        counted.add(n as u64);
                         *moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -283,7 +283,7 @@ impl Direction {
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &TcpStream,
-        counted: &AtomicU64,
+        counted: ByteCounter<'_>,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -292,7 +292,7 @@ impl Direction {
                 match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd())) {
                     Ok(n) => {
                         self.moved += n as u64;
-                        counted.fetch_add(n as u64, Ordering::Relaxed);
+                        counted.add(n as u64);
                         *moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -337,6 +337,7 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::conn_stats::ConnStats;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -354,8 +355,7 @@ mod tests {
     async fn bulk_bytes_are_spliced_and_arrive_intact_both_ways() {
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
-        let up_count = AtomicU64::new(0);
-        let down_count = AtomicU64::new(0);
+        let stats = ConnStats::default();
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
         let relaying = relay(
@@ -364,8 +364,8 @@ mod tests {
             b"early",
             Duration::from_secs(30),
             Meter {
-                up: &up_count,
-                down: &down_count,
+                up: stats.up(),
+                down: stats.down(),
             },
         );
         let client_io = async {
@@ -401,8 +401,8 @@ mod tests {
         assert!(at_client == down, "backend to client bytes differ");
         assert_eq!(moved.up, up.len() as u64 + 5);
         assert_eq!(moved.down, down.len() as u64);
-        assert_eq!(up_count.load(Ordering::Relaxed), up.len() as u64);
-        assert_eq!(down_count.load(Ordering::Relaxed), down.len() as u64);
+        assert_eq!(stats.bytes_up(), up.len() as u64);
+        assert_eq!(stats.bytes_down(), down.len() as u64);
         let (open, spare) = crate::splice::thread_pipes();
         assert!(open >= 1, "no pipe was used: the transfer was copied");
         assert_eq!(open, spare, "every pipe is back in the pool");
@@ -414,14 +414,17 @@ mod tests {
     async fn an_idle_relay_ends_at_the_idle_timeout() {
         let (_client, client_side) = pair().await;
         let (backend_side, _backend) = pair().await;
-        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stats = ConnStats::default();
         let started = Instant::now();
         let ended = relay(
             client_side,
             backend_side,
             b"",
             Duration::from_millis(300),
-            Meter { up: &a, down: &b },
+            Meter {
+                up: stats.up(),
+                down: stats.down(),
+            },
         )
         .await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");

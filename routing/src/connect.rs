@@ -6,12 +6,15 @@
 //! the proxy records an outcome through the [`Route`] it already holds (no
 //! lookup, no lock) and a scrape reads them through the table snapshot.
 //! Sans-IO: the caller measures the duration and classifies the error.
+//! The counters are sharded by thread ([`crate::shard`]), so recording takes
+//! no locked instruction on a worker thread.
 //!
 //! [`BackendLoad`]: crate::BackendLoad
 //! [`Route`]: crate::Route
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::shard::Sharded;
 
 /// Upper bounds of the connect-duration buckets, in seconds: from loopback
 /// (half a millisecond) to past the longest sensible connect timeout.
@@ -76,20 +79,22 @@ impl ConnectFailure {
     }
 }
 
-/// Connect outcomes of one backend: relaxed atomics, written once per
-/// connect attempt and read at scrape time.
+/// Connect outcomes of one backend, in per-thread counter shards
+/// ([`Sharded`]): written once per connect attempt without a locked
+/// instruction, read (summed) at scrape time.
 #[derive(Debug, Default)]
 pub struct ConnectStats {
-    /// Sum of the successful connects' durations, in nanoseconds (first:
-    /// on the same cache line as the backend's connection count and the
-    /// fastest buckets).
-    sum_ns: AtomicU64,
-    /// Successful connects per bucket (not cumulative); the last one is
-    /// above every bound.
-    buckets: [AtomicU64; 15],
-    /// Failed connects, by [`ConnectFailure`].
-    failures: [AtomicU64; 4],
+    /// Successful connects per bucket (not cumulative; the last is above
+    /// every bound), their durations added up in nanoseconds, and failed
+    /// connects by [`ConnectFailure`]: see the `AT_*` indices.
+    counters: Sharded<COUNTERS>,
 }
+
+/// Where each counter sits in [`ConnectStats::counters`].
+const AT_BUCKETS: usize = 0;
+const AT_SUM: usize = 15;
+const AT_FAILURES: usize = 16;
+const COUNTERS: usize = 20;
 
 /// A read of a [`ConnectStats`] histogram, in Prometheus's shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,27 +110,28 @@ pub struct ConnectHistogram {
 
 impl ConnectStats {
     /// Records a successful connect that took `took`.
+    #[inline]
     pub fn observe(&self, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         // Most connects land in the first buckets: scan from the bottom.
         let i = BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(14);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.counters.add(AT_BUCKETS + i, 1);
+        self.counters.add(AT_SUM, ns);
     }
 
     /// Records a failed connect.
     pub fn fail(&self, why: ConnectFailure) {
-        self.failures[why.index()].fetch_add(1, Ordering::Relaxed);
+        self.counters.add(AT_FAILURES + why.index(), 1);
     }
 
     /// Failed connects for one reason so far.
     pub fn failures(&self, why: ConnectFailure) -> u64 {
-        self.failures[why.index()].load(Ordering::Relaxed)
+        self.counters.get(AT_FAILURES + why.index())
     }
 
     /// Successful connects so far.
     pub fn successes(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+        (0..15).map(|i| self.counters.get(AT_BUCKETS + i)).sum()
     }
 
     /// The histogram as Prometheus shows it. Each counter is read on its
@@ -135,17 +141,17 @@ impl ConnectStats {
         let mut cumulative = 0u64;
         let buckets = CONNECT_BUCKETS_SECONDS
             .iter()
-            .zip(&self.buckets)
-            .map(|(&bound, n)| {
-                cumulative += n.load(Ordering::Relaxed);
+            .enumerate()
+            .map(|(i, &bound)| {
+                cumulative += self.counters.get(AT_BUCKETS + i);
                 (bound, cumulative)
             })
             .collect();
-        let count = cumulative + self.buckets[14].load(Ordering::Relaxed);
+        let count = cumulative + self.counters.get(AT_BUCKETS + 14);
         ConnectHistogram {
             buckets,
             count,
-            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            sum_seconds: self.counters.get(AT_SUM) as f64 / 1e9,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod peers;
 pub mod raw;
 pub mod router;
 pub mod score;
+pub mod shard;
 pub mod snapshot;
 pub mod table;
 

@@ -91,8 +91,8 @@ impl Collector for EdgeCollector {
         out.push(f.finish());
         out.push(single(n::CONNECTIONS_CURRENT, s.tasks.len() as f64));
         let mut f = Family::new(n::BYTES_TOTAL);
-        f.add(&["up"], s.conns.bytes_up.load(Ordering::Relaxed) as f64);
-        f.add(&["down"], s.conns.bytes_down.load(Ordering::Relaxed) as f64);
+        f.add(&["up"], s.conns.bytes_up() as f64);
+        f.add(&["down"], s.conns.bytes_down() as f64);
         out.push(f.finish());
 
         // Per backend: one lock-free load of the snapshot in service; its

@@ -1,11 +1,12 @@
 //! The proxy's own counters: client connections by outcome and payload
-//! bytes by direction. Relaxed atomics written on the data path and read at
-//! scrape time; no lock, no allocation.
+//! bytes by direction, in per-thread shards (`geoedge_routing::shard`):
+//! written on the data path without a lock or a locked instruction, summed
+//! at scrape time; no allocation.
 //!
-//! Self-contained (std only), so the decision benchmark can include this
-//! file and pay exactly what the proxy pays.
+//! Self-contained (std and the routing crate only), so the decision
+//! benchmark can include this file and pay exactly what the proxy pays.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use geoedge_routing::shard::Sharded;
 
 /// How a client connection ended up: a small, fixed set, usable as a
 /// metric label.
@@ -49,22 +50,66 @@ impl ConnResult {
 /// Connections by [`ConnResult`] and relayed bytes.
 #[derive(Debug, Default)]
 pub struct ConnStats {
-    /// Indexed by [`ConnResult`] in the order of [`ConnResult::ALL`].
-    results: [AtomicU64; 5],
-    /// Client-to-backend payload bytes.
-    pub bytes_up: AtomicU64,
-    /// Backend-to-client payload bytes.
-    pub bytes_down: AtomicU64,
+    /// Indexed by [`ConnResult`] in the order of [`ConnResult::ALL`], then
+    /// bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]).
+    counters: Sharded<7>,
+}
+
+/// Where the client-to-backend payload bytes are counted.
+const BYTES_UP: usize = 5;
+/// Where the backend-to-client payload bytes are counted.
+const BYTES_DOWN: usize = 6;
+
+/// Adds payload bytes of one direction to a [`ConnStats`].
+#[derive(Debug, Clone, Copy)]
+pub struct ByteCounter<'a> {
+    stats: &'a ConnStats,
+    at: usize,
+}
+
+impl ByteCounter<'_> {
+    /// Counts `n` bytes passed on.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.stats.counters.add(self.at, n);
+    }
 }
 
 impl ConnStats {
     /// Counts one connection's outcome.
+    #[inline]
     pub fn record(&self, result: ConnResult) {
-        self.results[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.counters.add(result as usize, 1);
     }
 
     /// Connections with this outcome so far.
     pub fn count(&self, result: ConnResult) -> u64 {
-        self.results[result as usize].load(Ordering::Relaxed)
+        self.counters.get(result as usize)
+    }
+
+    /// Where client-to-backend bytes are counted.
+    pub fn up(&self) -> ByteCounter<'_> {
+        ByteCounter {
+            stats: self,
+            at: BYTES_UP,
+        }
+    }
+
+    /// Where backend-to-client bytes are counted.
+    pub fn down(&self) -> ByteCounter<'_> {
+        ByteCounter {
+            stats: self,
+            at: BYTES_DOWN,
+        }
+    }
+
+    /// Client-to-backend payload bytes so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.counters.get(BYTES_UP)
+    }
+
+    /// Backend-to-client payload bytes so far.
+    pub fn bytes_down(&self) -> u64 {
+        self.counters.get(BYTES_DOWN)
     }
 }
