@@ -1066,7 +1066,7 @@ report_idle() {
     echo "### (d) Memory per idle proxied connection: $IDLE_CONNS connections, no data"
     echo
     echo "Process: resident memory (VmRSS; nginx: master and workers) above the freshly started proxy's, per"
-    echo "connection. Kernel: slab memory (/proc/slabinfo, without the TIME_WAIT caches) per connection, for all"
+    echo "connection. Kernel: slab memory (/proc/slabinfo, without the TIME_WAIT caches and /proc inodes) per connection, for all"
     echo "its sockets: the client's, the proxy's two and the backend's (direct: client and backend only); \"proxy's"
     echo "sockets\" subtracts the direct figure. Bytes per connection."
     echo
