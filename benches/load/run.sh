@@ -1164,7 +1164,7 @@ target_row() {
         if [[ $met == met ]]; then
             TARGETS_MET=$((TARGETS_MET + 1))
         else
-            local short="${label%%,*} ($w worker$( ((w > 1)) && echo s))"
+            local short="${label%, *} ($w worker$( ((w > 1)) && echo s))"
             if [[ $better == fixed ]]; then
                 TARGETS_MISSED+=("$short: $(fmt "$ge" "$dec")")
             else
