@@ -437,29 +437,21 @@ fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
     }
     let _serial = serial();
     let mut one = one_pop(3, "geg", "gpga", "ga");
-    let (ov, edge_if, pop_if, db) = (
-        one.ov,
-        one.edge_if.clone(),
-        one.pop_if.clone(),
-        one.db.clone(),
-    );
-    let (edge_key, edge_pub, a_pub) = (
-        one.edge_key.clone(),
-        one.edge_pub.clone(),
-        one.a_pub.clone(),
-    );
-    let (lab, pop, site, backend) = (&mut one.lab, &mut one.pop, &one.site, &one.backend);
 
     // Record the real datagrams of the handshake and of some traffic.
-    let capture = Capture::start(&site.veth);
-    let mut edge = lab.edge(
-        &edge_if,
-        &edge_key,
-        &format!("10.79.{ov}.1/24"),
-        &db,
-        &["--connect-timeout", "5s"],
-    );
-    let edge_port: u16 = run(&["wg", "show", &edge_if, "listen-port"])
+    let capture = Capture::start(&one.site.veth);
+    let mut edge = one.edge(&["--connect-timeout", "5s"]);
+    let OnePop {
+        pop,
+        site,
+        backend,
+        edge_if,
+        pop_if,
+        edge_pub,
+        a_pub,
+        ..
+    } = &mut one;
+    let edge_port: u16 = run(&["wg", "show", edge_if, "listen-port"])
         .trim()
         .parse()
         .unwrap();
@@ -560,9 +552,9 @@ fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
     c.echo(1 << 20).unwrap();
     c.finish();
     // Neither side roamed to the flooding sockets.
-    let a = dump_peer(&edge_if, &a_pub).unwrap();
+    let a = dump_peer(edge_if, a_pub).unwrap();
     assert_eq!(a.endpoint, pop_addr.to_string());
-    let e = dump_peer(&pop_if, &edge_pub).unwrap();
+    let e = dump_peer(pop_if, edge_pub).unwrap();
     assert_eq!(
         e.endpoint,
         SocketAddrV4::new(site.root_ip, edge_port).to_string()
@@ -586,25 +578,15 @@ fn rekey_keeps_connections() {
     }
     let _serial = serial();
     let mut one = one_pop(4, "ger", "gpra", "ra");
-    let (ov, edge_if, pop_if, db) = (
-        one.ov,
-        one.edge_if.clone(),
-        one.pop_if.clone(),
-        one.db.clone(),
-    );
-    let (edge_key, edge_pub, a_pub) = (
-        one.edge_key.clone(),
-        one.edge_pub.clone(),
-        one.a_pub.clone(),
-    );
-    let (lab, pop) = (&mut one.lab, &mut one.pop);
-    let mut edge = lab.edge(
-        &edge_if,
-        &edge_key,
-        &format!("10.79.{ov}.1/24"),
-        &db,
-        &["--connect-timeout", "5s", "--wg-rekey-after", "3s"],
-    );
+    let mut edge = one.edge(&["--connect-timeout", "5s", "--wg-rekey-after", "3s"]);
+    let OnePop {
+        pop,
+        edge_if,
+        pop_if,
+        edge_pub,
+        a_pub,
+        ..
+    } = &mut one;
     let mut c = Client::connect(edge.addr, "207.237.0.1");
     assert_eq!(
         c.greeting(Duration::from_secs(15)).map(|g| g.0).as_deref(),
@@ -614,9 +596,9 @@ fn rekey_keeps_connections() {
     );
     let stream = Stream::start(c);
     stream.progresses("start", 256 << 10);
-    let (a_hex, edge_hex) = (hex_key(&a_pub), hex_key(&edge_pub));
-    let first = handshake_ns(&edge_if, &a_hex);
-    let first_at_pop = handshake_ns(&pop_if, &edge_hex);
+    let (a_hex, edge_hex) = (hex_key(a_pub), hex_key(edge_pub));
+    let first = handshake_ns(edge_if, &a_hex);
+    let first_at_pop = handshake_ns(pop_if, &edge_hex);
     assert!(first > 0 && first_at_pop > 0);
 
     // Wait for the edge (the session's initiator) to rekey three times.
@@ -626,7 +608,7 @@ fn rekey_keeps_connections() {
         // The socket derives the wall-clock time from a monotonic one, so
         // it jitters by microseconds between reads: a new handshake moves
         // it by seconds.
-        let now = handshake_ns(&edge_if, &a_hex);
+        let now = handshake_ns(edge_if, &a_hex);
         if now > *seen.last().unwrap() + 1_000_000_000 {
             seen.push(now);
         }
@@ -650,7 +632,7 @@ fn rekey_keeps_connections() {
             "rekeyed sooner than 3 s: {gaps:?}"
         );
     }
-    let at_pop = handshake_ns(&pop_if, &edge_hex);
+    let at_pop = handshake_ns(pop_if, &edge_hex);
     stream.progresses("after the rekey", 1 << 20);
     let (total, max_gap) = stream.stop();
     // A new connection after the rekey.

@@ -443,6 +443,16 @@ pub(crate) struct OnePop {
     pub(crate) lab: Lab,
 }
 
+impl OnePop {
+    /// Starts the edge on this setup's interface, key, overlay address and
+    /// routing.db, with `extra` arguments.
+    pub(crate) fn edge(&mut self, extra: &[&str]) -> Edge {
+        let address = format!("10.79.{}.1/24", self.ov);
+        self.lab
+            .edge(&self.edge_if, &self.edge_key, &address, &self.db, extra)
+    }
+}
+
 pub(crate) fn one_pop(k: u32, edge_prefix: &str, pop_prefix: &str, tag: &str) -> OnePop {
     let mut lab = Lab::new();
     let ov = lab.subnet(k);
