@@ -37,7 +37,7 @@ fn thread_index() -> usize {
 /// `K` counters on a cache line (or more) of their own.
 #[derive(Debug)]
 #[repr(align(64))]
-struct Shard<const K: usize>([AtomicU64; K]);
+pub struct Shard<const K: usize>([AtomicU64; K]);
 
 impl<const K: usize> Default for Shard<K> {
     fn default() -> Self {
@@ -65,16 +65,16 @@ impl<const K: usize> Sharded<K> {
     /// Adds `v` to counter `k` (`k < K`).
     #[inline]
     pub fn add(&self, k: usize, v: u64) {
-        let i = thread_index();
-        match self.owned.get(i) {
-            Some(shard) => {
-                // This thread alone writes this shard: no locked add needed.
-                let c = &shard.0[k];
-                c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
-            }
-            None => {
-                self.shared.0[k].fetch_add(v, Ordering::Relaxed);
-            }
+        self.local().add(k, v);
+    }
+
+    /// This thread's shard, for several adds at the cost of one look-up of
+    /// the thread's index.
+    #[inline]
+    pub fn local(&self) -> Local<'_, K> {
+        match self.owned.get(thread_index()) {
+            Some(shard) => Local::Owned(shard),
+            None => Local::Shared(&self.shared),
         }
     }
 
@@ -85,6 +85,32 @@ impl<const K: usize> Sharded<K> {
             .chain(std::iter::once(&self.shared))
             .map(|s| s.0[k].load(Ordering::Relaxed))
             .fold(0u64, u64::wrapping_add)
+    }
+}
+
+/// The shard the current thread adds to (see [`Sharded::local`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Local<'a, const K: usize> {
+    /// A shard only this thread writes.
+    Owned(&'a Shard<K>),
+    /// The shard threads beyond the owned ones share.
+    Shared(&'a Shard<K>),
+}
+
+impl<const K: usize> Local<'_, K> {
+    /// Adds `v` to counter `k` (`k < K`).
+    #[inline]
+    pub fn add(self, k: usize, v: u64) {
+        match self {
+            Local::Owned(shard) => {
+                // This thread alone writes this shard: no locked add needed.
+                let c = &shard.0[k];
+                c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+            }
+            Local::Shared(shard) => {
+                shard.0[k].fetch_add(v, Ordering::Relaxed);
+            }
+        }
     }
 }
 
