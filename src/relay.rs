@@ -186,6 +186,10 @@ struct Direction {
     /// `buf[pos..end]` is read and not yet written.
     pos: usize,
     end: usize,
+    /// The last read filled less than the buffer: the reader's socket was
+    /// drained then, so once that chunk is written the direction waits for
+    /// readiness instead of reading again just to be told `WouldBlock`.
+    drained: bool,
     /// The reader reached end-of-file.
     eof: bool,
     /// The writer was shut down after end-of-file.
@@ -236,6 +240,19 @@ impl Direction {
             if self.eof {
                 return Poll::Ready(self.pass_eof(to));
             }
+            if std::mem::take(&mut self.drained) {
+                // A short read emptied the socket: give the buffer back and
+                // forget the readiness that read consumed, as tokio's own
+                // reads do. An end-of-file or bytes that arrived since then
+                // raise a new edge (a seen end-of-file stays set), so no
+                // wake-up is lost, and the read that would only have failed
+                // with `WouldBlock` is saved: one syscall per chunk.
+                self.buf = None;
+                self.no_pipe = false;
+                let _ = from.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
             if self.buf.is_none() {
                 // Idle: wait with no buffer.
                 ready!(from.poll_read_ready(cx))?;
@@ -252,6 +269,7 @@ impl Direction {
                 Ok(n) => {
                     self.pos = 0;
                     self.end = n;
+                    self.drained = n < buf.len();
                     *moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -400,6 +418,57 @@ mod tests {
         let (open, spare) = crate::splice::thread_pipes();
         assert!(open >= 1, "no pipe was used: the transfer was copied");
         assert_eq!(open, spare, "every pipe is back in the pool");
+    }
+
+    /// Request and response in small chunks, one after the other (each read
+    /// is short, so each direction waits for readiness after writing it
+    /// out): every exchange completes, and data sent together with its
+    /// end-of-file still passes the end-of-file on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn short_reads_lose_no_wake_up() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let stats = ConnStats::default();
+        let relaying = relay(
+            client_side,
+            backend_side,
+            b"",
+            Duration::from_secs(30),
+            Meter {
+                up: stats.up(),
+                down: stats.down(),
+            },
+        );
+        let exchanges = async {
+            let mut buf = [0u8; 64];
+            for i in 0..2_000u32 {
+                let ask = format!("ask {i}");
+                client.write_all(ask.as_bytes()).await.unwrap();
+                let n = backend.read(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], ask.as_bytes());
+                let answer = format!("answer {i}");
+                backend.write_all(answer.as_bytes()).await.unwrap();
+                let n = client.read(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], answer.as_bytes());
+            }
+            // The last bytes and the end-of-file in one go, both ways.
+            client.write_all(b"bye").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            backend.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"bye");
+            backend.write_all(b"bye too").await.unwrap();
+            backend.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"bye too");
+        };
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(relaying, exchanges)
+        })
+        .await
+        .expect("the relay stalled: a wake-up was lost");
+        assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
     }
 
     /// An idle connection holds no buffer and no pipe, and ends at the idle
