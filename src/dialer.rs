@@ -17,7 +17,7 @@ pub trait Dialer: Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send;
 }
 
-/// Direct TCP connections with TCP_NODELAY and keepalive.
+/// Direct TCP connections with TCP_NODELAY.
 #[derive(Debug, Clone, Default)]
 pub struct TcpDialer;
 
@@ -28,15 +28,17 @@ impl Dialer for TcpDialer {
         } else {
             TcpSocket::new_v6()?
         };
-        tune(SockRef::from(&socket))?;
+        // One system call: a backend connection needs no keepalive of its
+        // own, since the idle timeout closes a relay that stops moving and
+        // the client side's keepalive notices a vanished client.
+        SockRef::from(&socket).set_tcp_nodelay(true)?;
         socket.connect(addr).await
     }
 }
 
-/// TCP_NODELAY and keepalive (60 s, then every 10 s), for both sides of a
-/// relayed connection: set on a backend socket before it connects, and on
-/// the listeners, whose accepted sockets inherit them (so accepting costs
-/// no extra system calls).
+/// TCP_NODELAY and keepalive (60 s, then every 10 s) for client sockets:
+/// set on the listeners, whose accepted sockets inherit them (so accepting
+/// costs no extra system calls).
 pub fn tune(socket: SockRef<'_>) -> io::Result<()> {
     socket.set_tcp_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
