@@ -145,10 +145,26 @@ pub async fn relay(
             Poll::Pending => false,
         };
         if up_done && down_done {
+            // Both sockets are closed when the relay returns, and closing
+            // sends the FIN a write shutdown would (both receive queues are
+            // empty: each reader has read its end-of-file), so the
+            // direction that finished last needs no shutdown call.
             return Poll::Ready(Ended::Closed(Moved {
                 up: up.moved + first_up.len() as u64,
                 down: down.moved,
             }));
+        }
+        // One direction is done while the other still flows: pass its
+        // end-of-file on as a half-close.
+        let half = if up_done {
+            up.pass_eof(&backend)
+        } else if down_done {
+            down.pass_eof(&client)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = half {
+            return Poll::Ready(Ended::Error(e));
         }
         if moved {
             last = Instant::now();
@@ -200,7 +216,7 @@ struct Direction {
 
 impl Direction {
     /// Moves what it can from `from` to `to`; `Ready(Ok)` once end-of-file
-    /// has been passed on. Sets `moved` when bytes were read or written.
+    /// has been read and everything before it written. Sets `moved` when bytes were read or written.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -238,7 +254,9 @@ impl Direction {
                 continue;
             }
             if self.eof {
-                return Poll::Ready(self.pass_eof(to));
+                // Everything read is passed on; the relay half-closes the
+                // writer unless the other direction is done too.
+                return Poll::Ready(Ok(()));
             }
             if std::mem::take(&mut self.drained) {
                 // A short read emptied the socket: give the buffer back and
@@ -283,7 +301,7 @@ impl Direction {
         }
     }
 
-    /// Passes the reader's end-of-file on as a write shutdown (a
+    /// Passes the reader's end-of-file on to `to` as a write shutdown (a
     /// half-close; the other direction keeps going), once.
     fn pass_eof(&mut self, to: &TcpStream) -> io::Result<()> {
         if !self.shut {
@@ -319,7 +337,9 @@ impl Direction {
                 continue;
             }
             if self.eof {
-                return Poll::Ready(self.pass_eof(to));
+                // Everything read is passed on; the relay half-closes the
+                // writer unless the other direction is done too.
+                return Poll::Ready(Ok(()));
             }
             if self.pipe.is_none() {
                 ready!(from.poll_read_ready(cx))?;
