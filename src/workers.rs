@@ -82,6 +82,24 @@ pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
     Ok(Listeners { per_worker })
 }
 
+/// How far ahead a worker's timer driver always has a deadline.
+const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps a deadline at most [`TIMER_HORIZON`] ahead in the worker's timer
+/// wheel. Arming a timer earlier than every deadline the driver knows of
+/// makes tokio wake the driver through its eventfd (a `write` system call,
+/// then an extra `epoll_wait`), and each connection arms one: its connect
+/// timeout. With this tick in the wheel, no connect or PROXY header
+/// timeout (never under a second in practice) is the earliest, so arming
+/// them costs no system call; the tick costs four wake-ups a second.
+async fn keep_timer_driver_close() {
+    let mut tick = tokio::time::interval(TIMER_HORIZON);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// The running workers.
 pub struct Workers {
     /// The worker threads.
@@ -117,6 +135,7 @@ pub fn spawn(
             .name(format!("geoedge-worker-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    let _timers = tokio::spawn(keep_timer_driver_close());
                     let mut serving = Vec::with_capacity(set.len());
                     for (app, listener) in set {
                         match tokio::net::TcpListener::from_std(listener) {
