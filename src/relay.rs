@@ -11,9 +11,12 @@
 //! for readability with none, takes one from its thread's pool when bytes
 //! arrive, and gives it back as soon as a read would block and everything
 //! read has been written, so an idle connection holds no relay buffer at
-//! all. A direction that has moved more than [`SPLICE_AFTER`] (a bulk
-//! transfer) moves its bytes with splice(2) through a pooled pipe instead
-//! of copying them (see [`crate::splice`]). Bytes are added to the caller's
+//! all. A direction that has moved more than [`SPLICE_AFTER`] and reads
+//! big chunks (a bulk transfer) moves its bytes with splice(2) through a
+//! pooled pipe instead of copying them (see [`crate::splice`]); small
+//! messages (keep-alive HTTP) stay on the copy path, which costs them less.
+//! A short read means the socket was drained, so the direction then waits
+//! for readiness instead of reading again only to be told `WouldBlock`. Bytes are added to the caller's
 //! counters as each chunk is passed on, so the metrics see a long-lived
 //! connection's traffic as it flows.
 
@@ -188,6 +191,13 @@ pub async fn relay(
 /// a pipe would cost kernel memory for nothing).
 const SPLICE_AFTER: u64 = 256 * 1024;
 
+/// A read at least this big is a bulk read. Long-lived connections that
+/// exchange small messages (keep-alive HTTP) pass [`SPLICE_AFTER`] too, but
+/// splicing a small message costs two splices and a pipe where copying
+/// costs a read and a write, so a direction splices only while its reads
+/// are big, and goes back to copying after a small one.
+const BULK_READ: usize = 16 * 1024;
+
 /// One direction of a relay: what it has read and not yet written.
 #[derive(Default)]
 struct Direction {
@@ -202,6 +212,8 @@ struct Direction {
     /// `buf[pos..end]` is read and not yet written.
     pos: usize,
     end: usize,
+    /// While splicing: the size of the last splice into the pipe.
+    last_fill: usize,
     /// The last read filled less than the buffer: the reader's socket was
     /// drained then, so once that chunk is written the direction waits for
     /// readiness instead of reading again just to be told `WouldBlock`.
@@ -246,11 +258,13 @@ impl Direction {
                 }
                 continue;
             }
-            if self.moved >= SPLICE_AFTER && !self.eof && !self.no_pipe {
-                // A bulk transfer, and nothing is left in the buffer: go on
-                // with splice.
+            if self.moved >= SPLICE_AFTER && self.end >= BULK_READ && !self.eof && !self.no_pipe {
+                // A bulk transfer (a long one, and its last read was a big
+                // one), and nothing is left in the buffer: go on with
+                // splice.
                 self.buf = None;
                 self.splicing = true;
+                self.last_fill = self.end;
                 continue;
             }
             if self.eof {
@@ -361,10 +375,19 @@ impl Direction {
                     self.eof = true;
                     self.pipe = None;
                 }
-                Ok(_) => *moved = true,
+                Ok(n) => {
+                    *moved = true;
+                    self.last_fill = n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Drained and empty: the pipe goes back to the pool.
                     self.pipe = None;
+                    if self.last_fill < BULK_READ {
+                        // The stretch ended with a small read: small
+                        // messages again, which copying moves cheaper.
+                        self.splicing = false;
+                        return self.poll(cx, from, to, counted, moved);
+                    }
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -489,6 +512,48 @@ mod tests {
         .await
         .expect("the relay stalled: a wake-up was lost");
         assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    }
+
+    /// A long-lived connection exchanging small messages (keep-alive HTTP)
+    /// passes the splice threshold many times over but keeps copying: its
+    /// reads are small, and splicing them would cost more.
+    #[tokio::test(flavor = "current_thread")]
+    async fn small_messages_past_the_threshold_are_copied() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let stats = ConnStats::default();
+        let relaying = relay(
+            client_side,
+            backend_side,
+            b"",
+            Duration::from_secs(30),
+            Meter {
+                up: stats.up(),
+                down: stats.down(),
+            },
+        );
+        let exchanges = async {
+            let ask = [7u8; 200];
+            let answer = [9u8; 1500];
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..400 {
+                client.write_all(&ask).await.unwrap();
+                backend.read_exact(&mut buf[..ask.len()]).await.unwrap();
+                backend.write_all(&answer).await.unwrap();
+                client.read_exact(&mut buf[..answer.len()]).await.unwrap();
+            }
+            drop(client);
+            drop(backend);
+        };
+        let (ended, ()) = tokio::join!(relaying, exchanges);
+        assert!(!matches!(ended, Ended::Idle), "{ended:?}");
+        assert_eq!(stats.bytes_down(), 400 * 1500);
+        assert!(stats.bytes_down() > SPLICE_AFTER);
+        assert_eq!(
+            crate::splice::thread_pipes(),
+            (0, 0),
+            "small messages went through a pipe"
+        );
     }
 
     /// An idle connection holds no buffer and no pipe, and ends at the idle
