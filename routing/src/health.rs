@@ -147,7 +147,11 @@ impl ActiveState {
         }
         self.down = !self.down;
         self.streak = 0;
-        Some(if self.down { HealthChange::Down } else { HealthChange::Up })
+        Some(if self.down {
+            HealthChange::Down
+        } else {
+            HealthChange::Up
+        })
     }
 }
 
@@ -214,7 +218,12 @@ impl PassiveState {
     }
 
     /// Feeds one connect result.
-    pub fn on_connect(&mut self, ok: bool, now: Instant, cfg: &HealthConfig) -> Option<HealthChange> {
+    pub fn on_connect(
+        &mut self,
+        ok: bool,
+        now: Instant,
+        cfg: &HealthConfig,
+    ) -> Option<HealthChange> {
         if ok {
             self.failures = 0;
             // Any success proves the backend takes connections again.
@@ -361,8 +370,7 @@ impl BackendHealth {
             self.epoch.get_or_init(|| now);
             w |= EJECTED | self.ticks(open_at);
         }
-        self.failing
-            .store(m.passive.failures(), Ordering::Relaxed);
+        self.failing.store(m.passive.failures(), Ordering::Relaxed);
         self.word.store(w, Ordering::Release);
     }
 

@@ -36,7 +36,7 @@ pub mod watcher;
 pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
 pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKETS_SECONDS};
 pub use diff::SnapshotDiff;
-pub use health::{BackendHealth, HealthChange, CheckStats, HealthConfig, HealthState};
+pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
 pub use peers::{Endpoint, WgPeer};
 pub use raw::RawTable;

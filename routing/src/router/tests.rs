@@ -294,7 +294,11 @@ fn ejected_backends_are_skipped_sticky_clients_move_and_one_trial_readmits() {
         assert_eq!(fresh.backend().id.as_str(), "gb2");
     }
     let e = r.explain(&req(&app, "203.0.113.99", Some(&l)));
-    let c = e.candidates.iter().find(|c| c.id.as_str() == "gb1").unwrap();
+    let c = e
+        .candidates
+        .iter()
+        .find(|c| c.id.as_str() == "gb1")
+        .unwrap();
     assert_eq!(
         (c.health, c.why_not, c.eligible),
         (HealthState::Ejected, Some(WhyNot::Ejected), false)
@@ -369,7 +373,11 @@ fn backends_down_by_checks_are_skipped_and_the_operator_always_wins() {
     }
     assert_eq!(pick("198.51.100.4").unwrap(), "gb2");
     let e = r.explain(&req(&app, "198.51.100.5", Some(&l)));
-    let c = e.candidates.iter().find(|c| c.id.as_str() == "gb1").unwrap();
+    let c = e
+        .candidates
+        .iter()
+        .find(|c| c.id.as_str() == "gb1")
+        .unwrap();
     assert_eq!(
         (c.health, c.why_not),
         (HealthState::OperatorDown, Some(WhyNot::Unhealthy))

@@ -35,7 +35,8 @@ fn london() -> Location {
 
 fn pick(s: &Snapshot, l: Option<&Location>, local: &str) -> Option<String> {
     let p = Placement::new(s, l, s.region_index(local));
-    best(s, s.app("default")?, &p, &[], now()).map(|sc| s.backends[sc.index as usize].id.to_string())
+    best(s, s.app("default")?, &p, &[], now())
+        .map(|sc| s.backends[sc.index as usize].id.to_string())
 }
 
 fn set_active(s: &Snapshot, id: &str, n: u32) {
