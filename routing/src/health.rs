@@ -282,8 +282,10 @@ const EJECTED: u64 = 1 << 62;
 const TIME: u64 = EJECTED - 1;
 
 /// The health of one backend, shared by every thread: result reports
-/// update it, decisions read it.
+/// update it, decisions read it (`word`, first, so that it sits beside the
+/// connection count in [`BackendLoad`](crate::BackendLoad)).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct BackendHealth {
     /// What a decision reads, in one atomic word: 0 when admitted;
     /// otherwise the `DOWN` and `EJECTED` bits and, when ejected, when the

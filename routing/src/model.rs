@@ -89,8 +89,10 @@ impl AppId {
 /// table or has connections open, so counts survive reloads. The backend's
 /// health ([`BackendHealth`]: active checks and passive ejection) and its
 /// connect outcomes ([`ConnectStats`], for the metrics endpoint) ride along,
-/// so they survive reloads too.
+/// so they survive reloads too. The two that every decision reads (the
+/// count and the health word) come first, on one cache line.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct BackendLoad {
     /// Reservations currently held.
     active: AtomicU32,

@@ -283,3 +283,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_word_sits_beside_the_connection_count() {
+    let l = crate::BackendLoad::default();
+    let base = &l as *const _ as usize;
+    let word = &l.health().word as *const _ as usize;
+    assert!(word - base < 64, "{}", word - base);
+}
