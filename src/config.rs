@@ -10,9 +10,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use geoedge_routing::{AppId, BindingConfig, RegionId};
+use geoedge_routing::{AppId, BindingConfig, HealthConfig, RegionId};
 use ipnet::IpNet;
 
+use crate::health_check::CheckOptions;
 use crate::proxy_protocol::Version;
 use geoedge_wireguard::engine::REKEY_AFTER_TIME;
 
@@ -52,6 +53,35 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration, or `off` (also `0`): for settings that a zero turns off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationOrOff(pub Option<Duration>);
+
+impl FromStr for DurationOrOff {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" | "0" => Ok(DurationOrOff(None)),
+            t => humantime::parse_duration(t).map(|d| DurationOrOff((!d.is_zero()).then_some(d))),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DurationOrOff {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(DurationOrOff((s > 0).then(|| Duration::from_secs(s)))),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -247,6 +277,57 @@ pub struct Layer {
         value_name = "text|json"
     )]
     pub log_format: Option<String>,
+
+    /// Connect to every backend this often to check it, or `off` [default: 2s].
+    #[arg(
+        long,
+        env = "GEOEDGE_HEALTH_CHECK_INTERVAL",
+        global = true,
+        value_name = "DURATION|off"
+    )]
+    pub health_check_interval: Option<DurationOrOff>,
+
+    /// A health check fails when its connect takes longer than this [default: 1s].
+    #[arg(
+        long,
+        env = "GEOEDGE_HEALTH_CHECK_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub health_check_timeout: Option<HumanDuration>,
+
+    /// Consecutive successful checks that bring a down backend back up [default: 2].
+    #[arg(long, env = "GEOEDGE_HEALTH_CHECK_RISE", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_rise: Option<u32>,
+
+    /// Consecutive failed checks that take a backend down [default: 3].
+    #[arg(long, env = "GEOEDGE_HEALTH_CHECK_FALL", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_fall: Option<u32>,
+
+    /// Eject a backend after this many consecutive failed connects to it; 0 turns ejection off [default: 3].
+    #[arg(long, env = "GEOEDGE_EJECT_AFTER", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub eject_after: Option<u32>,
+
+    /// An ejected backend gets a trial connect after this long, doubled after each failed trial [default: 1s].
+    #[arg(
+        long,
+        env = "GEOEDGE_EJECT_BACKOFF",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub eject_backoff: Option<HumanDuration>,
+
+    /// The longest backoff of an ejected backend [default: 30s].
+    #[arg(
+        long,
+        env = "GEOEDGE_EJECT_BACKOFF_MAX",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub eject_backoff_max: Option<HumanDuration>,
 }
 
 macro_rules! stack {
@@ -287,6 +368,13 @@ impl Layer {
             wg_rekey_after,
             metrics_listen,
             log_format,
+            health_check_interval,
+            health_check_timeout,
+            health_check_rise,
+            health_check_fall,
+            eject_after,
+            eject_backoff,
+            eject_backoff_max,
         )
     }
 
@@ -299,6 +387,20 @@ impl Layer {
         if layer.binding_ipv4_prefix.is_some_and(|p| p > 32) {
             bail!(
                 "config file {}: binding_ipv4_prefix must be 0..=32",
+                path.display()
+            );
+        }
+        for (key, v) in [
+            ("health_check_rise", layer.health_check_rise),
+            ("health_check_fall", layer.health_check_fall),
+        ] {
+            if v.is_some_and(|n| !(1..=100).contains(&n)) {
+                bail!("config file {}: {key} must be 1..=100", path.display());
+            }
+        }
+        if layer.eject_after.is_some_and(|n| n > 1000) {
+            bail!(
+                "config file {}: eject_after must be 0..=1000",
                 path.display()
             );
         }
@@ -348,6 +450,10 @@ pub struct Settings {
     pub wireguard: Option<WgSettings>,
     /// The metrics and health listener (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Rise and fall thresholds and passive ejection, for every backend.
+    pub health: HealthConfig,
+    /// Active health checks (`None`: off).
+    pub health_checks: Option<CheckOptions>,
 }
 
 /// How log lines are written.
@@ -467,6 +573,7 @@ impl Settings {
         };
         let l = cli.over(file);
         let defaults = BindingConfig::default();
+        let (health, health_checks) = crate::health_check::settings(&l)?;
         let listen = l
             .listen
             .unwrap_or_else(|| vec!["0.0.0.0:8080".into()])
@@ -561,6 +668,8 @@ impl Settings {
             },
             wireguard,
             metrics_listen,
+            health,
+            health_checks,
         })
     }
 }

@@ -7,6 +7,7 @@ mod db_cmd;
 mod demo;
 mod dialer;
 mod health;
+mod health_check;
 mod logging;
 mod metrics;
 mod proxy;

@@ -58,7 +58,7 @@ impl Default for FailureLog {
 }
 
 /// The metric label of a failed connect.
-fn classify(e: &io::Error) -> ConnectFailure {
+pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
         io::ErrorKind::TimedOut => ConnectFailure::Timeout,
@@ -243,7 +243,13 @@ impl<D: Dialer> Proxy<D> {
             let outcomes = backend.load.connect_stats();
             let (why, error) = match connected {
                 Ok(Ok(stream)) => {
-                    outcomes.observe(started.elapsed());
+                    let took = started.elapsed();
+                    outcomes.observe(took);
+                    // Passive health; no lock unless the backend was failing.
+                    if let Some(change) = self.router.report_connect(&backend, true, started + took)
+                    {
+                        crate::health_check::log_connect_change(&backend, change, &self.router);
+                    }
                     self.conns.record(ConnResult::Ok);
                     span.record("backend", display(&backend.id));
                     self.relay(client, stream, source, destination, &early, route)
@@ -254,6 +260,9 @@ impl<D: Dialer> Proxy<D> {
                 Err(_) => (ConnectFailure::Timeout, None),
             };
             outcomes.fail(why);
+            if let Some(change) = self.router.report_connect(&backend, false, Instant::now()) {
+                crate::health_check::log_connect_change(&backend, change, &self.router);
+            }
             // Formatted only when logged: a storm of failures costs no text.
             if let Some(suppressed) = self.failures.connect.check(Instant::now()) {
                 let timeout = self.options.connect_timeout;

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::dialer::TcpDialer;
 use crate::health::Health;
+use crate::health_check::CheckOptions;
 use crate::metrics::{EdgeSources, Metrics};
 use crate::proxy::{FailureLog, Proxy, ProxyOptions};
 use crate::wg::Backhaul;
@@ -38,6 +39,8 @@ pub struct Edge {
     _routing: Reloader,
     /// Follows the mmdb, when one is configured.
     _geoip: Option<ReloaderHandle>,
+    /// Active health checks, started by [`serve`] (`None`: off).
+    health_checks: Option<CheckOptions>,
 }
 
 /// Loads the routing table and GeoIP database named by the settings and
@@ -77,11 +80,9 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
             (Arc::new(GeoIp::with_db(GeoDb::sample())), None)
         }
     };
-    let router = Arc::new(Router::new(
-        table,
-        settings.region.clone(),
-        settings.bindings,
-    ));
+    let router = Arc::new(
+        Router::new(table, settings.region.clone(), settings.bindings).with_health(settings.health),
+    );
     let proxy = Arc::new(Proxy {
         router,
         geoip,
@@ -102,6 +103,7 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         proxy,
         _routing: routing,
         _geoip: geoip_reloader,
+        health_checks: settings.health_checks,
     })
 }
 
@@ -160,8 +162,14 @@ pub async fn serve(
             router.bindings().sweep(std::time::Instant::now(), 50_000);
         }
     });
+    let checks = edge
+        .health_checks
+        .map(|o| crate::health_check::spawn(Arc::clone(&edge.proxy.router), o));
     health.set_ready();
     stop_signal().await;
+    if let Some(checks) = checks {
+        checks.abort();
+    }
     health.set_draining();
     tracing::info!("stopping: no new connections; draining for up to {drain:?}");
     let _ = stop_tx.send(true);

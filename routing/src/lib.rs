@@ -2,8 +2,8 @@
 //! proximity-and-load scoring, and sticky bindings.
 //!
 //! The cores do no IO and read no clock: [`snapshot`] validation,
-//! [`diff`], [`score`], [`bindings`] and [`router`] take rows, locations
-//! and `now` as arguments, so they are unit-tested, property-tested and
+//! [`diff`], [`score`], [`bindings`], [`health`] and [`router`] take rows,
+//! locations, results and `now` as arguments, so they are unit-tested, property-tested and
 //! fuzzed without a runtime. The adapters sit at the edge behind the
 //! `sqlite` feature: [`loader`] reads and creates routing.db files with
 //! rusqlite, and [`watcher`] reloads one when it changes.
@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod connect;
 pub mod diff;
+pub mod health;
 pub mod model;
 pub mod peers;
 pub mod raw;
@@ -35,6 +36,7 @@ pub mod watcher;
 pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
 pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKETS_SECONDS};
 pub use diff::SnapshotDiff;
+pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
 pub use peers::{Endpoint, WgPeer};
 pub use raw::RawTable;

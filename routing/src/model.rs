@@ -10,6 +10,7 @@ use std::sync::Arc;
 use geoedge_geoip::{CountryCode, GeoPoint};
 
 use crate::connect::ConnectStats;
+use crate::health::BackendHealth;
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $ty:ident) => {
@@ -86,11 +87,17 @@ impl AppId {
 ///
 /// One counter exists per backend id for as long as the backend is in the
 /// table or has connections open, so counts survive reloads. The backend's
-/// connect outcomes ([`ConnectStats`]) ride along, for the metrics endpoint.
+/// health ([`BackendHealth`]: active checks and passive ejection) and its
+/// connect outcomes ([`ConnectStats`], for the metrics endpoint) ride along,
+/// so they survive reloads too. The two that every decision reads (the
+/// count and the health word) come first, on one cache line.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct BackendLoad {
     /// Reservations currently held.
     active: AtomicU32,
+    /// Active-check and passive-ejection state, read by every decision.
+    health: BackendHealth,
     /// Connect durations and failures.
     connect: ConnectStats,
 }
@@ -99,6 +106,11 @@ impl BackendLoad {
     /// Connections currently held.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// The backend's health.
+    pub fn health(&self) -> &BackendHealth {
+        &self.health
     }
 
     /// The backend's connect outcomes.

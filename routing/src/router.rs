@@ -4,7 +4,11 @@
 //! Sans-IO: the caller passes the client's GeoIP [`Location`] and `now`;
 //! nothing here touches a socket, a file or a clock. The edge proxy calls
 //! [`Router::decide`] once per connection (and again with `exclude` when a
-//! connect fails); `geoedge route` calls [`Router::explain`].
+//! connect fails) and reports each connect's result
+//! ([`Router::report_connect`]); the active checker reports its checks
+//! ([`Router::report_check`]); `geoedge route` calls [`Router::explain`].
+//! Backends that their health does not admit (down, or ejected without a
+//! trial due) are skipped, and a sticky binding to one moves.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +18,8 @@ use std::time::Instant;
 use geoedge_geoip::Location;
 
 use crate::bindings::{BindingConfig, BindingKey, Bindings};
+use crate::connect::ConnectFailure;
+use crate::health::{CheckStats, HealthChange, HealthConfig, HealthState};
 use crate::model::{AppId, Backend, BackendId, RegionId};
 use crate::score::{self, Placement, Ranked, Tier, WhyNot};
 use crate::table::{Reservation, RoutingTable};
@@ -149,6 +155,9 @@ pub struct Candidate {
     pub weight: u32,
     /// Region.
     pub region: RegionId,
+    /// Health: `up`, `down` (active checks), `ejected` (connect failures)
+    /// or `operator_down` (`healthy = 0`).
+    pub health: HealthState,
     /// Whether it could take the client now.
     pub eligible: bool,
     /// Why not, when ineligible.
@@ -184,17 +193,67 @@ pub struct Router {
     local_region: RegionId,
     /// Decisions by kind.
     stats: DecisionStats,
+    /// Rise, fall and ejection settings for every backend's health.
+    health: HealthConfig,
+    /// Active check results by outcome.
+    checks: CheckStats,
 }
 
 impl Router {
-    /// A router over a live table, for a POP in `local_region`.
+    /// A router over a live table, for a POP in `local_region`, with the
+    /// default health settings.
     pub fn new(table: Arc<RoutingTable>, local_region: RegionId, bindings: BindingConfig) -> Self {
         Self {
             table,
             bindings: Bindings::new(bindings),
             local_region,
             stats: DecisionStats::default(),
+            health: HealthConfig::default(),
+            checks: CheckStats::default(),
         }
+    }
+
+    /// The same router with these health settings.
+    pub fn with_health(mut self, health: HealthConfig) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The health settings.
+    pub fn health_config(&self) -> &HealthConfig {
+        &self.health
+    }
+
+    /// Active check results by outcome.
+    pub fn check_stats(&self) -> &CheckStats {
+        &self.checks
+    }
+
+    /// Records the result of a connect to `backend` made at the proxy's
+    /// request (passive health). Returns the change it caused, if any, for
+    /// the caller to log.
+    pub fn report_connect(
+        &self,
+        backend: &Backend,
+        ok: bool,
+        now: Instant,
+    ) -> Option<HealthChange> {
+        backend.load.health().on_connect(ok, now, &self.health)
+    }
+
+    /// Records the result of an active check of `backend`. Returns the
+    /// change it caused, if any, for the caller to log.
+    pub fn report_check(
+        &self,
+        backend: &Backend,
+        result: Result<(), ConnectFailure>,
+        now: Instant,
+    ) -> Option<HealthChange> {
+        self.checks.record(result);
+        backend
+            .load
+            .health()
+            .on_check(result.is_ok(), now, &self.health)
     }
 
     /// The live table.
@@ -218,8 +277,9 @@ impl Router {
     }
 
     /// Chooses a backend for a client and holds a slot on it. A live binding
-    /// to an eligible backend wins; otherwise the best backend is chosen and
-    /// the client is (re)bound to it.
+    /// to an eligible, admitted backend wins; otherwise the best backend is
+    /// chosen and the client is (re)bound to it. An ejected backend whose
+    /// trial is due is chosen by one decision only (the trial).
     pub fn decide(&self, req: &Request<'_>, now: Instant) -> Result<Route, NoRoute> {
         let snap = self.table.snapshot_guard();
         let Some(view) = snap.app(req.app.as_str()) else {
@@ -237,11 +297,16 @@ impl Router {
         let placement = Placement::new(&snap, req.location, local);
         // A lost race for a backend's last slot just moves on to the next best.
         for _ in 0..=view.candidates.len() {
-            let Some(best) = score::best(&snap, view, &placement, req.exclude) else {
+            let Some(best) = score::best(&snap, view, &placement, req.exclude, now) else {
                 break;
             };
             let backend = &snap.backends[best.index as usize];
             if let Some(reservation) = Reservation::try_new(backend) {
+                if !backend.load.health().claim_trial(now) {
+                    // Another decision took the trial: the next best, then.
+                    drop(reservation);
+                    continue;
+                }
                 self.bindings.bind(key, backend.id.clone(), now);
                 let kind = DecisionKind::from(best.tier);
                 self.stats.record(kind);
@@ -261,7 +326,10 @@ impl Router {
     ) -> Option<Route> {
         let id = self.bindings.lookup(key, now)?;
         let backend = snap.backend(id.as_str())?;
-        if backend.app != *req.app || !backend.statically_eligible() {
+        if backend.app != *req.app
+            || !backend.statically_eligible()
+            || !backend.load.health().is_admitted()
+        {
             return None;
         }
         Reservation::try_new(backend).map(|reservation| Route {
@@ -305,6 +373,7 @@ impl Router {
                     hard_limit: b.hard_limit,
                     weight: b.weight,
                     region: b.region.clone(),
+                    health: b.load.health().state(b.healthy),
                     eligible: r.why_not.is_none(),
                     why_not: r.why_not,
                 }
@@ -341,7 +410,7 @@ fn reason(
     let mut s = String::new();
     let Some(c) = chosen else {
         let count = |w: WhyNot| ranked.iter().filter(|r| r.why_not == Some(w)).count();
-        return format!(
+        let mut s = format!(
             "no eligible backend for app {:?}: {} backends, {} unhealthy, {} deleted, {} weight 0, {} at hard limit",
             app.as_str(),
             ranked.len(),
@@ -350,6 +419,12 @@ fn reason(
             count(WhyNot::ZeroWeight),
             count(WhyNot::AtHardLimit),
         );
+        for (w, what) in [(WhyNot::Down, "down"), (WhyNot::Ejected, "ejected")] {
+            if count(w) > 0 {
+                s.push_str(&format!(", {} {what}", count(w)));
+            }
+        }
+        return s;
     };
     let b = &snap.backends[c.score.index as usize];
     match c.score.tier {

@@ -14,9 +14,12 @@
 //! 5. backend id, so ties break deterministically.
 //!
 //! A backend is eligible when healthy, not deleted, of non-zero weight, of the
-//! requested app, and below its hard limit.
+//! requested app, below its hard limit, and admitted by its health (not down
+//! by active checks, not ejected after connect failures unless its trial is
+//! due; see [`crate::health`]).
 
 use std::cmp::Ordering;
+use std::time::Instant;
 
 use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint, Location};
 
@@ -179,8 +182,9 @@ impl Score {
     }
 }
 
-/// The best eligible backend of an app for a placement, skipping `exclude`
-/// (backends already tried for this connection). No allocation.
+/// The best eligible backend of an app for a placement at `now`, skipping
+/// `exclude` (backends already tried for this connection) and backends
+/// their health does not admit. No allocation.
 ///
 /// A backend under its soft limit in the nearest tier beats everything
 /// else, so the client's country and then its region are scanned first.
@@ -194,6 +198,7 @@ pub fn best(
     view: &AppView,
     p: &Placement,
     exclude: &[BackendId],
+    now: Instant,
 ) -> Option<Score> {
     let mut best: Option<Score> = None;
     let group = p.country.and_then(|c| view.hot_by_country.get(&c));
@@ -201,7 +206,7 @@ pub fn best(
     for positions in [group, region].into_iter().flatten() {
         let members = positions.iter().map(|&i| &view.hot[i as usize]);
         // Country and region members are never in the distance tier: no vector needed.
-        scan(snapshot, members, p, &[0.0; 3], exclude, &mut best);
+        scan(snapshot, members, p, &[0.0; 3], exclude, now, &mut best);
         if best.is_some_and(|b| !b.over_soft) {
             return best;
         }
@@ -209,7 +214,7 @@ pub fn best(
     const MAX_GROUPS: usize = 64;
     let pv = p.vector();
     if view.sites.len() > MAX_GROUPS {
-        scan(snapshot, view.hot.iter(), p, &pv, exclude, &mut best);
+        scan(snapshot, view.hot.iter(), p, &pv, exclude, now, &mut best);
         return best;
     }
     // Upper bound of the closeness (cosine) of any site of each group.
@@ -231,7 +236,7 @@ pub fn best(
             .members
             .iter()
             .map(|&m| &view.hot[m as usize]);
-        scan(snapshot, members, p, &pv, exclude, &mut best);
+        scan(snapshot, members, p, &pv, exclude, now, &mut best);
     }
     best
 }
@@ -242,11 +247,12 @@ fn scan<'a>(
     p: &Placement,
     pv: &[f64; 3],
     exclude: &[BackendId],
+    now: Instant,
     best: &mut Option<Score>,
 ) {
     for h in members {
         let active = h.load.active();
-        if active >= h.hard_limit {
+        if active >= h.hard_limit || !h.load.health().admits(now) {
             continue;
         }
         let over_soft = active >= h.soft_limit;
@@ -294,6 +300,10 @@ pub enum WhyNot {
     Deleted,
     /// `weight = 0`.
     ZeroWeight,
+    /// Active health checks failed `fall` times in a row.
+    Down,
+    /// Ejected after consecutive connect failures.
+    Ejected,
     /// `active >= hard_limit`.
     AtHardLimit,
     /// Already tried for this connection.
@@ -329,6 +339,10 @@ pub fn rank(
                 Some(WhyNot::Deleted)
             } else if b.weight == 0 {
                 Some(WhyNot::ZeroWeight)
+            } else if b.load.health().is_down() {
+                Some(WhyNot::Down)
+            } else if b.load.health().is_ejected() {
+                Some(WhyNot::Ejected)
             } else if active >= b.hard_limit {
                 Some(WhyNot::AtHardLimit)
             } else if exclude.contains(&b.id) {

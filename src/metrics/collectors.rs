@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use geoedge_geoip::GeoIp;
-use geoedge_routing::{ConnectFailure, DecisionKind, RejectReason, Router};
+use geoedge_routing::{ConnectFailure, DecisionKind, HealthState, RejectReason, Router};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio_util::task::TaskTracker;
@@ -46,6 +46,10 @@ const EDGE_METRICS: &[Def] = &[
     n::BACKEND_ELIGIBLE,
     n::BACKEND_CONNECT_DURATION,
     n::CONNECT_FAILURES_TOTAL,
+    n::BACKEND_UP,
+    n::BACKEND_HEALTH_STATE,
+    n::BACKEND_EJECTIONS_TOTAL,
+    n::HEALTH_CHECKS_TOTAL,
     n::ROUTING_DECISIONS_TOTAL,
     n::ROUTING_RELOADS_TOTAL,
     n::ROUTING_GENERATION,
@@ -105,6 +109,9 @@ impl Collector for EdgeCollector {
         let mut eligible = Family::new(n::BACKEND_ELIGIBLE);
         let mut duration = Family::new(n::BACKEND_CONNECT_DURATION);
         let mut failures = Family::new(n::CONNECT_FAILURES_TOTAL);
+        let mut up = Family::new(n::BACKEND_UP);
+        let mut state = Family::new(n::BACKEND_HEALTH_STATE);
+        let mut ejections = Family::new(n::BACKEND_EJECTIONS_TOTAL);
         for b in &snap.backends {
             let id = b.id.as_str();
             current.add(&[id, b.region.as_str()], f64::from(b.active()));
@@ -117,8 +124,27 @@ impl Collector for EdgeCollector {
             for why in ConnectFailure::ALL {
                 failures.add(&[id, why.as_str()], stats.failures(why) as f64);
             }
+            let health = b.load.health();
+            let now = health.state(b.healthy);
+            up.add(&[id], f64::from(u8::from(now == HealthState::Up)));
+            for s in HealthState::ALL {
+                state.add(&[id, s.as_str()], f64::from(u8::from(now == s)));
+            }
+            ejections.add(&[id], health.ejections() as f64);
         }
-        out.extend([current, soft, hard, eligible, duration, failures].map(Family::finish));
+        out.extend(
+            [
+                current, soft, hard, eligible, duration, failures, up, state, ejections,
+            ]
+            .map(Family::finish),
+        );
+        let checks = s.router.check_stats();
+        let mut f = Family::new(n::HEALTH_CHECKS_TOTAL);
+        f.add(&["ok"], checks.ok() as f64);
+        for why in ConnectFailure::ALL {
+            f.add(&[why.as_str()], checks.failed(why) as f64);
+        }
+        out.push(f.finish());
 
         let router = &s.router;
         let mut f = Family::new(n::ROUTING_DECISIONS_TOTAL);

@@ -114,6 +114,35 @@ pub const CONNECT_FAILURES_TOTAL: Def = def(
     &["backend", "reason"],
 );
 
+/// Whether a backend's health lets it take clients.
+pub const BACKEND_UP: Def = def(
+    "edge_backend_up",
+    Gauge,
+    "1 when the backend's health lets it take clients: healthy in routing.db, not down by active checks, not ejected after connect failures; else 0.",
+    &["backend"],
+);
+/// A backend's health state, one series per state.
+pub const BACKEND_HEALTH_STATE: Def = def(
+    "edge_backend_health_state",
+    Gauge,
+    "1 for the backend's current health state (up, down by active checks, ejected after connect failures, operator_down: healthy = 0 in routing.db), 0 for the others.",
+    &["backend", "state"],
+);
+/// Ejections per backend.
+pub const BACKEND_EJECTIONS_TOTAL: Def = def(
+    "edge_backend_ejections_total",
+    Counter,
+    "Times the backend was ejected after consecutive failed connects, including again after a failed trial connect.",
+    &["backend"],
+);
+/// Active health checks by result.
+pub const HEALTH_CHECKS_TOTAL: Def = def(
+    "edge_health_checks_total",
+    Counter,
+    "Active health checks of backends by result: ok, refused, timeout, unreachable, other.",
+    &["result"],
+);
+
 // --- Routing ---
 
 /// Decisions by tier.
@@ -251,6 +280,10 @@ pub const ALL: &[Def] = &[
     BACKEND_ELIGIBLE,
     BACKEND_CONNECT_DURATION,
     CONNECT_FAILURES_TOTAL,
+    BACKEND_UP,
+    BACKEND_HEALTH_STATE,
+    BACKEND_EJECTIONS_TOTAL,
+    HEALTH_CHECKS_TOTAL,
     ROUTING_DECISIONS_TOTAL,
     ROUTING_RELOADS_TOTAL,
     ROUTING_GENERATION,
@@ -316,7 +349,8 @@ mod tests {
                         "region",
                         "reason",
                         "tier",
-                        "peer"
+                        "peer",
+                        "state"
                     ]
                     .contains(l),
                     "{}: label {l} is not one of the bounded ones",

@@ -89,6 +89,7 @@ fn check_countries(extra: &[&str], db_label: &str) {
                 "hard_limit",
                 "eligible",
                 "why_not",
+                "health",
             ] {
                 assert!(c.get(key).is_some(), "candidate without {key}: {c}");
             }
@@ -154,6 +155,7 @@ fn route_follows_sqlite3_edits() {
         .unwrap();
     assert_eq!(lhr["eligible"], false);
     assert_eq!(lhr["why_not"], "unhealthy");
+    assert_eq!(lhr["health"], "operator_down");
     sqlite3(&db, "UPDATE backends SET deleted = 1 WHERE region = 'eu';");
     let v = route(&args, gb);
     assert_eq!(

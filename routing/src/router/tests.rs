@@ -248,3 +248,171 @@ fn explain_lists_every_candidate_best_first() {
     let unknown = r.explain(&req(&AppId::new("nope"), "81.2.69.160", Some(&l)));
     assert!(unknown.backend.is_none() && unknown.candidates.is_empty());
 }
+
+fn fail_connects(r: &Router, id: &str, n: usize, now: Instant) {
+    let b = r.table().snapshot().backend(id).unwrap().clone();
+    for _ in 0..n {
+        r.report_connect(&b, false, now);
+    }
+}
+
+#[test]
+fn ejected_backends_are_skipped_sticky_clients_move_and_one_trial_readmits() {
+    let r = router(&table(vec![
+        backend("gb1", "eu", Some("GB"), 10, 20),
+        backend("gb2", "eu", Some("GB"), 10, 20),
+    ]));
+    let app = AppId::default_app();
+    let l = london();
+    let t0 = Instant::now();
+    let first = r.decide(&req(&app, "203.0.113.1", Some(&l)), t0).unwrap();
+    assert_eq!(first.backend().id.as_str(), "gb1");
+    drop(first);
+    // Two failures do not eject; the third does.
+    fail_connects(&r, "gb1", 2, t0);
+    let again = r.decide(&req(&app, "203.0.113.1", Some(&l)), t0).unwrap();
+    assert_eq!(
+        (again.backend().id.as_str(), again.kind),
+        ("gb1", DecisionKind::Sticky)
+    );
+    drop(again);
+    fail_connects(&r, "gb1", 1, t0);
+    let gb1 = r.table().snapshot().backend("gb1").unwrap().clone();
+    assert_eq!(gb1.load.health().ejections(), 1);
+    // The bound client moves (and is re-bound), fresh clients go elsewhere.
+    let moved = r.decide(&req(&app, "203.0.113.1", Some(&l)), t0).unwrap();
+    assert_eq!(
+        (moved.backend().id.as_str(), moved.kind),
+        ("gb2", DecisionKind::Country)
+    );
+    drop(moved);
+    let t1 = t0 + Duration::from_millis(999);
+    for i in 0..5 {
+        let fresh = r
+            .decide(&req(&app, &format!("203.0.113.{}", 10 + i), Some(&l)), t1)
+            .unwrap();
+        assert_eq!(fresh.backend().id.as_str(), "gb2");
+    }
+    let e = r.explain(&req(&app, "203.0.113.99", Some(&l)));
+    let c = e
+        .candidates
+        .iter()
+        .find(|c| c.id.as_str() == "gb1")
+        .unwrap();
+    assert_eq!(
+        (c.health, c.why_not, c.eligible),
+        (HealthState::Ejected, Some(WhyNot::Ejected), false)
+    );
+    // The backoff (1 s) is over: one client is let through as the trial,
+    // the next goes elsewhere.
+    let t2 = t0 + Duration::from_secs(1);
+    let trial = r.decide(&req(&app, "203.0.113.50", Some(&l)), t2).unwrap();
+    assert_eq!(trial.backend().id.as_str(), "gb1");
+    let other = r.decide(&req(&app, "203.0.113.51", Some(&l)), t2).unwrap();
+    assert_eq!(other.backend().id.as_str(), "gb2");
+    drop(other);
+    assert_eq!(
+        r.report_connect(trial.backend(), true, t2),
+        Some(HealthChange::Readmitted)
+    );
+    drop(trial);
+    let back = r.decide(&req(&app, "203.0.113.52", Some(&l)), t2).unwrap();
+    assert_eq!(back.backend().id.as_str(), "gb1");
+    assert_eq!(gb1.load.health().state(true), HealthState::Up);
+}
+
+#[test]
+fn backends_down_by_checks_are_skipped_and_the_operator_always_wins() {
+    let raw = table(vec![
+        backend("gb1", "eu", Some("GB"), 10, 20),
+        backend("gb2", "eu", Some("GB"), 10, 20),
+    ]);
+    let r = router(&raw);
+    let app = AppId::default_app();
+    let l = london();
+    let t0 = Instant::now();
+    let pick = |ip: &str| {
+        r.decide(&req(&app, ip, Some(&l)), t0)
+            .map(|route| route.backend().id.to_string())
+    };
+    let snap = r.table().snapshot();
+    let (gb1, gb2) = (
+        snap.backend("gb1").unwrap().clone(),
+        snap.backend("gb2").unwrap().clone(),
+    );
+    for _ in 0..2 {
+        assert_eq!(r.report_check(&gb1, Err(ConnectFailure::Refused), t0), None);
+    }
+    assert_eq!(pick("198.51.100.1").unwrap(), "gb1");
+    assert_eq!(
+        r.report_check(&gb1, Err(ConnectFailure::Timeout), t0),
+        Some(HealthChange::Down)
+    );
+    assert_eq!(pick("198.51.100.1").unwrap(), "gb2");
+    assert_eq!(pick("198.51.100.2").unwrap(), "gb2");
+    // Both down: no backend, and the explanation says why.
+    for _ in 0..3 {
+        r.report_check(&gb2, Err(ConnectFailure::Refused), t0);
+    }
+    assert!(pick("198.51.100.3").is_err());
+    let e = r.explain(&req(&app, "198.51.100.3", Some(&l)));
+    assert!(e.reason.ends_with(", 2 down"), "{}", e.reason);
+    assert!(e.candidates.iter().all(|c| c.health == HealthState::Down));
+    // Checks bring gb1 back after two successes.
+    assert_eq!(r.report_check(&gb1, Ok(()), t0), None);
+    assert_eq!(r.report_check(&gb1, Ok(()), t0), Some(HealthChange::Up));
+    assert_eq!(pick("198.51.100.4").unwrap(), "gb1");
+    assert_eq!(r.check_stats().ok(), 2);
+    assert_eq!(r.check_stats().failed(ConnectFailure::Refused), 5);
+    // The operator's healthy = 0 wins over passing checks.
+    let mut edited = raw.clone();
+    edited.backends[0].healthy = 0.into();
+    r.table().apply(&edited, 1).unwrap();
+    for _ in 0..2 {
+        r.report_check(&gb2, Ok(()), t0);
+    }
+    assert_eq!(pick("198.51.100.4").unwrap(), "gb2");
+    let e = r.explain(&req(&app, "198.51.100.5", Some(&l)));
+    let c = e
+        .candidates
+        .iter()
+        .find(|c| c.id.as_str() == "gb1")
+        .unwrap();
+    assert_eq!(
+        (c.health, c.why_not),
+        (HealthState::OperatorDown, Some(WhyNot::Unhealthy))
+    );
+}
+
+#[test]
+fn health_survives_reloads_for_backends_that_stay() {
+    let raw = table(vec![
+        backend("gb1", "eu", Some("GB"), 10, 20),
+        backend("gb2", "eu", Some("GB"), 10, 20),
+    ]);
+    let r = router(&raw);
+    let app = AppId::default_app();
+    let l = london();
+    let t0 = Instant::now();
+    fail_connects(&r, "gb1", 3, t0);
+    let mut edited = raw.clone();
+    edited.backends[0].soft_limit = 5.into();
+    edited.backends[1].weight = 2.into();
+    assert_eq!(r.table().apply(&edited, 1).unwrap().diff.changed.len(), 2);
+    let snap = r.table().snapshot();
+    let gb1 = snap.backend("gb1").unwrap();
+    assert_eq!(gb1.soft_limit, 5);
+    assert_eq!(gb1.load.health().state(true), HealthState::Ejected);
+    let route = r.decide(&req(&app, "192.0.2.7", Some(&l)), t0).unwrap();
+    assert_eq!(route.backend().id.as_str(), "gb2");
+    // Removed and added back, a backend starts afresh.
+    drop(route);
+    let mut without = raw.clone();
+    without.backends.remove(0);
+    r.table().apply(&without, 2).unwrap();
+    r.table().apply(&raw, 3).unwrap();
+    let gb1 = r.table().snapshot().backend("gb1").unwrap().clone();
+    assert_eq!(gb1.load.health().state(true), HealthState::Up);
+    let route = r.decide(&req(&app, "192.0.2.8", Some(&l)), t0).unwrap();
+    assert_eq!(route.backend().id.as_str(), "gb1");
+}

@@ -7,6 +7,14 @@ use crate::testutil::{backend, table};
 use geoedge_geoip::{CountryCode, GeoPoint, Location};
 use proptest::prelude::*;
 use std::sync::Arc;
+use std::time::Instant;
+
+/// An arbitrary instant: scoring reads health only through it, and these
+/// tables' backends are all admitted.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
 
 fn snap(rows: Vec<BackendRow>) -> Snapshot {
     build(&table(rows), |_| Arc::default()).unwrap()
@@ -27,7 +35,8 @@ fn london() -> Location {
 
 fn pick(s: &Snapshot, l: Option<&Location>, local: &str) -> Option<String> {
     let p = Placement::new(s, l, s.region_index(local));
-    best(s, s.app("default")?, &p, &[]).map(|sc| s.backends[sc.index as usize].id.to_string())
+    best(s, s.app("default")?, &p, &[], now())
+        .map(|sc| s.backends[sc.index as usize].id.to_string())
 }
 
 fn set_active(s: &Snapshot, id: &str, n: u32) {
@@ -157,7 +166,7 @@ fn exclude_skips_tried_backends() {
     ]);
     let p = Placement::new(&s, Some(&london()), s.region_index("eu"));
     let excl = [crate::model::BackendId::new("a")];
-    let got = best(&s, s.app("default").unwrap(), &p, &excl).unwrap();
+    let got = best(&s, s.app("default").unwrap(), &p, &excl, now()).unwrap();
     assert_eq!(s.backends[got.index as usize].id.as_str(), "b");
     let r = rank(&s, s.app("default").unwrap(), &p, &excl);
     assert_eq!(r.last().unwrap().why_not, Some(WhyNot::Excluded));
@@ -255,7 +264,7 @@ proptest! {
             (b.healthy && !b.deleted && b.weight > 0 && b.active() < b.hard_limit)
                 .then(|| Score::of(i, b, &p, b.active()))
         }).collect();
-        match best(&s, view, &p, &[]) {
+        match best(&s, view, &p, &[], now()) {
             None => prop_assert!(eligible.is_empty()),
             Some(c) => {
                 let b = &s.backends[c.index as usize];
@@ -275,7 +284,7 @@ proptest! {
                     }
                 }
                 // Deterministic, and agrees with the full ranking.
-                prop_assert_eq!(best(&s, view, &p, &[]).map(|x| x.index), Some(c.index));
+                prop_assert_eq!(best(&s, view, &p, &[], now()).map(|x| x.index), Some(c.index));
                 prop_assert_eq!(rank(&s, view, &p, &[])[0].score.index, c.index);
             }
         }
@@ -291,7 +300,7 @@ proptest! {
         let client = loc("ZZ", la, lo);
         let p = Placement::new(&s, Some(&client), None);
         let view = s.app("default").unwrap();
-        if let Some(c) = best(&s, view, &p, &[]) {
+        if let Some(c) = best(&s, view, &p, &[], now()) {
             let chosen = &s.backends[c.index as usize];
             let d = p.distance_km(chosen).unwrap();
             for &i in &view.candidates {

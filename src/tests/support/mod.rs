@@ -115,9 +115,17 @@ impl Edge {
     /// Starts `geoedge <args>` with extra environment variables and waits
     /// for its first stdout line starting with `until` (`"listening "`, or
     /// `"metrics "` to catch it before it has loaded anything).
+    ///
+    /// Backend health is off unless `args` or `env` turn it on: active
+    /// checks would add connections to the counts that tests assert, and
+    /// ejection would spare a refusing backend the connects they count. The
+    /// health tests (`src/tests/backends.rs`) set it with flags, which win
+    /// over these variables.
     pub fn launch(args: &[&str], env: &[(&str, &str)], until: &str) -> Edge {
         let mut cmd = geoedge();
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env("GEOEDGE_HEALTH_CHECK_INTERVAL", "off")
+            .env("GEOEDGE_EJECT_AFTER", "0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -262,7 +270,12 @@ pub fn pattern(i: u64) -> u8 {
 impl Backend {
     /// Starts a backend with this id on 127.0.0.1.
     pub async fn start(id: &'static str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(id, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a backend with this id on `addr` (a port that was free, say).
+    pub async fn start_on(id: &'static str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let received = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,275 @@
+//! Active health checks: a TCP connect to every backend of the routing
+//! table each `--health-check-interval`, failed when it is refused or takes
+//! longer than `--health-check-timeout`. Results go to the routing core
+//! ([`Router::report_check`]), whose rise and fall counters decide when a
+//! backend goes down or comes back up; changes are logged here.
+//!
+//! One task per backend on the control runtime, under a supervisor that
+//! follows table reloads: a backend that appears gets a checker, one that
+//! is removed, soft-deleted or moved to another address loses its own (a
+//! moved one gets a new checker). A connect is all a check does: the socket
+//! is closed at once, nothing is sent. No lock is held across an await.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use geoedge_routing::{Backend, BackendId, BackendLoad, HealthChange, HealthConfig, Router};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::config::{HumanDuration, Layer};
+
+/// How the checks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Time between two checks of one backend.
+    pub interval: Duration,
+    /// A check's connect fails after this long.
+    pub timeout: Duration,
+}
+
+/// The health settings of a layer, with their defaults and bounds.
+pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>)> {
+    let d = HealthConfig::default();
+    let longest = Duration::from_secs(3600);
+    let bounded = |key: &str, v: Option<HumanDuration>, default: Duration| {
+        let v = v.map_or(default, |v| v.0);
+        if v > longest {
+            bail!("{key} {}: at most 1h", humantime::format_duration(v));
+        }
+        Ok(v)
+    };
+    let config = HealthConfig {
+        rise: l.health_check_rise.unwrap_or(d.rise),
+        fall: l.health_check_fall.unwrap_or(d.fall),
+        eject_after: l.eject_after.unwrap_or(d.eject_after),
+        backoff: bounded("eject_backoff", l.eject_backoff, d.backoff)?,
+        backoff_max: bounded("eject_backoff_max", l.eject_backoff_max, d.backoff_max)?,
+    };
+    if config.backoff_max < config.backoff {
+        bail!(
+            "eject_backoff_max {} is shorter than eject_backoff {}",
+            humantime::format_duration(config.backoff_max),
+            humantime::format_duration(config.backoff)
+        );
+    }
+    let interval = l
+        .health_check_interval
+        .map_or(Some(Duration::from_secs(2)), |i| i.0);
+    let checks = match interval {
+        None => None,
+        Some(interval) => {
+            let interval = bounded("health_check_interval", None, interval)?;
+            let timeout = bounded(
+                "health_check_timeout",
+                l.health_check_timeout,
+                Duration::from_secs(1),
+            )?;
+            if timeout.is_zero() {
+                bail!("health_check_timeout must be above 0");
+            }
+            Some(CheckOptions { interval, timeout })
+        }
+    };
+    Ok((config, checks))
+}
+
+/// How often the supervisor looks for a new table generation.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// Starts checking every backend of `router`'s table, following reloads.
+/// Aborting the returned task stops every check.
+pub fn spawn(router: Arc<Router>, options: CheckOptions) -> JoinHandle<()> {
+    tokio::spawn(supervise(router, options))
+}
+
+/// One backend's checker.
+struct Checker {
+    /// The address it checks.
+    addr: std::net::SocketAddr,
+    /// The counters it reports into (a backend removed and added back gets
+    /// new ones, and a new checker).
+    load: Arc<BackendLoad>,
+    /// Its task.
+    task: JoinHandle<()>,
+}
+
+/// The checkers by backend id; dropping it stops them all (also when the
+/// supervisor is aborted).
+#[derive(Default)]
+struct Checkers(HashMap<BackendId, Checker>);
+
+impl Drop for Checkers {
+    fn drop(&mut self) {
+        for c in self.0.values() {
+            c.task.abort();
+        }
+    }
+}
+
+async fn supervise(router: Arc<Router>, options: CheckOptions) {
+    let mut checkers = Checkers::default();
+    let mut seen = None;
+    let mut tick = tokio::time::interval(FOLLOW_EVERY.min(options.interval));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let generation = router.table().generation();
+        if seen == Some(generation) {
+            continue;
+        }
+        seen = Some(generation);
+        let snap = router.table().snapshot();
+        checkers.0.retain(|id, c| {
+            let keep = snap
+                .backend(id.as_str())
+                .is_some_and(|b| !b.deleted && b.addr == c.addr && Arc::ptr_eq(&b.load, &c.load));
+            if !keep {
+                c.task.abort();
+            }
+            keep
+        });
+        // New checkers start spread over one interval, so a large table is
+        // not checked all at once.
+        let count = snap.backends.len().max(1) as u32;
+        for (i, b) in snap.backends.iter().enumerate() {
+            if b.deleted || checkers.0.contains_key(&b.id) {
+                continue;
+            }
+            let delay = options.interval / count * i as u32;
+            let task = tokio::spawn(check_loop(
+                Arc::clone(&router),
+                Arc::clone(b),
+                options,
+                delay,
+            ));
+            checkers.0.insert(
+                b.id.clone(),
+                Checker {
+                    addr: b.addr,
+                    load: Arc::clone(&b.load),
+                    task,
+                },
+            );
+        }
+    }
+}
+
+/// Checks one backend every interval, the first time after `delay`.
+async fn check_loop(
+    router: Arc<Router>,
+    backend: Arc<Backend>,
+    options: CheckOptions,
+    delay: Duration,
+) {
+    tokio::time::sleep(delay).await;
+    let mut tick = tokio::time::interval(options.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result =
+            match tokio::time::timeout(options.timeout, TcpStream::connect(backend.addr)).await {
+                Ok(Ok(_stream)) => Ok(()),
+                Ok(Err(e)) => Err(crate::proxy::classify(&e)),
+                Err(_) => Err(geoedge_routing::ConnectFailure::Timeout),
+            };
+        let change = router.report_check(&backend, result, Instant::now());
+        let config = router.health_config();
+        match change {
+            Some(HealthChange::Down) => tracing::warn!(
+                backend = %backend.id,
+                reason = result.err().map_or("ok", |w| w.as_str()),
+                "backend down: {} health checks failed in a row",
+                config.fall
+            ),
+            Some(HealthChange::Up) => tracing::info!(
+                backend = %backend.id,
+                "backend up: {} health checks passed in a row",
+                config.rise
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Logs a change that a proxy connect caused.
+pub fn log_connect_change(backend: &Backend, change: HealthChange, router: &Router) {
+    match change {
+        HealthChange::Ejected {
+            backoff,
+            trial_failed: false,
+        } => tracing::warn!(
+            backend = %backend.id,
+            "backend ejected after {} failed connects in a row; a trial connect in {backoff:?}",
+            router.health_config().eject_after
+        ),
+        HealthChange::Ejected {
+            backoff,
+            trial_failed: true,
+        } => tracing::warn!(
+            backend = %backend.id,
+            "trial connect to an ejected backend failed; next trial in {backoff:?}"
+        ),
+        HealthChange::Readmitted => {
+            tracing::info!(backend = %backend.id, "ejected backend re-admitted: a connect succeeded")
+        }
+        HealthChange::Down | HealthChange::Up => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Layer, Settings};
+
+    #[test]
+    fn health_settings_have_defaults_bounds_and_an_off_switch() {
+        let resolve = |toml: &str| Settings::resolve(toml::from_str::<Layer>(toml).unwrap(), None);
+        let s = resolve("").unwrap();
+        assert_eq!(s.health, HealthConfig::default());
+        assert_eq!(
+            s.health_checks,
+            Some(CheckOptions {
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+            })
+        );
+        let s = resolve(
+            "health_check_interval = '500ms'\nhealth_check_timeout = '200ms'\nhealth_check_rise = 1\nhealth_check_fall = 5\neject_after = 0\neject_backoff = '250ms'\neject_backoff_max = 4",
+        )
+        .unwrap();
+        assert_eq!(
+            s.health_checks,
+            Some(CheckOptions {
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(200),
+            })
+        );
+        assert_eq!(
+            (s.health.rise, s.health.fall, s.health.eject_after),
+            (1, 5, 0)
+        );
+        assert_eq!(s.health.backoff, Duration::from_millis(250));
+        assert_eq!(s.health.backoff_max, Duration::from_secs(4));
+        for off in ["'off'", "0", "'0'", "'0s'"] {
+            let s = resolve(&format!("health_check_interval = {off}")).unwrap();
+            assert_eq!(s.health_checks, None, "{off}");
+        }
+        for (bad, key) in [
+            (
+                "eject_backoff = '10s'\neject_backoff_max = '5s'",
+                "eject_backoff_max",
+            ),
+            ("health_check_timeout = '0s'", "health_check_timeout"),
+            ("eject_backoff_max = '2h'", "eject_backoff_max"),
+            ("health_check_interval = '1d'", "health_check_interval"),
+        ] {
+            let e = resolve(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        assert!(toml::from_str::<Layer>("health_check_interval = 'sometimes'").is_err());
+    }
+}
