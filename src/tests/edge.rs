@@ -324,9 +324,9 @@ async fn idle_connections_are_closed_and_release_their_slot() {
     let edge = Edge::start(&edge_args(&db, &["--idle-timeout", "2s"]));
     let mut c = connect_as(edge.addr, sample_address("GB")).await;
     assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
-    // The last byte: the relay reads it after this write returns.
-    c.get_mut().write_all(b"echo\n").await.unwrap();
+    // The last byte (the clock is read first: the relay sees the byte later).
     let last_byte = std::time::Instant::now();
+    c.get_mut().write_all(b"echo\n").await.unwrap();
     let mut buf = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
     let closed = last_byte.elapsed();

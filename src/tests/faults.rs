@@ -80,8 +80,9 @@ impl Drop for Reaped {
 /// Sends `header` one byte a second until the edge closes; returns how long
 /// after connecting it closed and what the edge sent.
 async fn trickle(edge: SocketAddr, header: Vec<u8>) -> (Duration, Vec<u8>) {
-    let stream = TcpStream::connect(edge).await.unwrap();
+    // Taken before connecting: the edge's deadline starts later, at accept.
     let started = Instant::now();
+    let stream = TcpStream::connect(edge).await.unwrap();
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {
         for b in header {
@@ -410,7 +411,7 @@ async fn a_reload_every_100ms_for_60s_under_load_drops_nothing() {
          16 open connections echoed {echoed} bytes; {made} new connections, slowest {:?}; slowest scrape {scrape_slowest:?}",
         slowest.lock().unwrap()
     );
-    let failures = failures.lock().unwrap();
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
     assert!(failures.is_empty(), "failed connections: {failures:?}");
     assert!(made > 100, "only {made} new connections were made");
     assert!(applied >= 100.0, "only {applied} reloads applied");
