@@ -113,6 +113,7 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
     let (edge_key, edge_pub) = keypair(dir.path(), "edge.key");
 
     // The POP namespace, joined by a veth pair, running wireguard-go.
+    sweep_stale_namespaces();
     run(&["ip", "netns", "add", &ns]);
     run(&[
         "ip", "link", "add", &ve0, "type", "veth", "peer", "name", &ve1,
@@ -284,5 +285,56 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
     let status = edge.signal_and_wait("TERM", Duration::from_secs(40));
     assert!(status.success(), "{:#?}", edge.log());
     assert!(!Path::new(&format!("/var/run/wireguard/{edge_if}.sock")).exists());
+    drop(cleanup);
+}
+
+/// Test namespaces name their creator's pid after `ge` and letters; any
+/// other shape is never taken for a test's.
+#[test]
+fn test_namespace_names_yield_their_pid() {
+    assert_eq!(namespace_pid("gepop1234"), Some(1234));
+    assert_eq!(namespace_pid("gepnca98765"), Some(98765));
+    for other in [
+        "ge1234", "gepop", "gepop12a", "gepnc1a2", "xgepop12", "gepop1", "gePop12",
+    ] {
+        assert_eq!(namespace_pid(other), None, "{other}");
+    }
+}
+
+/// The sweep removes a test namespace whose process is gone and keeps one
+/// whose process is alive.
+#[test]
+fn stale_test_namespaces_are_swept_and_live_ones_kept() {
+    if let Some(reason) = privileged_skip_reason(&["ip"]) {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    // A pid that existed and is gone: a child that has exited and been reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let (stale, live) = (
+        format!("gesws{dead}"),
+        format!("geswl{}", std::process::id()),
+    );
+    let cleanup = Cleanup {
+        netns: live.clone(),
+        veth: String::new(),
+        children: Vec::new(),
+        sockets: Vec::new(),
+    };
+    run(&["ip", "netns", "add", &stale]);
+    run(&["ip", "netns", "add", &live]);
+    let reused = Path::new(&format!("/proc/{dead}")).exists();
+    sweep_stale_namespaces();
+    let exists = |ns: &str| Path::new(&format!("/var/run/netns/{ns}")).exists();
+    assert!(exists(&live), "a live test's namespace was removed");
+    if reused {
+        // The pid was taken again meanwhile: the namespace must be kept.
+        assert!(exists(&stale));
+        let _ = Command::new("ip").args(["netns", "del", &stale]).status();
+    } else {
+        assert!(!exists(&stale), "a stale namespace was kept");
+    }
     drop(cleanup);
 }

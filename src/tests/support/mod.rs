@@ -454,6 +454,51 @@ pub fn privileged_skip_reason(tools: &[&str]) -> Option<String> {
     None
 }
 
+/// The pid of the test process that created namespace `name`, when the
+/// name has the shape tests give their namespaces: `ge`, lower-case
+/// letters, then the pid (`gepop1234`, `gepnca1234`). Any other name is
+/// not a test's and yields `None`.
+pub fn namespace_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("ge")?;
+    let digits = rest.find(|c: char| !c.is_ascii_lowercase())?;
+    let (letters, pid) = rest.split_at(digits);
+    if letters.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 1)
+}
+
+/// Removes network namespaces left behind by test processes that were
+/// killed before their cleanup ran. Only a namespace whose name encodes a
+/// pid ([`namespace_pid`]) and whose process no longer exists is deleted; a
+/// namespace whose pid is alive (the test running, or the pid reused) is
+/// never touched. Call before creating a test's namespaces.
+pub fn sweep_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Some(pid) = namespace_pid(name) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let removed = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if removed {
+            eprintln!("removed stale namespace {name}: its test process {pid} is gone");
+        }
+    }
+}
+
 /// Runs a command, panicking with its stderr when it fails; returns stdout.
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])

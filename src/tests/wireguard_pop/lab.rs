@@ -93,6 +93,7 @@ pub(crate) struct Site {
 impl Lab {
     /// Subnets from the pid; each test uses its own `k` (0..6).
     pub(crate) fn new() -> Lab {
+        sweep_stale_namespaces();
         let pid = std::process::id();
         Lab {
             pid,
@@ -116,7 +117,14 @@ impl Lab {
     }
 
     /// Creates site `k` (namespace `gepn{tag}`, veth `gv{tag}`/`gn{tag}`).
+    /// The tag is lower-case letters only, so the namespace's name ends in
+    /// the pid and a later run can tell when it is stale
+    /// ([`namespace_pid`]).
     pub(crate) fn site(&mut self, k: u32, tag: &str) -> Site {
+        assert!(
+            tag.bytes().all(|b| b.is_ascii_lowercase()),
+            "namespace tag {tag:?} must be lower-case letters"
+        );
         let (ns, veth, peer) = (
             self.name("gepn", tag),
             self.name("gv", tag),
