@@ -16,6 +16,7 @@
 # Usage: push-routing-db.sh MASTER TARGET...
 #   TARGET is a local path (/var/lib/geoedge/routing.db) or
 #   [user@]host:/path/routing.db (copied with scp and renamed with ssh).
+#   Prints the copy's sha256 first, then one line per POP pushed.
 # Environment: GEOEDGE, the geoedge binary for `db check` (default: geoedge
 # on the PATH; the check is skipped with a warning when there is none).
 # Exits non-zero, naming the POP, when a copy could not be pushed; POPs not
@@ -51,6 +52,9 @@ else
   echo "warning: no geoedge binary (set GEOEDGE): routing.db not validated before the push" >&2
 fi
 
+# What every POP will hold, to compare with `sha256sum routing.db` there.
+echo "routing.db sha256 $(sha256sum "$snap" | cut -d' ' -f1)"
+
 # 3. Shipped and swapped in by rename.
 tmpname=".routing.db.push.$$"
 failed=0
@@ -71,10 +75,13 @@ for target in "$@"; do
       failed=1
     fi
   else
+    # The paths are expanded here, on purpose.
+    # shellcheck disable=SC2029
     if scp -q "$snap" "$remote:$tmp" &&
       ssh "$remote" "sync '$tmp' && mv -f '$tmp' '$target'"; then
       echo "pushed to $remote:$target"
     else
+      # shellcheck disable=SC2029
       ssh "$remote" "rm -f '$tmp'" || true
       echo "push to $remote:$target failed" >&2
       failed=1

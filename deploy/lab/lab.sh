@@ -103,6 +103,7 @@ cmd_up() {
     die "a lab named $name exists already: run '$0 down' first"
   fi
   # From here on, any failure (or Ctrl-C) removes what was built.
+  # shellcheck disable=SC2154 # rc is set inside the trap
   trap 'rc=$?; trap - EXIT INT TERM; if [ $rc -ne 0 ]; then log "up failed; cleaning up"; cmd_down; fi; exit $rc' EXIT
   trap 'exit 130' INT TERM
   mkdir -p "$dir/master"

@@ -378,7 +378,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     );
     let before = (lab.transfer("eu", "us"), lab.transfer("us", "eu"));
     let t = Instant::now();
-    lab.ok(&["push"]);
+    let push_out = lab.ok(&["push"]);
     let pushed = t.elapsed();
     let mut n = 150;
     let mut drained = Vec::new();
@@ -415,7 +415,12 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     );
 
     // Every POP holds the same file, and nothing else beside it.
-    let digests: Vec<Vec<u8>> = POPS
+    let shipped = push_out
+        .lines()
+        .find_map(|l| l.strip_prefix("routing.db sha256 "))
+        .unwrap_or_else(|| panic!("no sha256 in {push_out:?}"))
+        .to_owned();
+    let digests: Vec<String> = POPS
         .iter()
         .map(|p| {
             let pop_dir = lab.dir.join(p);
@@ -426,10 +431,17 @@ fn three_pops_drain_a_region_and_bring_it_back() {
                     "{name} beside {p}'s routing.db"
                 );
             }
-            Sha256::digest(std::fs::read(pop_dir.join("routing.db")).unwrap()).to_vec()
+            format!(
+                "{:x}",
+                Sha256::digest(std::fs::read(pop_dir.join("routing.db")).unwrap())
+            )
         })
         .collect();
-    assert!(digests.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(
+        digests,
+        vec![shipped; 3],
+        "the POPs' copies against the push"
+    );
     let healthy = query(
         &lab.dir.join("sa/routing.db"),
         "SELECT count(*) FROM backends WHERE healthy = 0;",
