@@ -47,7 +47,12 @@ if [ "$check" != "ok" ]; then
   exit 1
 fi
 if [ -n "$geoedge" ]; then
-  "$geoedge" db check "$snap" >&2
+  if ! verdict=$("$geoedge" db check "$snap" 2>&1); then
+    echo "$verdict" >&2
+    echo "$master is not a valid routing.db: nothing pushed" >&2
+    exit 1
+  fi
+  echo "checked: ${verdict#"$snap: "}"
 else
   echo "warning: no geoedge binary (set GEOEDGE): routing.db not validated before the push" >&2
 fi

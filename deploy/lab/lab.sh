@@ -145,7 +145,7 @@ cmd_up() {
     render "$here/pop.toml.in" REGION="$r" DIR="$dir" CLIENT_IP="$client_ip" \
       UNDERLAY_IP="$(underlay_ip "$r")" OVERLAY_IP="$(overlay_ip "$r")" \
       WG_IF="$(ns "$r")" >"$dir/$r/geoedge.toml"
-    RUST_LOG=${RUST_LOG:-info} spawn "$(ns "$r")" "$dir/$r/geoedge.log" \
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} spawn "$(ns "$r")" "$dir/$r/geoedge.log" \
       "$geoedge" run --config "$dir/$r/geoedge.toml"
     pid[$r]=$spawned
   done

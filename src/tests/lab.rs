@@ -13,8 +13,8 @@
 //!   POP's WireGuard counters towards us rise, where before the drain the
 //!   same clients sent nothing through it. Undone and pushed again, new GB
 //!   clients are back in eu (a client moved by the drain keeps its binding).
-//!   Every POP's copy is the same file; `down` removes every namespace,
-//!   process, socket and file.
+//!   Every POP's copy is the file the push shipped; an invalid master is not
+//!   pushed; `down` removes every namespace, process, socket and file.
 //! - `a_failed_up_removes_what_it_built`: the sa POP's geoedge refuses to
 //!   start; `up` fails within seconds and leaves nothing behind.
 //!
@@ -117,6 +117,25 @@ impl Lab {
         }
     }
 
+    /// The sha256 of every POP's routing.db, after checking that nothing
+    /// lies beside it (no -wal, -journal or temporary file).
+    fn copies(&self) -> Vec<String> {
+        POPS.iter()
+            .map(|p| {
+                let pop_dir = self.dir.join(p);
+                for e in std::fs::read_dir(&pop_dir).unwrap().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    assert!(
+                        !name.starts_with("routing.db-") && !name.starts_with(".routing.db"),
+                        "{name} beside {p}'s routing.db"
+                    );
+                }
+                let bytes = std::fs::read(pop_dir.join("routing.db")).unwrap();
+                format!("{:x}", Sha256::digest(bytes))
+            })
+            .collect()
+    }
+
     fn master(&self) -> PathBuf {
         self.dir.join("master/routing.db")
     }
@@ -180,6 +199,15 @@ fn processes_mentioning(path: &Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// The sha256 that `lab.sh push` says it shipped.
+fn shipped(push_out: &str) -> String {
+    push_out
+        .lines()
+        .find_map(|l| l.strip_prefix("routing.db sha256 "))
+        .unwrap_or_else(|| panic!("no sha256 in {push_out:?}"))
+        .to_owned()
 }
 
 fn overlay(pop: &str) -> String {
@@ -415,31 +443,9 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     );
 
     // Every POP holds the same file, and nothing else beside it.
-    let shipped = push_out
-        .lines()
-        .find_map(|l| l.strip_prefix("routing.db sha256 "))
-        .unwrap_or_else(|| panic!("no sha256 in {push_out:?}"))
-        .to_owned();
-    let digests: Vec<String> = POPS
-        .iter()
-        .map(|p| {
-            let pop_dir = lab.dir.join(p);
-            for e in std::fs::read_dir(&pop_dir).unwrap().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                assert!(
-                    !name.starts_with("routing.db-") && !name.starts_with(".routing.db"),
-                    "{name} beside {p}'s routing.db"
-                );
-            }
-            format!(
-                "{:x}",
-                Sha256::digest(std::fs::read(pop_dir.join("routing.db")).unwrap())
-            )
-        })
-        .collect();
     assert_eq!(
-        digests,
-        vec![shipped; 3],
+        lab.copies(),
+        vec![shipped(&push_out); 3],
         "the POPs' copies against the push"
     );
     let healthy = query(
@@ -454,7 +460,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
         "UPDATE backends SET healthy = 1 WHERE region = 'eu';",
     );
     let t = Instant::now();
-    lab.ok(&["push"]);
+    let push_out = lab.ok(&["push"]);
     let pushed_back = t.elapsed();
     let mut restored = Vec::new();
     for pop in POPS {
@@ -477,6 +483,17 @@ fn three_pops_drain_a_region_and_bring_it_back() {
         quiet_again < 400,
         "{quiet_again} bytes to us after the undo"
     );
+
+    // An invalid master is not pushed: every POP keeps what it has.
+    sqlite3(
+        &master,
+        "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-1';",
+    );
+    let out = lab.run(&["push"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing pushed"), "{stderr}");
+    assert_eq!(lab.copies(), vec![shipped(&push_out); 3]);
 
     // Down removes everything.
     let t = Instant::now();
