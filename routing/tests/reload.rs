@@ -1,7 +1,9 @@
 //! The reloader against real routing.db files edited by the real `sqlite3`
 //! CLI: every valid edit becomes visible (the deadline here is a generous
 //! 5 s; the observed latency is printed), every invalid one keeps the last
-//! good table and is counted.
+//! good table and is counted. Copies pushed the way
+//! `deploy/push-routing-db.sh` pushes them (`.backup` of a master in WAL
+//! mode, then a rename over the file) apply every time, also back to back.
 
 // Tests read the clock once for an arbitrary base instant; the code under
 // test never does.
