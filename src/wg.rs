@@ -1,8 +1,9 @@
 //! The WireGuard backhaul glue: starts geoedge's WireGuard device from the
 //! settings, gives it the peers of routing.db's `wg_peers`, and follows
 //! every reload of the table (an edit that changes one peer leaves the
-//! others' sessions alone). Also the `geoedge wg up` command: a POP host
-//! running only the WireGuard endpoint.
+//! others' sessions alone). A row with this POP's own public key is
+//! skipped, so one routing.db listing every POP serves them all. Also the
+//! `geoedge wg up` command: a POP host running only the WireGuard endpoint.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use geoedge_routing::watcher::{self, Reloader, WatchOptions};
 use geoedge_routing::{Endpoint, RoutingTable, WgPeer};
-use geoedge_wireguard::{Device, DeviceConfig, InterfaceConfig, PeerConfig, TunSetup};
+use geoedge_wireguard::{Device, DeviceConfig, InterfaceConfig, PeerConfig, PublicKey, TunSetup};
 use ipnet::IpNet;
 use tokio::task::JoinHandle;
 
@@ -34,8 +35,9 @@ impl Backhaul {
         table: Option<Arc<RoutingTable>>,
     ) -> anyhow::Result<Backhaul> {
         let private_key = load_private_key(&settings.private_key_file)?;
+        let own = private_key.public_key();
         let peers = match &table {
-            Some(t) => peer_configs(&t.snapshot().wg_peers).await,
+            Some(t) => peer_configs(&t.snapshot().wg_peers, &own).await,
             None => Vec::new(),
         };
         let tun = if settings.attach {
@@ -73,7 +75,7 @@ impl Backhaul {
             r.sync(&device.with_peers(|p| p.configs()));
         }
         let device = Arc::new(device);
-        let follower = table.map(|t| tokio::spawn(follow(t, Arc::clone(&device), routes)));
+        let follower = table.map(|t| tokio::spawn(follow(t, Arc::clone(&device), own, routes)));
         Ok(Backhaul { device, follower })
     }
 
@@ -95,12 +97,13 @@ impl Backhaul {
     }
 }
 
-/// The device's peer list for routing.db's peers; host-name endpoints are
-/// resolved now (an unresolvable one is left unset: the peer can still
-/// reach us, and we retry at the next reload).
-async fn peer_configs(peers: &[WgPeer]) -> Vec<PeerConfig> {
+/// The device's peer list for routing.db's peers, without the row of this
+/// POP itself (`own`: its public key); host-name endpoints are resolved now
+/// (an unresolvable one is left unset: the peer can still reach us, and we
+/// retry at the next reload).
+async fn peer_configs(peers: &[WgPeer], own: &PublicKey) -> Vec<PeerConfig> {
     let mut out = Vec::with_capacity(peers.len());
-    for p in peers {
+    for p in peers.iter().filter(|p| p.public_key != *own) {
         let endpoint = match &p.endpoint {
             None => None,
             Some(Endpoint::Addr(a)) => Some(*a),
@@ -187,7 +190,12 @@ impl Routes {
 
 /// Reconciles the device (and its routes) with the table after every
 /// reload that changed something.
-async fn follow(table: Arc<RoutingTable>, device: Arc<Device>, mut routes: Option<Routes>) {
+async fn follow(
+    table: Arc<RoutingTable>,
+    device: Arc<Device>,
+    own: PublicKey,
+    mut routes: Option<Routes>,
+) {
     let mut seen = table.generation();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -197,7 +205,7 @@ async fn follow(table: Arc<RoutingTable>, device: Arc<Device>, mut routes: Optio
             continue;
         }
         seen = generation;
-        let peers = peer_configs(&table.snapshot().wg_peers).await;
+        let peers = peer_configs(&table.snapshot().wg_peers, &own).await;
         match device.reconcile(&peers) {
             Ok(r) if r.is_empty() => {}
             Ok(r) => tracing::info!(
@@ -256,4 +264,36 @@ pub fn up(settings: &Settings) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geoedge_wireguard::PrivateKey;
+
+    fn row(key: PublicKey, endpoint: &str, allowed: &str) -> WgPeer {
+        WgPeer {
+            public_key: key,
+            endpoint: Some(Endpoint::Addr(endpoint.parse().unwrap())),
+            allowed_ips: vec![allowed.parse().unwrap()],
+            persistent_keepalive: Some(25),
+            region: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pop_s_own_row_is_skipped() {
+        let keys: Vec<PublicKey> = (0..3)
+            .map(|_| PrivateKey::generate().unwrap().public_key())
+            .collect();
+        let rows = vec![
+            row(keys[0], "192.0.2.1:51820", "10.99.0.1/32"),
+            row(keys[1], "192.0.2.2:51820", "10.99.0.2/32"),
+            row(keys[2], "192.0.2.3:51820", "10.99.0.3/32"),
+        ];
+        let peers = peer_configs(&rows, &keys[1]).await;
+        let got: Vec<PublicKey> = peers.iter().map(|p| p.public_key).collect();
+        assert_eq!(got, vec![keys[0], keys[2]]);
+        assert_eq!(peers[1].endpoint, Some("192.0.2.3:51820".parse().unwrap()));
+    }
 }

@@ -1,7 +1,9 @@
 //! The reloader against real routing.db files edited by the real `sqlite3`
 //! CLI: every valid edit becomes visible (the deadline here is a generous
 //! 5 s; the observed latency is printed), every invalid one keeps the last
-//! good table and is counted.
+//! good table and is counted. Copies pushed the way
+//! `deploy/push-routing-db.sh` pushes them (`.backup` of a master in WAL
+//! mode, then a rename over the file) apply every time, also back to back.
 
 // Tests read the clock once for an arbitrary base instant; the code under
 // test never does.
@@ -462,4 +464,102 @@ fn wireguard_peers_reload_with_the_table() {
         || sqlite3(&f.path, "UPDATE wg_peers SET public_key = 'short';"),
         |t| t.snapshot().wg_peers.len() == 1,
     );
+}
+
+/// One push of the master to a POP's copy, as `deploy/push-routing-db.sh`
+/// does it: a consistent copy with `.backup`, switched to rollback-journal
+/// mode unless `keep_mode`, written beside the POP's routing.db and renamed
+/// over it.
+fn push(master: &Path, pop: &Path, keep_mode: bool) {
+    let tmp = pop.with_file_name(".routing.db.push");
+    sqlite3(master, &format!(".backup '{}'", tmp.display()));
+    if !keep_mode {
+        sqlite3(&tmp, "PRAGMA journal_mode = DELETE;");
+    }
+    std::fs::rename(&tmp, pop).unwrap();
+}
+
+/// A master in WAL mode whose edits still sit in its -wal file (a connection
+/// held open keeps them from being checkpointed), and a POP fixture.
+fn master_and_pop() -> (tempfile::TempDir, PathBuf, rusqlite::Connection, Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.db");
+    loader::init(&master, true).unwrap();
+    sqlite3(&master, "PRAGMA journal_mode = WAL;");
+    let held = rusqlite::Connection::open(&master).unwrap();
+    let _: i64 = held
+        .query_row("SELECT count(*) FROM backends", [], |r| r.get(0))
+        .unwrap();
+    let pop = fixture();
+    (dir, master, held, pop)
+}
+
+#[test]
+fn pushes_by_backup_and_rename_apply_every_time() {
+    let (_dir, master, held, pop) = master_and_pop();
+    let mut worst = Duration::ZERO;
+    for i in 0..10u32 {
+        sqlite3(
+            &master,
+            &format!(
+                "UPDATE backends SET hard_limit = {} WHERE id = 'eu-lhr-1';",
+                300 + i
+            ),
+        );
+        push(&master, &pop.path, false);
+        let took = eventually(&format!("push {i}"), || {
+            hard_limit(&pop.table, "eu-lhr-1") == Some(300 + i)
+        });
+        worst = worst.max(took);
+    }
+    // Pushes back to back: the last one is never lost.
+    for i in 0..5u32 {
+        sqlite3(
+            &master,
+            &format!(
+                "UPDATE backends SET hard_limit = {} WHERE id = 'eu-lhr-1';",
+                400 + i
+            ),
+        );
+        push(&master, &pop.path, false);
+    }
+    let burst = eventually("the last of 5 pushes back to back", || {
+        hard_limit(&pop.table, "eu-lhr-1") == Some(404)
+    });
+    eprintln!("10 pushes: the slowest was visible after {worst:?}; a burst of 5 after {burst:?}");
+    // The POP's copy never grows a -wal or -journal file, and no temporary
+    // file is left.
+    let names: Vec<String> = std::fs::read_dir(pop.path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["routing.db".to_owned()], "{names:?}");
+    // The master still had its edits only in its -wal file.
+    assert!(master.with_file_name("master.db-wal").exists());
+    drop(held);
+}
+
+#[test]
+fn wal_mode_copies_pushed_by_rename_apply_too() {
+    let (_dir, master, held, pop) = master_and_pop();
+    for i in 0..5u32 {
+        sqlite3(
+            &master,
+            &format!(
+                "UPDATE backends SET hard_limit = {} WHERE id = 'eu-lhr-1';",
+                500 + i
+            ),
+        );
+        push(&master, &pop.path, true);
+        eventually(&format!("WAL-mode push {i}"), || {
+            hard_limit(&pop.table, "eu-lhr-1") == Some(500 + i)
+        });
+    }
+    let mut names: Vec<String> = std::fs::read_dir(pop.path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    eprintln!("beside a WAL-mode copy: {names:?}");
+    drop(held);
 }

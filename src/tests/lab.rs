@@ -1,0 +1,548 @@
+//! The three-POP lab as an operator runs it: this test drives
+//! `deploy/lab/lab.sh` (up, push, probe, wg, down) and the `sqlite3` CLI,
+//! nothing else.
+//!
+//! - `three_pops_drain_a_region_and_bring_it_back`: POPs eu, us and sa
+//!   (each `geoedge run` with its own routing.db and two socat backends, in
+//!   its own network namespace, joined by geoedge's WireGuard). GB, US and BR
+//!   clients entering any POP reach their own region's backends. One
+//!   `UPDATE` on the master routing.db drains eu; pushed to every POP
+//!   (`.backup`, then an atomic rename), GB clients move to the region
+//!   nearest to them by the coordinates in routing.db (us), through the
+//!   tunnel: the us backend sees the eu POP's overlay address and the eu
+//!   POP's WireGuard counters towards us rise, where before the drain the
+//!   same clients sent nothing through it. Undone and pushed again, new GB
+//!   clients are back in eu (a client moved by the drain keeps its binding).
+//!   Every POP's copy is the file the push shipped; an invalid master is not
+//!   pushed; `down` removes every namespace, process, socket and file.
+//! - `a_failed_up_removes_what_it_built`: the sa POP's geoedge refuses to
+//!   start; `up` fails within seconds and leaves nothing behind.
+//!
+//! Needs root, /dev/net/tun, iproute2, sqlite3, socat and wg: skips with a
+//! printed reason where they are missing (under CI missing tools fail the
+//! test). Whatever the test made is removed also when it fails (`lab.sh
+//! down` from a drop guard, and the script's own trap).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use geoedge_geoip::sample::sample_entry;
+use sha2::{Digest, Sha256};
+use support::*;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/lab/lab.sh");
+const POPS: [&str; 3] = ["eu", "us", "sa"];
+
+fn skip_reason() -> Option<String> {
+    privileged_skip_reason(&["ip", "sqlite3", "socat", "wg", "setsid", "timeout"])
+}
+
+/// One lab, named `gel{tag}{pid}`; `lab.sh down` when dropped.
+struct Lab {
+    name: String,
+    /// GELAB_DIR (inside `_tmp`, created by `up`).
+    dir: PathBuf,
+    geoedge: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// A backend's greeting line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Greeting {
+    backend: String,
+    region: String,
+    client: String,
+    /// Where the backend's connection came from.
+    peer: String,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let tmp = tempfile::tempdir().unwrap();
+        Lab {
+            name: format!("gel{tag}{}", std::process::id()),
+            dir: tmp.path().join("lab"),
+            geoedge: env!("CARGO_BIN_EXE_geoedge").into(),
+            _tmp: tmp,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("bash");
+        cmd.arg(SCRIPT)
+            .args(args)
+            .env("GELAB_NAME", &self.name)
+            .env("GELAB_DIR", &self.dir)
+            .env("GEOEDGE", &self.geoedge)
+            .env_remove("RUST_LOG");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GEOEDGE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Runs the script; its stdout, or a panic with everything it said.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lab.sh {args:?}: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn probe(&self, pop: &str, client: IpAddr) -> Greeting {
+        let line = self.ok(&["probe", pop, &client.to_string()]);
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_owned()
+        };
+        Greeting {
+            backend: field("backend"),
+            region: field("region"),
+            client: field("client"),
+            peer: field("peer"),
+        }
+    }
+
+    /// The sha256 of every POP's routing.db, after checking that nothing
+    /// lies beside it (no -wal, -journal or temporary file).
+    fn copies(&self) -> Vec<String> {
+        POPS.iter()
+            .map(|p| {
+                let pop_dir = self.dir.join(p);
+                for e in std::fs::read_dir(&pop_dir).unwrap().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    assert!(
+                        !name.starts_with("routing.db-") && !name.starts_with(".routing.db"),
+                        "{name} beside {p}'s routing.db"
+                    );
+                }
+                let bytes = std::fs::read(pop_dir.join("routing.db")).unwrap();
+                format!("{:x}", Sha256::digest(bytes))
+            })
+            .collect()
+    }
+
+    fn master(&self) -> PathBuf {
+        self.dir.join("master/routing.db")
+    }
+
+    /// Bytes (received, sent) by POP `pop`'s WireGuard towards POP `to`.
+    fn transfer(&self, pop: &str, to: &str) -> (u64, u64) {
+        let allowed = format!("{}/32", overlay(to));
+        let dump = self.ok(&["wg", pop, "dump"]);
+        dump.lines()
+            .skip(1)
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .find(|f| f.len() >= 8 && f[3] == allowed)
+            .map(|f| (f[5].parse().unwrap(), f[6].parse().unwrap()))
+            .unwrap_or_else(|| panic!("no peer {allowed} at {pop}: {dump}"))
+    }
+
+    /// What the lab has on the host now: namespaces, configuration
+    /// sockets, processes running from its directory, the directory.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left: Vec<String> = run(&["ip", "netns", "list"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.name)))
+            .map(|n| format!("namespace {n}"))
+            .collect();
+        for pop in POPS {
+            let sock = format!("/var/run/wireguard/{}-{pop}.sock", self.name);
+            if Path::new(&sock).exists() {
+                left.push(sock);
+            }
+        }
+        left.extend(processes_mentioning(&self.dir));
+        if self.dir.exists() {
+            left.push(self.dir.display().to_string());
+        }
+        left
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// Processes whose command line mentions `path` (the lab's geoedge runs
+/// with `--config DIR/POP/geoedge.toml`).
+fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "process {}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// The sha256 that `lab.sh push` says it shipped.
+fn shipped(push_out: &str) -> String {
+    push_out
+        .lines()
+        .find_map(|l| l.strip_prefix("routing.db sha256 "))
+        .unwrap_or_else(|| panic!("no sha256 in {push_out:?}"))
+        .to_owned()
+}
+
+fn overlay(pop: &str) -> String {
+    let i = POPS.iter().position(|p| *p == pop).unwrap() + 1;
+    format!("10.99.0.{i}")
+}
+
+/// The `n`th address of `country`'s sample network (IPv4).
+fn client(country: &str, n: u8) -> IpAddr {
+    match sample_entry(country).unwrap().address() {
+        IpAddr::V4(a) => {
+            let [a, b, c, _] = a.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, n))
+        }
+        IpAddr::V6(_) => unreachable!("IPv4 entries come first"),
+    }
+}
+
+fn query(db: &Path, sql: &str) -> String {
+    run(&["sqlite3", "-bail", db.to_str().unwrap(), sql])
+}
+
+/// Great-circle distance in km.
+fn km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (la1, lo1, la2, lo2) = (
+        a.0.to_radians(),
+        a.1.to_radians(),
+        b.0.to_radians(),
+        b.1.to_radians(),
+    );
+    let h = ((la2 - la1) / 2.0).sin().powi(2)
+        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().asin()
+}
+
+/// `line` without ANSI colour sequences.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(char::is_ascii_alphabetic);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A log line's leading `YYYY-MM-DDTHH:MM:SS.ffffffZ` timestamp.
+fn log_time(line: &str) -> Option<SystemTime> {
+    let (date, time) = line.get(..27)?.strip_suffix('Z')?.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.')?;
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
+/// How long after its routing.db copy was written POP `pop` logged the
+/// reload to `generation`.
+fn reload_latency(lab: &Lab, pop: &str, generation: u64) -> Duration {
+    let dir = lab.dir.join(pop);
+    let written = std::fs::metadata(dir.join("routing.db"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("geoedge.log")).unwrap();
+    let want = format!("generation={generation} ");
+    let at = log
+        .lines()
+        .map(plain)
+        .filter(|l| l.contains("routing.db reloaded") && l.contains(&want))
+        .find_map(|l| log_time(&l))
+        .unwrap_or_else(|| panic!("{pop} logged no reload to generation {generation}: {log}"));
+    at.duration_since(written).unwrap_or_default()
+}
+
+/// Probes `pop` with fresh addresses of `country` (from `next`) until the
+/// backend's region is not `from`; the greeting and how many were still
+/// served in `from`.
+fn until_moved(
+    lab: &Lab,
+    pop: &str,
+    country: &str,
+    from: &str,
+    next: &mut u8,
+    since: Instant,
+) -> (Greeting, usize) {
+    let mut stale = 0;
+    loop {
+        let ip = client(country, *next);
+        *next += 1;
+        let g = lab.probe(pop, ip);
+        if g.region != from {
+            return (g, stale);
+        }
+        stale += 1;
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{country} clients at {pop} still reach {from} 10 s after the push: {g:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn three_pops_drain_a_region_and_bring_it_back() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let started = Instant::now();
+    let lab = Lab::new("a");
+    let t = Instant::now();
+    lab.ok(&["up"]);
+    let up = t.elapsed();
+    let master = lab.master();
+
+    // Where each country's clients belong, from routing.db itself.
+    let home: BTreeMap<&str, String> = ["GB", "US", "BR"]
+        .into_iter()
+        .map(|c| {
+            let r = query(
+                &master,
+                &format!("SELECT region FROM country_regions WHERE country = '{c}';"),
+            );
+            (c, r.trim().to_owned())
+        })
+        .collect();
+    assert_eq!(home["GB"], "eu");
+
+    // Every POP sends every client to its own region: locally at its home
+    // POP, through WireGuard from the others. The backend always sees the
+    // entry POP's overlay address.
+    for (i, pop) in POPS.iter().enumerate() {
+        for (country, region) in &home {
+            let ip = client(country, 10 + i as u8);
+            let g = lab.probe(pop, ip);
+            assert_eq!(&g.region, region, "{country} client at {pop}: {g:?}");
+            assert_eq!(g.client, ip.to_string());
+            assert_eq!(g.peer, overlay(pop), "{country} client at {pop}: {g:?}");
+        }
+    }
+
+    // GB clients at eu do not touch the tunnel to us while eu serves them.
+    let before = lab.transfer("eu", "us");
+    for n in 0..20 {
+        let g = lab.probe("eu", client("GB", 100 + n));
+        assert_eq!(g.region, "eu", "{g:?}");
+    }
+    let quiet = lab.transfer("eu", "us").1 - before.1;
+    assert!(
+        quiet < 400,
+        "{quiet} bytes went to us for clients served in eu"
+    );
+
+    // The region nearest to a GB client after eu, by routing.db's regions.
+    let gb = sample_entry("GB").unwrap();
+    let regions = query(&master, "SELECT id, latitude, longitude FROM regions;");
+    let mut distances: Vec<(f64, String)> = regions
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let at = (f[1].parse().ok()?, f[2].parse().ok()?);
+            (f[0] != "eu").then(|| (km((gb.latitude, gb.longitude), at), f[0].to_owned()))
+        })
+        .collect();
+    distances.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let next = distances[0].1.clone();
+    eprintln!("from London without eu: {distances:?}");
+    assert_eq!(next, "us");
+
+    // Drain eu: one UPDATE on the master, pushed to every POP.
+    sqlite3(
+        &master,
+        "UPDATE backends SET healthy = 0 WHERE region = 'eu';",
+    );
+    let before = (lab.transfer("eu", "us"), lab.transfer("us", "eu"));
+    let t = Instant::now();
+    let push_out = lab.ok(&["push"]);
+    let pushed = t.elapsed();
+    let mut n = 150;
+    let mut drained = Vec::new();
+    for pop in POPS {
+        let (g, stale) = until_moved(&lab, pop, "GB", "eu", &mut n, t);
+        assert_eq!(
+            g.region, next,
+            "a GB client at {pop} after the drain: {g:?}"
+        );
+        assert_eq!(g.peer, overlay(pop), "{g:?}");
+        drained.push((pop, reload_latency(&lab, pop, 2), stale));
+    }
+    let moved_all = t.elapsed();
+    // The client bound to eu before the drain moves too; US and BR clients
+    // stay where they were.
+    let moved = client("GB", 10);
+    let g = lab.probe("eu", moved);
+    assert_eq!(g.region, next, "{g:?}");
+    assert_eq!(lab.probe("us", client("US", 11)).region, "us");
+    assert_eq!(lab.probe("sa", client("BR", 12)).region, "sa");
+    // Through the tunnel: 20 more GB clients at eu, every one served in us
+    // from eu's overlay address, and the eu↔us counters rise.
+    for _ in 0..20 {
+        let g = lab.probe("eu", client("GB", n));
+        n += 1;
+        assert_eq!((g.region.as_str(), g.peer.as_str()), ("us", "10.99.0.1"));
+    }
+    let after = (lab.transfer("eu", "us"), lab.transfer("us", "eu"));
+    let sent = after.0 .1 - before.0 .1;
+    let got = after.1 .0 - before.1 .0;
+    assert!(
+        sent >= 20 * 400 && got >= 20 * 400,
+        "eu sent {sent} bytes to us, us received {got} from eu"
+    );
+
+    // Every POP holds the same file, and nothing else beside it.
+    assert_eq!(
+        lab.copies(),
+        vec![shipped(&push_out); 3],
+        "the POPs' copies against the push"
+    );
+    let healthy = query(
+        &lab.dir.join("sa/routing.db"),
+        "SELECT count(*) FROM backends WHERE healthy = 0;",
+    );
+    assert_eq!(healthy.trim(), "2");
+
+    // Undo it: new GB clients are back in eu at every POP.
+    sqlite3(
+        &master,
+        "UPDATE backends SET healthy = 1 WHERE region = 'eu';",
+    );
+    let t = Instant::now();
+    let push_out = lab.ok(&["push"]);
+    let pushed_back = t.elapsed();
+    let mut restored = Vec::new();
+    for pop in POPS {
+        let (g, stale) = until_moved(&lab, pop, "GB", &next, &mut n, t);
+        assert_eq!(g.region, "eu", "a GB client at {pop} after the undo: {g:?}");
+        assert_eq!(g.peer, overlay(pop));
+        restored.push((pop, reload_latency(&lab, pop, 3), stale));
+    }
+    // A client moved by the drain keeps its binding to us while it is in
+    // use (docs/routing.md, stickiness).
+    assert_eq!(lab.probe("eu", moved).region, next);
+    let before = lab.transfer("eu", "us");
+    for _ in 0..20 {
+        let g = lab.probe("eu", client("GB", n));
+        n += 1;
+        assert_eq!(g.region, "eu", "{g:?}");
+    }
+    let quiet_again = lab.transfer("eu", "us").1 - before.1;
+    assert!(
+        quiet_again < 400,
+        "{quiet_again} bytes to us after the undo"
+    );
+
+    // An invalid master is not pushed: every POP keeps what it has.
+    sqlite3(
+        &master,
+        "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-1';",
+    );
+    let out = lab.run(&["push"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing pushed"), "{stderr}");
+    assert_eq!(lab.copies(), vec![shipped(&push_out); 3]);
+
+    // Down removes everything.
+    let t = Instant::now();
+    lab.ok(&["down"]);
+    let down = t.elapsed();
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    eprintln!(
+        "lab up in {up:?}. Drain: push took {pushed:?}; (POP, reload after its copy was written, \
+         GB clients still served in eu after the push returned) {drained:?}; a GB client served \
+         in us at every POP {moved_all:?} after the push began. Undo: push took {pushed_back:?}; \
+         {restored:?}. Tunnel eu→us: {quiet} bytes for 20 GB clients served in eu, {sent} bytes \
+         for 20 served in us. Down in {down:?}; the test took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_failed_up_removes_what_it_built() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let mut lab = Lab::new("b");
+    // A geoedge that refuses to run at the sa POP, after eu and us started.
+    let wrapper = lab._tmp.path().join("geoedge");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *sa/geoedge.toml*) echo 'refusing to start' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
+            lab.geoedge.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    lab.geoedge = wrapper;
+    let t = Instant::now();
+    let out = lab.run(&["up"]);
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    assert!(stderr.contains("up failed; cleaning up"), "{stderr}");
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}\n{stderr}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    eprintln!("a failed up cleaned up after itself in {took:?}");
+}
