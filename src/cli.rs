@@ -81,10 +81,20 @@ impl Cli {
     /// The log level when `RUST_LOG` is unset: `info` for the long-running
     /// commands, `warn` for one-shot ones.
     pub fn default_log_level(&self) -> &'static str {
-        match self.command {
-            Command::Run | Command::Demo => "info",
-            _ => "warn",
+        if self.long_running() {
+            "info"
+        } else {
+            "warn"
         }
+    }
+
+    /// Whether the command serves until stopped (rather than printing an
+    /// answer and exiting).
+    pub fn long_running(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Run | Command::Demo | Command::Wg(WgCommand::Up)
+        )
     }
 }
 

@@ -27,6 +27,17 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if !cli.long_running() {
+        // A one-shot command piped into `head` ends quietly when the pipe
+        // closes, as other command-line tools do, instead of failing to
+        // print. (The servers keep SIGPIPE ignored: a client closing its
+        // socket must only fail that write.)
+        // SAFETY: setting a signal's disposition to its default before any
+        // thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     logging::init(
         cli.default_log_level(),
         config::early_log_format(&cli.settings, cli.config.as_deref()),

@@ -309,3 +309,27 @@ fn wg_keys_are_interchangeable_with_the_wg_tool() {
         "our pubkey of wg's key"
     );
 }
+
+/// A one-shot command whose reader went away (`geoedge route … | head`)
+/// ends quietly on SIGPIPE instead of panicking about a failed print.
+#[test]
+fn a_closed_stdout_ends_a_one_shot_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = geoedge()
+        .args(["route", "81.2.69.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody will read what it prints.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
