@@ -35,6 +35,12 @@ use geoedge_geoip::sample::sample_entry;
 use sha2::{Digest, Sha256};
 use support::*;
 
+/// Tunnel bytes eu→us below which 20 clients were not carried through it:
+/// 20 clients through the tunnel cost at least twice this (about 600 bytes
+/// each), while the active health checks of us's backends, which always
+/// cross it, cost about 700 bytes a round (every 2 s).
+const QUIET_TUNNEL: u64 = 20 * 200;
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/lab/lab.sh");
 const POPS: [&str; 3] = ["eu", "us", "sa"];
 
@@ -379,7 +385,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     }
     let quiet = lab.transfer("eu", "us").1 - before.1;
     assert!(
-        quiet < 400,
+        quiet < QUIET_TUNNEL,
         "{quiet} bytes went to us for clients served in eu"
     );
 
@@ -438,7 +444,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     let sent = after.0 .1 - before.0 .1;
     let got = after.1 .0 - before.1 .0;
     assert!(
-        sent >= 20 * 400 && got >= 20 * 400,
+        sent >= 2 * QUIET_TUNNEL && got >= 2 * QUIET_TUNNEL,
         "eu sent {sent} bytes to us, us received {got} from eu"
     );
 
@@ -480,7 +486,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     }
     let quiet_again = lab.transfer("eu", "us").1 - before.1;
     assert!(
-        quiet_again < 400,
+        quiet_again < QUIET_TUNNEL,
         "{quiet_again} bytes to us after the undo"
     );
 
