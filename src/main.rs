@@ -1,12 +1,14 @@
 //! The `geoedge` binary: command-line parsing and the glue between the
 //! routing core, GeoIP and (in later commands) the network.
 
+mod admission;
 mod cli;
 mod config;
 mod db_cmd;
 mod demo;
 mod dialer;
 mod health;
+mod lifecycle;
 mod logging;
 mod metrics;
 mod proxy;
@@ -14,6 +16,7 @@ mod proxy_protocol;
 mod relay;
 mod route_cmd;
 mod run_cmd;
+mod sd_notify;
 mod splice;
 mod throttle;
 mod wg;
