@@ -3,7 +3,7 @@
 //!
 //! The listener and the shutdown signal are passed in ([`Proxy::serve`]), so
 //! tests bind `127.0.0.1:0`. Accept errors never end the loop: running out
-//! of descriptors pauses it (100 to 500 ms), an aborted connection is
+//! of descriptors pauses it (100 ms), an aborted connection is
 //! skipped. Each connection takes a slot of the global limit
 //! ([`ConnLimit`]) from accept to close; past it the socket is closed at
 //! once and counted `over_limit`. On shutdown the loop takes what the
@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::field::{display, Empty};
 use tracing::Instrument;
 
-use crate::admission::{AcceptError, Backoff, ConnLimit, Slot};
+use crate::admission::{AcceptError, ConnLimit, Slot};
 use crate::dialer::Dialer;
 use crate::metrics::{ConnResult, ConnStats};
 use crate::proxy_protocol::{self, Header, Parse, ProxyHeaderError, Version};
@@ -128,7 +128,6 @@ impl<D: Dialer> Proxy<D> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let local = listener.local_addr().ok();
-        let mut backoff = Backoff::default();
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
@@ -136,7 +135,6 @@ impl<D: Dialer> Proxy<D> {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    backoff.reset();
                     self.admit(stream, peer, local, &app);
                 }
                 Err(e) => {
@@ -144,7 +142,7 @@ impl<D: Dialer> Proxy<D> {
                     // spinning; nothing here ends the loop.
                     let kind = AcceptError::classify(&e);
                     self.limit.count_accept_error(kind);
-                    let pause = backoff.pause(kind);
+                    let pause = kind.pause();
                     if let Some(suppressed) = self.failures.accept.check(Instant::now()) {
                         tracing::warn!(
                             suppressed,

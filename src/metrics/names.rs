@@ -80,7 +80,7 @@ pub const CONNECTIONS_LIMIT: Def = def(
 pub const ACCEPT_ERRORS_TOTAL: Def = def(
     "edge_accept_errors_total",
     Counter,
-    "Failed accepts on the client listeners by reason: out_of_fds (EMFILE/ENFILE, accepting pauses 100 to 500 ms), aborted (skipped at once), no_memory, other.",
+    "Failed accepts on the client listeners by reason: out_of_fds (EMFILE/ENFILE, accepting pauses 100 ms), aborted (skipped at once), no_memory, other.",
     &["reason"],
 );
 

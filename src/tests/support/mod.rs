@@ -117,10 +117,18 @@ impl Edge {
     /// `"metrics "` to catch it before it has loaded anything).
     pub fn launch(args: &[&str], env: &[(&str, &str)], until: &str) -> Edge {
         let mut cmd = geoedge();
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Edge::spawn(cmd, until)
+    }
+
+    /// Starts a prepared `geoedge` command (limits, namespace, environment
+    /// set by the caller) and waits for its first stdout line starting
+    /// with `until`.
+    pub fn spawn(mut cmd: Command, until: &str) -> Edge {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("geoedge starts");
         let out = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
@@ -210,6 +218,11 @@ impl Edge {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// What it logged so far.
