@@ -208,16 +208,25 @@ async fn flood_1024(extra: &[&str]) {
         share * 100.0,
         fds(pid)
     );
-    assert!(
-        back < Duration::from_secs(1),
-        "a new connection after {back:?}"
-    );
     if limit < 1000 {
-        // The default limit: descriptors never run out.
+        // The default limit: descriptors never run out, and the clients
+        // over it are closed at once rather than queued.
         assert_eq!(proxied + over, 3000);
         assert_eq!(out_of_fds, 0);
+        assert!(
+            back < Duration::from_secs(1),
+            "a new connection after {back:?}"
+        );
     } else {
+        // A limit above what the descriptors allow: the kernel queues the
+        // clients accept cannot take (about 2,500 here, abandoned by the
+        // time the others leave), and a new client is served after them:
+        // 0.85 s on an idle machine, more on a loaded one.
         assert!(out_of_fds > 0, "accept ran out of descriptors");
+        assert!(
+            back < Duration::from_secs(5),
+            "a new connection after {back:?}"
+        );
     }
 }
 
@@ -409,4 +418,447 @@ async fn the_drain_timeout_closes_what_is_left() {
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut rest)).await;
     assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed: {n:?}");
+}
+
+/// A network namespace of this test binary's own with loopback up,
+/// deleted when dropped.
+struct NetNs {
+    /// Its name under /run/netns.
+    name: String,
+    /// /run/netns/NAME, for setns(2).
+    file: std::fs::File,
+}
+
+impl NetNs {
+    fn new(tag: &str) -> NetNs {
+        let name = format!("geLc{tag}{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(&["ip", "netns", "add", &name]);
+        let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        let ns = NetNs { name, file };
+        run(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn sysctl(&self, key: &str, value: &str) {
+        let kv = format!("{key}={value}");
+        run(&["ip", "netns", "exec", &self.name, "sysctl", "-qw", &kv]);
+    }
+
+    /// Makes `cmd` start inside the namespace.
+    fn command(&self, cmd: &mut Command) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the descriptor outlives the
+        // spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// A backend in the namespace on a thread and runtime of its own (so
+    /// the load cannot starve it) with a full backlog: it greets each
+    /// connection at once, then reads it to the end.
+    fn backend(&self) -> SocketAddr {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only.
+            assert_eq!(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let listener = socket.listen(4096).unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(b"backend=be\n").await;
+                        let mut sink = [0u8; 1024];
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    });
+                }
+            });
+        });
+        rx.recv().unwrap()
+    }
+
+    /// A tokio runtime whose threads live in the namespace: run what needs
+    /// its sockets there with `spawn`.
+    fn runtime(&self) -> tokio::runtime::Runtime {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on this thread only; its children inherit it.
+                assert_eq!(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }, 0);
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// What a paced load saw.
+#[derive(Debug, Default)]
+struct Load {
+    /// Connections opened.
+    attempted: usize,
+    /// Connections the backend greeted.
+    greeted: usize,
+    /// Why the others failed.
+    failed: Vec<&'static str>,
+    /// How long opening them took.
+    paced: Duration,
+    /// How long until the last one ended.
+    took: Duration,
+}
+
+/// Opens `per_sec` new connections a second for `dur`, each greeted by the
+/// backend and closed.
+async fn paced_load(addr: SocketAddr, per_sec: usize, dur: Duration) -> Load {
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let per_tick = per_sec / 1000;
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..dur.as_millis() as usize {
+        tick.tick().await;
+        for k in 0..per_tick {
+            let ip = claim((t * per_tick + k) % 60_000);
+            // Each closes as soon as it is greeted.
+            set.spawn(async move { client(addr, ip).await.map(drop) });
+        }
+    }
+    let paced = start.elapsed();
+    let mut load = Load::default();
+    while let Some(r) = set.join_next().await {
+        load.attempted += 1;
+        match r.unwrap() {
+            Ok(_) => load.greeted += 1,
+            Err(why) => load.failed.push(why),
+        }
+    }
+    load.took = start.elapsed();
+    load.paced = paced;
+    load
+}
+
+/// Item 10: a second process starts on the same address (SO_REUSEPORT)
+/// while 2,000 new connections a second arrive, then the first gets
+/// SIGTERM: no connection is refused or reset. With
+/// `net.ipv4.tcp_migrate_req` the connections queued on the first
+/// process's listeners when it closes them move to the second's.
+#[test]
+fn a_restart_by_a_second_process_refuses_nothing_at_2000_connections_a_second() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: network namespaces need root");
+        return;
+    }
+    if !Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists() {
+        eprintln!("skipping: this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14)");
+        return;
+    }
+    let _heavy = HEAVY.blocking_lock();
+    raise_own_nofile();
+    let ns = NetNs::new("r");
+    ns.sysctl("net.ipv4.tcp_migrate_req", "1");
+    let rt = ns.runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    add_backend(&db, "be", "eu", "GB", ns.backend(), 10_000, 10_000);
+    let start_edge = |listen: &str| {
+        let mut args = edge_args(&db, &["--workers", "2", "--drain-timeout", "5s"]);
+        assert_eq!(args[1], "--listen");
+        args[2] = listen;
+        let mut cmd = edge_cmd(&args);
+        ns.command(&mut cmd);
+        Edge::spawn(cmd, "listening ")
+    };
+    let ok = |metrics: SocketAddr| {
+        rt.block_on(rt.spawn(async move {
+            tokio::task::spawn_blocking(move || {
+                value(metrics, r#"edge_connections_total{result="ok"}"#)
+            })
+            .await
+            .unwrap()
+        }))
+        .unwrap()
+    };
+
+    let mut old = start_edge("127.0.0.1:0");
+    let addr = old.addr;
+    let load = rt.spawn(paced_load(addr, 2000, Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_secs(1));
+    let new = start_edge(&addr.to_string());
+    assert_eq!(new.addr, addr);
+    std::thread::sleep(Duration::from_millis(500));
+    let by_old = ok(old.metrics.unwrap());
+    let term = Instant::now();
+    old.signal("TERM");
+    let status = old.wait(Duration::from_secs(7));
+    let old_exited = term.elapsed();
+    let load = rt.block_on(load).unwrap();
+    let by_new = ok(new.metrics.unwrap());
+    let taken: Vec<String> = old
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("stopped accepting"))
+        .collect();
+    eprintln!(
+        "handover: {} connections opened in {:.2} s ({:.0} a second), the last done after {:.2} s, {} greeted, failed: {:?}; \
+         the old process proxied {by_old} before SIGTERM and exited ({status}) {old_exited:?} after it, \
+         the new one {by_new}; {taken:?}",
+        load.attempted,
+        load.paced.as_secs_f64(),
+        load.attempted as f64 / load.paced.as_secs_f64(),
+        load.took.as_secs_f64(),
+        load.greeted,
+        load.failed
+    );
+    for l in old.log().iter().chain(new.log().iter()) {
+        if l.contains("WARN") || l.contains("ERROR") {
+            eprintln!("{l}");
+        }
+    }
+    assert!(status.success(), "{status}");
+    assert_eq!(load.attempted, 8000);
+    assert!(
+        load.failed.is_empty(),
+        "refused or reset: {:?}",
+        load.failed
+    );
+    assert!(by_old > 0.0 && by_new > 0.0, "both processes served");
+    drop(new);
+    rt.shutdown_background();
+}
+
+/// SIGHUP re-reads the config file: the connection limit applies at once,
+/// a setting that needs a restart is logged as such, and an invalid file
+/// is counted and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_config_and_keeps_it_when_the_file_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _be) = one_backend(dir.path()).await;
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, "max_connections = 1\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    let args = edge_args(&db, &["--config", cfg]);
+    let mut edge = Edge::spawn(edge_cmd(&args), "listening ");
+    let (addr, metrics) = (edge.addr, edge.metrics.unwrap());
+    let reloads = |result: &str| {
+        value(
+            metrics,
+            &format!(r#"edge_config_reloads_total{{result="{result}"}}"#),
+        )
+    };
+    let mut first = client(addr, claim(1)).await.unwrap();
+    first.get_mut().write_all(b"hold\n").await.unwrap();
+    assert!(client(addr, claim(2)).await.is_err(), "over the limit of 1");
+
+    std::fs::write(&config, "max_connections = 3\nworkers = 7\n").unwrap();
+    edge.signal("HUP");
+    eventually("reloaded", Duration::from_secs(10), || {
+        reloads("applied") == 1.0
+    })
+    .await;
+    assert_eq!(value(metrics, "edge_connections_limit"), 3.0);
+    let mut second = client(addr, claim(2)).await.expect("under the new limit");
+    second.get_mut().write_all(b"hold\n").await.unwrap();
+    let log = edge.log().join("\n");
+    assert!(log.contains("config reloaded"), "{log}");
+    assert!(
+        log.contains("only at a restart") && log.contains("workers"),
+        "{log}"
+    );
+
+    // An invalid file: logged, counted, nothing changes.
+    std::fs::write(&config, "max_connections = 'many'\n").unwrap();
+    edge.signal("HUP");
+    eventually("refused", Duration::from_secs(10), || {
+        reloads("failed") == 1.0
+    })
+    .await;
+    assert_eq!(value(metrics, "edge_connections_limit"), 3.0);
+    assert_eq!(reloads("applied"), 1.0);
+    assert!(edge
+        .log()
+        .iter()
+        .any(|l| l.contains("config reload refused")));
+    assert!(client(addr, claim(3)).await.is_ok(), "still serving");
+    drop((first, second));
+    let status =
+        tokio::task::block_in_place(|| edge.signal_and_wait("TERM", Duration::from_secs(15)));
+    assert!(status.success());
+}
+
+/// The systemd notification protocol on a real unix datagram socket
+/// standing in for systemd's: READY=1 once listening, WATCHDOG=1 every
+/// half period of WATCHDOG_USEC while the workers run, RELOADING=1 and
+/// READY=1 around a SIGHUP, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_notify_ready_watchdog_reload_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = edge_cmd(&edge_args(&db, &[]));
+    cmd.env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut edge = Edge::spawn(cmd, "listening ");
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Until `want` comes, counting the watchdog pings meanwhile.
+    let until = |want: &str| {
+        let mut pings = 0;
+        loop {
+            let m = next();
+            if m.lines().any(|l| l == want) {
+                return (m, pings);
+            }
+            assert_eq!(m, "WATCHDOG=1", "unexpected before {want}");
+            pings += 1;
+        }
+    };
+    let (ready, _) = until("READY=1");
+    assert!(ready.contains("STATUS="), "{ready}");
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_millis(1000) {
+        assert_eq!(next(), "WATCHDOG=1");
+        pings += 1;
+    }
+    // Every 200 ms: about 5 in a second.
+    assert!((3..=7).contains(&pings), "{pings} pings in 1 s");
+
+    edge.signal("HUP");
+    let (reloading, _) = until("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    until("READY=1");
+    edge.signal("TERM");
+    until("STOPPING=1");
+    assert!(edge.wait(Duration::from_secs(10)).success());
+}
+
+/// An invalid config file or key stops the start with a clear error and a
+/// non-zero exit.
+#[test]
+fn an_invalid_config_or_key_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (good_key, _) = keypair(dir.path(), "good.key");
+    let good_key = good_key.to_str().unwrap().to_owned();
+    let wg = |key: &str| {
+        vec![
+            "--wg-interface".to_owned(),
+            "gelc0".into(),
+            "--wg-address".into(),
+            "10.99.0.1/24".into(),
+            "--wg-private-key-file".into(),
+            key.to_owned(),
+        ]
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--config".into(),
+                write("typo.toml", "regoin = 'eu'\n", 0o644),
+            ],
+            "unknown field",
+        ),
+        (
+            vec![
+                "--config".into(),
+                write("zero.toml", "max_connections = 0\n", 0o644),
+            ],
+            "max_connections",
+        ),
+        (
+            vec![
+                "--config".into(),
+                write("bad.toml", "connect_attempts = 0\n", 0o644),
+            ],
+            "connect_attempts",
+        ),
+        (
+            vec![
+                "--config".into(),
+                dir.path().join("missing.toml").to_str().unwrap().into(),
+            ],
+            "reading config file",
+        ),
+        (wg(&write("short.key", "c2hvcnQ=\n", 0o600)), "32 bytes"),
+        (
+            wg(&std::fs::read_to_string(&good_key)
+                .map(|k| write("open.key", &k, 0o644))
+                .unwrap()),
+            "chmod 600",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args: Vec<String> = edge_args(&db, &[]).iter().map(|s| s.to_string()).collect();
+        args.extend(extra);
+        let mut child = geoedge()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{args:?} started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {want:?} not in {err}");
+    }
 }
