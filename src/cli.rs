@@ -116,7 +116,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route { ip } => crate::route_cmd::run(&settings()?, *ip),
         Command::Db(DbCommand::Init { path, empty }) => crate::db_cmd::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::db_cmd::check(path),
-        Command::Run => crate::run_cmd::run(&settings()?),
+        Command::Run => crate::run_cmd::run(&settings()?, &settings),
         Command::Wg(WgCommand::Up) => crate::wg::up(&settings()?),
         Command::Wg(WgCommand::Genkey) => {
             println!("{}", PrivateKey::generate()?.to_base64());

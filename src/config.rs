@@ -210,6 +210,11 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
     pub workers: Option<usize>,
 
+    /// Client connections open at once, over all listeners; more are closed at once [default: from the descriptor limit, (RLIMIT_NOFILE - reserve) / 2].
+    #[arg(long, env = "GEOEDGE_MAX_CONNECTIONS", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// WireGuard interface name; setting it turns the backhaul on (peers come from routing.db's wg_peers).
     #[arg(long, env = "GEOEDGE_WG_INTERFACE", global = true, value_name = "NAME")]
     pub wg_interface: Option<String>,
@@ -359,6 +364,7 @@ impl Layer {
             proxy_header_timeout,
             drain_timeout,
             workers,
+            max_connections,
             wg_interface,
             wg_listen_port,
             wg_private_key_file,
@@ -446,6 +452,9 @@ pub struct Settings {
     /// Worker threads (each a single-threaded runtime with its own
     /// listeners).
     pub workers: usize,
+    /// The global connection limit; `None`: derived from the descriptor
+    /// limit at start ([`crate::admission::default_max_connections`]).
+    pub max_connections: Option<usize>,
     /// The WireGuard backhaul, when configured.
     pub wireguard: Option<WgSettings>,
     /// The metrics and health listener (`None`: off).
@@ -518,7 +527,7 @@ fn metrics_listen(
 }
 
 /// The WireGuard interface settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WgSettings {
     /// Interface name.
     pub interface: String,
@@ -657,7 +666,11 @@ impl Settings {
             proxy_protocol_from,
             send_proxy_protocol,
             connect_timeout: secs(l.connect_timeout, 3),
-            connect_attempts: l.connect_attempts.unwrap_or(2),
+            connect_attempts: match l.connect_attempts {
+                None => 2,
+                Some(n @ 1..=16) => n,
+                Some(n) => bail!("connect_attempts {n}: 1 to 16"),
+            },
             idle_timeout: secs(l.idle_timeout, 600),
             proxy_header_timeout: secs(l.proxy_header_timeout, 3),
             drain_timeout: secs(l.drain_timeout, 30),
@@ -665,6 +678,11 @@ impl Settings {
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Some(n @ 1..=1024) => n,
                 Some(n) => bail!("workers {n}: 1 to 1024"),
+            },
+            max_connections: match l.max_connections {
+                None => None,
+                Some(0) => bail!("max_connections 0: at least 1"),
+                Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
             },
             wireguard,
             metrics_listen,

@@ -95,7 +95,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             .context("the demo has no listener")?;
         print_tour(&settings, listen, &db, &addrs);
         let health = crate::health::Health::default();
-        crate::run_cmd::serve(&edge, listeners, settings.drain_timeout, &health).await
+        let signals = crate::lifecycle::Signals::install()?;
+        crate::run_cmd::serve(&edge, listeners, &settings, signals, None, &health).await
     })?;
     println!("geoedge demo: stopped");
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! The `geoedge` binary: command-line parsing and the glue between the
 //! routing core, GeoIP and (in later commands) the network.
 
+mod admission;
 mod cli;
 mod config;
 mod db_cmd;
@@ -8,6 +9,7 @@ mod demo;
 mod dialer;
 mod health;
 mod health_check;
+mod lifecycle;
 mod logging;
 mod metrics;
 mod proxy;
@@ -15,6 +17,7 @@ mod proxy_protocol;
 mod relay;
 mod route_cmd;
 mod run_cmd;
+mod sd_notify;
 mod splice;
 mod throttle;
 mod wg;

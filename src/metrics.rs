@@ -11,6 +11,7 @@
 pub mod collectors;
 pub mod conn_stats;
 pub mod family;
+pub mod lifecycle;
 pub mod names;
 pub mod server;
 pub mod wireguard;
@@ -68,6 +69,17 @@ impl Metrics {
         self.registry
             .register(Box::new(collectors::EdgeCollector::new(sources)))
             .context("registering the edge collector")
+    }
+
+    /// Adds the connection limit, accept errors and config reloads.
+    pub fn register_lifecycle(
+        &self,
+        limit: Arc<crate::admission::ConnLimit>,
+        reloads: Arc<crate::lifecycle::ReloadStats>,
+    ) -> anyhow::Result<()> {
+        self.registry
+            .register(Box::new(lifecycle::LifecycleCollector::new(limit, reloads)))
+            .context("registering the lifecycle collector")
     }
 
     /// Starts sampling the WireGuard device; abort the task before shutting

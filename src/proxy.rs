@@ -2,7 +2,15 @@
 //! core, dialing with failover, and relaying.
 //!
 //! The listener and the shutdown signal are passed in ([`Proxy::serve`]), so
-//! tests bind `127.0.0.1:0`. Accept errors never end the loop.
+//! tests bind `127.0.0.1:0`. Accept errors never end the loop: running out
+//! of descriptors pauses it (100 ms), an aborted connection is
+//! skipped. Each connection takes a slot of the global limit
+//! ([`ConnLimit`]) from accept to close; past it the socket is closed at
+//! once and counted `over_limit`. On shutdown the loop takes what the
+//! kernel has already queued, then closes the listener.
+//!
+//! [`ProxyOptions`] are swapped whole on a config reload; a connection
+//! reads them once, when it starts.
 //!
 //! Each connection runs in a `conn` span (`client`, `country`, `backend`)
 //! with its events at debug; failures that repeat are logged at warn once
@@ -16,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use geoedge_geoip::GeoIp;
 use geoedge_routing::{AppId, BackendId, ConnectFailure, Request, Router};
 use ipnet::IpNet;
@@ -26,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::field::{display, Empty};
 use tracing::Instrument;
 
+use crate::admission::{AcceptError, ConnLimit, Slot};
 use crate::dialer::Dialer;
 use crate::metrics::{ConnResult, ConnStats};
 use crate::proxy_protocol::{self, Header, Parse, ProxyHeaderError, Version};
@@ -93,8 +103,8 @@ pub struct Proxy<D> {
     pub router: Arc<Router>,
     /// Client locations.
     pub geoip: Arc<GeoIp>,
-    /// Connection handling options.
-    pub options: ProxyOptions,
+    /// Connection handling options, swapped whole on a config reload.
+    pub options: ArcSwap<ProxyOptions>,
     /// Opens backend connections.
     pub dialer: D,
     /// Every connection task, so shutdown can wait for them (and the
@@ -104,6 +114,9 @@ pub struct Proxy<D> {
     pub conns: Arc<ConnStats>,
     /// Repeating failures, logged once per interval.
     pub failures: FailureLog,
+    /// The global connection limit (shared by every worker) and the
+    /// accept error counts.
+    pub limit: Arc<ConnLimit>,
 }
 
 impl<D: Dialer> Proxy<D> {
@@ -122,41 +135,105 @@ impl<D: Dialer> Proxy<D> {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let this = Arc::clone(&self);
-                    let app = app.clone();
-                    let span = tracing::debug_span!(
-                        "conn",
-                        client = Empty,
-                        country = Empty,
-                        backend = Empty
-                    );
-                    self.tasks
-                        .spawn(this.handle(stream, peer, local, app).instrument(span));
+                    self.admit(stream, peer, local, &app);
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of
                     // spinning; nothing here ends the loop.
-                    // EMFILE (24) and ENFILE (23): out of descriptors.
-                    let pause = match e.raw_os_error() {
-                        Some(23 | 24) => Duration::from_millis(200),
-                        _ => Duration::from_millis(10),
-                    };
+                    let kind = AcceptError::classify(&e);
+                    self.limit.count_accept_error(kind);
+                    let pause = kind.pause();
                     if let Some(suppressed) = self.failures.accept.check(Instant::now()) {
-                        tracing::warn!(suppressed, "accept failed: {e}; pausing {pause:?}");
+                        tracing::warn!(
+                            suppressed,
+                            reason = kind.as_str(),
+                            "accept failed: {e}; pausing {:?}",
+                            pause.unwrap_or_default()
+                        );
                     }
-                    tokio::time::sleep(pause).await;
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             }
         }
-        tracing::info!(listener = ?local, "stopped accepting");
+        let taken = self.take_queued(listener, local, &app);
+        tracing::info!(listener = ?local, taken, "stopped accepting");
     }
 
-    fn trusted(&self, peer: SocketAddr) -> bool {
+    /// At shutdown: accepts what the kernel has already queued on
+    /// `listener` (connections whose handshake completed), then closes it.
+    /// A connection the kernel queues after the last accept is reset by
+    /// the close, unless `net.ipv4.tcp_migrate_req` hands it to another
+    /// listener of the same `SO_REUSEPORT` group (a new process's).
+    fn take_queued(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        local: Option<SocketAddr>,
+        app: &AppId,
+    ) -> usize {
+        let Ok(listener) = listener.into_std() else {
+            return 0;
+        };
+        let mut taken = 0;
+        // At most a full backlog: the loop ends even under a flood.
+        for _ in 0..crate::workers::BACKLOG {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let stream = stream
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpStream::from_std(stream));
+                    if let Ok(stream) = stream {
+                        self.admit(stream, peer, local, app);
+                        taken += 1;
+                    }
+                }
+                Err(e) if AcceptError::classify(&e) == AcceptError::Aborted => continue,
+                Err(_) => break,
+            }
+        }
+        taken
+    }
+
+    /// Starts serving an accepted client, or closes it at once (counted
+    /// `over_limit`) when the global connection limit is reached.
+    fn admit(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        app: &AppId,
+    ) {
+        let Some(slot) = self.limit.try_admit() else {
+            // A reset, not a FIN: the descriptor and the kernel's state for
+            // the connection go at once, none of it waits in TIME_WAIT.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            self.conns.record(ConnResult::OverLimit);
+            return;
+        };
+        let this = Arc::clone(self);
+        let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
+        self.tasks
+            .spawn(Self::admitted(this, slot, stream, peer, local, app.clone()).instrument(span));
+    }
+
+    /// An admitted connection: its slot is held until it ends.
+    async fn admitted(
+        self: Arc<Self>,
+        slot: Slot,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        app: AppId,
+    ) {
+        self.handle(stream, peer, local, app).await;
+        drop(slot);
+    }
+
+    fn trusted(options: &ProxyOptions, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
-        self.options
-            .proxy_protocol_from
-            .iter()
-            .any(|n| n.contains(&ip))
+        options.proxy_protocol_from.iter().any(|n| n.contains(&ip))
     }
 
     /// One client connection, start to end.
@@ -167,16 +244,17 @@ impl<D: Dialer> Proxy<D> {
         local: Option<SocketAddr>,
         app: AppId,
     ) {
+        // One snapshot of the options for the whole connection.
+        let options = self.options.load_full();
         // The address the client reached: only a PROXY header for the
         // backend carries it, so it is asked of the socket only then.
-        let local = if self.options.send_proxy_protocol.is_some() {
+        let local = if options.send_proxy_protocol.is_some() {
             client.local_addr().ok().or(local).unwrap_or(peer)
         } else {
             local.unwrap_or(peer)
         };
-        let (source, destination, early) = if self.trusted(peer) {
-            match tokio::time::timeout(self.options.proxy_header_timeout, read_header(&mut client))
-                .await
+        let (source, destination, early) = if Self::trusted(&options, peer) {
+            match tokio::time::timeout(options.proxy_header_timeout, read_header(&mut client)).await
             {
                 Ok(Ok((
                     Header::Proxied {
@@ -193,7 +271,7 @@ impl<D: Dialer> Proxy<D> {
                 }
                 Err(_) => {
                     self.conns.record(ConnResult::ProxyHeaderTimeout);
-                    tracing::debug!(%peer, "no PROXY header within {:?}", self.options.proxy_header_timeout);
+                    tracing::debug!(%peer, "no PROXY header within {:?}", options.proxy_header_timeout);
                     return;
                 }
             }
@@ -209,7 +287,7 @@ impl<D: Dialer> Proxy<D> {
         }
         let mut tried: Vec<BackendId> = Vec::new();
         let mut result = ConnResult::NoBackend;
-        for _ in 0..self.options.connect_attempts {
+        for _ in 0..options.connect_attempts {
             // The decision's clock also starts the connect's.
             let started = Instant::now();
             let route = match self.router.decide(
@@ -236,7 +314,7 @@ impl<D: Dialer> Proxy<D> {
             // timing the connect for the metrics reads the clock no more
             // often than a plain `timeout` would.
             let connected = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(started + self.options.connect_timeout),
+                tokio::time::Instant::from_std(started + options.connect_timeout),
                 self.dialer.connect(backend.addr),
             )
             .await;
@@ -265,7 +343,7 @@ impl<D: Dialer> Proxy<D> {
             }
             // Formatted only when logged: a storm of failures costs no text.
             if let Some(suppressed) = self.failures.connect.check(Instant::now()) {
-                let timeout = self.options.connect_timeout;
+                let timeout = options.connect_timeout;
                 tracing::warn!(
                     backend = %backend.id,
                     reason = why.as_str(),
@@ -297,8 +375,12 @@ impl<D: Dialer> Proxy<D> {
         early: &[u8],
         route: geoedge_routing::Route,
     ) {
+        let (send_proxy_protocol, idle_timeout) = {
+            let options = self.options.load();
+            (options.send_proxy_protocol, options.idle_timeout)
+        };
         let mut first = Vec::new();
-        if let Some(version) = self.options.send_proxy_protocol {
+        if let Some(version) = send_proxy_protocol {
             version.encode(source, destination, &mut first);
         }
         first.extend_from_slice(early);
@@ -308,7 +390,7 @@ impl<D: Dialer> Proxy<D> {
             up: self.conns.up(),
             down: self.conns.down(),
         };
-        match relay::relay(client, stream, &first, self.options.idle_timeout, meter).await {
+        match relay::relay(client, stream, &first, idle_timeout, meter).await {
             Ended::Closed(moved) => {
                 tracing::debug!(up = moved.up, down = moved.down, "closed")
             }

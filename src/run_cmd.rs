@@ -4,7 +4,9 @@
 //! writer's lock on routing.db), follows both live, binds the listeners and
 //! turns ready, and serves until SIGTERM or SIGINT; then it turns unready,
 //! stops accepting and lets open connections finish for up to the drain
-//! timeout.
+//! timeout. SIGHUP re-reads the config ([`crate::lifecycle`]); systemd is
+//! told when it is ready, reloading and stopping, and its watchdog is fed
+//! while every worker runs ([`crate::sd_notify`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use geoedge_geoip::{spawn_reloader, GeoDb, GeoIp, ReloadOptions, ReloaderHandle};
 use geoedge_routing::loader::LoadError;
 use geoedge_routing::watcher::{self, ReloadError, Reloader, WatchOptions};
@@ -19,12 +22,15 @@ use geoedge_routing::{Applied, Router, RoutingTable};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{self, ConnLimit};
 use crate::config::Settings;
 use crate::dialer::TcpDialer;
 use crate::health::Health;
 use crate::health_check::CheckOptions;
+use crate::lifecycle::{self, Asked, Live, ReloadStats, Resolve, Signals};
 use crate::metrics::{EdgeSources, Metrics};
-use crate::proxy::{FailureLog, Proxy, ProxyOptions};
+use crate::proxy::{FailureLog, Proxy};
+use crate::sd_notify::{self, Heartbeats, Notifier};
 use crate::wg::Backhaul;
 use crate::workers::Listeners;
 
@@ -41,11 +47,29 @@ pub struct Edge {
     _geoip: Option<ReloaderHandle>,
     /// Active health checks, started by [`serve`] (`None`: off).
     health_checks: Option<CheckOptions>,
+    /// The connection limit when the settings name none (derived from the
+    /// descriptor limit at start).
+    pub default_max_connections: usize,
+    /// Config reloads by result.
+    pub reloads: Arc<ReloadStats>,
 }
 
 /// Loads the routing table and GeoIP database named by the settings and
 /// starts following them.
 pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
+    let default_max_connections = descriptor_limit(settings);
+    let max_connections = settings.max_connections.unwrap_or(default_max_connections);
+    tracing::info!(
+        max_connections,
+        "client connections open at once at most (--max-connections)"
+    );
+    if max_connections > default_max_connections {
+        tracing::warn!(
+            max_connections,
+            descriptors_allow = default_max_connections,
+            "--max-connections is above what the descriptor limit allows: accepting will pause when descriptors run out"
+        );
+    }
     let table = Arc::new(RoutingTable::new());
     let applied = load_waiting(&table, routing_db)
         .with_context(|| format!("loading routing table {}", routing_db.display()))?;
@@ -86,25 +110,57 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
     let proxy = Arc::new(Proxy {
         router,
         geoip,
-        options: ProxyOptions {
-            proxy_protocol_from: settings.proxy_protocol_from.clone(),
-            send_proxy_protocol: settings.send_proxy_protocol,
-            connect_timeout: settings.connect_timeout,
-            connect_attempts: settings.connect_attempts,
-            idle_timeout: settings.idle_timeout,
-            proxy_header_timeout: settings.proxy_header_timeout,
-        },
+        options: ArcSwap::from_pointee(lifecycle::proxy_options(settings)),
         dialer: TcpDialer,
         tasks: TaskTracker::new(),
         conns: Default::default(),
         failures: FailureLog::default(),
+        limit: Arc::new(ConnLimit::new(max_connections)),
     });
     Ok(Edge {
         proxy,
         _routing: routing,
         _geoip: geoip_reloader,
         health_checks: settings.health_checks,
+        default_max_connections,
+        reloads: Arc::default(),
     })
+}
+
+/// Raises the soft descriptor limit to the hard one, logs both, and
+/// returns the connection limit they allow.
+fn descriptor_limit(settings: &Settings) -> usize {
+    match admission::raise_nofile() {
+        Ok(l) => {
+            tracing::info!(
+                soft = l.soft,
+                hard = l.hard,
+                raised_from = l.was,
+                "descriptor limit (RLIMIT_NOFILE)"
+            );
+            admission::default_max_connections(l.soft, settings.workers)
+        }
+        Err(e) => {
+            tracing::warn!("reading the descriptor limit: {e}; assuming 1024");
+            admission::default_max_connections(1024, settings.workers)
+        }
+    }
+}
+
+/// Whether a listener's queued connections move to another listener of
+/// its `SO_REUSEPORT` group when it closes (a handover that refuses
+/// nothing); logs how to turn it on when it is off.
+fn check_migrate_req() {
+    let path = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(path).map(|s| s.trim() == "1") {
+        Ok(true) => {}
+        Ok(false) => tracing::info!(
+            "net.ipv4.tcp_migrate_req is 0: when this process hands over to a new one, a connection that completes its handshake just as it closes its listeners is reset (sysctl -w net.ipv4.tcp_migrate_req=1 to hand it over instead)"
+        ),
+        Err(_) => tracing::info!(
+            "{path} is missing (Linux before 5.14): a handover to a new process can reset a connection that completes its handshake just as the old one closes its listeners"
+        ),
+    }
 }
 
 /// The first load of routing.db; a writer's lock is waited out (for up to
@@ -143,16 +199,21 @@ pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
     crate::workers::bind(settings)
 }
 
-/// Serves on bound listeners until a stop signal, then turns unready, stops
-/// accepting and lets open connections finish for up to `drain`.
+/// Serves on bound listeners until a stop signal, re-reading the config
+/// with `resolve` on SIGHUP; then turns unready, stops accepting and lets
+/// open connections finish for up to the drain timeout in force.
 pub async fn serve(
     edge: &Edge,
     listeners: Listeners,
-    drain: Duration,
+    settings: &Settings,
+    mut signals: Signals,
+    resolve: Option<Resolve<'_>>,
     health: &Health,
 ) -> anyhow::Result<()> {
+    let notifier = Arc::new(Notifier::from_env());
+    let beats = Arc::new(Heartbeats::new(listeners.workers(), notifier.tick()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = crate::workers::spawn(&edge.proxy, listeners, &stop_rx)?;
+    let mut workers = crate::workers::spawn(&edge.proxy, listeners, &stop_rx, &beats)?;
     // Forget idle bindings in the background, a bounded batch at a time.
     let router = Arc::clone(&edge.proxy.router);
     let sweeper = tokio::spawn(async move {
@@ -165,14 +226,36 @@ pub async fn serve(
     let checks = edge
         .health_checks
         .map(|o| crate::health_check::spawn(Arc::clone(&edge.proxy.router), o));
+    let watchdog = tokio::spawn(sd_notify::feed_watchdog(
+        Arc::clone(&notifier),
+        Arc::clone(&beats),
+    ));
+    check_migrate_req();
     health.set_ready();
-    stop_signal().await;
+    notifier.ready();
+    let mut current = settings.clone();
+    let live = Live {
+        options: &edge.proxy.options,
+        limit: &edge.proxy.limit,
+        default_max: edge.default_max_connections,
+        stats: &edge.reloads,
+    };
+    while signals.next().await == Asked::Reload {
+        notifier.reloading();
+        let status = lifecycle::reload(&live, &mut current, resolve);
+        notifier.reloaded(&status);
+    }
     if let Some(checks) = checks {
         checks.abort();
     }
+    let drain = current.drain_timeout;
     health.set_draining();
-    tracing::info!("stopping: no new connections; draining for up to {drain:?}");
+    notifier.stopping();
     let _ = stop_tx.send(true);
+    tracing::info!(
+        open = edge.proxy.limit.open(),
+        "stopping: no new connections; draining for up to {drain:?}"
+    );
     workers.stopped().await;
     sweeper.abort();
     edge.proxy.tasks.close();
@@ -186,6 +269,7 @@ pub async fn serve(
         );
     }
     workers.finish().await;
+    watchdog.abort();
     Ok(())
 }
 
@@ -206,8 +290,8 @@ pub async fn stop_signal() {
     }
 }
 
-/// The `run` command.
-pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+/// The `run` command; `resolve` reads the settings again on SIGHUP.
+pub fn run(settings: &Settings, resolve: Resolve<'_>) -> anyhow::Result<ExitCode> {
     let routing_db = settings
         .routing_db
         .clone()
@@ -216,6 +300,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // From here on SIGHUP no longer terminates the process, even while it
+    // loads.
+    let signals = {
+        let _entered = runtime.enter();
+        Signals::install()?
+    };
+    // A bad key fails the start before anything else.
+    if let Some(wg) = &settings.wireguard {
+        crate::wg_key::load_private_key(&wg.private_key_file)?;
+    }
     // The health endpoints answer from the start: "starting" until the
     // tables are loaded and the listeners bound.
     let health = Arc::new(Health::default());
@@ -226,6 +320,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     };
     let edge = start(settings, &routing_db)?;
     metrics.register_edge(metric_sources(&edge))?;
+    metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
     runtime.block_on(async {
         // The backhaul comes up first: backends in other POPs are dialed through it.
         let backhaul = match &settings.wireguard {
@@ -238,7 +333,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|b| metrics.follow_wireguard(b.device()));
         let listeners = bind(settings)?;
-        let served = serve(&edge, listeners, settings.drain_timeout, &health).await;
+        let served = serve(&edge, listeners, settings, signals, Some(resolve), &health).await;
         if let Some(s) = sampler {
             s.abort();
             let _ = s.await;

@@ -17,7 +17,7 @@ pub const PIPE_SIZE: usize = 64 * 1024;
 
 /// Pipes a thread keeps for reuse (each holds up to [`PIPE_SIZE`] of kernel
 /// memory only while in use).
-const POOL_CAP: usize = 64;
+pub const POOL_CAP: usize = 64;
 
 /// Pipes in use or pooled by a thread at most; past it, relays copy.
 const THREAD_MAX: usize = 1024;

@@ -9,6 +9,10 @@
 //! address as asked (port 0 picks a port), the others on the address the
 //! first got. `SO_REUSEPORT` also lets a new geoedge process bind the same
 //! addresses while an old one drains.
+//!
+//! Each worker also ticks its entry of the [`Heartbeats`] from a task on
+//! its own runtime, so a worker whose thread is stuck stops feeding the
+//! systemd watchdog.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,9 +26,10 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Settings;
 use crate::dialer::TcpDialer;
 use crate::proxy::Proxy;
+use crate::sd_notify::Heartbeats;
 
 /// Pending connections a listener queues (capped by `net.core.somaxconn`).
-const BACKLOG: i32 = 4096;
+pub const BACKLOG: i32 = 4096;
 
 /// Every worker's listeners, bound and listening.
 #[derive(Debug)]
@@ -34,6 +39,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// The number of workers (one listener set each).
+    pub fn workers(&self) -> usize {
+        self.per_worker.len()
+    }
+
     /// The address each client listener got, in the order of the settings.
     pub fn addrs(&self) -> Vec<(AppId, SocketAddr)> {
         self.per_worker
@@ -82,23 +92,15 @@ pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
     Ok(Listeners { per_worker })
 }
 
-/// How far ahead a worker's timer driver always has a deadline.
+/// How far ahead a worker's timer driver always has a deadline: the
+/// worker's heartbeat ticks at least this often. Arming a timer earlier
+/// than every deadline the driver knows of makes tokio wake the driver
+/// through its eventfd (a `write` system call, then an extra `epoll_wait`),
+/// and each connection arms one: its connect timeout. With the tick in the
+/// wheel, no connect or PROXY header timeout (never under a second in
+/// practice) is the earliest, so arming them costs no system call; the
+/// tick costs four wake-ups a second.
 const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Keeps a deadline at most [`TIMER_HORIZON`] ahead in the worker's timer
-/// wheel. Arming a timer earlier than every deadline the driver knows of
-/// makes tokio wake the driver through its eventfd (a `write` system call,
-/// then an extra `epoll_wait`), and each connection arms one: its connect
-/// timeout. With this tick in the wheel, no connect or PROXY header
-/// timeout (never under a second in practice) is the earliest, so arming
-/// them costs no system call; the tick costs four wake-ups a second.
-async fn keep_timer_driver_close() {
-    let mut tick = tokio::time::interval(TIMER_HORIZON);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-    }
-}
 
 /// The running workers.
 pub struct Workers {
@@ -115,6 +117,7 @@ pub fn spawn(
     proxy: &Arc<Proxy<TcpDialer>>,
     listeners: Listeners,
     stop: &watch::Receiver<bool>,
+    beats: &Arc<Heartbeats>,
 ) -> anyhow::Result<Workers> {
     let count = listeners.per_worker.len();
     let (stopped_tx, stopped) = mpsc::channel(count.max(1));
@@ -125,17 +128,29 @@ pub fn spawn(
             .enable_all()
             .build()
             .context("starting a worker's runtime")?;
-        let (proxy, stop, stopped_tx, mut done_rx) = (
+        let (proxy, stop, stopped_tx, mut done_rx, beats) = (
             Arc::clone(proxy),
             stop.clone(),
             stopped_tx.clone(),
             done_rx.clone(),
+            Arc::clone(beats),
         );
         let thread = std::thread::Builder::new()
             .name(format!("geoedge-worker-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let _timers = tokio::spawn(keep_timer_driver_close());
+                    // Ends with the runtime, after the drain. The same
+                    // tick keeps the timer driver's horizon close (see
+                    // [`TIMER_HORIZON`]).
+                    tokio::spawn(async move {
+                        let period = beats.tick().min(TIMER_HORIZON);
+                        let mut every = tokio::time::interval(period);
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            every.tick().await;
+                            beats.beat(i, std::time::Instant::now());
+                        }
+                    });
                     let mut serving = Vec::with_capacity(set.len());
                     for (app, listener) in set {
                         match tokio::net::TcpListener::from_std(listener) {

@@ -23,16 +23,19 @@ pub enum ConnResult {
     BadProxyHeader,
     /// A trusted source sent no complete PROXY header in time.
     ProxyHeaderTimeout,
+    /// Closed at once: the global connection limit was reached.
+    OverLimit,
 }
 
 impl ConnResult {
     /// Every result, for pre-registering metric series.
-    pub const ALL: [ConnResult; 5] = [
+    pub const ALL: [ConnResult; 6] = [
         ConnResult::Ok,
         ConnResult::NoBackend,
         ConnResult::ConnectFailed,
         ConnResult::BadProxyHeader,
         ConnResult::ProxyHeaderTimeout,
+        ConnResult::OverLimit,
     ];
 
     /// Lower-case label.
@@ -43,6 +46,7 @@ impl ConnResult {
             ConnResult::ConnectFailed => "connect_failed",
             ConnResult::BadProxyHeader => "bad_proxy_header",
             ConnResult::ProxyHeaderTimeout => "proxy_header_timeout",
+            ConnResult::OverLimit => "over_limit",
         }
     }
 }
@@ -52,13 +56,15 @@ impl ConnResult {
 pub struct ConnStats {
     /// Indexed by [`ConnResult`] in the order of [`ConnResult::ALL`], then
     /// bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]).
-    counters: Sharded<7>,
+    counters: Sharded<SLOTS>,
 }
 
 /// Where the client-to-backend payload bytes are counted.
-const BYTES_UP: usize = 5;
+const BYTES_UP: usize = ConnResult::ALL.len();
 /// Where the backend-to-client payload bytes are counted.
-const BYTES_DOWN: usize = 6;
+const BYTES_DOWN: usize = BYTES_UP + 1;
+/// Counters in all: one per result, then the two byte counts.
+const SLOTS: usize = BYTES_DOWN + 1;
 
 /// Adds payload bytes of one direction to a [`ConnStats`].
 #[derive(Debug, Clone, Copy)]

@@ -51,7 +51,7 @@ use Kind::{Counter, Gauge, Histogram};
 pub const CONNECTIONS_TOTAL: Def = def(
     "edge_connections_total",
     Counter,
-    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout.",
+    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout, over_limit (closed at once at the connection limit).",
     &["result"],
 );
 /// Client connections open now.
@@ -67,6 +67,21 @@ pub const BYTES_TOTAL: Def = def(
     Counter,
     "Payload bytes relayed: up is client to backend, down is backend to client (PROXY headers not counted).",
     &["direction"],
+);
+
+/// The global connection limit.
+pub const CONNECTIONS_LIMIT: Def = def(
+    "edge_connections_limit",
+    Gauge,
+    "Client connections open at once at most (--max-connections, or derived from the descriptor limit); more are closed at once and counted over_limit.",
+    &[],
+);
+/// Accept errors by kind.
+pub const ACCEPT_ERRORS_TOTAL: Def = def(
+    "edge_accept_errors_total",
+    Counter,
+    "Failed accepts on the client listeners by reason: out_of_fds (EMFILE/ENFILE, accepting pauses 100 ms), aborted (skipped at once), no_memory, other.",
+    &["reason"],
 );
 
 // --- Backends (read from the routing table at scrape time) ---
@@ -259,6 +274,14 @@ pub const WIREGUARD_INVALID_PACKETS_TOTAL: Def = def(
 
 // --- The process ---
 
+/// Config reloads (SIGHUP) by result.
+pub const CONFIG_RELOADS_TOTAL: Def = def(
+    "edge_config_reloads_total",
+    Counter,
+    "Config reloads on SIGHUP by result: applied, or failed (the file or a value in it is invalid; the settings in force stay).",
+    &["result"],
+);
+
 /// Whether the edge is ready.
 pub const READY: Def = def(
     "edge_ready",
@@ -274,6 +297,8 @@ pub const ALL: &[Def] = &[
     CONNECTIONS_TOTAL,
     CONNECTIONS_CURRENT,
     BYTES_TOTAL,
+    CONNECTIONS_LIMIT,
+    ACCEPT_ERRORS_TOTAL,
     BACKEND_CONNECTIONS_CURRENT,
     BACKEND_SOFT_LIMIT,
     BACKEND_HARD_LIMIT,
@@ -299,6 +324,7 @@ pub const ALL: &[Def] = &[
     WIREGUARD_PEER_LAST_HANDSHAKE,
     WIREGUARD_HANDSHAKES_TOTAL,
     WIREGUARD_INVALID_PACKETS_TOTAL,
+    CONFIG_RELOADS_TOTAL,
     READY,
 ];
 

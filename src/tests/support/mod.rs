@@ -116,19 +116,35 @@ impl Edge {
     /// for its first stdout line starting with `until` (`"listening "`, or
     /// `"metrics "` to catch it before it has loaded anything).
     ///
-    /// Backend health is off unless `args` or `env` turn it on: active
+    /// Backend health is off unless `args` or `env` turn it on (here and in
+    /// [`Edge::spawn`]): active
     /// checks would add connections to the counts that tests assert, and
     /// ejection would spare a refusing backend the connects they count. The
     /// health tests (`src/tests/backends.rs`) set it with flags, which win
     /// over these variables.
     pub fn launch(args: &[&str], env: &[(&str, &str)], until: &str) -> Edge {
         let mut cmd = geoedge();
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.env("GEOEDGE_HEALTH_CHECK_INTERVAL", "off")
-            .env("GEOEDGE_EJECT_AFTER", "0");
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Edge::spawn(cmd, until)
+    }
+
+    /// Starts a prepared `geoedge` command (limits, namespace, environment
+    /// set by the caller) and waits for its first stdout line starting
+    /// with `until`.
+    pub fn spawn(mut cmd: Command, until: &str) -> Edge {
+        // Backend health off unless asked for (see [`Edge::launch`]).
+        for (k, v) in [
+            ("GEOEDGE_HEALTH_CHECK_INTERVAL", "off"),
+            ("GEOEDGE_EJECT_AFTER", "0"),
+        ] {
+            if !cmd.get_envs().any(|(key, _)| key == k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("geoedge starts");
         let out = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
@@ -218,6 +234,11 @@ impl Edge {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// What it logged so far.
