@@ -1,0 +1,341 @@
+//! [`Layer`]: one layer of settings as the flags, the environment or the
+//! TOML file give it (every field optional), and how two layers stack.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use super::{DurationOrOff, HumanDuration};
+
+/// One layer of settings: what the flags and environment gave, or what the
+/// file gave. Every field is optional; [`Layer::over`] stacks two layers.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// routing.db to read (`geoedge route` without one uses the embedded sample table).
+    #[arg(long, env = "GEOEDGE_ROUTING_DB", global = true, value_name = "PATH")]
+    pub routing_db: Option<PathBuf>,
+
+    /// MaxMind DB (GeoIP2/GeoLite2 City or Country, DB-IP City Lite); without one the embedded sample is used.
+    #[arg(long, env = "GEOEDGE_GEOIP", global = true, value_name = "PATH")]
+    pub geoip: Option<PathBuf>,
+
+    /// This POP's region: clients GeoIP cannot locate are placed here [default: eu].
+    #[arg(long, env = "GEOEDGE_REGION", global = true, value_name = "ID")]
+    pub region: Option<String>,
+
+    /// App whose backends are chosen [default: default].
+    #[arg(long, env = "GEOEDGE_APP", global = true, value_name = "APP")]
+    pub app: Option<String>,
+
+    /// A client keeps its backend until its binding has been idle this long [default: 600s].
+    #[arg(
+        long,
+        env = "GEOEDGE_BINDING_TTL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub binding_ttl: Option<HumanDuration>,
+
+    /// IPv4 clients share a binding per network of this prefix length [default: 32].
+    #[arg(long, env = "GEOEDGE_BINDING_IPV4_PREFIX", global = true, value_name = "BITS",
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub binding_ipv4_prefix: Option<u8>,
+
+    /// IPv6 clients share a binding per network of this prefix length [default: 128].
+    #[arg(long, env = "GEOEDGE_BINDING_IPV6_PREFIX", global = true, value_name = "BITS",
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub binding_ipv6_prefix: Option<u8>,
+
+    /// At most this many bindings are kept; the least recently used go first [default: 1000000].
+    #[arg(
+        long,
+        env = "GEOEDGE_BINDING_MAX_ENTRIES",
+        global = true,
+        value_name = "N"
+    )]
+    pub binding_max_entries: Option<usize>,
+
+    /// Client listener, `ADDR` or `APP=ADDR` to serve one app (repeatable; comma-separated in the variable) [default: 0.0.0.0:8080].
+    #[arg(
+        long,
+        env = "GEOEDGE_LISTEN",
+        global = true,
+        value_name = "[APP=]ADDR",
+        value_delimiter = ','
+    )]
+    pub listen: Option<Vec<String>>,
+
+    /// Accept a PROXY v1/v2 header only from these sources and take the client address from it (repeatable CIDR).
+    #[arg(
+        long,
+        env = "GEOEDGE_PROXY_PROTOCOL_FROM",
+        global = true,
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_from: Option<Vec<String>>,
+
+    /// PROXY protocol header sent to backends: off, v1 or v2 [default: off].
+    #[arg(
+        long,
+        env = "GEOEDGE_SEND_PROXY_PROTOCOL",
+        global = true,
+        value_name = "off|v1|v2"
+    )]
+    pub send_proxy_protocol: Option<String>,
+
+    /// Give up connecting to a backend after this long [default: 3s].
+    #[arg(
+        long,
+        env = "GEOEDGE_CONNECT_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub connect_timeout: Option<HumanDuration>,
+
+    /// Backends tried per client before giving up, the best first [default: 2].
+    #[arg(long, env = "GEOEDGE_CONNECT_ATTEMPTS", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub connect_attempts: Option<u32>,
+
+    /// Close a connection after no byte moved either way for this long [default: 10m].
+    #[arg(
+        long,
+        env = "GEOEDGE_IDLE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub idle_timeout: Option<HumanDuration>,
+
+    /// A trusted source must send its whole PROXY header within this long [default: 3s].
+    #[arg(
+        long,
+        env = "GEOEDGE_PROXY_HEADER_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub proxy_header_timeout: Option<HumanDuration>,
+
+    /// On SIGTERM/SIGINT, wait this long for open connections to finish [default: 30s].
+    #[arg(
+        long,
+        env = "GEOEDGE_DRAIN_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub drain_timeout: Option<HumanDuration>,
+
+    /// Worker threads serving client connections, each with its own runtime and its own SO_REUSEPORT listener per address [default: one per CPU].
+    #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Client connections open at once, over all listeners; more are closed at once [default: from the descriptor limit, (RLIMIT_NOFILE - reserve) / 2].
+    #[arg(long, env = "GEOEDGE_MAX_CONNECTIONS", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// WireGuard interface name; setting it turns the backhaul on (peers come from routing.db's wg_peers).
+    #[arg(long, env = "GEOEDGE_WG_INTERFACE", global = true, value_name = "NAME")]
+    pub wg_interface: Option<String>,
+
+    /// WireGuard UDP listen port [default: 51820].
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_LISTEN_PORT",
+        global = true,
+        value_name = "PORT"
+    )]
+    pub wg_listen_port: Option<u16>,
+
+    /// File holding this POP's WireGuard private key (mode 0600 or stricter).
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_PRIVATE_KEY_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub wg_private_key_file: Option<PathBuf>,
+
+    /// Overlay address of the WireGuard interface, with its prefix (repeatable), e.g. 10.77.0.1/16.
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_ADDRESS",
+        global = true,
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub wg_address: Option<Vec<String>>,
+
+    /// MTU of the WireGuard interface [default: 1420].
+    #[arg(long, env = "GEOEDGE_WG_MTU", global = true, value_name = "BYTES")]
+    pub wg_mtu: Option<u16>,
+
+    /// Attach to an existing TUN interface of that name instead of creating one (no CAP_NET_ADMIN needed).
+    #[arg(long, env = "GEOEDGE_WG_ATTACH", global = true, value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub wg_attach: Option<bool>,
+
+    /// Rekey WireGuard sessions this POP initiated once they are this old, 1s to 120s [default: 120s, WireGuard's own].
+    #[arg(
+        long,
+        env = "GEOEDGE_WG_REKEY_AFTER",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub wg_rekey_after: Option<HumanDuration>,
+
+    /// Listener for /metrics, /healthz and /readyz, or `off`; never a client listener's address [default: 127.0.0.1:9090].
+    #[arg(
+        long,
+        env = "GEOEDGE_METRICS_LISTEN",
+        global = true,
+        value_name = "ADDR|off"
+    )]
+    pub metrics_listen: Option<String>,
+
+    /// Log format on stderr: text or json (filtered by RUST_LOG) [default: text].
+    #[arg(
+        long,
+        env = "GEOEDGE_LOG_FORMAT",
+        global = true,
+        value_name = "text|json"
+    )]
+    pub log_format: Option<String>,
+
+    /// Connect to every backend this often to check it, or `off` [default: 2s].
+    #[arg(
+        long,
+        env = "GEOEDGE_HEALTH_CHECK_INTERVAL",
+        global = true,
+        value_name = "DURATION|off"
+    )]
+    pub health_check_interval: Option<DurationOrOff>,
+
+    /// A health check fails when its connect takes longer than this [default: 1s].
+    #[arg(
+        long,
+        env = "GEOEDGE_HEALTH_CHECK_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub health_check_timeout: Option<HumanDuration>,
+
+    /// Consecutive successful checks that bring a down backend back up [default: 2].
+    #[arg(long, env = "GEOEDGE_HEALTH_CHECK_RISE", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_rise: Option<u32>,
+
+    /// Consecutive failed checks that take a backend down [default: 3].
+    #[arg(long, env = "GEOEDGE_HEALTH_CHECK_FALL", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_fall: Option<u32>,
+
+    /// Eject a backend after this many consecutive failed connects to it; 0 turns ejection off [default: 3].
+    #[arg(long, env = "GEOEDGE_EJECT_AFTER", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub eject_after: Option<u32>,
+
+    /// An ejected backend gets a trial connect after this long, doubled after each failed trial [default: 1s].
+    #[arg(
+        long,
+        env = "GEOEDGE_EJECT_BACKOFF",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub eject_backoff: Option<HumanDuration>,
+
+    /// The longest backoff of an ejected backend [default: 30s].
+    #[arg(
+        long,
+        env = "GEOEDGE_EJECT_BACKOFF_MAX",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub eject_backoff_max: Option<HumanDuration>,
+}
+
+macro_rules! stack {
+    ($top:expr, $bottom:expr, $($f:ident),* $(,)?) => {
+        Layer { $($f: $top.$f.or($bottom.$f),)* }
+    };
+}
+
+impl Layer {
+    /// This layer's values, and `below`'s where this one has none.
+    pub fn over(self, below: Layer) -> Layer {
+        stack!(
+            self,
+            below,
+            routing_db,
+            geoip,
+            region,
+            app,
+            binding_ttl,
+            binding_ipv4_prefix,
+            binding_ipv6_prefix,
+            binding_max_entries,
+            listen,
+            proxy_protocol_from,
+            send_proxy_protocol,
+            connect_timeout,
+            connect_attempts,
+            idle_timeout,
+            proxy_header_timeout,
+            drain_timeout,
+            workers,
+            max_connections,
+            wg_interface,
+            wg_listen_port,
+            wg_private_key_file,
+            wg_address,
+            wg_mtu,
+            wg_attach,
+            wg_rekey_after,
+            metrics_listen,
+            log_format,
+            health_check_interval,
+            health_check_timeout,
+            health_check_rise,
+            health_check_fall,
+            eject_after,
+            eject_backoff,
+            eject_backoff_max,
+        )
+    }
+
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Layer> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let layer: Layer =
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        if layer.binding_ipv4_prefix.is_some_and(|p| p > 32) {
+            bail!(
+                "config file {}: binding_ipv4_prefix must be 0..=32",
+                path.display()
+            );
+        }
+        for (key, v) in [
+            ("health_check_rise", layer.health_check_rise),
+            ("health_check_fall", layer.health_check_fall),
+        ] {
+            if v.is_some_and(|n| !(1..=100).contains(&n)) {
+                bail!("config file {}: {key} must be 1..=100", path.display());
+            }
+        }
+        if layer.eject_after.is_some_and(|n| n > 1000) {
+            bail!(
+                "config file {}: eject_after must be 0..=1000",
+                path.display()
+            );
+        }
+        if layer.binding_ipv6_prefix.is_some_and(|p| p > 128) {
+            bail!(
+                "config file {}: binding_ipv6_prefix must be 0..=128",
+                path.display()
+            );
+        }
+        Ok(layer)
+    }
+}
