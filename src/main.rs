@@ -1,6 +1,7 @@
 //! The `geoedge` binary: command-line parsing and the glue between the
 //! routing core, GeoIP and (in later commands) the network.
 
+mod check_host;
 mod cli;
 mod config;
 mod db_cmd;
