@@ -464,7 +464,10 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        assert_eq!(row("net.core.somaxconn"), "net.core.somaxconn 128 >= 4096 SHORT");
+        assert_eq!(
+            row("net.core.somaxconn"),
+            "net.core.somaxconn 128 >= 4096 SHORT"
+        );
         assert_eq!(
             row("net.core.netdev_max_backlog"),
             "net.core.netdev_max_backlog - >= 16384 unavailable"
