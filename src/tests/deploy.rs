@@ -87,7 +87,7 @@ fn verify_skip_reason(dir: &Path) -> Option<String> {
     }
     let probe = dir.join("geoedge-probe.service");
     std::fs::write(&probe, "[Service]\nExecStart=/bin/true\n").unwrap();
-    let out = verify(&[probe.clone()]);
+    let out = verify(std::slice::from_ref(&probe));
     std::fs::remove_file(&probe).unwrap();
     (!clean(&out)).then(|| {
         format!(
