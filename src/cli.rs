@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long)]
         send: Option<String>,
     },
+    /// List the kernel settings and open-file limit below geoedge's recommendation (sysctl/90-geoedge.conf).
+    CheckHost {
+        /// Exit 1 when any value falls short.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 /// `geoedge db …`
@@ -146,5 +152,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::demo::run(&Settings::resolve(layer, cli.config.as_deref())?)
         }
         Command::Probe { addr, claim, send } => crate::demo::probe(*addr, *claim, send.as_deref()),
+        Command::CheckHost { strict } => crate::check_host::run(*strict),
     }
 }

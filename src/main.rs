@@ -2,6 +2,7 @@
 //! routing core, GeoIP and (in later commands) the network.
 
 mod admission;
+mod check_host;
 mod cli;
 mod config;
 mod db_cmd;
