@@ -315,9 +315,9 @@ fn flags_in_help(words: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
-/// `geoedge` command lines in a text: in code blocks (continuation lines
-/// joined, comments dropped) and in inline code spans.
-fn command_lines(text: &str) -> Vec<String> {
+/// The lines of a text's code blocks (continuation lines joined, comments
+/// dropped), and its inline code spans.
+fn code(text: &str) -> (Vec<String>, Vec<String>) {
     let mut lines = Vec::new();
     for fence in markdown::fences(text) {
         let joined = fence.body.replace("\\\n", " ");
@@ -328,6 +328,7 @@ fn command_lines(text: &str) -> Vec<String> {
             }
         }
     }
+    let mut spans = Vec::new();
     let mut in_fence = false;
     for line in text.lines() {
         let t = line.trim_start();
@@ -336,10 +337,10 @@ fn command_lines(text: &str) -> Vec<String> {
             continue;
         }
         if !in_fence {
-            lines.extend(line.split('`').skip(1).step_by(2).map(String::from));
+            spans.extend(line.split('`').skip(1).step_by(2).map(String::from));
         }
     }
-    lines
+    (lines, spans)
 }
 
 /// Each `geoedge SUBCOMMAND … --flag` in a line: the subcommand and flag.
@@ -384,22 +385,22 @@ fn geoedge_flags_in_the_docs_exist() {
     let mut checked = 0;
     for file in doc_files() {
         let text = std::fs::read_to_string(&file).unwrap();
-        for line in command_lines(&text) {
-            for (sub, flag) in invocations(&line) {
+        let (lines, spans) = code(&text);
+        for line in lines.iter().chain(&spans) {
+            for (sub, flag) in invocations(line) {
                 checked += 1;
                 if !helps[&sub].contains(&flag) {
-                    unknown.push(format!(
-                        "{}: geoedge {} {flag}",
-                        name(&file),
-                        sub.join(" ")
-                    ));
+                    unknown.push(format!("{}: geoedge {} {flag}", name(&file), sub.join(" ")));
                 }
             }
-            // A flag alone in backticks (`--region ID`) in prose or a table.
-            let first = line.split_whitespace().next().unwrap_or("");
-            if let Some(flag) = first.strip_prefix("--").filter(|f| {
-                !f.is_empty() && f.chars().all(|c| c.is_ascii_lowercase() || c == '-')
-            }) {
+        }
+        // A flag alone in backticks (`--region ID`) in prose or a table.
+        for span in &spans {
+            let first = span.split_whitespace().next().unwrap_or("");
+            if let Some(flag) = first
+                .strip_prefix("--")
+                .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+            {
                 checked += 1;
                 if !any.contains(&format!("--{flag}")) {
                     unknown.push(format!("{}: {first}", name(&file)));
@@ -407,7 +408,10 @@ fn geoedge_flags_in_the_docs_exist() {
             }
         }
     }
-    assert!(checked > 50, "only {checked} flags found: is the scan broken?");
+    assert!(
+        checked > 50,
+        "only {checked} flags found: is the scan broken?"
+    );
     assert!(
         unknown.is_empty(),
         "flags the binary does not know:\n{}",

@@ -258,6 +258,9 @@ mod tests {
         assert!(matches("x=... y=...\n", "x=1 y=2\n"));
         assert!(match_line("...ab...ab", "abab"));
         assert!(!match_line("ab...ab", "aba"));
-        assert!(match_line("2026-...Z WARN ... rejected", "2026-01-01Z WARN x: rejected"));
+        assert!(match_line(
+            "2026-...Z WARN ... rejected",
+            "2026-01-01Z WARN x: rejected"
+        ));
     }
 }
