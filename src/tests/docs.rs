@@ -302,6 +302,7 @@ const COMMANDS: &[&[&str]] = &[
     &["wg", "up"],
     &["demo"],
     &["probe"],
+    &["check-host"],
 ];
 
 /// The `--flags` a `--help` text lists.
