@@ -20,7 +20,9 @@
 //!
 //! The blocks of one file run in order, each in a fresh
 //! `bash -e -o pipefail`, in one temporary directory per file (so a later
-//! block sees the files an earlier one made), with the `geoedge` under test
+//! block sees the files an earlier one made) that starts with a copy of the
+//! repository's `deploy/` and `sysctl/` (so `deploy/push-routing-db.sh`
+//! runs as written from the top of a checkout), with the `geoedge` under test
 //! first on the PATH, the real `sqlite3`, `HOME` set to that directory, no
 //! `GEOEDGE_*` or `RUST_LOG` variables, and (when run as root) in a network
 //! namespace of the file's own, so examples may use the usual ports (8080,
@@ -146,6 +148,11 @@ fn run_file(path: &Path) -> Result<usize, String> {
         }
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for tree in REPO_TREES {
+        copy_tree(&root.join(tree), &dir.path().join(tree))
+            .map_err(|e| format!("copying {tree}/: {e}"))?;
+    }
     let sandbox = Sandbox::new();
     for ex in &examples {
         run_example(&sandbox, dir.path(), ex).map_err(|e| {
@@ -159,6 +166,26 @@ fn run_file(path: &Path) -> Result<usize, String> {
         })?;
     }
     Ok(examples.len())
+}
+
+/// The repository's directories each file's blocks find in their working
+/// directory, as at the top of a checkout.
+const REPO_TREES: &[&str] = &["deploy", "sysctl"];
+
+/// Copies a directory tree (files keep their mode, so scripts stay
+/// executable).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a file's blocks run: a network namespace of its own when one can
