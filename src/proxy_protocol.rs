@@ -680,5 +680,8 @@ impl FromStr for Version {
     }
 }
 
+// The path is spelled out so that the file also resolves its tests when
+// included elsewhere by path (the fuzz target in src/fuzz does).
 #[cfg(test)]
+#[path = "proxy_protocol/tests.rs"]
 mod tests;

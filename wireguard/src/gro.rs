@@ -12,14 +12,15 @@
 //!
 //! A segment joins a flow's super-packet only when the kernel's own GRO
 //! would merge it: same addresses and ports, IPv4 without options or
-//! fragments (and the same TTL, TOS and DF) or IPv6 without extension
-//! headers (and the same traffic class and hop limit), ACK set with at most
-//! PSH besides, the same acknowledgement number, window and TCP options,
-//! the next sequence number, a payload no longer than the first segment's,
-//! and a valid TCP checksum (a corrupt segment goes in alone, for the kernel
-//! to drop). A shorter segment or one with PSH closes the super-packet; a
-//! packet that cannot merge closes every super-packet before it.
-//! Super-packets stay within 64 KiB and the buffers' capacity.
+//! fragments and with a valid header checksum (and the same TTL, TOS and
+//! DF) or IPv6 without extension headers (and the same traffic class and
+//! hop limit), ACK set with at most PSH besides, the same acknowledgement
+//! number, window and TCP options, the next sequence number, a payload no
+//! longer than the first segment's, and a valid TCP checksum (a corrupt
+//! segment goes in alone, for the kernel to drop). A shorter segment or
+//! one with PSH closes the super-packet; a packet that cannot merge closes
+//! every super-packet before it. Super-packets stay within 64 KiB and the
+//! buffers' capacity.
 
 /// The virtio-net header written before each packet.
 pub const VNET_HDR_LEN: usize = 10;
@@ -264,12 +265,17 @@ fn finish(buf: &mut [u8], flow: &Flow) {
 
 /// Parses an IP packet as a TCP segment that may merge; `None` for anything
 /// else (other protocols, IP options or fragments, extension headers,
-/// flags beyond ACK and PSH, a bad checksum).
+/// flags beyond ACK and PSH, a bad IPv4 header or TCP checksum).
 fn parse(p: &[u8]) -> Option<Segment> {
     let version = p.first()? >> 4;
     let (v6, ip_len, total, id, df) = match version {
         4 => {
             if p.len() < 20 || p[0] & 0x0f != 5 || p[9] != 6 {
+                return None;
+            }
+            // A bad header checksum goes in alone, for the kernel to drop:
+            // merged, it would be rewritten into a valid one.
+            if fold(sum(&p[..20], 0)) != 0xffff {
                 return None;
             }
             let total = usize::from(u16::from_be_bytes([p[2], p[3]]));

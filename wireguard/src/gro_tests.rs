@@ -170,6 +170,9 @@ fn what_must_not_merge_goes_in_alone() {
     let mut corrupt = p(2000, TCP_ACK, &[9; 1000]);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
+    // The TCP checksum is fine, the IPv4 header's is not.
+    let mut bad_ip_header = p(2000, TCP_ACK, &[9; 1000]);
+    bad_ip_header[10] ^= 0x59;
     let mut other_ts = TIMESTAMPS;
     other_ts[7] = 9;
     let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
@@ -184,6 +187,10 @@ fn what_must_not_merge_goes_in_alone() {
         (
             "a bad checksum",
             vec![p(1000, TCP_ACK, &[1; 1000]), corrupt],
+        ),
+        (
+            "a bad IPv4 header checksum",
+            vec![p(1000, TCP_ACK, &[1; 1000]), bad_ip_header],
         ),
         (
             "FIN",
