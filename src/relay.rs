@@ -265,6 +265,7 @@ impl Direction {
                 self.buf = None;
                 self.splicing = true;
                 self.last_fill = self.end;
+                (self.pos, self.end) = (0, 0);
                 continue;
             }
             if self.eof {

@@ -540,6 +540,11 @@ geoedge_cmd() { # workers: the command line of geoedge run
         --listen "iperf=127.0.0.1:${PORT_IPERF[geoedge]}"
         --listen "idle=127.0.0.1:${PORT_IDLE[geoedge]}")
     ((GE_WORKERS_FLAG)) && GE_CMD+=(--workers "$w")
+    # The same footing as HAProxy's configuration: its connection cap, and no
+    # active health checks (a TCP check against the single-client iperf3
+    # server can take the place of a test's control connection).
+    [[ $GE_HELP == *--max-connections* ]] && GE_CMD+=(--max-connections "$MAXCONN")
+    [[ $GE_HELP == *--health-check-interval* ]] && GE_CMD+=(--health-check-interval off)
     return 0
 }
 
