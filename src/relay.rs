@@ -15,8 +15,9 @@
 //! big chunks (a bulk transfer) moves its bytes with splice(2) through a
 //! pooled pipe instead of copying them (see [`crate::splice`]); small
 //! messages (keep-alive HTTP) stay on the copy path, which costs them less.
-//! A short read means the socket was drained, so the direction then waits
-//! for readiness instead of reading again only to be told `WouldBlock`. Bytes are added to the caller's
+//! A short read means the socket was drained, so it clears the socket's
+//! readiness (as tokio's own reads do) and the next read waits for
+//! readiness instead of making a system call only to be told `WouldBlock`. Bytes are added to the caller's
 //! counters as each chunk is passed on, so the metrics see a long-lived
 //! connection's traffic as it flows.
 
@@ -186,6 +187,32 @@ pub async fn relay(
     .await
 }
 
+/// Reads what `from` holds into `buf`. A short read (less than `buf`)
+/// means the socket was drained, so it also clears the socket's read
+/// readiness, as tokio's own reads do: the next read then waits for
+/// readiness instead of making a system call only to be told `WouldBlock`
+/// (one syscall per chunk). The readiness is cleared inside the same
+/// `try_io` as the read, against the readiness event the read was based
+/// on, so bytes or an end-of-file that arrive after it raise a newer event
+/// that stays set: no wake-up is lost.
+fn read_short_clears(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut short = None;
+    let read = from.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(from)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            // Tells `try_io` to clear the readiness this read consumed.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => read,
+    }
+}
+
 /// A direction that has moved this much is a bulk transfer: it switches
 /// from copying to splice (below it, two syscalls per chunk either way, and
 /// a pipe would cost kernel memory for nothing).
@@ -214,10 +241,6 @@ struct Direction {
     end: usize,
     /// While splicing: the size of the last splice into the pipe.
     last_fill: usize,
-    /// The last read filled less than the buffer: the reader's socket was
-    /// drained then, so once that chunk is written the direction waits for
-    /// readiness instead of reading again just to be told `WouldBlock`.
-    drained: bool,
     /// The reader reached end-of-file.
     eof: bool,
     /// The writer was shut down after end-of-file.
@@ -273,19 +296,6 @@ impl Direction {
                 // writer unless the other direction is done too.
                 return Poll::Ready(Ok(()));
             }
-            if std::mem::take(&mut self.drained) {
-                // A short read emptied the socket: give the buffer back and
-                // forget the readiness that read consumed, as tokio's own
-                // reads do. An end-of-file or bytes that arrived since then
-                // raise a new edge (a seen end-of-file stays set), so no
-                // wake-up is lost, and the read that would only have failed
-                // with `WouldBlock` is saved: one syscall per chunk.
-                self.buf = None;
-                self.no_pipe = false;
-                let _ = from.try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
-            }
             if self.buf.is_none() {
                 // Idle: wait with no buffer.
                 ready!(from.poll_read_ready(cx))?;
@@ -294,7 +304,7 @@ impl Direction {
             let Some(buf) = self.buf.as_mut() else {
                 continue;
             };
-            match from.try_read(buf) {
+            match read_short_clears(from, buf) {
                 Ok(0) => {
                     self.eof = true;
                     self.buf = None;
@@ -302,7 +312,6 @@ impl Direction {
                 Ok(n) => {
                     self.pos = 0;
                     self.end = n;
-                    self.drained = n < buf.len();
                     *moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -513,6 +522,73 @@ mod tests {
         .await
         .expect("the relay stalled: a wake-up was lost");
         assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    }
+
+    /// Small chunks keep arriving while the writer side is full: a short
+    /// read, then a write that has to wait, then more bytes arriving before
+    /// the write can finish. The readiness the short read consumed must not
+    /// be cleared after the wait (that would drop the newer edge and stall
+    /// the direction until the idle timeout): every byte arrives.
+    #[tokio::test(flavor = "current_thread")]
+    async fn bytes_arriving_while_the_writer_waits_are_not_lost() {
+        let (client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        // Small buffers between the relay and the client so its writes wait.
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&client_side)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let stats = ConnStats::default();
+        let relaying = relay(
+            client_side,
+            backend_side,
+            b"",
+            Duration::from_secs(30),
+            Meter {
+                up: stats.up(),
+                down: stats.down(),
+            },
+        );
+        const TOTAL: usize = 200 * 1024;
+        let sending = async {
+            let chunk = [5u8; 1000];
+            let mut sent = 0;
+            while sent < TOTAL {
+                let n = chunk.len().min(TOTAL - sent);
+                backend.write_all(&chunk[..n]).await.unwrap();
+                sent += n;
+                tokio::task::yield_now().await;
+            }
+            // Keep the backend open: only the bytes themselves can wake the
+            // relay now.
+            backend
+        };
+        let mut client = client;
+        let reading = async {
+            let mut got = 0;
+            let mut buf = [0u8; 700];
+            while got < TOTAL {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed after {got} bytes");
+                got += n;
+                if got % 7 == 0 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            got
+        };
+        let run = async {
+            tokio::select! {
+                ended = relaying => panic!("relay ended early: {ended:?}"),
+                (_backend, got) = async { tokio::join!(sending, reading) } => got,
+            }
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the relay stalled: a wake-up was lost");
+        assert_eq!(got, TOTAL);
     }
 
     /// A long-lived connection exchanging small messages (keep-alive HTTP)
