@@ -412,6 +412,13 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
+    fn meter(stats: &ConnStats) -> Meter<'_> {
+        Meter {
+            up: stats.up(),
+            down: stats.down(),
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -448,10 +455,7 @@ mod tests {
             backend_side,
             b"early",
             Duration::from_secs(30),
-            Meter {
-                up: stats.up(),
-                down: stats.down(),
-            },
+            meter(&stats),
         );
         let (ended, at_client, at_backend) = tokio::join!(
             relaying,
@@ -487,10 +491,7 @@ mod tests {
             backend_side,
             b"",
             Duration::from_secs(30),
-            Meter {
-                up: stats.up(),
-                down: stats.down(),
-            },
+            meter(&stats),
         );
         let exchanges = async {
             let mut buf = [0u8; 64];
@@ -546,10 +547,7 @@ mod tests {
             backend_side,
             b"",
             Duration::from_secs(30),
-            Meter {
-                up: stats.up(),
-                down: stats.down(),
-            },
+            meter(&stats),
         );
         const TOTAL: usize = 200 * 1024;
         let sending = async {
@@ -604,10 +602,7 @@ mod tests {
             backend_side,
             b"",
             Duration::from_secs(30),
-            Meter {
-                up: stats.up(),
-                down: stats.down(),
-            },
+            meter(&stats),
         );
         let exchanges = async {
             let ask = [7u8; 200];
@@ -646,10 +641,7 @@ mod tests {
             backend_side,
             b"",
             Duration::from_millis(300),
-            Meter {
-                up: stats.up(),
-                down: stats.down(),
-            },
+            meter(&stats),
         )
         .await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");

@@ -35,17 +35,20 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// A duration as the TOML file writes it: a bare number of seconds, or
+/// text for the type's own parser.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Secs(u64),
+    Text(String),
+}
+
 impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        match RawDuration::deserialize(d)? {
+            RawDuration::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            RawDuration::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -66,15 +69,9 @@ impl FromStr for DurationOrOff {
 
 impl<'de> serde::Deserialize<'de> for DurationOrOff {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(DurationOrOff((s > 0).then(|| Duration::from_secs(s)))),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        match RawDuration::deserialize(d)? {
+            RawDuration::Secs(s) => Ok(DurationOrOff((s > 0).then(|| Duration::from_secs(s)))),
+            RawDuration::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
 }

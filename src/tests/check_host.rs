@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::{geoedge, run};
+use support::{describe_output, geoedge, run};
 
 mod support;
 
@@ -65,15 +65,6 @@ fn rows(stdout: &str) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
@@ -81,7 +72,7 @@ fn stdout(out: &Output) -> String {
 #[test]
 fn lists_every_shipped_key_with_the_live_value() {
     let out = geoedge().arg("check-host").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe_output(&out));
     let rows = rows(&stdout(&out));
     for (key, _) in shipped() {
         let (live, status) = &rows[&key];
@@ -103,7 +94,7 @@ fn lists_every_shipped_key_with_the_live_value() {
         strict.status.code(),
         Some(if any_short { 1 } else { 0 }),
         "{}",
-        text(&strict)
+        describe_output(&strict)
     );
     assert_eq!(strict.stdout, out.stdout);
 }
@@ -118,7 +109,7 @@ fn a_low_open_file_limit_is_short() {
         .args(["check-host", "--strict"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
     let rows = rows(&stdout(&out));
     assert_eq!(rows[NOFILE_ROW], ("1024".to_string(), "SHORT".to_string()));
 }
@@ -195,7 +186,7 @@ fn a_low_value_in_a_network_namespace_is_short_and_strict_fails() {
         c.output().unwrap()
     };
     let out = check(false);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe_output(&out));
     let rows = rows(&stdout(&out));
     assert_eq!(
         rows["net.core.somaxconn"],
@@ -209,7 +200,12 @@ fn a_low_value_in_a_network_namespace_is_short_and_strict_fails() {
         }
     }
     let strict = check(true);
-    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+    assert_eq!(
+        strict.status.code(),
+        Some(1),
+        "{}",
+        describe_output(&strict)
+    );
     // The host's own value is untouched.
     let host = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
     assert_ne!(host.trim(), "128");
@@ -271,11 +267,11 @@ fn strict_passes_when_every_value_meets_the_recommendation() {
         .map(|(k, _)| k.as_str())
         .collect();
     if can_raise {
-        assert!(short.is_empty(), "{}", text(&out));
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(short.is_empty(), "{}", describe_output(&out));
+        assert_eq!(out.status.code(), Some(0), "{}", describe_output(&out));
     } else {
-        assert_eq!(short, [NOFILE_ROW], "{}", text(&out));
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(short, [NOFILE_ROW], "{}", describe_output(&out));
+        assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
     }
     // Every key is either met or missing in this namespace, never short.
     for (key, _) in shipped() {

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::geoedge;
+use support::{describe_output, geoedge};
 
 mod support;
 
@@ -55,15 +55,6 @@ fn unit_copies(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `systemd-analyze verify` on unit files. It exits 0 on unknown keys and
 /// bad values too, only printing them, so anything printed is a failure.
 fn verify(paths: &[PathBuf]) -> Output {
@@ -92,7 +83,7 @@ fn verify_skip_reason(dir: &Path) -> Option<String> {
     (!clean(&out)).then(|| {
         format!(
             "systemd-analyze verify fails on a trivial unit here: {}",
-            text(&out)
+            describe_output(&out)
         )
     })
 }
@@ -106,7 +97,7 @@ fn units_pass_systemd_analyze_verify() {
     }
     let units = unit_copies(dir.path());
     let out = verify(&units);
-    assert!(clean(&out), "{}", text(&out));
+    assert!(clean(&out), "{}", describe_output(&out));
     // The check is real: a misspelt key and a bad value are reported.
     let broken = dir.path().join("geoedge-broken.service");
     let text_ok = std::fs::read_to_string(&units[0]).unwrap();
@@ -122,7 +113,7 @@ fn units_pass_systemd_analyze_verify() {
     assert!(
         err.contains("WatchdogSecs") && err.contains("stricter"),
         "{}",
-        text(&out)
+        describe_output(&out)
     );
     // The sandbox stays tight: overall exposure at most 2.0 of 10.
     for unit in &units {
@@ -131,7 +122,12 @@ fn units_pass_systemd_analyze_verify() {
             .arg(unit)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}: {}", unit.display(), text(&out));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            unit.display(),
+            describe_output(&out)
+        );
     }
 }
 
@@ -218,7 +214,7 @@ fn route(config: &str, db: &Path, mmdb: &Path, country: &str) -> serde_json::Val
         .args(["route", &ip])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe_output(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -234,7 +230,7 @@ fn example_settings_and_three_region_sql_work_together() {
         .arg(&db)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe_output(&out));
     // As the file's own comment says: `sqlite3 routing.db < three-regions.sql`.
     let sql = std::fs::File::open(repo().join("deploy/examples/three-regions.sql")).unwrap();
     let out = Command::new("sqlite3")
@@ -242,13 +238,13 @@ fn example_settings_and_three_region_sql_work_together() {
         .stdin(sql)
         .output()
         .unwrap();
-    assert!(clean(&out), "{}", text(&out));
+    assert!(clean(&out), "{}", describe_output(&out));
     let out = geoedge().args(["db", "check"]).arg(&db).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && report.contains("5 backends (5 live) in 1 apps, 3 regions,"),
         "{}",
-        text(&out)
+        describe_output(&out)
     );
     let peers = sqlite3_out(&db, "SELECT count(*) FROM wg_peers;");
     assert_eq!(peers.trim(), "2");
@@ -268,6 +264,6 @@ fn example_settings_and_three_region_sql_work_together() {
 
 fn sqlite3_out(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe_output(&out));
     String::from_utf8(out.stdout).unwrap()
 }

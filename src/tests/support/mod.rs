@@ -609,3 +609,13 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let public = String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap();
     (path, public.trim().to_owned())
 }
+
+/// A finished command's exit status and output, for assertion messages.
+pub fn describe_output(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
