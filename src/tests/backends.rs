@@ -148,11 +148,14 @@ async fn a_refusing_backend_is_ejected_1000_clients_get_through_and_it_is_readmi
         if greet(edge.addr, client(i)).await.as_deref() == Some("a") {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(4), "a not re-admitted");
+        // Generous: the next trial is at most the 2 s cap away.
+        assert!(t0.elapsed() < Duration::from_secs(10), "a not re-admitted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let readmitted = t0.elapsed();
-    assert!(readmitted <= Duration::from_millis(2300), "{readmitted:?}");
+    // Re-admitted by a trial, not by a fresh ejection cycle: no more
+    // ejections than the trials counted above.
+    assert_eq!(value(&edge, ejections), 1.0 + trials, "{readmitted:?}");
     assert_eq!(state(&edge, "a", "up"), 1.0);
     assert_eq!(value(&edge, r#"edge_backend_up{backend="a"}"#), 1.0);
     // Back in service for everyone.
@@ -408,10 +411,15 @@ async fn a_blackholed_backend_costs_the_connect_timeout_and_only_until_it_is_eje
         state(&edge, "a-hole", "down") == 1.0
     })
     .await;
+    let timeouts = r#"edge_connect_failures_total{backend="a-hole",reason="timeout"}"#;
+    let before = value(&edge, timeouts);
     let t = Instant::now();
     assert_eq!(greet(edge.addr, client(100)).await.as_deref(), Some("b"));
     let waited = t.elapsed();
-    assert!(waited < Duration::from_millis(200), "{waited:?}");
+    // The down backend is not dialed at all (so the client does not wait
+    // out its 1 s connect timeout).
+    assert_eq!(value(&edge, timeouts), before, "a-hole was dialed");
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
     assert!(value(&edge, r#"edge_health_checks_total{result="timeout"}"#) >= 2.0);
     eprintln!("measured: active checks (every 100 ms, timeout 200 ms, fall 2) took the blackholed backend down {down:?} after start; the next client waited {waited:?}");
 }
