@@ -175,7 +175,6 @@ mod tests {
                 .load
                 .connect_stats()
                 .observe(Duration::from_micros(300));
-            conns.record(ConnResult::Ok);
             if i < 3 {
                 routes.push(route);
             }

@@ -328,7 +328,7 @@ impl<D: Dialer> Proxy<D> {
                     {
                         crate::health_check::log_connect_change(&backend, change, &self.router);
                     }
-                    self.conns.record(ConnResult::Ok);
+                    // Counted as `ok` by the connect just observed.
                     span.record("backend", display(&backend.id));
                     self.relay(client, stream, source, destination, &early, route)
                         .await;

@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use geoedge_geoip::{CountryCode, GeoPoint};
 
@@ -100,6 +100,19 @@ pub struct BackendLoad {
     health: BackendHealth,
     /// Connect durations and failures.
     connect: ConnectStats,
+    /// Set once the table has forgotten this backend: where the successful
+    /// connects it records from then on are added when it drops.
+    retired: OnceLock<Retired>,
+}
+
+/// A forgotten backend's hand-over of its successful connects to its
+/// table's running total ([`BackendLoad::retire`]).
+#[derive(Debug)]
+struct Retired {
+    /// The table's total of successful connects on forgotten backends.
+    to: Arc<AtomicU64>,
+    /// How many of this backend's connects were added to `to` already.
+    counted: u64,
 }
 
 impl BackendLoad {
@@ -128,11 +141,37 @@ impl BackendLoad {
             .is_ok()
     }
 
+    /// Hands this backend's successful connects to `total` as its table
+    /// forgets it: those counted so far now, any recorded later (by a
+    /// connection that raced the removal) when the last reference drops.
+    /// So `total` plus the connects of the backends still known never
+    /// decreases. Later calls do nothing.
+    pub(crate) fn retire(&self, total: &Arc<AtomicU64>) {
+        if self.retired.get().is_some() {
+            return;
+        }
+        let counted = self.connect.successes();
+        total.fetch_add(counted, Ordering::Relaxed);
+        let _ = self.retired.set(Retired {
+            to: Arc::clone(total),
+            counted,
+        });
+    }
+
     /// Returns one slot. Saturates at zero rather than wrapping.
     pub fn release(&self) {
         let _ = self
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1));
+    }
+}
+
+impl Drop for BackendLoad {
+    fn drop(&mut self) {
+        if let Some(r) = self.retired.get() {
+            let late = self.connect.successes().saturating_sub(r.counted);
+            r.to.fetch_add(late, Ordering::Relaxed);
+        }
     }
 }
 

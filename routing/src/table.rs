@@ -172,7 +172,11 @@ pub struct RoutingTable {
     /// Connection counters by backend id; an entry lives while its backend is
     /// in the table or still has connections, so counts survive reloads.
     loads: DashMap<BackendId, Arc<BackendLoad>, foldhash::fast::RandomState>,
-    /// Serialises reloads (never taken on the decision path).
+    /// Successful connects on backends forgotten since (see
+    /// [`RoutingTable::successful_connects`]).
+    retired: Arc<AtomicU64>,
+    /// Serialises reloads and the sum of successful connects (never taken
+    /// on the decision path).
     reload: Mutex<()>,
     /// Reload counters.
     stats: ReloadStats,
@@ -190,6 +194,7 @@ impl RoutingTable {
         Self {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             loads: DashMap::default(),
+            retired: Arc::default(),
             reload: Mutex::new(()),
             stats: ReloadStats::default(),
         }
@@ -229,6 +234,42 @@ impl RoutingTable {
         self.loads.get(id).map_or(0, |l| l.active())
     }
 
+    /// Successful connects to this table's backends so far, those since
+    /// removed included: what the proxy reports as connections that reached
+    /// a backend (each records one successful connect, and nothing else
+    /// does). Never decreases. Takes the reload lock (not the decision
+    /// path's) so that no backend is counted twice or missed while a reload
+    /// forgets it.
+    pub fn successful_connects(&self) -> u64 {
+        let _serial = self.reload.lock();
+        let live: u64 = self
+            .loads
+            .iter()
+            .map(|l| l.value().connect_stats().successes())
+            .sum();
+        self.retired.load(Ordering::Relaxed) + live
+    }
+
+    /// [`Self::forget_idle`] for every backend but those in `keep`.
+    fn forget_idle_except(&self, keep: &std::collections::HashSet<BackendId>) {
+        self.loads.retain(|id, load| {
+            let forget = !keep.contains(id) && load.active() == 0;
+            if forget {
+                load.retire(&self.retired);
+            }
+            !forget
+        });
+    }
+
+    /// Drops the counters of a backend no longer in the table, if no
+    /// connection holds it, keeping its successful connects in the total.
+    /// Called with the reload lock held.
+    fn forget_idle(&self, id: &BackendId) {
+        if let Some((_, load)) = self.loads.remove_if(id, |_, l| l.active() == 0) {
+            load.retire(&self.retired);
+        }
+    }
+
     /// Validates `raw` whole and, if valid, swaps it in. An invalid table, or
     /// one that would replace live backends with none, is refused and the
     /// table in service is kept. The refusal is counted; logging is the
@@ -262,7 +303,7 @@ impl RoutingTable {
         if generation > 0 && old.live_len() > 0 && new.live_len() == 0 {
             for b in &new.backends {
                 if old.backend(b.id.as_str()).is_none() {
-                    self.loads.remove_if(&b.id, |_, l| l.active() == 0);
+                    self.forget_idle(&b.id);
                 }
             }
             return Err(Rejected::Emptied {
@@ -278,13 +319,85 @@ impl RoutingTable {
             // Nothing changed (a touched file, a no-op transaction): keep the generation.
             return Ok(Applied { generation, diff });
         }
+        let new_ids: std::collections::HashSet<BackendId> =
+            new.backends.iter().map(|b| b.id.clone()).collect();
         self.current.store(Arc::new(new));
-        // Forget counters of removed backends once their connections are gone.
-        for id in &diff.removed {
-            self.loads.remove_if(id, |_, l| l.active() == 0);
-        }
+        // Forget counters of backends no longer in the table once their
+        // connections are gone (those removed now, and those removed earlier
+        // while connections held them).
+        self.forget_idle_except(&new_ids);
         let generation = generation + 1;
         self.stats.generation.store(generation, Ordering::Release);
         Ok(Applied { generation, diff })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testutil::{backend, table};
+
+    fn rows(ids: &[&str]) -> RawTable {
+        table(
+            ids.iter()
+                .map(|id| backend(id, "eu", Some("DE"), 10, 20))
+                .collect(),
+        )
+    }
+
+    fn connect(t: &RoutingTable, id: &str, n: u64) {
+        let s = t.snapshot();
+        let b = s.backend(id).unwrap();
+        for _ in 0..n {
+            b.load.connect_stats().observe(Duration::from_micros(200));
+        }
+    }
+
+    #[test]
+    fn successful_connects_survive_the_removal_of_their_backend() {
+        let t = RoutingTable::from_raw(&rows(&["a", "b"]), 0).unwrap();
+        connect(&t, "a", 3);
+        connect(&t, "b", 4);
+        assert_eq!(t.successful_connects(), 7);
+
+        // `a` is removed while idle: forgotten at once, its count kept.
+        t.apply(&rows(&["b"]), 0).unwrap();
+        assert!(t.loads.get("a").is_none());
+        assert_eq!(t.successful_connects(), 7);
+
+        // `b` is removed while a connection holds it: kept until a later
+        // reload finds it idle, counting on meanwhile.
+        let held = t.snapshot().backend("b").unwrap().load.clone();
+        assert!(held.try_acquire(20));
+        t.apply(&rows(&["c"]), 0).unwrap();
+        held.connect_stats().observe(Duration::from_micros(200));
+        assert_eq!(t.successful_connects(), 8);
+        held.release();
+
+        // Re-adding `a` starts it from zero; the total goes on; `b`, idle
+        // now, is forgotten.
+        t.apply(&rows(&["a", "c"]), 0).unwrap();
+        assert!(t.loads.get("b").is_none());
+        connect(&t, "a", 1);
+        assert_eq!(t.successful_connects(), 9);
+    }
+
+    #[test]
+    fn a_connect_racing_the_removal_is_counted_when_the_last_reference_drops() {
+        let t = RoutingTable::from_raw(&rows(&["a", "b"]), 0).unwrap();
+        connect(&t, "a", 2);
+        // A decision made on the old snapshot still holds `a`'s counters
+        // after the reload forgot it (it had no reservation yet).
+        let racing = t.snapshot().backend("a").unwrap().load.clone();
+        t.apply(&rows(&["b"]), 0).unwrap();
+        assert_eq!(t.successful_connects(), 2);
+        racing.connect_stats().observe(Duration::from_micros(200));
+        // Not visible while the straggler holds it (never counted twice)...
+        assert_eq!(t.successful_connects(), 2);
+        drop(racing);
+        // ...and added once the last reference is gone.
+        assert_eq!(t.successful_connects(), 3);
     }
 }

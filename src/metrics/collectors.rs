@@ -1,8 +1,9 @@
 //! The collectors behind `/metrics` for the edge itself: they read the
 //! counters the cores already keep (routing table, router, bindings, GeoIP,
 //! the proxy's [`ConnStats`]) at scrape time. Reading is a handful of
-//! relaxed atomic loads and one lock-free snapshot load: a scrape takes no
-//! lock the data path needs, and the data path does nothing extra for it.
+//! relaxed atomic loads, one lock-free snapshot load and the routing
+//! table's reload lock (for the `ok` connections): a scrape takes no lock
+//! the data path needs, and the data path does nothing extra for it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -90,7 +91,12 @@ impl Collector for EdgeCollector {
 
         let mut f = Family::new(n::CONNECTIONS_TOTAL);
         for r in ConnResult::ALL {
-            f.add(&[r.as_str()], s.conns.count(r) as f64);
+            let v = match r {
+                // Each such connection is one successful connect.
+                ConnResult::Ok => s.router.table().successful_connects(),
+                r => s.conns.count(r),
+            };
+            f.add(&[r.as_str()], v as f64);
         }
         out.push(f.finish());
         out.push(single(n::CONNECTIONS_CURRENT, s.tasks.len() as f64));

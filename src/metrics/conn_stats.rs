@@ -51,10 +51,18 @@ impl ConnResult {
     }
 }
 
-/// Connections by [`ConnResult`] and relayed bytes.
+/// Connections by [`ConnResult`], except [`ConnResult::Ok`], and relayed
+/// bytes.
+///
+/// A connection that reached a backend is counted once already, as a
+/// successful connect in that backend's histogram, and the routing table
+/// keeps their total (`RoutingTable::successful_connects`, removed backends
+/// included); counting it here too would cost every connection a second
+/// add, so the `ok` series is read from there.
 #[derive(Debug, Default)]
 pub struct ConnStats {
-    /// Indexed by [`ConnResult`] in the order of [`ConnResult::ALL`], then
+    /// Indexed by [`ConnResult`] in the order of [`ConnResult::ALL`] (the
+    /// `Ok` slot stays 0), then
     /// bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]).
     counters: Sharded<SLOTS>,
 }
@@ -82,13 +90,15 @@ impl ByteCounter<'_> {
 }
 
 impl ConnStats {
-    /// Counts one connection's outcome.
+    /// Counts one connection's outcome, other than [`ConnResult::Ok`] (see
+    /// [`ConnStats`]).
     #[inline]
     pub fn record(&self, result: ConnResult) {
+        debug_assert_ne!(result, ConnResult::Ok, "counted as a successful connect");
         self.counters.add(result as usize, 1);
     }
 
-    /// Connections with this outcome so far.
+    /// Connections with this outcome so far (0 for [`ConnResult::Ok`]).
     pub fn count(&self, result: ConnResult) -> u64 {
         self.counters.get(result as usize)
     }
