@@ -17,7 +17,9 @@
 //! messages (keep-alive HTTP) stay on the copy path, which costs them less.
 //! A short read means the socket was drained, so it clears the socket's
 //! readiness (as tokio's own reads do) and the next read waits for
-//! readiness instead of making a system call only to be told `WouldBlock`. Bytes are added to the caller's
+//! readiness instead of making a system call only to be told `WouldBlock`;
+//! a short read made after the reactor saw the peer's end-of-file ends the
+//! direction without a read only to be told so. Bytes are added to the caller's
 //! counters as each chunk is passed on, so the metrics see a long-lived
 //! connection's traffic as it flows.
 
@@ -213,6 +215,18 @@ fn read_short_clears(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Whether `from`'s readiness already holds the peer's end-of-file (an
+/// `EPOLLRDHUP` seen by the reactor). Closed states are final in tokio's
+/// readiness (a cleared readiness keeps them), so this is exact for
+/// everything that arrived before the next read. Called when `from` is
+/// known to be readable, where the readiness future is ready at once
+/// (one atomic load, no waiter registered); if it is not, "not closed" is
+/// the safe answer (the read then finds the end-of-file itself).
+fn read_closed(from: &TcpStream, cx: &mut Context<'_>) -> bool {
+    let ready = std::pin::pin!(from.ready(Interest::READABLE));
+    matches!(ready.poll(cx), Poll::Ready(Ok(r)) if r.is_read_closed())
+}
+
 /// A direction that has moved this much is a bulk transfer: it switches
 /// from copying to splice (below it, two syscalls per chunk either way, and
 /// a pipe would cost kernel memory for nothing).
@@ -294,6 +308,7 @@ impl Direction {
             if self.eof {
                 // Everything read is passed on; the relay half-closes the
                 // writer unless the other direction is done too.
+                self.buf = None;
                 return Poll::Ready(Ok(()));
             }
             if self.buf.is_none() {
@@ -304,6 +319,8 @@ impl Direction {
             let Some(buf) = self.buf.as_mut() else {
                 continue;
             };
+            // Whether the peer's end-of-file had arrived before this read.
+            let closed = read_closed(from, cx);
             match read_short_clears(from, buf) {
                 Ok(0) => {
                     self.eof = true;
@@ -312,6 +329,12 @@ impl Direction {
                 Ok(n) => {
                     self.pos = 0;
                     self.end = n;
+                    // A short read drained the socket; with the end-of-file
+                    // already in, nothing can follow: no read only to be
+                    // told so (one syscall per connection that closes right
+                    // after its last bytes, as an HTTP `Connection: close`
+                    // response does).
+                    self.eof = closed && n < buf.len();
                     *moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -523,6 +546,51 @@ mod tests {
         .await
         .expect("the relay stalled: a wake-up was lost");
         assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    }
+
+    /// Data followed at once by the end-of-file, already in before the
+    /// relay reads (so its readiness holds the end-of-file and a short read
+    /// ends the direction without reading again): every byte arrives, the
+    /// end-of-file is passed on as a half-close, and the other direction
+    /// keeps flowing. Sizes around the buffer's, where a read is full and
+    /// the end-of-file must still be read for itself.
+    #[tokio::test(flavor = "current_thread")]
+    async fn data_with_its_end_of_file_is_passed_on_whole() {
+        for len in [1, 100, BUFFER - 1, BUFFER, BUFFER + 1, 3 * BUFFER + 7] {
+            let (mut client, client_side) = pair().await;
+            let (backend_side, mut backend) = pair().await;
+            let data: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+            backend.write_all(&data).await.unwrap();
+            backend.shutdown().await.unwrap();
+            // Let the end-of-file land before the relay starts.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let stats = ConnStats::default();
+            let relaying = relay(
+                client_side,
+                backend_side,
+                b"",
+                Duration::from_secs(30),
+                meter(&stats),
+            );
+            let talk = async {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.unwrap();
+                assert!(got == data, "{len} bytes: received {}", got.len());
+                // Half-closed only: the client can still send.
+                client.write_all(b"after").await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                backend.read_to_end(&mut rest).await.unwrap();
+                assert_eq!(rest, b"after", "{len} bytes");
+            };
+            let (ended, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+                tokio::join!(relaying, talk)
+            })
+            .await
+            .expect("the relay stalled");
+            assert!(matches!(ended, Ended::Closed(_)), "{len} bytes: {ended:?}");
+            assert_eq!(stats.bytes_down(), len as u64);
+        }
     }
 
     /// Small chunks keep arriving while the writer side is full: a short
