@@ -48,6 +48,9 @@ pub struct Settings {
     pub connect_attempts: u32,
     /// Idle timeout of a relayed connection.
     pub idle_timeout: Duration,
+    /// Whether a backend's end-of-file half-closes the client connection
+    /// (true) or closes it (false).
+    pub half_close: bool,
     /// Deadline for a trusted source's PROXY header.
     pub proxy_header_timeout: Duration,
     /// How long shutdown waits for open connections.
@@ -275,6 +278,7 @@ impl Settings {
                 Some(n) => bail!("connect_attempts {n}: 1 to 16"),
             },
             idle_timeout: secs(l.idle_timeout, 600),
+            half_close: l.half_close.unwrap_or(true),
             proxy_header_timeout: secs(l.proxy_header_timeout, 3),
             drain_timeout: secs(l.drain_timeout, 30),
             workers: match l.workers {

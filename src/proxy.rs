@@ -92,6 +92,9 @@ pub struct ProxyOptions {
     pub connect_attempts: u32,
     /// Idle timeout of a relayed connection.
     pub idle_timeout: Duration,
+    /// Whether a backend's end-of-file half-closes the client connection
+    /// (true) or closes it (false) (see [`relay::relay`]).
+    pub half_close: bool,
     /// Deadline for a trusted source's PROXY header.
     pub proxy_header_timeout: Duration,
 }
@@ -375,9 +378,13 @@ impl<D: Dialer> Proxy<D> {
         early: &[u8],
         route: geoedge_routing::Route,
     ) {
-        let (send_proxy_protocol, idle_timeout) = {
+        let (send_proxy_protocol, idle_timeout, half_close) = {
             let options = self.options.load();
-            (options.send_proxy_protocol, options.idle_timeout)
+            (
+                options.send_proxy_protocol,
+                options.idle_timeout,
+                options.half_close,
+            )
         };
         let mut first = Vec::new();
         if let Some(version) = send_proxy_protocol {
@@ -390,7 +397,11 @@ impl<D: Dialer> Proxy<D> {
             up: self.conns.up(),
             down: self.conns.down(),
         };
-        match relay::relay(client, stream, &first, idle_timeout, meter).await {
+        let ends = relay::Ends {
+            idle: idle_timeout,
+            half_close,
+        };
+        match relay::relay(client, stream, &first, ends, meter).await {
             Ended::Closed(moved) => {
                 tracing::debug!(up = moved.up, down = moved.down, "closed")
             }

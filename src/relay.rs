@@ -106,6 +106,21 @@ pub struct Meter<'a> {
     pub down: ByteCounter<'a>,
 }
 
+/// When a relay ends besides both sides closing.
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// Nothing moved either way for this long: both sides are closed.
+    pub idle: Duration,
+    /// The backend's end-of-file is passed to the client as a half-close,
+    /// and the client may go on sending until it ends its side (true); or
+    /// the client connection is closed as soon as everything the backend
+    /// sent is passed on (false: cheaper for protocols where the server's
+    /// close ends the exchange, as HTTP `Connection: close` does, but it
+    /// cuts off a client still sending). A client's end-of-file is passed
+    /// to the backend as a half-close either way.
+    pub half_close: bool,
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum Ended {
@@ -117,17 +132,19 @@ pub enum Ended {
     Error(io::Error),
 }
 
-/// Relays between `client` and `backend` until both directions are closed,
-/// one fails, or both stay idle for `idle`. `first_up` is sent to the
+/// Relays between `client` and `backend` until both directions are closed
+/// (or the backend's is, without `ends.half_close`), one fails, or both
+/// stay idle for `ends.idle`. `first_up` is sent to the
 /// backend before anything read from the client (bytes that arrived with a
 /// PROXY header); it is not counted by `meter`.
 pub async fn relay(
     client: TcpStream,
     mut backend: TcpStream,
     first_up: &[u8],
-    idle: Duration,
+    ends: Ends,
     meter: Meter<'_>,
 ) -> Ended {
+    let idle = ends.idle;
     if !first_up.is_empty() {
         if let Err(e) = backend.write_all(first_up).await {
             return Ended::Error(e);
@@ -150,11 +167,13 @@ pub async fn relay(
             Poll::Ready(Err(e)) => return Poll::Ready(Ended::Error(e)),
             Poll::Pending => false,
         };
-        if up_done && down_done {
+        if down_done && (up_done || !ends.half_close) {
             // Both sockets are closed when the relay returns, and closing
             // sends the FIN a write shutdown would (both receive queues are
             // empty: each reader has read its end-of-file), so the
-            // direction that finished last needs no shutdown call.
+            // direction that finished last needs no shutdown call. (Without
+            // half-close, the client's queue may hold unread bytes, and
+            // closing then resets the connection, as a full close does.)
             return Poll::Ready(Ended::Closed(Moved {
                 up: up.moved + first_up.len() as u64,
                 down: down.moved,
@@ -226,6 +245,14 @@ fn read_closed(from: &TcpStream, cx: &mut Context<'_>) -> bool {
     let ready = std::pin::pin!(from.ready(Interest::READABLE));
     matches!(ready.poll(cx), Poll::Ready(Ok(r)) if r.is_read_closed())
 }
+
+/// A direction that has moved less than this asks, before each read,
+/// whether the peer's end-of-file is already in ([`read_closed`]), to save
+/// the read that would only report it. Asking costs a lock and unlock of
+/// the socket's waiter list (about as much as the read it saves on a
+/// keep-alive connection's many small reads), so past this a direction,
+/// long-lived by then, reads its end-of-file like any other.
+const EOF_CHECK_BELOW: u64 = 16 * 1024;
 
 /// A direction that has moved this much is a bulk transfer: it switches
 /// from copying to splice (below it, two syscalls per chunk either way, and
@@ -319,8 +346,9 @@ impl Direction {
             let Some(buf) = self.buf.as_mut() else {
                 continue;
             };
-            // Whether the peer's end-of-file had arrived before this read.
-            let closed = read_closed(from, cx);
+            // Whether the peer's end-of-file had arrived before this read;
+            // asked only of a short-lived direction (see `EOF_CHECK_BELOW`).
+            let closed = self.moved < EOF_CHECK_BELOW && read_closed(from, cx);
             match read_short_clears(from, buf) {
                 Ok(0) => {
                     self.eof = true;
@@ -477,7 +505,10 @@ mod tests {
             client_side,
             backend_side,
             b"early",
-            Duration::from_secs(30),
+            Ends {
+                idle: Duration::from_secs(30),
+                half_close: true,
+            },
             meter(&stats),
         );
         let (ended, at_client, at_backend) = tokio::join!(
@@ -513,7 +544,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Duration::from_secs(30),
+            Ends {
+                idle: Duration::from_secs(30),
+                half_close: true,
+            },
             meter(&stats),
         );
         let exchanges = async {
@@ -569,7 +603,10 @@ mod tests {
                 client_side,
                 backend_side,
                 b"",
-                Duration::from_secs(30),
+                Ends {
+                    idle: Duration::from_secs(30),
+                    half_close: true,
+                },
                 meter(&stats),
             );
             let talk = async {
@@ -593,6 +630,65 @@ mod tests {
         }
     }
 
+    /// Without half-close, the backend's end-of-file ends the relay once
+    /// its last bytes are passed on, with the client still open: the client
+    /// reads them and then its end-of-file. A client's end-of-file is still
+    /// only a half-close: the backend answers after it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_half_close_the_backend_closing_closes_the_client() {
+        let ends = Ends {
+            idle: Duration::from_secs(30),
+            half_close: false,
+        };
+        // The backend answers and closes; the client never closes.
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let stats = ConnStats::default();
+        let relaying = relay(client_side, backend_side, b"", ends, meter(&stats));
+        let backend_talk = async {
+            let mut buf = [0u8; 16];
+            let n = backend.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"ask");
+            backend.write_all(b"answer").await.unwrap();
+            backend.shutdown().await.unwrap();
+        };
+        let client_talk = async {
+            client.write_all(b"ask").await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"answer");
+        };
+        let (ended, (), ()) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(relaying, backend_talk, client_talk)
+        })
+        .await
+        .expect("the relay waited for the client to close");
+        assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+
+        // The client sends and shuts down first; the backend still answers.
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let relaying = relay(client_side, backend_side, b"", ends, meter(&stats));
+        let talk = async {
+            client.write_all(b"ask").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"ask");
+            backend.write_all(b"answer").await.unwrap();
+            backend.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"answer");
+        };
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(relaying, talk)
+        })
+        .await
+        .expect("the relay stalled");
+        assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    }
+
     /// Small chunks keep arriving while the writer side is full: a short
     /// read, then a write that has to wait, then more bytes arriving before
     /// the write can finish. The readiness the short read consumed must not
@@ -614,7 +710,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Duration::from_secs(30),
+            Ends {
+                idle: Duration::from_secs(30),
+                half_close: true,
+            },
             meter(&stats),
         );
         const TOTAL: usize = 200 * 1024;
@@ -669,7 +768,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Duration::from_secs(30),
+            Ends {
+                idle: Duration::from_secs(30),
+                half_close: true,
+            },
             meter(&stats),
         );
         let exchanges = async {
@@ -708,7 +810,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Duration::from_millis(300),
+            Ends {
+                idle: Duration::from_millis(300),
+                half_close: true,
+            },
             meter(&stats),
         )
         .await;

@@ -108,6 +108,11 @@ pub struct Layer {
     )]
     pub idle_timeout: Option<HumanDuration>,
 
+    /// When a backend ends its side, keep the client's open (half-close) until the client ends its own; off: close the client connection once the backend's last bytes are passed on [default: on].
+    #[arg(long, env = "GEOEDGE_HALF_CLOSE", global = true, value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub half_close: Option<bool>,
+
     /// A trusted source must send its whole PROXY header within this long [default: 3s].
     #[arg(
         long,
@@ -281,6 +286,7 @@ impl Layer {
             connect_timeout,
             connect_attempts,
             idle_timeout,
+            half_close,
             proxy_header_timeout,
             drain_timeout,
             workers,
