@@ -51,6 +51,8 @@ pub struct Settings {
     /// Whether a backend's end-of-file half-closes the client connection
     /// (true) or closes it (false).
     pub half_close: bool,
+    /// Whether bulk transfers are spliced (true) or copied (false).
+    pub splice: bool,
     /// Deadline for a trusted source's PROXY header.
     pub proxy_header_timeout: Duration,
     /// How long shutdown waits for open connections.
@@ -279,6 +281,7 @@ impl Settings {
             },
             idle_timeout: secs(l.idle_timeout, 600),
             half_close: l.half_close.unwrap_or(true),
+            splice: l.splice.unwrap_or(true),
             proxy_header_timeout: secs(l.proxy_header_timeout, 3),
             drain_timeout: secs(l.drain_timeout, 30),
             workers: match l.workers {

@@ -84,6 +84,7 @@ pub fn proxy_options(s: &Settings) -> ProxyOptions {
         connect_attempts: s.connect_attempts,
         idle_timeout: s.idle_timeout,
         half_close: s.half_close,
+        splice: s.splice,
         proxy_header_timeout: s.proxy_header_timeout,
     }
 }
@@ -106,7 +107,7 @@ pub fn diff(old: &Settings, new: &Settings) -> Changes {
         };
     }
     check!(live: proxy_protocol_from, send_proxy_protocol, connect_timeout, connect_attempts,
-        idle_timeout, half_close, proxy_header_timeout, drain_timeout, max_connections);
+        idle_timeout, half_close, splice, proxy_header_timeout, drain_timeout, max_connections);
     check!(restart: routing_db, geoip, region, app, bindings, listen, workers, wireguard,
         metrics_listen, health, health_checks);
     c
@@ -121,6 +122,7 @@ fn take_live(current: &mut Settings, new: Settings) {
     current.connect_attempts = new.connect_attempts;
     current.idle_timeout = new.idle_timeout;
     current.half_close = new.half_close;
+    current.splice = new.splice;
     current.proxy_header_timeout = new.proxy_header_timeout;
     current.drain_timeout = new.drain_timeout;
     current.max_connections = new.max_connections;
@@ -221,13 +223,15 @@ mod tests {
         };
         let next = || {
             Ok(settings(
-                "listen = ['127.0.0.1:2']\nworkers = 3\nidle_timeout = '5s'\nhalf_close = false\nmax_connections = 7\ndrain_timeout = '2s'",
+                "listen = ['127.0.0.1:2']\nworkers = 3\nidle_timeout = '5s'\nhalf_close = false\nsplice = false\nmax_connections = 7\ndrain_timeout = '2s'",
             ))
         };
         assert!(options.load().half_close, "on by default");
+        assert!(options.load().splice, "on by default");
         reload(&live, &mut current, Some(&next));
         assert_eq!(options.load().idle_timeout, Duration::from_secs(5));
         assert!(!options.load().half_close);
+        assert!(!options.load().splice);
         assert_eq!(limit.max(), 7);
         assert_eq!(current.drain_timeout, Duration::from_secs(2));
         assert_eq!(current.workers, 2, "needs a restart");

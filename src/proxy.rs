@@ -95,6 +95,9 @@ pub struct ProxyOptions {
     /// Whether a backend's end-of-file half-closes the client connection
     /// (true) or closes it (false) (see [`relay::relay`]).
     pub half_close: bool,
+    /// Whether bulk transfers are spliced (true) or copied (false) (see
+    /// [`relay::Policy::splice`]).
+    pub splice: bool,
     /// Deadline for a trusted source's PROXY header.
     pub proxy_header_timeout: Duration,
 }
@@ -378,12 +381,15 @@ impl<D: Dialer> Proxy<D> {
         early: &[u8],
         route: geoedge_routing::Route,
     ) {
-        let (send_proxy_protocol, idle_timeout, half_close) = {
+        let (send_proxy_protocol, policy) = {
             let options = self.options.load();
             (
                 options.send_proxy_protocol,
-                options.idle_timeout,
-                options.half_close,
+                relay::Policy {
+                    idle: options.idle_timeout,
+                    half_close: options.half_close,
+                    splice: options.splice,
+                },
             )
         };
         let mut first = Vec::new();
@@ -397,11 +403,7 @@ impl<D: Dialer> Proxy<D> {
             up: self.conns.up(),
             down: self.conns.down(),
         };
-        let ends = relay::Ends {
-            idle: idle_timeout,
-            half_close,
-        };
-        match relay::relay(client, stream, &first, ends, meter).await {
+        match relay::relay(client, stream, &first, policy, meter).await {
             Ended::Closed(moved) => {
                 tracing::debug!(up = moved.up, down = moved.down, "closed")
             }

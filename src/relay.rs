@@ -13,7 +13,8 @@
 //! read has been written, so an idle connection holds no relay buffer at
 //! all. A direction that has moved more than [`SPLICE_AFTER`] and reads
 //! big chunks (a bulk transfer) moves its bytes with splice(2) through a
-//! pooled pipe instead of copying them (see [`crate::splice`]); small
+//! pooled pipe instead of copying them (see [`crate::splice`]), unless
+//! [`Policy::splice`] is off; small
 //! messages (keep-alive HTTP) stay on the copy path, which costs them less.
 //! A short read means the socket was drained, so it clears the socket's
 //! readiness (as tokio's own reads do) and the next read waits for
@@ -38,8 +39,11 @@ use tokio::time::Instant;
 use crate::metrics::conn_stats::ByteCounter;
 use crate::splice::Pipe;
 
-/// Relay buffer size (per direction while data moves).
-const BUFFER: usize = 64 * 1024;
+/// Relay buffer size (per direction while data moves). Copying a bulk
+/// transfer through 32 KiB moved as much as HAProxy's and nginx's 16 KiB
+/// buffers on the 2026-12-03 host, and 64 KiB up to a quarter less at twice
+/// the proxy's CPU per byte (docs/benchmarks.md, "bulk throughput").
+const BUFFER: usize = 32 * 1024;
 
 /// Buffers a thread keeps for reuse; more are freed when given back.
 const POOL_CAP: usize = 32;
@@ -106,9 +110,9 @@ pub struct Meter<'a> {
     pub down: ByteCounter<'a>,
 }
 
-/// When a relay ends besides both sides closing.
+/// How a relay moves bytes, and when it ends besides both sides closing.
 #[derive(Debug, Clone, Copy)]
-pub struct Ends {
+pub struct Policy {
     /// Nothing moved either way for this long: both sides are closed.
     pub idle: Duration,
     /// The backend's end-of-file is passed to the client as a half-close,
@@ -119,6 +123,13 @@ pub struct Ends {
     /// cuts off a client still sending). A client's end-of-file is passed
     /// to the backend as a half-close either way.
     pub half_close: bool,
+    /// A bulk transfer (past [`SPLICE_AFTER`], big reads) moves its bytes
+    /// with splice(2) through a pooled pipe (true), or goes on copying
+    /// through the relay buffer (false). Splicing costs the proxy fewer
+    /// system calls and no copies, but hands the receiver pages that the
+    /// sender wrote long before; on some hosts the receiver's copy of them
+    /// costs more than the proxy saves (measured in docs/benchmarks.md).
+    pub splice: bool,
 }
 
 /// How a relay ended.
@@ -133,25 +144,25 @@ pub enum Ended {
 }
 
 /// Relays between `client` and `backend` until both directions are closed
-/// (or the backend's is, without `ends.half_close`), one fails, or both
-/// stay idle for `ends.idle`. `first_up` is sent to the
+/// (or the backend's is, without `policy.half_close`), one fails, or both
+/// stay idle for `policy.idle`. `first_up` is sent to the
 /// backend before anything read from the client (bytes that arrived with a
 /// PROXY header); it is not counted by `meter`.
 pub async fn relay(
     client: TcpStream,
     mut backend: TcpStream,
     first_up: &[u8],
-    ends: Ends,
+    policy: Policy,
     meter: Meter<'_>,
 ) -> Ended {
-    let idle = ends.idle;
+    let idle = policy.idle;
     if !first_up.is_empty() {
         if let Err(e) = backend.write_all(first_up).await {
             return Ended::Error(e);
         }
     }
-    let mut up = Direction::default();
-    let mut down = Direction::default();
+    let mut up = Direction::new(policy.splice);
+    let mut down = Direction::new(policy.splice);
     let mut last = Instant::now();
     let sleep = tokio::time::sleep_until(last + idle);
     tokio::pin!(sleep);
@@ -167,7 +178,7 @@ pub async fn relay(
             Poll::Ready(Err(e)) => return Poll::Ready(Ended::Error(e)),
             Poll::Pending => false,
         };
-        if down_done && (up_done || !ends.half_close) {
+        if down_done && (up_done || !policy.half_close) {
             // Both sockets are closed when the relay returns, and closing
             // sends the FIN a write shutdown would (both receive queues are
             // empty: each reader has read its end-of-file), so the
@@ -273,6 +284,8 @@ struct Direction {
     buf: Option<PooledBuf>,
     /// The pipe of a splicing direction, held while data moves.
     pipe: Option<Pipe>,
+    /// Bulk transfers may splice ([`Policy::splice`]).
+    may_splice: bool,
     /// Past [`SPLICE_AFTER`]: moves bytes with splice.
     splicing: bool,
     /// No pipe was to be had: copy until the reader is drained.
@@ -291,6 +304,13 @@ struct Direction {
 }
 
 impl Direction {
+    fn new(may_splice: bool) -> Self {
+        Direction {
+            may_splice,
+            ..Direction::default()
+        }
+    }
+
     /// Moves what it can from `from` to `to`; `Ready(Ok)` once end-of-file
     /// has been read and everything before it written. Sets `moved` when bytes were read or written.
     fn poll(
@@ -322,7 +342,12 @@ impl Direction {
                 }
                 continue;
             }
-            if self.moved >= SPLICE_AFTER && self.end >= BULK_READ && !self.eof && !self.no_pipe {
+            if self.may_splice
+                && self.moved >= SPLICE_AFTER
+                && self.end >= BULK_READ
+                && !self.eof
+                && !self.no_pipe
+            {
                 // A bulk transfer (a long one, and its last read was a big
                 // one), and nothing is left in the buffer: go on with
                 // splice.
@@ -505,9 +530,10 @@ mod tests {
             client_side,
             backend_side,
             b"early",
-            Ends {
+            Policy {
                 idle: Duration::from_secs(30),
                 half_close: true,
+                splice: true,
             },
             meter(&stats),
         );
@@ -531,6 +557,41 @@ mod tests {
         assert_eq!(open, spare, "every pipe is back in the pool");
     }
 
+    /// With splice off, the same bulk transfer as above is copied: every
+    /// byte arrives both ways and no pipe is ever opened.
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_splice_off_bulk_bytes_are_copied_and_arrive_intact() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let stats = ConnStats::default();
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
+        let relaying = relay(
+            client_side,
+            backend_side,
+            b"",
+            Policy {
+                idle: Duration::from_secs(30),
+                half_close: true,
+                splice: false,
+            },
+            meter(&stats),
+        );
+        let (ended, at_client, at_backend) = tokio::join!(
+            relaying,
+            send_and_read_all(&mut client, &up),
+            send_and_read_all(&mut backend, &down)
+        );
+        let Ended::Closed(moved) = ended else {
+            panic!("{ended:?}");
+        };
+        assert!(at_backend == up, "client to backend bytes differ");
+        assert!(at_client == down, "backend to client bytes differ");
+        assert_eq!((moved.up, moved.down), (up.len() as u64, down.len() as u64));
+        assert_eq!(stats.bytes_up(), up.len() as u64);
+        assert_eq!(crate::splice::thread_pipes(), (0, 0), "a pipe was used");
+    }
+
     /// Request and response in small chunks, one after the other (each read
     /// is short, so each direction waits for readiness after writing it
     /// out): every exchange completes, and data sent together with its
@@ -544,9 +605,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Ends {
+            Policy {
                 idle: Duration::from_secs(30),
                 half_close: true,
+                splice: true,
             },
             meter(&stats),
         );
@@ -603,9 +665,10 @@ mod tests {
                 client_side,
                 backend_side,
                 b"",
-                Ends {
+                Policy {
                     idle: Duration::from_secs(30),
                     half_close: true,
+                    splice: true,
                 },
                 meter(&stats),
             );
@@ -636,15 +699,16 @@ mod tests {
     /// only a half-close: the backend answers after it.
     #[tokio::test(flavor = "current_thread")]
     async fn without_half_close_the_backend_closing_closes_the_client() {
-        let ends = Ends {
+        let policy = Policy {
             idle: Duration::from_secs(30),
             half_close: false,
+            splice: true,
         };
         // The backend answers and closes; the client never closes.
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
         let stats = ConnStats::default();
-        let relaying = relay(client_side, backend_side, b"", ends, meter(&stats));
+        let relaying = relay(client_side, backend_side, b"", policy, meter(&stats));
         let backend_talk = async {
             let mut buf = [0u8; 16];
             let n = backend.read(&mut buf).await.unwrap();
@@ -668,7 +732,7 @@ mod tests {
         // The client sends and shuts down first; the backend still answers.
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
-        let relaying = relay(client_side, backend_side, b"", ends, meter(&stats));
+        let relaying = relay(client_side, backend_side, b"", policy, meter(&stats));
         let talk = async {
             client.write_all(b"ask").await.unwrap();
             client.shutdown().await.unwrap();
@@ -710,9 +774,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Ends {
+            Policy {
                 idle: Duration::from_secs(30),
                 half_close: true,
+                splice: true,
             },
             meter(&stats),
         );
@@ -768,9 +833,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Ends {
+            Policy {
                 idle: Duration::from_secs(30),
                 half_close: true,
+                splice: true,
             },
             meter(&stats),
         );
@@ -810,9 +876,10 @@ mod tests {
             client_side,
             backend_side,
             b"",
-            Ends {
+            Policy {
                 idle: Duration::from_millis(300),
                 half_close: true,
+                splice: true,
             },
             meter(&stats),
         )

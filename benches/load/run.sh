@@ -61,6 +61,8 @@
 #   PORT_BASE    27400: ports PORT_BASE..PORT_BASE+39 on 127.0.0.1
 #   GEOEDGE      a geoedge binary to use instead of building one
 #   GEOEDGE_LABEL what to call that build in the report (default: git describe)
+#   GEOEDGE_*    geoedge's own settings (GEOEDGE_SPLICE=off, ...) reach it
+#                from the environment and are shown with its command line
 #   DOC          auto (default), 1 or 0: write docs/benchmarks.md
 #   PIN          1 (default) or 0: no pinning at all
 #   BACKEND_WITH client (default) or proxy: the CPU the backends share with
@@ -1310,6 +1312,8 @@ report() {
             echo "geoedge (routing.db from \`geoedge db init --empty\` plus these rows):"
             echo
             echo '```'
+            # Settings taken from the environment (GEOEDGE_SPLICE=off, ...).
+            env | grep '^GEOEDGE_' | grep -v '^GEOEDGE_LABEL=' | sort | sed 's/$/ \\/'
             echo "${GE_CMD[*]}" | sed -e "s|$WORK|\$WORK|g" -e "s|$GEOEDGE|geoedge|"
             echo "$GE_SQL"
             echo '```'

@@ -113,6 +113,11 @@ pub struct Layer {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub half_close: Option<bool>,
 
+    /// Move bulk transfers (past 256 KiB, in big reads) with splice(2) through a pooled pipe; off: copy them through the relay buffer, which some hosts move faster (measure with benches/load) [default: on].
+    #[arg(long, env = "GEOEDGE_SPLICE", global = true, value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub splice: Option<bool>,
+
     /// A trusted source must send its whole PROXY header within this long [default: 3s].
     #[arg(
         long,
@@ -287,6 +292,7 @@ impl Layer {
             connect_attempts,
             idle_timeout,
             half_close,
+            splice,
             proxy_header_timeout,
             drain_timeout,
             workers,
