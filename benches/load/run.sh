@@ -57,7 +57,9 @@
 #                descriptors per proxied connection)
 #   IDLE_WAIT    300: seconds to wait for an idle machine before each
 #                configuration; a sample during which other processes used
-#                more than 25% of a core is marked * (the medians include it)
+#                more than 25% of a core, or the hypervisor took more than 5%
+#                of one (steal time), is marked *, and the medians leave
+#                marked samples out unless all of a measurement's are
 #   PORT_BASE    27400: ports PORT_BASE..PORT_BASE+39 on 127.0.0.1
 #   GEOEDGE      a geoedge binary to use instead of building one
 #   GEOEDGE_LABEL what to call that build in the report (default: git describe)
@@ -88,6 +90,7 @@ read -ra TESTS <<<"${TESTS:-$DEFAULT_TESTS}"
 read -ra PROXIES <<<"${PROXIES:-$DEFAULT_PROXIES}"
 read -ra WORKERS <<<"${WORKERS:-$DEFAULT_WORKERS}"
 OTHER_MAX=25 # % of one core used by other processes that marks a sample as contended
+STEAL_MAX=5 # % of one core taken by the hypervisor (steal time) that marks it too
 CLIENT_CPU=0
 PROXY_CPU=1
 
@@ -289,8 +292,8 @@ child_ticks() { # this shell's reaped children: cutime + cstime
     read -ra f <<<"$stat"
     echo $((f[13] + f[14]))
 }
-machine_ticks() { # busy (user nice system irq softirq), idle (idle iowait)
-    awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat
+machine_ticks() { # busy (user nice system irq softirq), idle (idle iowait), steal
+    awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6, $9}' /proc/stat
 }
 ksoftirqd_pids() { pgrep -x 'ksoftirqd/[0-9]+' | tr '\n' ' '; }
 KSOFT=$(ksoftirqd_pids)
@@ -338,7 +341,9 @@ wait_idle() {
 # else's CPU. sample_begin, run the client in this shell (not in a command
 # substitution, so that its time shows in this shell's children's time),
 # sample_end; then S_PROXY (CPU seconds), S_PROXY_PCT, S_CLIENT_PCT,
-# S_BACKEND_PCT, S_OTHER_PCT (% of one core) and S_MARK ("*" if contended).
+# S_BACKEND_PCT, S_OTHER_PCT, S_STEAL_PCT (% of one core; steal: time the
+# hypervisor gave the machine's CPUs to someone else) and S_MARK ("*" if
+# contended: other processes or steal over OTHER_MAX or STEAL_MAX).
 sample_begin() {
     SB_T=$EPOCHREALTIME
     SB_P=$(ticks "${PROXY_PIDS[@]}")
@@ -357,16 +362,17 @@ sample_end() {
     # shellcheck disable=SC2086
     k=$(ticks $KSOFT)
     c=$(child_ticks)
-    read -r S_PROXY S_PROXY_PCT S_CLIENT_PCT S_BACKEND_PCT S_OTHER_PCT < <(awk \
+    read -r S_PROXY S_PROXY_PCT S_CLIENT_PCT S_BACKEND_PCT S_OTHER_PCT S_STEAL_PCT < <(awk \
         -v w0="$SB_T" -v w1="$t" -v hz="$HZ" -v p="$((p - SB_P))" -v b="$((b - SB_B))" \
         -v c="$((c - SB_C))" -v k="$((k - SB_K))" -v m0="$SB_M" -v m1="$m" 'BEGIN {
             w = w1 - w0; if (w <= 0) w = 1e-9
             split(m0, x, " "); split(m1, y, " ")
             other = (y[1] - x[1]) - (p + b + c + k); if (other < 0) other = 0
-            printf "%.3f %.0f %.0f %.0f %.0f\n", p / hz, 100 * p / hz / w, 100 * c / hz / w,
-                100 * b / hz / w, 100 * other / hz / w }')
+            steal = y[3] - x[3]; if (steal < 0) steal = 0
+            printf "%.3f %.0f %.0f %.0f %.0f %.0f\n", p / hz, 100 * p / hz / w, 100 * c / hz / w,
+                100 * b / hz / w, 100 * other / hz / w, 100 * steal / hz / w }')
     S_MARK=
-    if ((S_OTHER_PCT > OTHER_MAX)); then
+    if ((S_OTHER_PCT > OTHER_MAX || S_STEAL_PCT > STEAL_MAX)); then
         S_MARK='*'
         CONTENDED=$((CONTENDED + 1))
     fi
@@ -381,13 +387,15 @@ median() { # numbers on stdin, one a line
         if (NR == 0) { print "-"; exit }
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-med() { # key: median of its samples, or -
-    local s=${R[$1]:-}
+med() { # key: median of its samples that are not marked *, or of all when every one is; or -
+    local s=${R[$1]:-} clean
     [[ -n $s ]] || {
         echo -
         return
     }
-    tr -d '*' <<<"$s" | tr ' ' '\n' | grep . | median
+    clean=$(tr ' ' '\n' <<<"$s" | grep . | grep -v '\*' || true)
+    [[ -n $clean ]] || clean=$(tr -d '*' <<<"$s" | tr ' ' '\n' | grep .)
+    median <<<"$clean"
 }
 
 # --- backends ----------------------------------------------------------------------
@@ -647,9 +655,9 @@ run_wrk() {
         add "$test|cpu|$w|$proxy" "$cpu100k" "$S_MARK"
         add "$test|pcpu|$w|$proxy" "$S_PROXY_PCT" "$S_MARK"
     fi
-    printf '   %-4s %8s req/s%-1s p50 %7.3f ms  p99 %7.3f ms  errors %s  proxy %s s/100k req  CPU%%: proxy %s, client %s, backend %s, others %s\n' \
+    printf '   %-4s %8s req/s%-1s p50 %7.3f ms  p99 %7.3f ms  errors %s  proxy %s s/100k req  CPU%%: proxy %s, client %s, backend %s, others %s, steal %s\n' \
         "$test" "$rps" "$S_MARK" "$p50" "$p99" "$errs" \
-        "$([[ $proxy == direct ]] && echo - || echo "$cpu100k")" "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT"
+        "$([[ $proxy == direct ]] && echo - || echo "$cpu100k")" "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT" "$S_STEAL_PCT"
 }
 
 # host port args...: one iperf3 run; prints Mbit/s (receiver) or fails
@@ -685,9 +693,9 @@ run_bulk() { # workers proxy
                 sample_end
                 add "bulk|b$streams$dir|$w|$proxy" "$IPERF_MBPS" "$S_MARK"
                 [[ $proxy != direct ]] && add "bulk|pcpu$streams$dir|$w|$proxy" "$S_PROXY_PCT" "$S_MARK"
-                printf '   bulk %s stream%s %-4s %8s Mbit/s%-1s  CPU%%: proxy %s, client %s, backend %s, others %s\n' \
+                printf '   bulk %s stream%s %-4s %8s Mbit/s%-1s  CPU%%: proxy %s, client %s, backend %s, others %s, steal %s\n' \
                     "$streams" "$([[ $streams == 1 ]] && echo " " || echo s)" "$dir" "$IPERF_MBPS" "$S_MARK" \
-                    "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT"
+                    "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT" "$S_STEAL_PCT"
             else
                 sample_end
                 FAILS+=("bulk W=$w $proxy $streams streams $dir: iperf3 failed")
@@ -923,8 +931,8 @@ run_wg() {
                     add "wg|$dir|-|$path" "$IPERF_MBPS" "$S_MARK"
                     add "wg|edgecpu$dir|-|$path" "$S_PROXY_PCT" "$S_MARK"
                     add "wg|popcpu$dir|-|$path" "$S_BACKEND_PCT" "$S_MARK"
-                    printf '   %-24s %-4s %8s Mbit/s%-1s  CPU%%: edge geoedge %s, POP geoedge + iperf3 server %s, client %s, others %s\n' \
-                        "${WG_LABEL[$path]}" "$dir" "$IPERF_MBPS" "$S_MARK" "$S_PROXY_PCT" "$S_BACKEND_PCT" "$S_CLIENT_PCT" "$S_OTHER_PCT"
+                    printf '   %-24s %-4s %8s Mbit/s%-1s  CPU%%: edge geoedge %s, POP geoedge + iperf3 server %s, client %s, others %s, steal %s\n' \
+                        "${WG_LABEL[$path]}" "$dir" "$IPERF_MBPS" "$S_MARK" "$S_PROXY_PCT" "$S_BACKEND_PCT" "$S_CLIENT_PCT" "$S_OTHER_PCT" "$S_STEAL_PCT"
                 else
                     sample_end
                     FAILS+=("wg $path $dir round $round: iperf3 failed")
@@ -1263,7 +1271,9 @@ report() {
     echo "an idle-connection sink (\`benches/load/idle.py\`). With one worker, the client (wrk, iperf3) runs on"
     echo "CPU 0 with the backends and the proxy on CPU 1 (direct: the backend on CPU 1); with two, nothing is"
     echo "pinned and wrk runs two threads. Before each configuration the script waits for the shared machine to"
-    echo "be idle; a sample during which other processes used more than $OTHER_MAX% of a core is marked \\*. (f)"
+    echo "be idle; a sample during which other processes used more than $OTHER_MAX% of a core, or the hypervisor"
+    echo "took more than $STEAL_MAX% of one (steal time, /proc/stat), is marked \\*, and a median leaves marked samples"
+    echo "out unless all of them are. (f)"
     echo "runs in two network namespaces. Re-run and rewrite this section with one command:"
     echo
     echo '```sh'
@@ -1354,7 +1364,7 @@ EOF
 fi
 
 ((BUSY_STARTS)) && echo "WARNING: $BUSY_STARTS configuration(s) started while other work loaded the machine: figures may be low" >&2
-((CONTENDED)) && echo "WARNING: $CONTENDED sample(s) marked * ran while other processes used more than $OTHER_MAX% of a core" >&2
+((CONTENDED)) && echo "WARNING: $CONTENDED sample(s) marked * ran while other processes used more than $OTHER_MAX% of a core or steal time was over $STEAL_MAX%" >&2
 if ((${#FAILS[@]})); then
     printf 'FAILED: %s\n' "${FAILS[@]}" >&2
     exit 1
