@@ -435,8 +435,8 @@ async fn a_reload_every_100ms_for_60s_under_load_drops_nothing() {
 
 // --- Item 13: a client that reads slowly ---------------------------------
 
-/// The relay's buffer: 64 KiB copied (`relay::BUFFER`) or in a splice pipe
-/// (`splice::PIPE_SIZE`), per direction.
+/// The most the relay holds per direction: 32 KiB copied (`relay::BUFFER`)
+/// or 64 KiB in a splice pipe (`splice::PIPE_SIZE`).
 const RELAY_BUFFER: i64 = 64 * 1024;
 
 /// A backend that reads geoedge's PROXY header and then sends pattern
