@@ -41,8 +41,9 @@ use crate::splice::Pipe;
 
 /// Relay buffer size (per direction while data moves). Copying a bulk
 /// transfer through 32 KiB moved as much as HAProxy's and nginx's 16 KiB
-/// buffers on the 2026-12-03 host, and 64 KiB up to a quarter less at twice
-/// the proxy's CPU per byte (docs/benchmarks.md, "bulk throughput").
+/// buffers on the 2026-12-03 host; through 64 KiB it moved about 30% less
+/// at 1.6–1.8× the proxy's CPU per byte (docs/benchmarks.md, "bulk
+/// throughput, splice and copy").
 const BUFFER: usize = 32 * 1024;
 
 /// Buffers a thread keeps for reuse; more are freed when given back.
@@ -516,27 +517,35 @@ mod tests {
         got
     }
 
-    /// A bulk transfer switches to splice past the threshold (the thread's
-    /// pipe pool shows it), every byte arrives in order both ways, and the
-    /// pipe is back in the pool once the relay has ended.
-    #[tokio::test(flavor = "current_thread")]
-    async fn bulk_bytes_are_spliced_and_arrive_intact_both_ways() {
+    /// The relay policy of most tests: half-close and splice on, an idle
+    /// timeout no test reaches.
+    fn policy() -> Policy {
+        Policy {
+            idle: Duration::from_secs(30),
+            half_close: true,
+            splice: true,
+        }
+    }
+
+    /// What a bulk transfer both ways through a relay left behind.
+    struct Bulk {
+        up: Vec<u8>,
+        down: Vec<u8>,
+        at_backend: Vec<u8>,
+        at_client: Vec<u8>,
+        moved: Moved,
+        stats: ConnStats,
+    }
+
+    /// Relays 3 MB up (after `first_up`) and 2 MB down, each side sending
+    /// and half-closing while it reads the other's bytes to their end.
+    async fn bulk_both_ways(first_up: &[u8], policy: Policy) -> Bulk {
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
         let stats = ConnStats::default();
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
-        let relaying = relay(
-            client_side,
-            backend_side,
-            b"early",
-            Policy {
-                idle: Duration::from_secs(30),
-                half_close: true,
-                splice: true,
-            },
-            meter(&stats),
-        );
+        let relaying = relay(client_side, backend_side, first_up, policy, meter(&stats));
         let (ended, at_client, at_backend) = tokio::join!(
             relaying,
             send_and_read_all(&mut client, &up),
@@ -545,13 +554,32 @@ mod tests {
         let Ended::Closed(moved) = ended else {
             panic!("{ended:?}");
         };
-        assert_eq!(&at_backend[..5], b"early");
-        assert!(at_backend[5..] == up[..], "client to backend bytes differ");
-        assert!(at_client == down, "backend to client bytes differ");
-        assert_eq!(moved.up, up.len() as u64 + 5);
-        assert_eq!(moved.down, down.len() as u64);
-        assert_eq!(stats.bytes_up(), up.len() as u64);
-        assert_eq!(stats.bytes_down(), down.len() as u64);
+        Bulk {
+            up,
+            down,
+            at_backend,
+            at_client,
+            moved,
+            stats,
+        }
+    }
+
+    /// A bulk transfer switches to splice past the threshold (the thread's
+    /// pipe pool shows it), every byte arrives in order both ways, and the
+    /// pipe is back in the pool once the relay has ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn bulk_bytes_are_spliced_and_arrive_intact_both_ways() {
+        let b = bulk_both_ways(b"early", policy()).await;
+        assert_eq!(&b.at_backend[..5], b"early");
+        assert!(
+            b.at_backend[5..] == b.up[..],
+            "client to backend bytes differ"
+        );
+        assert!(b.at_client == b.down, "backend to client bytes differ");
+        assert_eq!(b.moved.up, b.up.len() as u64 + 5);
+        assert_eq!(b.moved.down, b.down.len() as u64);
+        assert_eq!(b.stats.bytes_up(), b.up.len() as u64);
+        assert_eq!(b.stats.bytes_down(), b.down.len() as u64);
         let (open, spare) = crate::splice::thread_pipes();
         assert!(open >= 1, "no pipe was used: the transfer was copied");
         assert_eq!(open, spare, "every pipe is back in the pool");
@@ -561,34 +589,18 @@ mod tests {
     /// byte arrives both ways and no pipe is ever opened.
     #[tokio::test(flavor = "current_thread")]
     async fn with_splice_off_bulk_bytes_are_copied_and_arrive_intact() {
-        let (mut client, client_side) = pair().await;
-        let (backend_side, mut backend) = pair().await;
-        let stats = ConnStats::default();
-        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 239) as u8).collect();
-        let relaying = relay(
-            client_side,
-            backend_side,
-            b"",
-            Policy {
-                idle: Duration::from_secs(30),
-                half_close: true,
-                splice: false,
-            },
-            meter(&stats),
-        );
-        let (ended, at_client, at_backend) = tokio::join!(
-            relaying,
-            send_and_read_all(&mut client, &up),
-            send_and_read_all(&mut backend, &down)
-        );
-        let Ended::Closed(moved) = ended else {
-            panic!("{ended:?}");
+        let policy = Policy {
+            splice: false,
+            ..policy()
         };
-        assert!(at_backend == up, "client to backend bytes differ");
-        assert!(at_client == down, "backend to client bytes differ");
-        assert_eq!((moved.up, moved.down), (up.len() as u64, down.len() as u64));
-        assert_eq!(stats.bytes_up(), up.len() as u64);
+        let b = bulk_both_ways(b"", policy).await;
+        assert!(b.at_backend == b.up, "client to backend bytes differ");
+        assert!(b.at_client == b.down, "backend to client bytes differ");
+        assert_eq!(
+            (b.moved.up, b.moved.down),
+            (b.up.len() as u64, b.down.len() as u64)
+        );
+        assert_eq!(b.stats.bytes_up(), b.up.len() as u64);
         assert_eq!(crate::splice::thread_pipes(), (0, 0), "a pipe was used");
     }
 
@@ -601,17 +613,7 @@ mod tests {
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
         let stats = ConnStats::default();
-        let relaying = relay(
-            client_side,
-            backend_side,
-            b"",
-            Policy {
-                idle: Duration::from_secs(30),
-                half_close: true,
-                splice: true,
-            },
-            meter(&stats),
-        );
+        let relaying = relay(client_side, backend_side, b"", policy(), meter(&stats));
         let exchanges = async {
             let mut buf = [0u8; 64];
             for i in 0..2_000u32 {
@@ -661,17 +663,7 @@ mod tests {
             // Let the end-of-file land before the relay starts.
             tokio::time::sleep(Duration::from_millis(20)).await;
             let stats = ConnStats::default();
-            let relaying = relay(
-                client_side,
-                backend_side,
-                b"",
-                Policy {
-                    idle: Duration::from_secs(30),
-                    half_close: true,
-                    splice: true,
-                },
-                meter(&stats),
-            );
+            let relaying = relay(client_side, backend_side, b"", policy(), meter(&stats));
             let talk = async {
                 let mut got = Vec::new();
                 client.read_to_end(&mut got).await.unwrap();
@@ -700,9 +692,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn without_half_close_the_backend_closing_closes_the_client() {
         let policy = Policy {
-            idle: Duration::from_secs(30),
             half_close: false,
-            splice: true,
+            ..policy()
         };
         // The backend answers and closes; the client never closes.
         let (mut client, client_side) = pair().await;
@@ -770,17 +761,7 @@ mod tests {
             .set_send_buffer_size(4096)
             .unwrap();
         let stats = ConnStats::default();
-        let relaying = relay(
-            client_side,
-            backend_side,
-            b"",
-            Policy {
-                idle: Duration::from_secs(30),
-                half_close: true,
-                splice: true,
-            },
-            meter(&stats),
-        );
+        let relaying = relay(client_side, backend_side, b"", policy(), meter(&stats));
         const TOTAL: usize = 200 * 1024;
         let sending = async {
             let chunk = [5u8; 1000];
@@ -829,17 +810,7 @@ mod tests {
         let (mut client, client_side) = pair().await;
         let (backend_side, mut backend) = pair().await;
         let stats = ConnStats::default();
-        let relaying = relay(
-            client_side,
-            backend_side,
-            b"",
-            Policy {
-                idle: Duration::from_secs(30),
-                half_close: true,
-                splice: true,
-            },
-            meter(&stats),
-        );
+        let relaying = relay(client_side, backend_side, b"", policy(), meter(&stats));
         let exchanges = async {
             let ask = [7u8; 200];
             let answer = [9u8; 1500];
@@ -878,8 +849,7 @@ mod tests {
             b"",
             Policy {
                 idle: Duration::from_millis(300),
-                half_close: true,
-                splice: true,
+                ..policy()
             },
             meter(&stats),
         )
