@@ -2,8 +2,10 @@
 //!
 //! Each direction is copied until its reader reaches end-of-file, which is
 //! passed on as a write shutdown (a half-close) while the other direction
-//! keeps flowing. An error on either side ends both. When no byte has moved
-//! either way for the idle timeout, both sides are closed.
+//! keeps flowing. An error on either side ends both, and is passed on as a
+//! reset to both peers, as is a relay cut before its end (see [`relay`]).
+//! When no byte has moved either way for the idle timeout, both sides are
+//! closed.
 //!
 //! Memory: the relay is one small state machine polled by the connection's
 //! task (two sockets, two direction states and one timer), not a future
@@ -149,9 +151,60 @@ pub enum Ended {
 /// stay idle for `policy.idle`. `first_up` is sent to the
 /// backend before anything read from the client (bytes that arrived with a
 /// PROXY header); it is not counted by `meter`.
+///
+/// A relay that does not end cleanly is aborted on both sides: when a
+/// socket fails (a reset, a write to a closed peer) or the relay is dropped
+/// before it ends (the drain timeout cutting open connections, the worker's
+/// runtime going away), both sockets are closed with `SO_LINGER 0`, so each
+/// peer sees a reset instead of an end-of-file that would make a truncated
+/// transfer look complete.
 pub async fn relay(
     client: TcpStream,
-    mut backend: TcpStream,
+    backend: TcpStream,
+    first_up: &[u8],
+    policy: Policy,
+    meter: Meter<'_>,
+) -> Ended {
+    let mut pair = Pair {
+        client,
+        backend,
+        clean: false,
+    };
+    let ended = relay_pair(&pair.client, &mut pair.backend, first_up, policy, meter).await;
+    pair.clean = !matches!(ended, Ended::Error(_));
+    ended
+}
+
+/// The two sockets of a relay, reset when dropped unless the relay ended
+/// cleanly (see [`relay`]).
+struct Pair {
+    client: TcpStream,
+    backend: TcpStream,
+    /// Set when the relay ended by both sides closing or by the idle
+    /// timeout: the sockets then close with a FIN.
+    clean: bool,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        if !self.clean {
+            abort(&self.client);
+            abort(&self.backend);
+        }
+    }
+}
+
+/// Makes the close of `socket` send a reset (`SO_LINGER 0`) instead of a
+/// FIN. Best effort: a socket that cannot take the option has failed
+/// already, and its close says so.
+pub(crate) fn abort(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+/// [`relay`] over borrowed sockets.
+async fn relay_pair(
+    client: &TcpStream,
+    backend: &mut TcpStream,
     first_up: &[u8],
     policy: Policy,
     meter: Meter<'_>,
@@ -162,6 +215,7 @@ pub async fn relay(
             return Ended::Error(e);
         }
     }
+    let backend = &*backend;
     let mut up = Direction::new(policy.splice);
     let mut down = Direction::new(policy.splice);
     let mut last = Instant::now();
@@ -169,12 +223,12 @@ pub async fn relay(
     tokio::pin!(sleep);
     poll_fn(|cx| {
         let mut moved = false;
-        let up_done = match up.poll(cx, &client, &backend, meter.up, &mut moved) {
+        let up_done = match up.poll(cx, client, backend, meter.up, &mut moved) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(Ended::Error(e)),
             Poll::Pending => false,
         };
-        let down_done = match down.poll(cx, &backend, &client, meter.down, &mut moved) {
+        let down_done = match down.poll(cx, backend, client, meter.down, &mut moved) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(Ended::Error(e)),
             Poll::Pending => false,
@@ -194,9 +248,9 @@ pub async fn relay(
         // One direction is done while the other still flows: pass its
         // end-of-file on as a half-close.
         let half = if up_done {
-            up.pass_eof(&backend)
+            up.pass_eof(backend)
         } else if down_done {
-            down.pass_eof(&client)
+            down.pass_eof(client)
         } else {
             Ok(())
         };
@@ -253,9 +307,18 @@ fn read_short_clears(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 /// known to be readable, where the readiness future is ready at once
 /// (one atomic load, no waiter registered); if it is not, "not closed" is
 /// the safe answer (the read then finds the end-of-file itself).
-fn read_closed(from: &TcpStream, cx: &mut Context<'_>) -> bool {
-    let ready = std::pin::pin!(from.ready(Interest::READABLE));
-    matches!(ready.poll(cx), Poll::Ready(Ok(r)) if r.is_read_closed())
+///
+/// A reset seen the same way (`EPOLLERR`) is an error, so that a short read
+/// before it does not end the direction as if the peer had closed cleanly.
+fn read_closed(from: &TcpStream, cx: &mut Context<'_>) -> io::Result<bool> {
+    let ready = std::pin::pin!(from.ready(Interest::READABLE | Interest::ERROR));
+    match ready.poll(cx) {
+        Poll::Ready(Ok(r)) if r.is_error() => Err(from
+            .take_error()?
+            .unwrap_or_else(|| io::ErrorKind::ConnectionReset.into())),
+        Poll::Ready(Ok(r)) => Ok(r.is_read_closed()),
+        _ => Ok(false),
+    }
 }
 
 /// A direction that has moved less than this asks, before each read,
@@ -374,7 +437,7 @@ impl Direction {
             };
             // Whether the peer's end-of-file had arrived before this read;
             // asked only of a short-lived direction (see `EOF_CHECK_BELOW`).
-            let closed = self.moved < EOF_CHECK_BELOW && read_closed(from, cx);
+            let closed = self.moved < EOF_CHECK_BELOW && read_closed(from, cx)?;
             match read_short_clears(from, buf) {
                 Ok(0) => {
                     self.eof = true;
@@ -682,6 +745,55 @@ mod tests {
             .expect("the relay stalled");
             assert!(matches!(ended, Ended::Closed(_)), "{len} bytes: {ended:?}");
             assert_eq!(stats.bytes_down(), len as u64);
+        }
+    }
+
+    /// A backend that resets after a short answer (the reset already in
+    /// when the relay reads the answer, so the short-read end-of-file check
+    /// sees it) ends the relay in an error, and the client sees a reset
+    /// after the answer, not an end-of-file.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reset_after_a_short_answer_reaches_the_client_as_a_reset() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, backend) = pair().await;
+        let mut backend = backend.into_std().unwrap();
+        std::io::Write::write_all(&mut backend, b"partial").unwrap();
+        socket2::SockRef::from(&backend)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(backend);
+        // Let the reset arrive and the reactor see it before relaying.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stats = ConnStats::default();
+        let ended = relay(client_side, backend_side, b"", policy(), meter(&stats)).await;
+        assert!(matches!(ended, Ended::Error(_)), "{ended:?}");
+        let mut got = Vec::new();
+        let err = client.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "read {got:?}");
+    }
+
+    /// A relay dropped before it ends (the drain timeout dropping the
+    /// worker's tasks) resets both peers.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_relay_dropped_before_its_end_resets_both_peers() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let stats = ConnStats::default();
+        client.write_all(b"up").await.unwrap();
+        backend.write_all(b"down").await.unwrap();
+        let relaying = relay(client_side, backend_side, b"", policy(), meter(&stats));
+        // Polled long enough to pass both messages on, then dropped.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), relaying)
+                .await
+                .is_err(),
+            "the relay ended on its own"
+        );
+        for (peer, sent) in [(&mut client, &b"down"[..]), (&mut backend, &b"up"[..])] {
+            let mut got = Vec::new();
+            let err = peer.read_to_end(&mut got).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+            assert_eq!(got, sent);
         }
     }
 
