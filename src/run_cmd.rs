@@ -8,6 +8,7 @@
 //! told when it is ready, reloading and stopping, and its watchdog is fed
 //! while every worker runs ([`crate::sd_notify`]).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use geoedge_geoip::{spawn_reloader, GeoDb, GeoIp, ReloadOptions, ReloaderHandle};
 use geoedge_routing::loader::LoadError;
+use geoedge_routing::table::OwnListener;
 use geoedge_routing::watcher::{self, ReloadError, Reloader, WatchOptions};
 use geoedge_routing::{Applied, Router, RoutingTable};
 use tokio::sync::watch;
@@ -71,6 +73,9 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         );
     }
     let table = Arc::new(RoutingTable::new());
+    table.refuse_backends_at(own_listener(
+        settings.listen.iter().map(|l| l.addr).collect(),
+    ));
     let applied = load_waiting(&table, routing_db)
         .with_context(|| format!("loading routing table {}", routing_db.display()))?;
     tracing::info!(path = %routing_db.display(), generation = applied.generation, backends = table.snapshot().len(), "routing table loaded");
@@ -125,6 +130,27 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         default_max_connections,
         reloads: Arc::default(),
     })
+}
+
+/// Whether a backend address would send a client back into one of this
+/// edge's `listen` addresses (a connection loop): the same port, and the
+/// same address, or a wildcard listener and an address of this host
+/// (loopback, or one a socket can be bound to). Asked by the routing table
+/// for every backend on each reload; only a backend on a listener's port
+/// costs a bind.
+fn own_listener(listen: Vec<SocketAddr>) -> OwnListener {
+    let listen: Vec<SocketAddr> = listen.into_iter().filter(|l| l.port() != 0).collect();
+    OwnListener(Box::new(move |backend: SocketAddr| {
+        let ip = backend.ip().to_canonical();
+        listen.iter().any(|l| {
+            l.port() == backend.port()
+                && (l.ip().to_canonical() == ip
+                    || (l.ip().is_unspecified()
+                        && (ip.is_loopback()
+                            || ip.is_unspecified()
+                            || std::net::UdpSocket::bind((ip, 0)).is_ok())))
+        })
+    }))
 }
 
 /// Raises the soft descriptor limit to the hard one, logs both, and

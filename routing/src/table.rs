@@ -7,10 +7,11 @@
 //! backends that stay, and swaps. No lock or map guard is held across
 //! anything that blocks.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
@@ -180,6 +181,20 @@ pub struct RoutingTable {
     reload: Mutex<()>,
     /// Reload counters.
     stats: ReloadStats,
+    /// Says whether a backend address is one of this edge's own listeners
+    /// (see [`RoutingTable::refuse_backends_at`]).
+    own_listener: ArcSwapOption<OwnListener>,
+}
+
+/// A predicate that says whether an address reaches one of this edge's own
+/// listeners; the adapter that knows the listeners (and which addresses
+/// are this host's) supplies it.
+pub struct OwnListener(pub Box<dyn Fn(SocketAddr) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for OwnListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnListener(..)")
+    }
 }
 
 impl Default for RoutingTable {
@@ -189,6 +204,15 @@ impl Default for RoutingTable {
 }
 
 impl RoutingTable {
+    /// Refuses, from the next reload on, a table with a backend at an
+    /// address for which `own` is true: this edge's own listeners, where a
+    /// backend would send every client (and every health check) back into
+    /// the edge in a loop. Such a table is refused like any other invalid
+    /// one (the table in service is kept), with one row error per backend.
+    pub fn refuse_backends_at(&self, own: OwnListener) {
+        self.own_listener.store(Some(Arc::new(own)));
+    }
+
     /// A table with no backends (generation 0).
     pub fn new() -> Self {
         Self {
@@ -197,6 +221,7 @@ impl RoutingTable {
             retired: Arc::default(),
             reload: Mutex::new(()),
             stats: ReloadStats::default(),
+            own_listener: ArcSwapOption::empty(),
         }
     }
 
@@ -299,6 +324,30 @@ impl RoutingTable {
             let load = self.loads.entry(id.clone()).or_default().value().clone();
             load
         })?;
+        if let Some(own) = self.own_listener.load().as_deref() {
+            let errors: Vec<RowError> = new
+                .backends
+                .iter()
+                .filter(|b| (own.0)(b.addr))
+                .map(|b| RowError {
+                    table: "backends",
+                    row: b.id.to_string(),
+                    column: None,
+                    message: format!(
+                        "{} is one of this edge's own listeners: connecting to it would loop",
+                        b.addr
+                    ),
+                })
+                .collect();
+            if !errors.is_empty() {
+                for b in &new.backends {
+                    if old.backend(b.id.as_str()).is_none() {
+                        self.forget_idle(&b.id);
+                    }
+                }
+                return Err(Rejected::Invalid(InvalidTable { errors }));
+            }
+        }
         let generation = self.stats.generation.load(Ordering::Acquire);
         if generation > 0 && old.live_len() > 0 && new.live_len() == 0 {
             for b in &new.backends {
@@ -353,6 +402,34 @@ mod tests {
         for _ in 0..n {
             b.load.connect_stats().observe(Duration::from_micros(200));
         }
+    }
+
+    #[test]
+    fn a_backend_at_one_of_the_edges_own_listeners_is_refused() {
+        let t = RoutingTable::from_raw(&rows(&["a"]), 0).unwrap();
+        let own: SocketAddr = "10.0.0.9:8443".parse().unwrap();
+        t.refuse_backends_at(OwnListener(Box::new(move |addr| addr == own)));
+        let mut looping = rows(&["a", "b"]);
+        looping.backends[1].wg_ip = "10.0.0.9".into();
+        looping.backends[1].port = 8443.into();
+        let err = t.apply(&looping, 0).unwrap_err();
+        assert_eq!(err.reason(), RejectReason::Invalid);
+        let [e] = err.row_errors() else {
+            panic!("{err:?}")
+        };
+        assert_eq!((e.table, e.row.as_str()), ("backends", "b"));
+        assert!(e.message.contains("own listeners"), "{e}");
+        // The table in service is kept, and `b` left no counters behind.
+        assert!(t.snapshot().backend("b").is_none());
+        assert!(t.loads.get("b").is_none());
+        assert_eq!(
+            t.stats().rejected[RejectReason::Invalid as usize].load(Ordering::Relaxed),
+            1
+        );
+        // The same backend on another port is fine.
+        looping.backends[1].port = 8444.into();
+        t.apply(&looping, 0).unwrap();
+        assert!(t.snapshot().backend("b").is_some());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! its schema or held in an exclusive `sqlite3` transaction, a routing.db
 //! reload every 100 ms under load, a client that reads slowly from a backend
 //! that never stops sending, a corrupt or truncated mmdb, and transfers
-//! aborted by a backend's reset or the drain timeout (`faults/aborts.rs`). Each test
+//! aborted by a backend's reset or the drain timeout (`faults/aborts.rs`),
+//! and a backend row at the edge's own listener (`faults/own_listener.rs`). Each test
 //! asserts the pass criteria of docs/reliability.md and prints what it
 //! measured (`cargo test --test faults -- --nocapture`).
 
@@ -11,6 +12,8 @@ mod support;
 
 #[path = "faults/aborts.rs"]
 mod aborts;
+#[path = "faults/own_listener.rs"]
+mod own_listener;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
