@@ -67,11 +67,19 @@ pub struct Settings {
     pub wireguard: Option<WgSettings>,
     /// The metrics and health listener (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Per-backend metric series while routing.db holds at most this many
+    /// backends ([`DEFAULT_METRICS_BACKEND_SERIES`]).
+    pub metrics_backend_series: usize,
     /// Rise and fall thresholds and passive ejection, for every backend.
     pub health: HealthConfig,
     /// Active health checks (`None`: off).
     pub health_checks: Option<CheckOptions>,
 }
+
+/// Per-backend metric series are exported while routing.db holds at most
+/// this many backends, unless `metrics_backend_series` says otherwise: at
+/// about 30 series a backend, 1,000 backends make a scrape of 30k lines.
+pub const DEFAULT_METRICS_BACKEND_SERIES: usize = 1000;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -296,6 +304,11 @@ impl Settings {
             },
             wireguard,
             metrics_listen,
+            metrics_backend_series: l
+                .metrics_backend_series
+                .map_or(DEFAULT_METRICS_BACKEND_SERIES, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
             health,
             health_checks,
         })

@@ -109,7 +109,7 @@ pub fn diff(old: &Settings, new: &Settings) -> Changes {
     check!(live: proxy_protocol_from, send_proxy_protocol, connect_timeout, connect_attempts,
         idle_timeout, half_close, splice, proxy_header_timeout, drain_timeout, max_connections);
     check!(restart: routing_db, geoip, region, app, bindings, listen, workers, wireguard,
-        metrics_listen, health, health_checks);
+        metrics_listen, metrics_backend_series, health, health_checks);
     c
 }
 

@@ -135,8 +135,56 @@ mod tests {
             geoip: Arc::new(GeoIp::with_db(GeoDb::sample())),
             conns: Arc::default(),
             tasks: TaskTracker::new(),
+            backend_series: crate::config::DEFAULT_METRICS_BACKEND_SERIES,
         };
         (src, dir)
+    }
+
+    /// Above `backend_series` backends, the per-backend series are left
+    /// out and the per-region ones still say what the backends hold.
+    #[test]
+    fn large_tables_are_summed_by_region() {
+        let scrape = |backend_series: usize| {
+            let (mut src, dir) = sources();
+            src.backend_series = backend_series;
+            let snap = src.router.table().snapshot();
+            let (n, first) = (snap.backends.len(), snap.backends[0].clone());
+            first.load.connect_stats().fail(ConnectFailure::Timeout);
+            first.load.connect_stats().fail(ConnectFailure::Timeout);
+            let metrics = Metrics::new(Arc::new(Health::default())).unwrap();
+            metrics.register_edge(src).unwrap();
+            let text = String::from_utf8(metrics.encode().unwrap()).unwrap();
+            drop(dir);
+            (text, n, first)
+        };
+        let (all, n, first) = scrape(usize::MAX);
+        assert!(n > 2, "the sample table has {n} backends");
+        let (summed, _, _) = scrape(n - 1);
+        let lines = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert!(lines(&summed) < lines(&all));
+        assert!(all.contains("edge_backend_up{"));
+        assert!(!summed.contains("edge_backend_up{"), "{summed}");
+        assert!(!summed.contains("edge_connect_failures_total{"));
+        assert_eq!(value(&summed, "edge_metrics_backends_omitted"), n as f64);
+        assert_eq!(value(&all, "edge_metrics_backends_omitted"), 0.0);
+        let region = first.region.as_str();
+        for text in [&all, &summed] {
+            assert_eq!(
+                value(
+                    text,
+                    &format!(
+                        r#"edge_region_connect_failures_total{{region="{region}",reason="timeout"}}"#
+                    )
+                ),
+                2.0
+            );
+            let backends: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("edge_region_backends{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum();
+            assert_eq!(backends, n as f64);
+        }
     }
 
     fn value(text: &str, series: &str) -> f64 {
@@ -238,6 +286,23 @@ mod tests {
         assert!(text.contains(&format!(
             r#"edge_backend_connect_duration_seconds_bucket{{backend="{id}",le="0.0005"}}"#
         )));
+        // The region sums carry the same counts.
+        assert_eq!(
+            value(
+                &text,
+                &format!(
+                    r#"edge_region_connect_failures_total{{region="{region}",reason="refused"}}"#
+                )
+            ),
+            1.0
+        );
+        let total: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("edge_region_connect_duration_seconds_count"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(total, 2000.0);
+        assert_eq!(value(&text, "edge_metrics_backends_omitted"), 0.0);
         assert_eq!(value(&text, "edge_routing_generation"), 1.0);
         assert_eq!(value(&text, "edge_ready"), 0.0);
         assert!(text.contains("process_open_fds"), "the process collector");

@@ -54,6 +54,8 @@ pub struct Edge {
     pub default_max_connections: usize,
     /// Config reloads by result.
     pub reloads: Arc<ReloadStats>,
+    /// Per-backend metric series up to this many backends.
+    pub backend_series: usize,
 }
 
 /// Loads the routing table and GeoIP database named by the settings and
@@ -129,6 +131,7 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         health_checks: settings.health_checks,
         default_max_connections,
         reloads: Arc::default(),
+        backend_series: settings.metrics_backend_series,
     })
 }
 
@@ -216,6 +219,7 @@ pub fn metric_sources(edge: &Edge) -> EdgeSources {
         geoip: Arc::clone(&edge.proxy.geoip),
         conns: Arc::clone(&edge.proxy.conns),
         tasks: edge.proxy.tasks.clone(),
+        backend_series: edge.backend_series,
     }
 }
 

@@ -204,6 +204,15 @@ pub struct Layer {
     )]
     pub metrics_listen: Option<String>,
 
+    /// Per-backend series on /metrics while routing.db holds at most this many backends; above it only the per-region series (edge_region_*) [default: 1000].
+    #[arg(
+        long,
+        env = "GEOEDGE_METRICS_BACKEND_SERIES",
+        global = true,
+        value_name = "N"
+    )]
+    pub metrics_backend_series: Option<u64>,
+
     /// Log format on stderr: text or json (filtered by RUST_LOG) [default: text].
     #[arg(
         long,
@@ -305,6 +314,7 @@ impl Layer {
             wg_attach,
             wg_rekey_after,
             metrics_listen,
+            metrics_backend_series,
             log_format,
             health_check_interval,
             health_check_timeout,

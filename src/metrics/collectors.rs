@@ -29,6 +29,24 @@ pub struct EdgeSources {
     pub conns: Arc<ConnStats>,
     /// The connection tasks (their number is the open connections).
     pub tasks: TaskTracker,
+    /// Per-backend series are exported while routing.db holds at most this
+    /// many backends (`--metrics-backend-series`); the per-region series
+    /// always are.
+    pub backend_series: usize,
+}
+
+/// One region's backends, summed.
+#[derive(Default)]
+struct RegionSum {
+    /// Backends by [`HealthState::ALL`] position.
+    states: [u64; HealthState::ALL.len()],
+    connections: u64,
+    failures: [u64; ConnectFailure::ALL.len()],
+    ejections: u64,
+    /// Cumulative buckets, count and sum of the connect durations.
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+    sum: f64,
 }
 
 /// Connections, backends, routing, bindings and GeoIP.
@@ -50,6 +68,12 @@ const EDGE_METRICS: &[Def] = &[
     n::BACKEND_UP,
     n::BACKEND_HEALTH_STATE,
     n::BACKEND_EJECTIONS_TOTAL,
+    n::REGION_BACKENDS,
+    n::REGION_CONNECTIONS_CURRENT,
+    n::REGION_CONNECT_FAILURES_TOTAL,
+    n::REGION_CONNECT_DURATION,
+    n::REGION_EJECTIONS_TOTAL,
+    n::BACKENDS_OMITTED,
     n::HEALTH_CHECKS_TOTAL,
     n::ROUTING_DECISIONS_TOTAL,
     n::ROUTING_RELOADS_TOTAL,
@@ -106,9 +130,13 @@ impl Collector for EdgeCollector {
         out.push(f.finish());
 
         // Per backend: one lock-free load of the snapshot in service; its
-        // backends are the only label values (bounded by routing.db).
+        // backends are the only label values (bounded by routing.db, and
+        // left out above `backend_series`: a table of 100k backends would
+        // otherwise make a scrape of millions of lines). Per region: the
+        // same counters summed, always.
         let table = s.router.table();
         let snap = table.snapshot();
+        let each = snap.backends.len() <= s.backend_series;
         let mut current = Family::new(n::BACKEND_CONNECTIONS_CURRENT);
         let mut soft = Family::new(n::BACKEND_SOFT_LIMIT);
         let mut hard = Family::new(n::BACKEND_HARD_LIMIT);
@@ -118,32 +146,75 @@ impl Collector for EdgeCollector {
         let mut up = Family::new(n::BACKEND_UP);
         let mut state = Family::new(n::BACKEND_HEALTH_STATE);
         let mut ejections = Family::new(n::BACKEND_EJECTIONS_TOTAL);
+        let mut regions: std::collections::BTreeMap<&str, RegionSum> = Default::default();
         for b in &snap.backends {
             let id = b.id.as_str();
+            let region = regions.entry(b.region.as_str()).or_default();
+            let stats = b.load.connect_stats();
+            let h = stats.histogram();
+            let health = b.load.health();
+            let now = health.state(b.healthy);
+            region.connections += u64::from(b.active());
+            for (i, why) in ConnectFailure::ALL.into_iter().enumerate() {
+                region.failures[i] += stats.failures(why);
+            }
+            if let Some(i) = HealthState::ALL.iter().position(|&s| s == now) {
+                region.states[i] += 1;
+            }
+            region.ejections += health.ejections();
+            if region.buckets.is_empty() {
+                region.buckets = h.buckets.to_vec();
+            } else {
+                for (sum, (_, n)) in region.buckets.iter_mut().zip(h.buckets.iter()) {
+                    sum.1 += n;
+                }
+            }
+            region.count += h.count;
+            region.sum += h.sum_seconds;
+            if !each {
+                continue;
+            }
             current.add(&[id, b.region.as_str()], f64::from(b.active()));
             soft.add(&[id], f64::from(b.soft_limit));
             hard.add(&[id], f64::from(b.hard_limit));
             eligible.add(&[id], f64::from(u8::from(b.statically_eligible())));
-            let stats = b.load.connect_stats();
-            let h = stats.histogram();
             duration.add_histogram(&[id], &h.buckets, h.count, h.sum_seconds);
             for why in ConnectFailure::ALL {
                 failures.add(&[id, why.as_str()], stats.failures(why) as f64);
             }
-            let health = b.load.health();
-            let now = health.state(b.healthy);
             up.add(&[id], f64::from(u8::from(now == HealthState::Up)));
             for s in HealthState::ALL {
                 state.add(&[id, s.as_str()], f64::from(u8::from(now == s)));
             }
             ejections.add(&[id], health.ejections() as f64);
         }
-        out.extend(
-            [
-                current, soft, hard, eligible, duration, failures, up, state, ejections,
-            ]
-            .map(Family::finish),
-        );
+        if each {
+            out.extend(
+                [
+                    current, soft, hard, eligible, duration, failures, up, state, ejections,
+                ]
+                .map(Family::finish),
+            );
+        }
+        let mut backends = Family::new(n::REGION_BACKENDS);
+        let mut connections = Family::new(n::REGION_CONNECTIONS_CURRENT);
+        let mut failures = Family::new(n::REGION_CONNECT_FAILURES_TOTAL);
+        let mut duration = Family::new(n::REGION_CONNECT_DURATION);
+        let mut ejections = Family::new(n::REGION_EJECTIONS_TOTAL);
+        for (region, sum) in &regions {
+            for (i, s) in HealthState::ALL.into_iter().enumerate() {
+                backends.add(&[region, s.as_str()], sum.states[i] as f64);
+            }
+            connections.add(&[region], sum.connections as f64);
+            for (i, why) in ConnectFailure::ALL.into_iter().enumerate() {
+                failures.add(&[region, why.as_str()], sum.failures[i] as f64);
+            }
+            duration.add_histogram(&[region], &sum.buckets, sum.count, sum.sum);
+            ejections.add(&[region], sum.ejections as f64);
+        }
+        out.extend([backends, connections, failures, duration, ejections].map(Family::finish));
+        let omitted = if each { 0 } else { snap.backends.len() };
+        out.push(single(n::BACKENDS_OMITTED, omitted as f64));
         let checks = s.router.check_stats();
         let mut f = Family::new(n::HEALTH_CHECKS_TOTAL);
         f.add(&["ok"], checks.ok() as f64);

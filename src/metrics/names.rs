@@ -150,6 +150,53 @@ pub const BACKEND_EJECTIONS_TOTAL: Def = def(
     "Times the backend was ejected after consecutive failed connects, including again after a failed trial connect.",
     &["backend"],
 );
+
+// --- Backends by region (always; the per-backend series above only while
+// the table has at most --metrics-backend-series backends) ---
+
+/// Backends per region and health state.
+pub const REGION_BACKENDS: Def = def(
+    "edge_region_backends",
+    Gauge,
+    "Backends in routing.db per region and health state (up, down, ejected, operator_down).",
+    &["region", "state"],
+);
+/// Connections per region.
+pub const REGION_CONNECTIONS_CURRENT: Def = def(
+    "edge_region_connections_current",
+    Gauge,
+    "Connections this edge holds now to the backends of a region.",
+    &["region"],
+);
+/// Connect failures per region and reason.
+pub const REGION_CONNECT_FAILURES_TOTAL: Def = def(
+    "edge_region_connect_failures_total",
+    Counter,
+    "Failed connects to the backends of a region by reason, summed over the backends now in routing.db (a removed backend's count leaves the sum).",
+    &["region", "reason"],
+);
+/// Connect duration per region.
+pub const REGION_CONNECT_DURATION: Def = def(
+    "edge_region_connect_duration_seconds",
+    Histogram,
+    "Time to open a TCP connection to a backend of the region, successful connects only, summed over the backends now in routing.db.",
+    &["region"],
+);
+/// Ejections per region.
+pub const REGION_EJECTIONS_TOTAL: Def = def(
+    "edge_region_backend_ejections_total",
+    Counter,
+    "Ejections of the backends of a region after consecutive failed connects, summed over the backends now in routing.db.",
+    &["region"],
+);
+/// Backends whose own series are left out.
+pub const BACKENDS_OMITTED: Def = def(
+    "edge_metrics_backends_omitted",
+    Gauge,
+    "Backends whose per-backend series are left out of this scrape because routing.db holds more than --metrics-backend-series backends (0: every backend has its series).",
+    &[],
+);
+
 /// Active health checks by result.
 pub const HEALTH_CHECKS_TOTAL: Def = def(
     "edge_health_checks_total",
@@ -308,6 +355,12 @@ pub const ALL: &[Def] = &[
     BACKEND_UP,
     BACKEND_HEALTH_STATE,
     BACKEND_EJECTIONS_TOTAL,
+    REGION_BACKENDS,
+    REGION_CONNECTIONS_CURRENT,
+    REGION_CONNECT_FAILURES_TOTAL,
+    REGION_CONNECT_DURATION,
+    REGION_EJECTIONS_TOTAL,
+    BACKENDS_OMITTED,
     HEALTH_CHECKS_TOTAL,
     ROUTING_DECISIONS_TOTAL,
     ROUTING_RELOADS_TOTAL,
