@@ -9,13 +9,20 @@
 //! is removed, soft-deleted or moved to another address loses its own (a
 //! moved one gets a new checker). A connect is all a check does: the socket
 //! is closed at once, nothing is sent. No lock is held across an await.
+//!
+//! Only backends this edge can route to are checked (those of the apps its
+//! listeners serve), spread evenly over the period, and the period grows
+//! with the table so that the checks never exceed
+//! `--health-check-max-rate` per second: a table of 100,000 backends costs
+//! the same connects per second as one of 2,000 (each backend is checked
+//! less often; passive ejection still sees every failed client connect).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use geoedge_routing::{Backend, BackendId, BackendLoad, HealthChange, HealthConfig, Router};
+use geoedge_routing::{AppId, Backend, BackendId, BackendLoad, HealthChange, HealthConfig, Router};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -29,6 +36,22 @@ pub struct CheckOptions {
     pub interval: Duration,
     /// A check's connect fails after this long.
     pub timeout: Duration,
+    /// Checks per second at most, over all backends.
+    pub max_rate: u32,
+}
+
+/// The default of `--health-check-max-rate`: at the default 2 s interval,
+/// up to 2,000 backends are each checked every interval.
+pub const DEFAULT_MAX_RATE: u32 = 1000;
+
+impl CheckOptions {
+    /// The time between two checks of one backend when `backends` are
+    /// checked: the interval, or longer when checking them all every
+    /// interval would exceed the rate.
+    pub fn period(&self, backends: usize) -> Duration {
+        let at_rate = Duration::from_secs_f64(backends as f64 / f64::from(self.max_rate.max(1)));
+        self.interval.max(at_rate)
+    }
 }
 
 /// The health settings of a layer, with their defaults and bounds.
@@ -71,7 +94,11 @@ pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>
             if timeout.is_zero() {
                 bail!("health_check_timeout must be above 0");
             }
-            Some(CheckOptions { interval, timeout })
+            Some(CheckOptions {
+                interval,
+                timeout,
+                max_rate: l.health_check_max_rate.unwrap_or(DEFAULT_MAX_RATE),
+            })
         }
     };
     Ok((config, checks))
@@ -80,10 +107,10 @@ pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>
 /// How often the supervisor looks for a new table generation.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
-/// Starts checking every backend of `router`'s table, following reloads.
-/// Aborting the returned task stops every check.
-pub fn spawn(router: Arc<Router>, options: CheckOptions) -> JoinHandle<()> {
-    tokio::spawn(supervise(router, options))
+/// Starts checking the backends of `apps` in `router`'s table, following
+/// reloads. Aborting the returned task stops every check.
+pub fn spawn(router: Arc<Router>, options: CheckOptions, apps: Vec<AppId>) -> JoinHandle<()> {
+    tokio::spawn(supervise(router, options, apps))
 }
 
 /// One backend's checker.
@@ -95,6 +122,8 @@ struct Checker {
     load: Arc<BackendLoad>,
     /// Its task.
     task: JoinHandle<()>,
+    /// The time between two of its checks.
+    period: Duration,
 }
 
 /// The checkers by backend id; dropping it stops them all (also when the
@@ -110,7 +139,7 @@ impl Drop for Checkers {
     }
 }
 
-async fn supervise(router: Arc<Router>, options: CheckOptions) {
+async fn supervise(router: Arc<Router>, options: CheckOptions, apps: Vec<AppId>) {
     let mut checkers = Checkers::default();
     let mut seen = None;
     let mut tick = tokio::time::interval(FOLLOW_EVERY.min(options.interval));
@@ -123,27 +152,32 @@ async fn supervise(router: Arc<Router>, options: CheckOptions) {
         }
         seen = Some(generation);
         let snap = router.table().snapshot();
+        let checked = |b: &Backend| !b.deleted && apps.contains(&b.app);
+        let count = snap.backends.iter().filter(|b| checked(b)).count();
+        let period = options.period(count);
         checkers.0.retain(|id, c| {
-            let keep = snap
-                .backend(id.as_str())
-                .is_some_and(|b| !b.deleted && b.addr == c.addr && Arc::ptr_eq(&b.load, &c.load));
+            let keep = c.period == period
+                && snap.backend(id.as_str()).is_some_and(|b| {
+                    checked(b) && b.addr == c.addr && Arc::ptr_eq(&b.load, &c.load)
+                });
             if !keep {
                 c.task.abort();
             }
             keep
         });
-        // New checkers start spread over one interval, so a large table is
+        // New checkers start spread over one period, so a large table is
         // not checked all at once.
-        let count = snap.backends.len().max(1) as u32;
-        for (i, b) in snap.backends.iter().enumerate() {
-            if b.deleted || checkers.0.contains_key(&b.id) {
+        let step = period / count.max(1) as u32;
+        for (i, b) in snap.backends.iter().filter(|b| checked(b)).enumerate() {
+            if checkers.0.contains_key(&b.id) {
                 continue;
             }
-            let delay = options.interval / count * i as u32;
+            let delay = step * i as u32;
             let task = tokio::spawn(check_loop(
                 Arc::clone(&router),
                 Arc::clone(b),
                 options,
+                period,
                 delay,
             ));
             checkers.0.insert(
@@ -152,21 +186,23 @@ async fn supervise(router: Arc<Router>, options: CheckOptions) {
                     addr: b.addr,
                     load: Arc::clone(&b.load),
                     task,
+                    period,
                 },
             );
         }
     }
 }
 
-/// Checks one backend every interval, the first time after `delay`.
+/// Checks one backend every `period`, the first time after `delay`.
 async fn check_loop(
     router: Arc<Router>,
     backend: Arc<Backend>,
     options: CheckOptions,
+    period: Duration,
     delay: Duration,
 ) {
     tokio::time::sleep(delay).await;
-    let mut tick = tokio::time::interval(options.interval);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -226,6 +262,19 @@ mod tests {
     use crate::config::{Layer, Settings};
 
     #[test]
+    fn the_check_period_grows_with_the_table_past_the_rate() {
+        let o = CheckOptions {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            max_rate: 1000,
+        };
+        assert_eq!(o.period(0), Duration::from_secs(2));
+        assert_eq!(o.period(2000), Duration::from_secs(2));
+        assert_eq!(o.period(10_000), Duration::from_secs(10));
+        assert_eq!(o.period(100_000), Duration::from_secs(100));
+    }
+
+    #[test]
     fn health_settings_have_defaults_bounds_and_an_off_switch() {
         let resolve = |toml: &str| Settings::resolve(toml::from_str::<Layer>(toml).unwrap(), None);
         let s = resolve("").unwrap();
@@ -235,10 +284,11 @@ mod tests {
             Some(CheckOptions {
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
+                max_rate: DEFAULT_MAX_RATE,
             })
         );
         let s = resolve(
-            "health_check_interval = '500ms'\nhealth_check_timeout = '200ms'\nhealth_check_rise = 1\nhealth_check_fall = 5\neject_after = 0\neject_backoff = '250ms'\neject_backoff_max = 4",
+            "health_check_interval = '500ms'\nhealth_check_timeout = '200ms'\nhealth_check_max_rate = 50\nhealth_check_rise = 1\nhealth_check_fall = 5\neject_after = 0\neject_backoff = '250ms'\neject_backoff_max = 4",
         )
         .unwrap();
         assert_eq!(
@@ -246,6 +296,7 @@ mod tests {
             Some(CheckOptions {
                 interval: Duration::from_millis(500),
                 timeout: Duration::from_millis(200),
+                max_rate: 50,
             })
         );
         assert_eq!(

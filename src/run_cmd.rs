@@ -56,6 +56,8 @@ pub struct Edge {
     pub reloads: Arc<ReloadStats>,
     /// Per-backend metric series up to this many backends.
     pub backend_series: usize,
+    /// The apps the client listeners serve (the backends worth checking).
+    pub apps: Vec<geoedge_routing::AppId>,
 }
 
 /// Loads the routing table and GeoIP database named by the settings and
@@ -132,6 +134,12 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         default_max_connections,
         reloads: Arc::default(),
         backend_series: settings.metrics_backend_series,
+        apps: {
+            let mut apps: Vec<_> = settings.listen.iter().map(|l| l.app.clone()).collect();
+            apps.sort();
+            apps.dedup();
+            apps
+        },
     })
 }
 
@@ -255,7 +263,7 @@ pub async fn serve(
     });
     let checks = edge
         .health_checks
-        .map(|o| crate::health_check::spawn(Arc::clone(&edge.proxy.router), o));
+        .map(|o| crate::health_check::spawn(Arc::clone(&edge.proxy.router), o, edge.apps.clone()));
     let watchdog = tokio::spawn(sd_notify::feed_watchdog(
         Arc::clone(&notifier),
         Arc::clone(&beats),

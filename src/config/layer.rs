@@ -240,6 +240,11 @@ pub struct Layer {
     )]
     pub health_check_timeout: Option<HumanDuration>,
 
+    /// Active health checks per second at most over all backends: a table too large to check every interval at this rate is checked less often [default: 1000].
+    #[arg(long, env = "GEOEDGE_HEALTH_CHECK_MAX_RATE", global = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub health_check_max_rate: Option<u32>,
+
     /// Consecutive successful checks that bring a down backend back up [default: 2].
     #[arg(long, env = "GEOEDGE_HEALTH_CHECK_RISE", global = true, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -318,6 +323,7 @@ impl Layer {
             log_format,
             health_check_interval,
             health_check_timeout,
+            health_check_max_rate,
             health_check_rise,
             health_check_fall,
             eject_after,
@@ -335,6 +341,15 @@ impl Layer {
         if layer.binding_ipv4_prefix.is_some_and(|p| p > 32) {
             bail!(
                 "config file {}: binding_ipv4_prefix must be 0..=32",
+                path.display()
+            );
+        }
+        if layer
+            .health_check_max_rate
+            .is_some_and(|n| !(1..=1_000_000).contains(&n))
+        {
+            bail!(
+                "config file {}: health_check_max_rate must be 1..=1000000",
                 path.display()
             );
         }

@@ -570,3 +570,74 @@ async fn a_backend_killed_mid_stream_ends_the_client_at_once_and_the_next_connec
         Some(2.0)
     );
 }
+
+/// Active checks stay within `--health-check-max-rate` however large the
+/// table, and leave alone the backends of apps no listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_keep_to_their_rate_and_to_the_apps_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    // 40 refusing backends of the app served; checking each every 100 ms
+    // would be 400 checks a second.
+    let mut rows = String::new();
+    for i in 0..40 {
+        let addr = refusing_port();
+        rows.push_str(&format!(
+            "INSERT INTO backends (id, region, country, wg_ip, port, soft_limit, hard_limit) \
+             VALUES ('r{i}', 'eu', 'GB', '{}', {}, 10, 20);",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    // And one of another app, listening, which must never be checked.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let o = other.local_addr().unwrap();
+    rows.push_str(&format!(
+        "INSERT INTO backends (id, app, region, country, wg_ip, port, soft_limit, hard_limit) \
+         VALUES ('other', 'elsewhere', 'eu', 'GB', '{}', {}, 10, 20);",
+        o.ip(),
+        o.port()
+    ));
+    sqlite3(&db, &rows);
+    let args = edge_args(
+        &db,
+        &[
+            "--health-check-interval",
+            "100ms",
+            "--health-check-max-rate",
+            "10",
+            "--eject-after",
+            "0",
+        ],
+    );
+    let edge = Edge::start(&args);
+    let checks = |edge: &Edge| -> f64 {
+        scrape_edge(edge)
+            .lines()
+            .filter(|l| l.starts_with("edge_health_checks_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let start = Instant::now();
+    let first = checks(&edge);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let made = checks(&edge) - first;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "measured: {made} checks in {secs:.1} s ({:.1}/s) at a rate of 10/s",
+        made / secs
+    );
+    // At 10 a second (and 400 a second without the cap), with slack for
+    // the scrape timing and one period's start-up spread.
+    assert!(made <= 10.0 * secs + 15.0, "{made} checks in {secs:.1} s");
+    assert!(made >= 5.0, "checks still run: {made}");
+    let mut accepted = 0;
+    while other.accept().is_ok() {
+        accepted += 1;
+    }
+    assert_eq!(
+        accepted, 0,
+        "a backend of an app no listener serves was checked"
+    );
+}
