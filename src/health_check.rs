@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::{HumanDuration, Layer};
+use crate::throttle::LineBudget;
 
 /// How the checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,17 +213,26 @@ async fn check_loop(
                 Ok(Err(e)) => Err(crate::proxy::classify(&e)),
                 Err(_) => Err(geoedge_routing::ConnectFailure::Timeout),
             };
-        let change = router.report_check(&backend, result, Instant::now());
+        let now = Instant::now();
+        let change = router.report_check(&backend, result, now);
         let config = router.health_config();
+        let Some(not_logged) = change
+            .filter(|c| matches!(c, HealthChange::Down | HealthChange::Up))
+            .and_then(|_| CHANGE_LINES.check(now))
+        else {
+            continue;
+        };
         match change {
             Some(HealthChange::Down) => tracing::warn!(
                 backend = %backend.id,
                 reason = result.err().map_or("ok", |w| w.as_str()),
+                not_logged,
                 "backend down: {} health checks failed in a row",
                 config.fall
             ),
             Some(HealthChange::Up) => tracing::info!(
                 backend = %backend.id,
+                not_logged,
                 "backend up: {} health checks passed in a row",
                 config.rise
             ),
@@ -231,14 +241,31 @@ async fn check_loop(
     }
 }
 
+/// Backend health changes logged per [`CHANGE_LINES_INTERVAL`] at most;
+/// past it they are counted, and the next line logged says how many were
+/// not (`not_logged`): a whole large table going down at once writes a few
+/// lines, and `edge_region_backends` has the counts.
+const CHANGE_LINES_MAX: u32 = 20;
+/// See [`CHANGE_LINES_MAX`].
+const CHANGE_LINES_INTERVAL: Duration = Duration::from_secs(10);
+/// The log budget of health changes (checks and connects alike).
+static CHANGE_LINES: LineBudget = LineBudget::new(CHANGE_LINES_MAX, CHANGE_LINES_INTERVAL);
+
 /// Logs a change that a proxy connect caused.
 pub fn log_connect_change(backend: &Backend, change: HealthChange, router: &Router) {
+    if matches!(change, HealthChange::Down | HealthChange::Up) {
+        return;
+    }
+    let Some(not_logged) = CHANGE_LINES.check(Instant::now()) else {
+        return;
+    };
     match change {
         HealthChange::Ejected {
             backoff,
             trial_failed: false,
         } => tracing::warn!(
             backend = %backend.id,
+            not_logged,
             "backend ejected after {} failed connects in a row; a trial connect in {backoff:?}",
             router.health_config().eject_after
         ),
@@ -247,10 +274,11 @@ pub fn log_connect_change(backend: &Backend, change: HealthChange, router: &Rout
             trial_failed: true,
         } => tracing::warn!(
             backend = %backend.id,
+            not_logged,
             "trial connect to an ejected backend failed; next trial in {backoff:?}"
         ),
         HealthChange::Readmitted => {
-            tracing::info!(backend = %backend.id, "ejected backend re-admitted: a connect succeeded")
+            tracing::info!(backend = %backend.id, not_logged, "ejected backend re-admitted: a connect succeeded")
         }
         HealthChange::Down | HealthChange::Up => {}
     }

@@ -6,8 +6,15 @@
 //! suppressed.
 //!
 //! Lock-free (two atomics) and clock-free: the caller passes `now`.
+//!
+//! [`LineBudget`] is its counterpart for events that are each worth a line
+//! while they are few (a backend going down, an ejection): up to a number
+//! of lines per interval, then only a count, reported with the next line
+//! let through, so that a whole large table changing at once writes a few
+//! lines, not one per backend.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// At most one log line per interval for one kind of failure.
@@ -60,6 +67,48 @@ impl Throttle {
     }
 }
 
+/// At most `lines` log lines per interval for one kind of event.
+#[derive(Debug)]
+pub struct LineBudget {
+    /// Lines let through per interval.
+    lines: u32,
+    /// The interval.
+    interval: Duration,
+    /// The current interval's start, the lines it let through, and the
+    /// events not logged since the last line. Taken only when an event
+    /// happens (never on a connection's path).
+    state: Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl LineBudget {
+    /// A budget of `lines` lines per `interval`.
+    pub const fn new(lines: u32, interval: Duration) -> Self {
+        Self {
+            lines,
+            interval,
+            state: Mutex::new((None, 0, 0)),
+        }
+    }
+
+    /// Whether to log an event at `now`: `Some(n)` with the number of
+    /// events not logged since the last line, or `None` (the event is
+    /// counted).
+    pub fn check(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, used, suppressed) = &mut *s;
+        if start.is_none_or(|t| now.saturating_duration_since(t) >= self.interval) {
+            *start = Some(now);
+            *used = 0;
+        }
+        if *used < self.lines {
+            *used += 1;
+            return Some(std::mem::take(suppressed));
+        }
+        *suppressed += 1;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +124,21 @@ mod tests {
         assert_eq!(t.check(t0 + Duration::from_secs(10)), Some(99));
         assert_eq!(t.check(t0 + Duration::from_secs(11)), None);
         assert_eq!(t.check(t0 + Duration::from_secs(25)), Some(1));
+    }
+
+    #[test]
+    fn a_budget_lets_its_lines_through_then_counts() {
+        let b = LineBudget::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(b.check(t0), Some(0));
+        }
+        for i in 1..=1000 {
+            assert_eq!(b.check(t0 + Duration::from_millis(i)), None);
+        }
+        // The next interval's first line says how many were not logged.
+        assert_eq!(b.check(t0 + Duration::from_secs(10)), Some(1000));
+        assert_eq!(b.check(t0 + Duration::from_secs(11)), Some(0));
     }
 
     #[test]

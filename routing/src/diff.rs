@@ -74,13 +74,24 @@ impl SnapshotDiff {
     }
 }
 
+/// Backend ids a diff's text names per list (added, removed, changed).
+const LISTED: usize = 10;
+
 impl fmt::Display for SnapshotDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // At most LISTED ids per list: a reload of a large table changes
+        // many backends, and its log line stays short.
         let list = |v: &[BackendId]| {
-            v.iter()
+            let mut s = v
+                .iter()
+                .take(LISTED)
                 .map(BackendId::as_str)
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(",");
+            if v.len() > LISTED {
+                s.push_str(&format!(",… {} more", v.len() - LISTED));
+            }
+            s
         };
         write!(
             f,
@@ -102,5 +113,31 @@ impl fmt::Display for SnapshotDiff {
             f.write_str(" wireguard peers changed")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_of_a_large_diff_names_a_few_ids_and_counts_the_rest() {
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| BackendId::new(&format!("b{i:06}")))
+                .collect()
+        };
+        let d = SnapshotDiff {
+            added: ids(100_000),
+            removed: ids(3),
+            ..SnapshotDiff::default()
+        };
+        let text = d.to_string();
+        assert!(text.len() < 300, "{} bytes: {text}", text.len());
+        assert!(text.starts_with("+100000 [b000000,b000001,"), "{text}");
+        assert!(
+            text.contains(",… 99990 more] -3 [b000000,b000001,b000002]"),
+            "{text}"
+        );
     }
 }

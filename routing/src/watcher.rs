@@ -69,6 +69,10 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Row errors of a refused edit logged one per line; the rest are counted
+/// in one line (`geoedge db check` lists them all).
+const ROW_ERRORS_LOGGED: usize = 20;
+
 /// Loads a routing.db into a table once (at start, or from a CLI command).
 /// A load failure is counted like a refused reload.
 pub fn load_into(table: &RoutingTable, path: &Path) -> Result<Applied, ReloadError> {
@@ -232,8 +236,17 @@ fn run(
                     table.stats().count_rejected(e.reason());
                     match &e {
                         ReloadError::Rejected(r) if !r.row_errors().is_empty() => {
-                            for row in r.row_errors() {
+                            // A few rows, not one line per row: a table of
+                            // 100k bad rows would write 100k lines.
+                            for row in r.row_errors().iter().take(ROW_ERRORS_LOGGED) {
                                 tracing::warn!(path = %path.display(), "routing.db row rejected: {row}");
+                            }
+                            if r.row_errors().len() > ROW_ERRORS_LOGGED {
+                                tracing::warn!(
+                                    path = %path.display(),
+                                    "{} more row errors not logged (geoedge db check lists them all)",
+                                    r.row_errors().len() - ROW_ERRORS_LOGGED
+                                );
                             }
                             tracing::warn!(
                                 path = %path.display(),

@@ -54,7 +54,8 @@ async fn a_backend_at_the_edges_own_listener_is_refused() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(total, 5.0, "{conns}");
-    drop(edge.signal_and_wait("TERM", Duration::from_secs(35)));
+    let status = edge.signal_and_wait("TERM", Duration::from_secs(35));
+    assert!(status.success(), "{status}");
 
     // At start, the same table is refused with the same reason.
     let out = geoedge().args(&args).output().unwrap();
