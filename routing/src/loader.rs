@@ -488,11 +488,17 @@ mod tests {
         for p in [fifo, link] {
             let e = promptly(move || load(&p).unwrap_err());
             assert!(matches!(e, LoadError::NotRegular { .. }), "{e}");
-            assert!(e.to_string().ends_with("not a regular file (a FIFO)"), "{e}");
+            assert!(
+                e.to_string().ends_with("not a regular file (a FIFO)"),
+                "{e}"
+            );
             assert_eq!(e.reason(), RejectReason::Unreadable);
         }
         let e = load(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("not a regular file (a directory)"), "{e}");
+        assert!(
+            e.to_string().contains("not a regular file (a directory)"),
+            "{e}"
+        );
         let e = load(&dir.path().join("missing.db")).unwrap_err();
         assert!(matches!(e, LoadError::Missing(_)), "{e}");
     }
