@@ -145,7 +145,10 @@ unsafe extern "C" fn open_nonblocking(
 /// per process, before the first connection this module opens. SQLite
 /// reads the replaced pointer without a lock, so this must happen before
 /// any other thread uses SQLite: `geoedge` calls it first thing in `main`,
-/// and every connection opened here calls it (a no-op after the first).
+/// and every function here that opens a connection calls it first (a no-op
+/// after the first call; concurrent first callers wait for it to finish).
+/// Code that opens SQLite connections by other means, in a process that
+/// also uses this module, should call it before its first one.
 pub fn nonblocking_opens() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -445,6 +448,7 @@ pub fn check(path: &Path) -> Result<Vec<RowError>, LoadError> {
 
 /// The sample table, built in memory (for `geoedge route` without a routing.db).
 pub fn sample() -> RawTable {
+    nonblocking_opens();
     let mut conn = Connection::open_in_memory().expect("in-memory SQLite opens");
     let tx = conn.transaction().expect("in-memory transaction");
     tx.execute_batch(SCHEMA_SQL)
