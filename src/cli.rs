@@ -122,7 +122,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route { ip } => crate::route_cmd::run(&settings()?, *ip),
         Command::Db(DbCommand::Init { path, empty }) => crate::db_cmd::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::db_cmd::check(path),
-        Command::Run => crate::run_cmd::run(&settings()?, &settings),
+        Command::Run => {
+            let (layer, config) = (cli.settings.clone(), cli.config.clone());
+            let resolve: crate::lifecycle::Resolve =
+                std::sync::Arc::new(move || Settings::resolve(layer.clone(), config.as_deref()));
+            crate::run_cmd::run(&resolve()?, resolve)
+        }
         Command::Wg(WgCommand::Up) => crate::wg::up(&settings()?),
         Command::Wg(WgCommand::Genkey) => {
             println!("{}", PrivateKey::generate()?.to_base64());

@@ -10,7 +10,14 @@
 //! restart (listeners, workers, WireGuard, the metrics listener, the
 //! tables, region, app, bindings and backend health) are logged as such and keep their
 //! started values. An invalid file is logged once per SIGHUP and counted,
-//! and the settings in force stay.
+//! and the settings in force stay. A reload that changed nothing is logged
+//! at debug only (a SIGHUP storm does not flood the log).
+//!
+//! The file is read on a thread of its own ([`read_in_background`]) and the
+//! result sent back, so the task that waits for SIGTERM never waits on a
+//! file: a stop is handled while a read is still pending (and the read is
+//! abandoned). The read itself refuses anything but a regular file (a FIFO
+//! would block it until someone writes to it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +31,36 @@ use crate::proxy::ProxyOptions;
 
 /// Re-resolves the settings as at start (flags and environment over the
 /// config file over the defaults).
-pub type Resolve<'a> = &'a (dyn Fn() -> anyhow::Result<Settings> + Sync);
+pub type Resolve = Arc<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
+
+/// A config read under way on its own thread.
+pub type PendingRead = tokio::sync::oneshot::Receiver<anyhow::Result<Settings>>;
+
+/// Starts re-reading the settings with `resolve` on a thread of its own;
+/// the result comes back on the returned channel. The thread is never
+/// joined: a read that hangs holds only that thread, and the process exits
+/// without waiting for it.
+pub fn read_in_background(resolve: &Resolve) -> PendingRead {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let resolve = Arc::clone(resolve);
+    let spawned = std::thread::Builder::new()
+        .name("config-read".into())
+        .spawn(move || {
+            let _ = tx.send(resolve());
+        });
+    if let Err(e) = spawned {
+        // The sender went with the closure: the read ends at once, failed.
+        tracing::error!("cannot start a thread to read the config: {e}");
+    }
+    rx
+}
+
+/// The result of a pending read, once it ends.
+pub fn read_result(
+    received: Result<anyhow::Result<Settings>, tokio::sync::oneshot::error::RecvError>,
+) -> anyhow::Result<Settings> {
+    received.unwrap_or_else(|_| Err(anyhow::anyhow!("the config read ended without a result")))
+}
 
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,15 +176,10 @@ pub struct Live<'a> {
     pub stats: &'a ReloadStats,
 }
 
-/// Handles a SIGHUP: re-reads the settings with `resolve` and applies the
-/// live ones to `live`, updating `current`. Returns a status line for the
-/// service manager.
-pub fn reload(live: &Live<'_>, current: &mut Settings, resolve: Option<Resolve<'_>>) -> String {
-    let Some(resolve) = resolve else {
-        tracing::info!("SIGHUP: no config to re-read here");
-        return "serving".into();
-    };
-    let new = match resolve() {
+/// Applies the result of a config read (on SIGHUP) to `live`, updating
+/// `current`. Returns a status line for the service manager.
+pub fn reload(live: &Live<'_>, current: &mut Settings, read: anyhow::Result<Settings>) -> String {
+    let new = match read {
         Ok(new) => new,
         Err(e) => {
             live.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -162,7 +193,9 @@ pub fn reload(live: &Live<'_>, current: &mut Settings, resolve: Option<Resolve<'
         .set_max(new.max_connections.unwrap_or(live.default_max));
     take_live(current, new);
     live.stats.applied.fetch_add(1, Ordering::Relaxed);
-    if changes.live.is_empty() {
+    if changes == Changes::default() {
+        tracing::debug!("config reloaded: nothing changed");
+    } else if changes.live.is_empty() {
         tracing::info!("config reloaded: nothing that applies live changed");
     } else {
         tracing::info!(
@@ -221,14 +254,14 @@ mod tests {
             default_max: 100,
             stats: &stats,
         };
-        let next = || {
+        let next = || -> anyhow::Result<Settings> {
             Ok(settings(
                 "listen = ['127.0.0.1:2']\nworkers = 3\nidle_timeout = '5s'\nhalf_close = false\nsplice = false\nmax_connections = 7\ndrain_timeout = '2s'",
             ))
         };
         assert!(options.load().half_close, "on by default");
         assert!(options.load().splice, "on by default");
-        reload(&live, &mut current, Some(&next));
+        reload(&live, &mut current, next());
         assert_eq!(options.load().idle_timeout, Duration::from_secs(5));
         assert!(!options.load().half_close);
         assert!(!options.load().splice);
@@ -239,15 +272,15 @@ mod tests {
 
         // An invalid config keeps everything.
         let bad = || -> anyhow::Result<Settings> { anyhow::bail!("config file x: unknown field") };
-        reload(&live, &mut current, Some(&bad));
+        reload(&live, &mut current, bad());
         assert_eq!(limit.max(), 7);
         assert_eq!(options.load().idle_timeout, Duration::from_secs(5));
         assert_eq!(stats.applied.load(Ordering::Relaxed), 1);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
 
         // Without a limit in the file, the default comes back.
-        let plain = || Ok(settings("listen = ['127.0.0.1:1']\nworkers = 2"));
-        reload(&live, &mut current, Some(&plain));
+        let plain = settings("listen = ['127.0.0.1:1']\nworkers = 2");
+        reload(&live, &mut current, Ok(plain));
         assert_eq!(limit.max(), 100);
     }
 }

@@ -31,6 +31,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Before any thread uses SQLite: its opens never wait on a FIFO.
+    geoedge_routing::loader::nonblocking_opens();
     if !cli.long_running() {
         // A one-shot command piped into `head` ends quietly when the pipe
         // closes, as other command-line tools do, instead of failing to

@@ -245,7 +245,7 @@ pub async fn serve(
     listeners: Listeners,
     settings: &Settings,
     mut signals: Signals,
-    resolve: Option<Resolve<'_>>,
+    resolve: Option<Resolve>,
     health: &Health,
 ) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::from_env());
@@ -278,10 +278,39 @@ pub async fn serve(
         default_max: edge.default_max_connections,
         stats: &edge.reloads,
     };
-    while signals.next().await == Asked::Reload {
-        notifier.reloading();
-        let status = lifecycle::reload(&live, &mut current, resolve);
-        notifier.reloaded(&status);
+    // The config is read on a thread of its own: a stop signal is handled
+    // while a read is pending. SIGHUPs during a read ask for one more read
+    // once it ends.
+    let mut pending: Option<lifecycle::PendingRead> = None;
+    let mut again = false;
+    loop {
+        tokio::select! {
+            asked = signals.next() => match (asked, &resolve) {
+                (Asked::Stop, _) => break,
+                (Asked::Reload, None) => {
+                    notifier.reloading();
+                    tracing::info!("SIGHUP: no config to re-read here");
+                    notifier.reloaded("serving");
+                }
+                (Asked::Reload, Some(_)) if pending.is_some() => {
+                    tracing::debug!("SIGHUP while the config is being read: reading it again after");
+                    again = true;
+                }
+                (Asked::Reload, Some(r)) => {
+                    notifier.reloading();
+                    pending = Some(lifecycle::read_in_background(r));
+                }
+            },
+            read = async { pending.as_mut().expect("polled only when pending").await }, if pending.is_some() => {
+                pending = None;
+                let status = lifecycle::reload(&live, &mut current, lifecycle::read_result(read));
+                notifier.reloaded(&status);
+                if let (true, Some(r)) = (std::mem::take(&mut again), &resolve) {
+                    notifier.reloading();
+                    pending = Some(lifecycle::read_in_background(r));
+                }
+            }
+        }
     }
     if let Some(checks) = checks {
         checks.abort();
@@ -329,7 +358,7 @@ pub async fn stop_signal() {
 }
 
 /// The `run` command; `resolve` reads the settings again on SIGHUP.
-pub fn run(settings: &Settings, resolve: Resolve<'_>) -> anyhow::Result<ExitCode> {
+pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
     let routing_db = settings
         .routing_db
         .clone()

@@ -1,16 +1,20 @@
 //! Reading the WireGuard private key file: refused when group- or
 //! world-accessible, and never logged.
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use geoedge_wireguard::PrivateKey;
+use zeroize::Zeroizing;
 
 /// Reads a private key file written by `wg genkey` (or `geoedge wg genkey`).
+/// The file is opened without blocking and checked on the opened descriptor:
+/// anything but a regular file (a FIFO, a device) is refused at once.
 pub fn load_private_key(path: &Path) -> anyhow::Result<PrivateKey> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("private key file {}", path.display()))?;
+    let (mut file, meta) = geoedge_geoip::regular::open_regular(path)
+        .with_context(|| format!("private key file {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
@@ -18,7 +22,11 @@ pub fn load_private_key(path: &Path) -> anyhow::Result<PrivateKey> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path)
+    // A key is 45 bytes of base64; more than 1 KiB is not a key file.
+    let mut text = Zeroizing::new(String::new());
+    (&mut file)
+        .take(1024)
+        .read_to_string(&mut text)
         .with_context(|| format!("reading private key file {}", path.display()))?;
     // The error names the file and what is wrong, never the content.
     text.trim()
@@ -53,5 +61,26 @@ mod tests {
         let e = load_private_key(&bad).unwrap_err().to_string();
         assert!(e.contains("32 bytes") && !e.contains("c2hvcnQ="), "{e}");
         assert!(load_private_key(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("key");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_private_key(&fifo).map_err(|e| format!("{e:#}")));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("blocked on the FIFO")
+            .unwrap_err();
+        assert!(e.contains("not a regular file (a FIFO)"), "{e}");
     }
 }

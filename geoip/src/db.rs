@@ -9,8 +9,6 @@
 //! file, so they never allocate.
 
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -221,17 +219,16 @@ impl fmt::Debug for GeoDb {
 
 impl GeoDb {
     /// Reads the whole file at `path` into memory and checks it as
-    /// [`GeoDb::from_bytes`] does.
+    /// [`GeoDb::from_bytes`] does. Anything but a regular file (a FIFO, a
+    /// device, a directory) is refused at once as [`GeoIpError::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<GeoDb, GeoIpError> {
         let path = path.as_ref();
         let io_err = |source| GeoIpError::Io {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(io_err)?;
-        let hint = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut buf = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
-        file.read_to_end(&mut buf).map_err(io_err)?;
+        // Never blocks on a FIFO or reads a device put in the file's place.
+        let buf = crate::regular::read_regular(path).map_err(io_err)?;
         Self::from_bytes(buf)
     }
 

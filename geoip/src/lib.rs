@@ -9,6 +9,8 @@
 //! * [`watch`] detects changes to a file (shared with the routing crate) and
 //!   [`spawn_reloader`] uses it to swap in a new database when the file
 //!   changes, keeping the old one when the new file is bad.
+//! * [`regular`] opens data files without blocking on a FIFO or device
+//!   put in their place (shared with the routing crate and the binary).
 //! * [`sample`] describes the small committed sample database
 //!   ([`SAMPLE_MMDB`]); the `fixture-writer` feature adds the `fixture`
 //!   module, which builds such databases.
@@ -22,6 +24,7 @@ pub mod fixture;
 pub mod live;
 pub mod location;
 mod record;
+pub mod regular;
 pub mod reload;
 pub mod sample;
 pub mod watch;

@@ -5,10 +5,21 @@
 //! holding the database locked delays a reload instead of blocking it forever
 //! (the caller retries), and a reader never takes a lock a writer waits on
 //! for longer than one read transaction.
+//!
+//! A routing.db must be a regular file: a FIFO (or a symlink to one) put in
+//! its place is refused at once with "not a regular file", never opened in
+//! a way that blocks. The path is first opened `O_NONBLOCK` and checked on
+//! the opened descriptor ([`geoedge_geoip::regular`]). SQLite then opens the
+//! path itself, so a FIFO renamed in between the check and SQLite's open
+//! would still block a plain `open(2)`; to close that window, SQLite's unix
+//! VFS is given an `open` that adds `O_NONBLOCK` (see [`nonblocking_opens`]),
+//! so SQLite's own open returns at once too and its first read of the FIFO
+//! fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use geoedge_geoip::regular::{self, NotRegular};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::raw::{BackendRow, CountryRegionRow, RawTable, RegionRow, Value, WgPeerRow};
@@ -30,6 +41,23 @@ pub enum LoadError {
     /// The file does not exist.
     #[error("{0}: no such file")]
     Missing(PathBuf),
+    /// The path names something other than a regular file (a FIFO, a
+    /// device, a directory).
+    #[error("{path}: {what}")]
+    NotRegular {
+        /// The database path.
+        path: PathBuf,
+        /// What it is instead.
+        what: NotRegular,
+    },
+    /// The file could not be opened.
+    #[error("{path}: {source}")]
+    Io {
+        /// The database path.
+        path: PathBuf,
+        /// What the operating system reported.
+        source: std::io::Error,
+    },
     /// SQLite refused the file or a query on it.
     #[error("{path}: {source}")]
     Sqlite {
@@ -80,11 +108,92 @@ impl LoadError {
     }
 }
 
-/// Opens a routing.db read-only for reloads.
-pub fn open(path: &Path) -> Result<Connection, LoadError> {
-    if !path.exists() {
-        return Err(LoadError::Missing(path.to_owned()));
+/// Checks, without blocking, that `path` is a regular file that can be
+/// opened for reading.
+fn check_regular(path: &Path) -> Result<(), LoadError> {
+    match regular::open_regular(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(LoadError::Missing(path.to_owned()))
+        }
+        Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<NotRegular>()) {
+            Some(what) => Err(LoadError::NotRegular {
+                path: path.to_owned(),
+                what: *what,
+            }),
+            None => Err(LoadError::Io {
+                path: path.to_owned(),
+                source: e,
+            }),
+        },
     }
+}
+
+/// SQLite's unix VFS `open`, with `O_NONBLOCK` added: returns at once on a
+/// FIFO instead of waiting for a writer. The flag changes nothing for the
+/// regular files and directories SQLite opens otherwise.
+unsafe extern "C" fn open_nonblocking(
+    path: *const std::ffi::c_char,
+    flags: std::ffi::c_int,
+    mode: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: the arguments are SQLite's, passed on as its own `open` does.
+    unsafe { libc::open(path, flags | libc::O_NONBLOCK, mode as libc::c_uint) }
+}
+
+/// Makes every `open(2)` of SQLite's default (unix) VFS non-blocking, once
+/// per process, before the first connection this module opens. SQLite
+/// reads the replaced pointer without a lock, so this must happen before
+/// any other thread uses SQLite: `geoedge` calls it first thing in `main`,
+/// and every function here that opens a connection calls it first (a no-op
+/// after the first call; concurrent first callers wait for it to finish).
+/// Code that opens SQLite connections by other means, in a process that
+/// also uses this module, should call it before its first one.
+pub fn nonblocking_opens() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An in-memory connection makes rusqlite initialise SQLite as it
+        // wants it (threading mode) before the VFS is looked up.
+        if Connection::open_in_memory().is_err() {
+            return;
+        }
+        // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS (or
+        // NULL), which lives as long as the process; `xSetSystemCall` is
+        // given a function with the signature SQLite's `open` has
+        // (`int(const char*, int, int)`), as its syscall table expects.
+        let installed = unsafe {
+            let vfs = rusqlite::ffi::sqlite3_vfs_find(std::ptr::null());
+            match vfs.as_ref().and_then(|v| v.xSetSystemCall) {
+                Some(set) => {
+                    let f: unsafe extern "C" fn(
+                        *const std::ffi::c_char,
+                        std::ffi::c_int,
+                        std::ffi::c_int,
+                    ) -> std::ffi::c_int = open_nonblocking;
+                    let f = std::mem::transmute::<
+                        unsafe extern "C" fn(
+                            *const std::ffi::c_char,
+                            std::ffi::c_int,
+                            std::ffi::c_int,
+                        ) -> std::ffi::c_int,
+                        unsafe extern "C" fn(),
+                    >(f);
+                    set(vfs, c"open".as_ptr(), Some(f)) == rusqlite::ffi::SQLITE_OK
+                }
+                None => false,
+            }
+        };
+        if !installed {
+            tracing::warn!("SQLite's open could not be made non-blocking: a FIFO renamed over routing.db just as it is reopened could stall reloads");
+        }
+    });
+}
+
+/// Opens a routing.db read-only for reloads. Anything but a regular file is
+/// refused at once ([`LoadError::NotRegular`]), never waited on.
+pub fn open(path: &Path) -> Result<Connection, LoadError> {
+    nonblocking_opens();
+    check_regular(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| LoadError::sqlite(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
@@ -320,6 +429,7 @@ pub fn init(path: &Path, sample: bool) -> Result<(), LoadError> {
     if path.exists() {
         return Err(LoadError::Exists(path.to_owned()));
     }
+    nonblocking_opens();
     let mut conn = Connection::open(path).map_err(|e| LoadError::sqlite(path, e))?;
     let tx = conn.transaction().map_err(|e| LoadError::sqlite(path, e))?;
     tx.execute_batch(SCHEMA_SQL)
@@ -338,6 +448,7 @@ pub fn check(path: &Path) -> Result<Vec<RowError>, LoadError> {
 
 /// The sample table, built in memory (for `geoedge route` without a routing.db).
 pub fn sample() -> RawTable {
+    nonblocking_opens();
     let mut conn = Connection::open_in_memory().expect("in-memory SQLite opens");
     let tx = conn.transaction().expect("in-memory transaction");
     tx.execute_batch(SCHEMA_SQL)
@@ -346,4 +457,82 @@ pub fn sample() -> RawTable {
         .expect("shipped sample is valid SQL");
     tx.commit().expect("in-memory commit");
     read(&conn, Path::new(":memory:")).expect("the in-memory sample reads back")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Runs `f` on a thread; fails if it blocks for 10 s.
+    fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("blocked for 10 s")
+    }
+
+    #[test]
+    fn a_fifo_or_a_symlink_to_one_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let link = dir.path().join("routing.db");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for p in [fifo, link] {
+            let e = promptly(move || load(&p).unwrap_err());
+            assert!(matches!(e, LoadError::NotRegular { .. }), "{e}");
+            assert!(
+                e.to_string().ends_with("not a regular file (a FIFO)"),
+                "{e}"
+            );
+            assert_eq!(e.reason(), RejectReason::Unreadable);
+        }
+        let e = load(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("not a regular file (a directory)"),
+            "{e}"
+        );
+        let e = load(&dir.path().join("missing.db")).unwrap_err();
+        assert!(matches!(e, LoadError::Missing(_)), "{e}");
+    }
+
+    /// The window between the check and SQLite's own open: SQLite opening
+    /// a FIFO directly returns at once with an error instead of waiting for
+    /// a writer.
+    #[test]
+    fn sqlite_itself_does_not_block_on_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.db");
+        mkfifo(&fifo);
+        nonblocking_opens();
+        let e = promptly(move || {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            Connection::open_with_flags(&fifo, flags)
+                .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)))
+                .unwrap_err()
+        });
+        eprintln!("SQLite on a FIFO: {e}");
+    }
+
+    #[test]
+    fn regular_databases_still_load_and_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("routing.db");
+        init(&p, true).unwrap();
+        assert!(!load(&p).unwrap().backends.is_empty());
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(!load(&link).unwrap().backends.is_empty());
+    }
 }

@@ -332,9 +332,12 @@ impl Layer {
         )
     }
 
-    /// Reads a TOML settings file.
+    /// Reads a TOML settings file (a regular file: see
+    /// [`geoedge_geoip::regular`]).
     pub fn from_file(path: &Path) -> anyhow::Result<Layer> {
-        let text = std::fs::read_to_string(path)
+        // Anything but a regular file (a FIFO above all, which would block
+        // the read until someone writes to it) is refused at once.
+        let text = geoedge_geoip::regular::read_regular_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         let layer: Layer =
             toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;

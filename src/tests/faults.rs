@@ -2,12 +2,15 @@
 //! trickled a byte a second, a routing.db replaced with garbage, broken in
 //! its schema or held in an exclusive `sqlite3` transaction, a routing.db
 //! reload every 100 ms under load, a client that reads slowly from a backend
-//! that never stops sending, a corrupt or truncated mmdb, and transfers
-//! aborted by a backend's reset or the drain timeout (`faults/aborts.rs`),
-//! and a backend row at the edge's own listener (`faults/own_listener.rs`). Each test
+//! that never stops sending, a corrupt or truncated mmdb, routing.db or the
+//! mmdb swapped for a FIFO ([`fifo`]), transfers aborted by a backend's
+//! reset or the drain timeout ([`aborts`]), and a backend row at the
+//! edge's own listener ([`own_listener`]). Each test
 //! asserts the pass criteria of docs/reliability.md and prints what it
 //! measured (`cargo test --test faults -- --nocapture`).
 
+#[path = "faults/fifo.rs"]
+mod fifo;
 mod support;
 
 #[path = "faults/aborts.rs"]

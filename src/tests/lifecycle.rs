@@ -4,11 +4,14 @@
 //! a restart by a second process under 2,000 new connections per second
 //! (in a network namespace of its own, with `net.ipv4.tcp_migrate_req`),
 //! SIGHUP reloads, the systemd notification protocol on a real unix
-//! datagram socket, and the start refused on an invalid config or key.
+//! datagram socket, the start refused on an invalid config or key, and a
+//! config or key file that is a FIFO ([`fifo`]).
 //!
 //! The load tests run one at a time ([`HEAVY`]): their pass criteria are
 //! times and CPU shares.
 
+#[path = "lifecycle/fifo.rs"]
+mod fifo;
 #[path = "lifecycle/handover.rs"]
 mod handover;
 mod support;

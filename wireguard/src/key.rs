@@ -4,7 +4,9 @@
 //!
 //! A key is exactly 32 bytes; an all-zero key is refused (it is what an
 //! unset key looks like and never a real one). Private keys never print
-//! themselves: their `Debug` is redacted and they have no `Display`.
+//! themselves: their `Debug` is redacted and they have no `Display`; their
+//! bytes are overwritten with zeros when they are dropped, as are the
+//! decoded buffers they were parsed from.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +14,7 @@ use std::str::FromStr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use boringtun::x25519;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Why a key could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +34,7 @@ pub enum KeyError {
 }
 
 fn decode_base64(s: &str) -> Result<[u8; 32], KeyError> {
-    let bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::Malformed)?;
+    let bytes = Zeroizing::new(STANDARD.decode(s.trim()).map_err(|_| KeyError::Malformed)?);
     to_key(&bytes)
 }
 
@@ -40,10 +43,12 @@ fn decode_hex(s: &str) -> Result<[u8; 32], KeyError> {
     if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(KeyError::Malformed);
     }
-    let bytes: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0))
-        .collect();
+    let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0))
+            .collect(),
+    );
     to_key(&bytes)
 }
 
@@ -115,19 +120,27 @@ impl fmt::Debug for PublicKey {
 
 /// Our private key. Its bytes are reachable only on purpose
 /// ([`PrivateKey::to_base64`], [`PrivateKey::to_x25519`]): it is never
-/// printed by `Debug` and has no `Display`.
+/// printed by `Debug` and has no `Display`, and its bytes are zeroed when
+/// it is dropped.
 #[derive(Clone, PartialEq, Eq)]
+#[repr(transparent)]
 pub struct PrivateKey([u8; 32]);
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl PrivateKey {
     /// A new key from the OS's random source, clamped as `wg genkey` does.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| KeyError::Random(e.to_string()))?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *key).map_err(|e| KeyError::Random(e.to_string()))?;
         key[0] &= 248;
         key[31] &= 127;
         key[31] |= 64;
-        to_key(&key).map(Self)
+        to_key(&*key).map(Self)
     }
 
     /// The matching public key.
@@ -211,6 +224,19 @@ mod tests {
             PublicKey::from_hex(&"00".repeat(32)),
             Err(KeyError::AllZero)
         );
+    }
+
+    #[test]
+    fn a_dropped_private_key_leaves_zeros_behind() {
+        let mut slot = std::mem::MaybeUninit::new(PRIV.parse::<PrivateKey>().unwrap());
+        // SAFETY: `slot` holds a key, dropped once here and never used as a
+        // key again; its memory stays allocated, and `PrivateKey` is a
+        // transparent `[u8; 32]`, so its bytes can be read back.
+        let left = unsafe {
+            std::ptr::drop_in_place(slot.as_mut_ptr());
+            std::ptr::read(slot.as_ptr().cast::<[u8; 32]>())
+        };
+        assert_eq!(left, [0u8; 32]);
     }
 
     #[test]
