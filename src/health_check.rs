@@ -226,15 +226,15 @@ async fn check_loop(
             Some(HealthChange::Down) => tracing::warn!(
                 backend = %backend.id,
                 reason = result.err().map_or("ok", |w| w.as_str()),
-                not_logged,
-                "backend down: {} health checks failed in a row",
-                config.fall
+                "backend down: {} health checks failed in a row{}",
+                config.fall,
+                more(not_logged)
             ),
             Some(HealthChange::Up) => tracing::info!(
                 backend = %backend.id,
-                not_logged,
-                "backend up: {} health checks passed in a row",
-                config.rise
+                "backend up: {} health checks passed in a row{}",
+                config.rise,
+                more(not_logged)
             ),
             _ => {}
         }
@@ -243,13 +243,23 @@ async fn check_loop(
 
 /// Backend health changes logged per [`CHANGE_LINES_INTERVAL`] at most;
 /// past it they are counted, and the next line logged says how many were
-/// not (`not_logged`): a whole large table going down at once writes a few
+/// not: a whole large table going down at once writes a few
 /// lines, and `edge_region_backends` has the counts.
 const CHANGE_LINES_MAX: u32 = 20;
 /// See [`CHANGE_LINES_MAX`].
 const CHANGE_LINES_INTERVAL: Duration = Duration::from_secs(10);
 /// The log budget of health changes (checks and connects alike).
 static CHANGE_LINES: LineBudget = LineBudget::new(CHANGE_LINES_MAX, CHANGE_LINES_INTERVAL);
+
+/// The end of a health change's line that says how many were not logged
+/// since the last one (nothing when none were).
+fn more(not_logged: u64) -> String {
+    if not_logged == 0 {
+        String::new()
+    } else {
+        format!(" ({not_logged} more health changes not logged since the last line)")
+    }
+}
 
 /// Logs a change that a proxy connect caused.
 pub fn log_connect_change(backend: &Backend, change: HealthChange, router: &Router) {
@@ -265,20 +275,20 @@ pub fn log_connect_change(backend: &Backend, change: HealthChange, router: &Rout
             trial_failed: false,
         } => tracing::warn!(
             backend = %backend.id,
-            not_logged,
-            "backend ejected after {} failed connects in a row; a trial connect in {backoff:?}",
-            router.health_config().eject_after
+            "backend ejected after {} failed connects in a row; a trial connect in {backoff:?}{}",
+            router.health_config().eject_after,
+            more(not_logged)
         ),
         HealthChange::Ejected {
             backoff,
             trial_failed: true,
         } => tracing::warn!(
             backend = %backend.id,
-            not_logged,
-            "trial connect to an ejected backend failed; next trial in {backoff:?}"
+            "trial connect to an ejected backend failed; next trial in {backoff:?}{}",
+            more(not_logged)
         ),
         HealthChange::Readmitted => {
-            tracing::info!(backend = %backend.id, not_logged, "ejected backend re-admitted: a connect succeeded")
+            tracing::info!(backend = %backend.id, "ejected backend re-admitted: a connect succeeded{}", more(not_logged))
         }
         HealthChange::Down | HealthChange::Up => {}
     }
