@@ -25,17 +25,22 @@ pub enum ConnResult {
     ProxyHeaderTimeout,
     /// Closed at once: the global connection limit was reached.
     OverLimit,
+    /// Refused at once: this host could not open a socket to the backend
+    /// (out of descriptors, memory, buffers or source ports). Not counted
+    /// against the backend.
+    LocalError,
 }
 
 impl ConnResult {
     /// Every result, for pre-registering metric series.
-    pub const ALL: [ConnResult; 6] = [
+    pub const ALL: [ConnResult; 7] = [
         ConnResult::Ok,
         ConnResult::NoBackend,
         ConnResult::ConnectFailed,
         ConnResult::BadProxyHeader,
         ConnResult::ProxyHeaderTimeout,
         ConnResult::OverLimit,
+        ConnResult::LocalError,
     ];
 
     /// Lower-case label.
@@ -47,6 +52,7 @@ impl ConnResult {
             ConnResult::BadProxyHeader => "bad_proxy_header",
             ConnResult::ProxyHeaderTimeout => "proxy_header_timeout",
             ConnResult::OverLimit => "over_limit",
+            ConnResult::LocalError => "local_error",
         }
     }
 }

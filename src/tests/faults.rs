@@ -2,10 +2,13 @@
 //! trickled a byte a second, a routing.db replaced with garbage, broken in
 //! its schema or held in an exclusive `sqlite3` transaction, a routing.db
 //! reload every 100 ms under load, a client that reads slowly from a backend
-//! that never stops sending, and a corrupt or truncated mmdb. Each test
+//! that never stops sending, a corrupt or truncated mmdb, and descriptors
+//! running out while dialing ([`descriptors`]). Each test
 //! asserts the pass criteria of docs/reliability.md and prints what it
 //! measured (`cargo test --test faults -- --nocapture`).
 
+#[path = "faults/descriptors.rs"]
+mod descriptors;
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
