@@ -98,6 +98,11 @@ impl Metrics {
     pub async fn serve(&self, addr: SocketAddr) -> anyhow::Result<JoinHandle<()>> {
         let listener = server::bind(addr).await?;
         let endpoints = server::Endpoints::new(self.registry.clone(), Arc::clone(&self.health));
+        self.registry
+            .register(Box::new(server::ListenerCollector::new(Arc::clone(
+                &endpoints.conns,
+            ))))
+            .context("registering the metrics listener collector")?;
         Ok(server::spawn(listener, Arc::new(endpoints)))
     }
 }

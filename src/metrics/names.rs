@@ -282,6 +282,14 @@ pub const CONFIG_RELOADS_TOTAL: Def = def(
     &["result"],
 );
 
+/// Connections the metrics listener closed itself.
+pub const METRICS_CONNECTIONS_CLOSED_TOTAL: Def = def(
+    "edge_metrics_connections_closed_total",
+    Counter,
+    "Connections the metrics and health listener closed itself, by reason: header_timeout (no complete request within 2 s), evicted (the oldest one without a request, closed for a new one at 512 open), over_limit (a new one, closed at once: 512 open and all answering), timeout (open for 10 s).",
+    &["reason"],
+);
+
 /// Whether the edge is ready.
 pub const READY: Def = def(
     "edge_ready",
@@ -325,6 +333,7 @@ pub const ALL: &[Def] = &[
     WIREGUARD_HANDSHAKES_TOTAL,
     WIREGUARD_INVALID_PACKETS_TOTAL,
     CONFIG_RELOADS_TOTAL,
+    METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,
 ];
 
