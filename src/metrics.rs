@@ -120,6 +120,22 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn every_result_and_direction_has_a_counter_of_its_own() {
+        let s = ConnStats::default();
+        for (i, r) in ConnResult::ALL.iter().enumerate().skip(1) {
+            for _ in 0..i {
+                s.record(*r);
+            }
+        }
+        s.up().add(100);
+        s.down().add(1000);
+        for (i, r) in ConnResult::ALL.iter().enumerate() {
+            assert_eq!(s.count(*r), i as u64, "{}", r.as_str());
+        }
+        assert_eq!((s.bytes_up(), s.bytes_down()), (100, 1000));
+    }
+
     /// A started edge's sources over the sample routing.db and mmdb.
     fn sources() -> (EdgeSources, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
