@@ -241,7 +241,7 @@ async fn out_of_descriptors_the_backend_is_not_blamed_and_clients_are_served_onc
         "one refused client per local failure"
     );
     assert!(local_checks > 0, "no health check failed locally");
-    assert!(proxied >= 99, "{proxied} proxied");
+    assert!(proxied >= 90, "{proxied} proxied");
     assert_eq!(refused, 20);
     served.expect("a new client is served at once once descriptors are free");
 }
