@@ -97,6 +97,19 @@ pub fn default_max_connections(soft_nofile: u64, workers: usize) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX).clamp(1, 1 << 30)
 }
 
+/// The connection limit in force: the one asked for (`None`: the
+/// default), but never above `allowed`, what the descriptor limit holds
+/// ([`default_max_connections`]). Above it, clients would be accepted that
+/// no backend socket could be opened for. Returns the limit and whether the
+/// one asked for was lowered, for the caller to warn.
+pub fn effective_max_connections(asked: Option<usize>, allowed: usize) -> (usize, bool) {
+    match asked {
+        Some(n) if n > allowed => (allowed, true),
+        Some(n) => (n, false),
+        None => (allowed, false),
+    }
+}
+
 /// The global connection limit and accept error counts, shared by every
 /// worker.
 #[derive(Debug)]
@@ -244,6 +257,16 @@ impl AcceptError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_above_what_the_descriptors_hold_is_lowered_to_it() {
+        let allowed = default_max_connections(1024, 2);
+        assert_eq!(allowed, 352);
+        assert_eq!(effective_max_connections(None, allowed), (352, false));
+        assert_eq!(effective_max_connections(Some(100), allowed), (100, false));
+        assert_eq!(effective_max_connections(Some(352), allowed), (352, false));
+        assert_eq!(effective_max_connections(Some(5000), allowed), (352, true));
+    }
 
     #[test]
     fn the_limit_holds_and_slots_come_back() {

@@ -61,7 +61,9 @@ pub struct Settings {
     /// listeners).
     pub workers: usize,
     /// The global connection limit; `None`: derived from the descriptor
-    /// limit at start ([`crate::admission::default_max_connections`]).
+    /// limit at start ([`crate::admission::default_max_connections`]),
+    /// which also caps a value set here
+    /// ([`crate::admission::effective_max_connections`]).
     pub max_connections: Option<usize>,
     /// The WireGuard backhaul, when configured.
     pub wireguard: Option<WgSettings>,

@@ -22,13 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use geoedge_routing::{AppId, Backend, BackendId, BackendLoad, HealthChange, HealthConfig, Router};
+use geoedge_routing::{
+    AppId, Backend, BackendId, BackendLoad, ConnectFailure, HealthChange, HealthConfig, Router,
+};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::{HumanDuration, Layer};
-use crate::throttle::LineBudget;
+use crate::throttle::{LineBudget, Throttle};
 
 /// How the checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,14 +207,28 @@ async fn check_loop(
     tokio::time::sleep(delay).await;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let local_failed = Throttle::new(crate::proxy::FAILURE_LOG_INTERVAL);
     loop {
         tick.tick().await;
-        let result =
-            match tokio::time::timeout(options.timeout, TcpStream::connect(backend.addr)).await {
-                Ok(Ok(_stream)) => Ok(()),
-                Ok(Err(e)) => Err(crate::proxy::classify(&e)),
-                Err(_) => Err(geoedge_routing::ConnectFailure::Timeout),
-            };
+        let result = match tokio::time::timeout(options.timeout, TcpStream::connect(backend.addr))
+            .await
+        {
+            Ok(Ok(_stream)) => Ok(()),
+            Ok(Err(e)) => {
+                let why = crate::proxy::classify(&e);
+                if why == ConnectFailure::Local {
+                    if let Some(suppressed) = local_failed.check(Instant::now()) {
+                        tracing::warn!(
+                            backend = %backend.id,
+                            suppressed,
+                            "no socket for a health check (not counted against the backend): {e}"
+                        );
+                    }
+                }
+                Err(why)
+            }
+            Err(_) => Err(ConnectFailure::Timeout),
+        };
         let now = Instant::now();
         let change = router.report_check(&backend, result, now);
         let config = router.health_config();

@@ -164,6 +164,21 @@ fn take_live(current: &mut Settings, new: Settings) {
     current.max_connections = new.max_connections;
 }
 
+/// The connection limit `settings` ask for, lowered (with a warning) to
+/// `allowed`, what the descriptor limit holds.
+pub fn max_connections(settings: &Settings, allowed: usize) -> usize {
+    let (limit, lowered) =
+        crate::admission::effective_max_connections(settings.max_connections, allowed);
+    if lowered {
+        tracing::warn!(
+            asked = settings.max_connections,
+            descriptors_allow = allowed,
+            "--max-connections is above what the descriptor limit holds (two descriptors a client, after the reserve): using {allowed}; raise the descriptor limit (LimitNOFILE=) to allow more"
+        );
+    }
+    limit
+}
+
 /// What a reload works on.
 pub struct Live<'a> {
     /// The proxy's options, swapped whole.
@@ -189,8 +204,7 @@ pub fn reload(live: &Live<'_>, current: &mut Settings, read: anyhow::Result<Sett
     };
     let changes = diff(current, &new);
     live.options.store(Arc::new(proxy_options(&new)));
-    live.limit
-        .set_max(new.max_connections.unwrap_or(live.default_max));
+    live.limit.set_max(max_connections(&new, live.default_max));
     take_live(current, new);
     live.stats.applied.fetch_add(1, Ordering::Relaxed);
     if changes == Changes::default() {

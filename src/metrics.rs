@@ -98,6 +98,11 @@ impl Metrics {
     pub async fn serve(&self, addr: SocketAddr) -> anyhow::Result<JoinHandle<()>> {
         let listener = server::bind(addr).await?;
         let endpoints = server::Endpoints::new(self.registry.clone(), Arc::clone(&self.health));
+        self.registry
+            .register(Box::new(server::ListenerCollector::new(Arc::clone(
+                &endpoints.conns,
+            ))))
+            .context("registering the metrics listener collector")?;
         Ok(server::spawn(listener, Arc::new(endpoints)))
     }
 }
@@ -114,6 +119,22 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
+
+    #[test]
+    fn every_result_and_direction_has_a_counter_of_its_own() {
+        let s = ConnStats::default();
+        for (i, r) in ConnResult::ALL.iter().enumerate().skip(1) {
+            for _ in 0..i {
+                s.record(*r);
+            }
+        }
+        s.up().add(100);
+        s.down().add(1000);
+        for (i, r) in ConnResult::ALL.iter().enumerate() {
+            assert_eq!(s.count(*r), i as u64, "{}", r.as_str());
+        }
+        assert_eq!((s.bytes_up(), s.bytes_down()), (100, 1000));
+    }
 
     /// A started edge's sources over the sample routing.db and mmdb.
     fn sources() -> (EdgeSources, tempfile::TempDir) {

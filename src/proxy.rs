@@ -55,6 +55,8 @@ pub struct FailureLog {
     connect: Throttle,
     /// No backend could take a client.
     no_backend: Throttle,
+    /// This host could not open a socket to a backend.
+    local: Throttle,
 }
 
 impl Default for FailureLog {
@@ -63,12 +65,22 @@ impl Default for FailureLog {
             accept: Throttle::new(FAILURE_LOG_INTERVAL),
             connect: Throttle::new(FAILURE_LOG_INTERVAL),
             no_backend: Throttle::new(FAILURE_LOG_INTERVAL),
+            local: Throttle::new(FAILURE_LOG_INTERVAL),
         }
     }
 }
 
-/// The metric label of a failed connect.
+/// The metric label of a failed connect. Errors of this host come first:
+/// out of descriptors (`EMFILE`, `ENFILE`), of memory or buffers
+/// (`ENOMEM`, `ENOBUFS`) or of source ports (`EADDRNOTAVAIL`) say nothing
+/// about the backend, so they are [`ConnectFailure::Local`] and never count
+/// towards its health.
 pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
+    if let Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL) =
+        e.raw_os_error()
+    {
+        return ConnectFailure::Local;
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
         io::ErrorKind::TimedOut => ConnectFailure::Timeout,
@@ -344,6 +356,22 @@ impl<D: Dialer> Proxy<D> {
                 Err(_) => (ConnectFailure::Timeout, None),
             };
             outcomes.fail(why);
+            if why == ConnectFailure::Local {
+                // Not the backend's fault: its health is left alone, and
+                // another backend would need a socket just the same.
+                if let Some(suppressed) = self.failures.local.check(Instant::now()) {
+                    tracing::warn!(
+                        backend = %backend.id,
+                        suppressed,
+                        "no socket for a backend connect, the client is refused: {}",
+                        error.map_or_else(String::new, |e| e.to_string())
+                    );
+                }
+                result = ConnResult::LocalError;
+                // A reset: the client's descriptor goes at once.
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                break;
+            }
             if let Some(change) = self.router.report_connect(&backend, false, Instant::now()) {
                 crate::health_check::log_connect_change(&backend, change, &self.router);
             }
@@ -461,5 +489,37 @@ async fn read_header(client: &mut TcpStream) -> Result<(Header, Vec<u8>), Header
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_of_this_host_are_local_and_the_backends_are_not() {
+        let os = io::Error::from_raw_os_error;
+        for local in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert_eq!(classify(&os(local)), ConnectFailure::Local, "errno {local}");
+        }
+        for (errno, why) in [
+            (libc::ECONNREFUSED, ConnectFailure::Refused),
+            (libc::ETIMEDOUT, ConnectFailure::Timeout),
+            (libc::EHOSTUNREACH, ConnectFailure::Unreachable),
+            (libc::ENETUNREACH, ConnectFailure::Unreachable),
+            (libc::ECONNRESET, ConnectFailure::Other),
+            (libc::EACCES, ConnectFailure::Other),
+        ] {
+            assert_eq!(classify(&os(errno)), why, "errno {errno}");
+        }
+        // Errors without an errno are never taken for local ones.
+        let synthetic = io::Error::new(io::ErrorKind::OutOfMemory, "no errno");
+        assert_eq!(classify(&synthetic), ConnectFailure::Other);
     }
 }

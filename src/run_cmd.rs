@@ -64,18 +64,11 @@ pub struct Edge {
 /// starts following them.
 pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
     let default_max_connections = descriptor_limit(settings);
-    let max_connections = settings.max_connections.unwrap_or(default_max_connections);
+    let max_connections = lifecycle::max_connections(settings, default_max_connections);
     tracing::info!(
         max_connections,
         "client connections open at once at most (--max-connections)"
     );
-    if max_connections > default_max_connections {
-        tracing::warn!(
-            max_connections,
-            descriptors_allow = default_max_connections,
-            "--max-connections is above what the descriptor limit allows: accepting will pause when descriptors run out"
-        );
-    }
     let table = Arc::new(RoutingTable::new());
     table.refuse_backends_at(own_listener(
         settings.listen.iter().map(|l| l.addr).collect(),

@@ -53,15 +53,20 @@ pub enum ConnectFailure {
     Unreachable,
     /// Anything else.
     Other,
+    /// This host could not open or connect the socket (out of descriptors,
+    /// memory, buffers or source ports): not the backend's fault, so it
+    /// never counts towards the backend's health.
+    Local,
 }
 
 impl ConnectFailure {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [ConnectFailure; 4] = [
+    pub const ALL: [ConnectFailure; 5] = [
         ConnectFailure::Refused,
         ConnectFailure::Timeout,
         ConnectFailure::Unreachable,
         ConnectFailure::Other,
+        ConnectFailure::Local,
     ];
 
     /// Lower-case label.
@@ -71,6 +76,7 @@ impl ConnectFailure {
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Unreachable => "unreachable",
             ConnectFailure::Other => "other",
+            ConnectFailure::Local => "local",
         }
     }
 
@@ -96,7 +102,7 @@ pub struct ConnectStats {
 const AT_SUM: usize = 0;
 const AT_BUCKETS: usize = 1;
 const AT_FAILURES: usize = 16;
-const COUNTERS: usize = 20;
+const COUNTERS: usize = AT_FAILURES + ConnectFailure::ALL.len();
 
 /// A read of a [`ConnectStats`] histogram, in Prometheus's shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,11 +209,16 @@ mod tests {
         s.fail(ConnectFailure::Refused);
         s.fail(ConnectFailure::Refused);
         s.fail(ConnectFailure::Timeout);
+        s.fail(ConnectFailure::Local);
         assert_eq!(s.failures(ConnectFailure::Refused), 2);
+        assert_eq!(s.failures(ConnectFailure::Local), 1);
         assert_eq!(s.failures(ConnectFailure::Timeout), 1);
         assert_eq!(s.failures(ConnectFailure::Unreachable), 0);
         assert_eq!(s.histogram().count, 0);
         let labels: Vec<_> = ConnectFailure::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(labels, ["refused", "timeout", "unreachable", "other"]);
+        assert_eq!(
+            labels,
+            ["refused", "timeout", "unreachable", "other", "local"]
+        );
     }
 }

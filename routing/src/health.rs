@@ -430,7 +430,7 @@ pub struct CheckStats {
     /// Successful checks.
     ok: AtomicU64,
     /// Failed checks by [`ConnectFailure`], in the order of its `ALL`.
-    failed: [AtomicU64; 4],
+    failed: [AtomicU64; ConnectFailure::ALL.len()],
 }
 
 impl CheckStats {
@@ -442,7 +442,7 @@ impl CheckStats {
                 let i = ConnectFailure::ALL
                     .iter()
                     .position(|w| *w == why)
-                    .unwrap_or(3);
+                    .unwrap_or(0);
                 &self.failed[i]
             }
         }
@@ -459,7 +459,7 @@ impl CheckStats {
         let i = ConnectFailure::ALL
             .iter()
             .position(|w| *w == why)
-            .unwrap_or(3);
+            .unwrap_or(0);
         self.failed[i].load(Ordering::Relaxed)
     }
 }

@@ -231,7 +231,9 @@ impl Router {
 
     /// Records the result of a connect to `backend` made at the proxy's
     /// request (passive health). Returns the change it caused, if any, for
-    /// the caller to log.
+    /// the caller to log. A connect this host failed to make
+    /// ([`ConnectFailure::Local`]) must not be reported: it says nothing
+    /// about the backend.
     pub fn report_connect(
         &self,
         backend: &Backend,
@@ -242,7 +244,10 @@ impl Router {
     }
 
     /// Records the result of an active check of `backend`. Returns the
-    /// change it caused, if any, for the caller to log.
+    /// change it caused, if any, for the caller to log. A check this host
+    /// failed to make ([`ConnectFailure::Local`]) is counted but says
+    /// nothing about the backend: it moves neither the rise nor the fall
+    /// counter.
     pub fn report_check(
         &self,
         backend: &Backend,
@@ -250,6 +255,9 @@ impl Router {
         now: Instant,
     ) -> Option<HealthChange> {
         self.checks.record(result);
+        if result == Err(ConnectFailure::Local) {
+            return None;
+        }
         backend
             .load
             .health()

@@ -140,7 +140,7 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// Client connections open at once, over all listeners; more are closed at once [default: from the descriptor limit, (RLIMIT_NOFILE - reserve) / 2].
+    /// Client connections open at once, over all listeners; more are closed at once [default and maximum: what the descriptor limit holds, (RLIMIT_NOFILE - reserve) / 2; a larger value is lowered to it, with a warning].
     #[arg(long, env = "GEOEDGE_MAX_CONNECTIONS", global = true, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,

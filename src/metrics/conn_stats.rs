@@ -25,17 +25,22 @@ pub enum ConnResult {
     ProxyHeaderTimeout,
     /// Closed at once: the global connection limit was reached.
     OverLimit,
+    /// Refused at once: this host could not open a socket to the backend
+    /// (out of descriptors, memory, buffers or source ports). Not counted
+    /// against the backend.
+    LocalError,
 }
 
 impl ConnResult {
     /// Every result, for pre-registering metric series.
-    pub const ALL: [ConnResult; 6] = [
+    pub const ALL: [ConnResult; 7] = [
         ConnResult::Ok,
         ConnResult::NoBackend,
         ConnResult::ConnectFailed,
         ConnResult::BadProxyHeader,
         ConnResult::ProxyHeaderTimeout,
         ConnResult::OverLimit,
+        ConnResult::LocalError,
     ];
 
     /// Lower-case label.
@@ -47,6 +52,7 @@ impl ConnResult {
             ConnResult::BadProxyHeader => "bad_proxy_header",
             ConnResult::ProxyHeaderTimeout => "proxy_header_timeout",
             ConnResult::OverLimit => "over_limit",
+            ConnResult::LocalError => "local_error",
         }
     }
 }
@@ -61,18 +67,26 @@ impl ConnResult {
 /// add, so the `ok` series is read from there.
 #[derive(Debug, Default)]
 pub struct ConnStats {
-    /// Indexed by [`ConnResult`] in the order of [`ConnResult::ALL`] (the
-    /// `Ok` slot stays 0), then
-    /// bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]).
+    /// The results other than `Ok`, in the order of [`ConnResult::ALL`]
+    /// ([`slot`]), then bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]):
+    /// eight counters, one cache line per shard.
     counters: Sharded<SLOTS>,
 }
 
 /// Where the client-to-backend payload bytes are counted.
-const BYTES_UP: usize = ConnResult::ALL.len();
+const BYTES_UP: usize = ConnResult::ALL.len() - 1;
 /// Where the backend-to-client payload bytes are counted.
 const BYTES_DOWN: usize = BYTES_UP + 1;
 /// Counters in all: one per result, then the two byte counts.
 const SLOTS: usize = BYTES_DOWN + 1;
+
+/// Where a result is counted in [`ConnStats`]; `Ok` is not (see there).
+#[inline]
+fn slot(result: ConnResult) -> Option<usize> {
+    (result as usize).checked_sub(1)
+}
+
+const _: () = assert!(SLOTS == 8, "one cache line of counters per shard");
 
 /// Adds payload bytes of one direction to a [`ConnStats`].
 #[derive(Debug, Clone, Copy)]
@@ -95,12 +109,14 @@ impl ConnStats {
     #[inline]
     pub fn record(&self, result: ConnResult) {
         debug_assert_ne!(result, ConnResult::Ok, "counted as a successful connect");
-        self.counters.add(result as usize, 1);
+        if let Some(at) = slot(result) {
+            self.counters.add(at, 1);
+        }
     }
 
     /// Connections with this outcome so far (0 for [`ConnResult::Ok`]).
     pub fn count(&self, result: ConnResult) -> u64 {
-        self.counters.get(result as usize)
+        slot(result).map_or(0, |at| self.counters.get(at))
     }
 
     /// Where client-to-backend bytes are counted.

@@ -51,7 +51,7 @@ use Kind::{Counter, Gauge, Histogram};
 pub const CONNECTIONS_TOTAL: Def = def(
     "edge_connections_total",
     Counter,
-    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout, over_limit (closed at once at the connection limit).",
+    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout, over_limit (closed at once at the connection limit), local_error (refused at once: this host could not open a backend socket).",
     &["result"],
 );
 /// Client connections open now.
@@ -125,7 +125,7 @@ pub const BACKEND_CONNECT_DURATION: Def = def(
 pub const CONNECT_FAILURES_TOTAL: Def = def(
     "edge_connect_failures_total",
     Counter,
-    "Failed connects to a backend by reason: refused, timeout, unreachable, other.",
+    "Failed connects to a backend by reason: refused, timeout, unreachable, other, local (this host was out of descriptors, memory, buffers or source ports; not counted against the backend).",
     &["backend", "reason"],
 );
 
@@ -201,7 +201,7 @@ pub const BACKENDS_OMITTED: Def = def(
 pub const HEALTH_CHECKS_TOTAL: Def = def(
     "edge_health_checks_total",
     Counter,
-    "Active health checks of backends by result: ok, refused, timeout, unreachable, other.",
+    "Active health checks of backends by result: ok, refused, timeout, unreachable, other, local (this host could not open the socket; not counted against the backend).",
     &["result"],
 );
 
@@ -329,6 +329,14 @@ pub const CONFIG_RELOADS_TOTAL: Def = def(
     &["result"],
 );
 
+/// Connections the metrics listener closed itself.
+pub const METRICS_CONNECTIONS_CLOSED_TOTAL: Def = def(
+    "edge_metrics_connections_closed_total",
+    Counter,
+    "Connections the metrics and health listener closed itself, by reason: header_timeout (no complete request within 2 s), evicted (the oldest one without a request, closed for a new one at 512 open), over_limit (a new one, closed at once: 512 open and all answering), timeout (open for 10 s).",
+    &["reason"],
+);
+
 /// Whether the edge is ready.
 pub const READY: Def = def(
     "edge_ready",
@@ -378,6 +386,7 @@ pub const ALL: &[Def] = &[
     WIREGUARD_HANDSHAKES_TOTAL,
     WIREGUARD_INVALID_PACKETS_TOTAL,
     CONFIG_RELOADS_TOTAL,
+    METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,
 ];
 

@@ -4,11 +4,14 @@
 //! reload every 100 ms under load, a client that reads slowly from a backend
 //! that never stops sending, a corrupt or truncated mmdb, routing.db or the
 //! mmdb swapped for a FIFO ([`fifo`]), transfers aborted by a backend's
-//! reset or the drain timeout ([`aborts`]), and a backend row at the
-//! edge's own listener ([`own_listener`]). Each test
+//! reset or the drain timeout ([`aborts`]), a backend row at the edge's own
+//! listener ([`own_listener`]), and descriptors running out while dialing
+//! ([`descriptors`]). Each test
 //! asserts the pass criteria of docs/reliability.md and prints what it
 //! measured (`cargo test --test faults -- --nocapture`).
 
+#[path = "faults/descriptors.rs"]
+mod descriptors;
 #[path = "faults/fifo.rs"]
 mod fifo;
 mod support;

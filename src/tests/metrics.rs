@@ -5,12 +5,15 @@
 //! traffic sent, the alerts against the edge's state, and runs every query
 //! of the Grafana dashboard. Also: `promtool` on a scrape and on the deploy
 //! files, the number of series under 100,000 distinct clients, and the
-//! WireGuard metrics of a real handshake.
+//! WireGuard metrics of a real handshake. And the metrics listener under
+//! silent and trickling connections ([`listener`]).
 //!
 //! Needs `prometheus` and `promtool` (Debian's `prometheus` package, which
 //! `.ci/run` installs): without them these tests skip with a printed reason,
 //! and fail under CI. The WireGuard test also needs root and /dev/net/tun.
 
+#[path = "metrics/listener.rs"]
+mod listener;
 mod support;
 
 use std::collections::BTreeMap;

@@ -416,3 +416,30 @@ fn health_survives_reloads_for_backends_that_stay() {
     let route = r.decide(&req(&app, "192.0.2.8", Some(&l)), t0).unwrap();
     assert_eq!(route.backend().id.as_str(), "gb1");
 }
+
+#[test]
+fn checks_this_host_failed_to_make_move_no_counter() {
+    let raw = table(vec![
+        backend("gb1", "eu", Some("GB"), 10, 20),
+        backend("gb2", "eu", Some("GB"), 10, 20),
+    ]);
+    let r = router(&raw);
+    let t0 = Instant::now();
+    let gb1 = r.table().snapshot().backend("gb1").unwrap().clone();
+    // Far more local failures than `fall`: still up.
+    for _ in 0..10 {
+        assert_eq!(r.report_check(&gb1, Err(ConnectFailure::Local), t0), None);
+    }
+    assert_eq!(gb1.load.health().state(true), HealthState::Up);
+    assert_eq!(r.check_stats().failed(ConnectFailure::Local), 10);
+    assert_eq!(r.check_stats().failed(ConnectFailure::Other), 0);
+    // Nor do they break a streak of real failures: two real ones, local
+    // ones between, and the third real one takes it down.
+    r.report_check(&gb1, Err(ConnectFailure::Refused), t0);
+    r.report_check(&gb1, Err(ConnectFailure::Refused), t0);
+    r.report_check(&gb1, Err(ConnectFailure::Local), t0);
+    assert_eq!(
+        r.report_check(&gb1, Err(ConnectFailure::Refused), t0),
+        Some(HealthChange::Down)
+    );
+}
