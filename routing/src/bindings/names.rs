@@ -74,10 +74,4 @@ impl<T: Clone + Eq + Hash> Names<T> {
     pub(super) fn name(&self, id: u32) -> Option<T> {
         self.table.load().names.get(id as usize).cloned()
     }
-
-    /// Names held.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.table.load().names.len()
-    }
 }

@@ -25,7 +25,7 @@ fn binding_holds_until_idle_for_ttl_and_use_refreshes_it() {
     let t0 = Instant::now();
     let b = Bindings::new(cfg(600, 100));
     let k = b.key(&app(), "203.0.113.7".parse().unwrap());
-    b.bind(k.clone(), BackendId::new("x"), t0);
+    b.bind(k, BackendId::new("x"), t0);
     assert_eq!(
         b.lookup(&k, t0 + Duration::from_secs(599))
             .unwrap()
@@ -83,19 +83,11 @@ fn table_is_bounded_and_evicts_clients_seen_once_first() {
         .map(|i| b.key(&app(), std::net::IpAddr::from([10, 0, 0, i])))
         .collect();
     for (i, k) in keys.iter().take(4).enumerate() {
-        b.bind(
-            k.clone(),
-            BackendId::new("x"),
-            t0 + Duration::from_secs(i as u64),
-        );
+        b.bind(*k, BackendId::new("x"), t0 + Duration::from_secs(i as u64));
     }
     // The first client comes back: no longer on probation.
     assert!(b.lookup(&keys[0], t0 + Duration::from_secs(10)).is_some());
-    b.bind(
-        keys[4].clone(),
-        BackendId::new("y"),
-        t0 + Duration::from_secs(11),
-    );
+    b.bind(keys[4], BackendId::new("y"), t0 + Duration::from_secs(11));
     assert_eq!(b.len(), 4);
     assert_eq!(b.stats().evictions.load(Ordering::Relaxed), 1);
     let later = t0 + Duration::from_secs(12);
@@ -107,11 +99,7 @@ fn table_is_bounded_and_evicts_clients_seen_once_first() {
         .count();
     assert_eq!(kept, 2, "one client seen once made room");
     // Rebinding an existing key replaces it without growing or evicting.
-    b.bind(
-        keys[0].clone(),
-        BackendId::new("z"),
-        t0 + Duration::from_secs(13),
-    );
+    b.bind(keys[0], BackendId::new("z"), t0 + Duration::from_secs(13));
     assert_eq!(b.len(), 4);
     assert_eq!(b.stats().evictions.load(Ordering::Relaxed), 1);
     assert_eq!(
