@@ -157,8 +157,9 @@ impl Shard {
             let moved = hash_of(&self.segs[seg][pos].key);
             self.reslot(moved, slot(seg, len), s);
         }
-        // A segment that emptied (promotions drain probation) gives its
-        // room back: amortised, as it must halve again before the next time.
+        // A segment left less than a quarter full (promotions drain
+        // probation, expiry drains both) gives room back: amortised, as it
+        // must lose half of what is left before the next time.
         let v = &mut self.segs[seg];
         if v.capacity() > 16 && len < v.capacity() / 4 {
             v.shrink_to(len * 2);
