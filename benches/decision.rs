@@ -5,8 +5,8 @@
 //! Client addresses: `fresh_client` draws from a working set of 65,536
 //! random public IPv4 addresses (a busy POP's client population) with a
 //! binding table of 4,096 entries, so every decision misses the binding
-//! table, scores every backend, and inserts a binding (evicting the least
-//! recently used one): the full path at steady state. `returning_client`
+//! table, scores every backend, and inserts a binding (evicting a
+//! probationary one, a client seen once): the full path at steady state. `returning_client`
 //! cycles over 1,024 addresses that stay bound. `steps/geoip_lookup_uniform`
 //! looks up uniformly random addresses over the whole IPv4 space, the
 //! cold-cache worst case of the 56 MB search tree.

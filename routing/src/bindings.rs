@@ -2,32 +2,45 @@
 //! backend until the binding has been idle for the TTL.
 //!
 //! Sans-IO: every call takes `now`; nothing here reads a clock. The table is
-//! bounded: it is split into shards, each a small LRU behind its own mutex,
-//! so the least recently used binding of a full shard is evicted, a lookup
-//! locks one shard for a few hundred nanoseconds, and expiry ([`Bindings::sweep`])
-//! walks one shard at a time from its oldest end, stopping at the first live
-//! binding: it never scans, nor holds, the whole table.
+//! bounded and compact: it is split into shards, each behind its own mutex,
+//! holding 28-byte entries (app and backend as interned 4-byte ids, the
+//! masked address, the last use in whole seconds since the table's first
+//! call) found through a hash index of 4-byte slots ([`shard`]).
+//!
+//! A key's first binding is *probationary*; it is promoted to the
+//! *protected* segment the first time the client is found again. A full
+//! shard evicts probationary entries only, so a flood of new keys (each
+//! seen once) cannot push out clients that keep coming back. Expiry
+//! ([`Bindings::sweep`]) walks one shard at a time and gives memory back
+//! once a shard is less than a quarter full.
 
-use std::net::IpAddr;
-use std::num::NonZeroUsize;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::model::{AppId, BackendId};
 
+mod names;
+mod shard;
+
+use names::Names;
+use shard::{Found, Inserted, Shard};
 /// Settings of the binding table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BindingConfig {
     /// A binding idle this long is gone (default 600 s).
     pub ttl: Duration,
-    /// At most this many bindings are kept (default 1,000,000); the least recently used go first.
+    /// At most this many bindings are kept (default 1,000,000); when full,
+    /// bindings of clients seen only once go first.
     pub max_entries: usize,
     /// IPv4 clients are keyed by their address masked to this prefix (default 32).
     pub ipv4_prefix: u8,
-    /// IPv6 clients are keyed by their address masked to this prefix (default 128).
+    /// IPv6 clients are keyed by their address masked to this prefix
+    /// (default 64: one subscriber's network).
     pub ipv6_prefix: u8,
 }
 
@@ -37,36 +50,35 @@ impl Default for BindingConfig {
             ttl: Duration::from_secs(600),
             max_entries: 1_000_000,
             ipv4_prefix: 32,
-            ipv6_prefix: 128,
+            ipv6_prefix: 64,
         }
     }
 }
 
 /// What a client is bound by: the app and the client's masked address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BindingKey {
-    /// The app the binding is for.
-    app: AppId,
-    /// Masked address; IPv4 in the low 32 bits.
-    addr: u128,
-    /// 4 or 6.
-    family: u8,
+    /// The app, interned.
+    app: u32,
+    /// The masked address as IPv6, big-endian words; IPv4 clients as
+    /// IPv4-mapped (`::ffff:a.b.c.d`), which no masked IPv6 client can be
+    /// (those are keyed as IPv4).
+    addr: [u32; 4],
 }
 
 impl BindingKey {
     /// The masked client network, for display.
     pub fn network(&self) -> (IpAddr, u8) {
-        match self.family {
-            4 => (IpAddr::from((self.addr as u32).to_be_bytes()), 32),
-            _ => (IpAddr::from(self.addr.to_be_bytes()), 128),
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(self.addr) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        let v6 = Ipv6Addr::from(bytes);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), 32),
+            None => (IpAddr::V6(v6), 128),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-struct Binding {
-    backend: BackendId,
-    last_used: Instant,
 }
 
 /// Counters of the binding table, for the metrics endpoint.
@@ -74,7 +86,8 @@ struct Binding {
 pub struct BindingStats {
     /// Bindings currently held.
     pub current: AtomicI64,
-    /// Bindings evicted because their shard was full (least recently used).
+    /// Probationary bindings (clients seen once) evicted because their
+    /// shard was full.
     pub evictions: AtomicU64,
     /// Bindings dropped because they were idle for the TTL.
     pub expirations: AtomicU64,
@@ -84,10 +97,19 @@ pub struct BindingStats {
 pub struct Bindings {
     /// Settings.
     config: BindingConfig,
+    /// The TTL in whole seconds (rounded up).
+    ttl_secs: u32,
     /// Shards, chosen by key hash.
-    shards: Box<[Mutex<LruCache<BindingKey, Binding, foldhash::fast::RandomState>>]>,
-    /// Hashes keys to shards.
+    shards: Box<[Mutex<Shard>]>,
+    /// Hashes keys, for the shard and within it.
     hasher: foldhash::fast::RandomState,
+    /// Interned app names.
+    apps: Names<AppId>,
+    /// Interned backend ids.
+    backends: Names<BackendId>,
+    /// The `now` of the first call that needed one: times are kept as
+    /// seconds since then.
+    epoch: OnceLock<Instant>,
     /// Counters.
     stats: BindingStats,
 }
@@ -112,24 +134,26 @@ fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
 }
 
 impl Bindings {
-    /// An empty table. The shard count grows with `max_entries` (up to 64) so
-    /// that small tables still evict in close to global LRU order.
+    /// An empty table; nothing is allocated per binding until it is bound.
+    /// The shard count grows with `max_entries` (up to 64) so that small
+    /// tables still evict in close to table-wide order.
     pub fn new(config: BindingConfig) -> Self {
         let max = config.max_entries.max(1);
         let shards = (max / 1024).clamp(1, 64).next_power_of_two().min(64);
-        let per_shard = NonZeroUsize::new(max.div_ceil(shards)).unwrap_or(NonZeroUsize::MIN);
-        let shards = (0..shards)
-            .map(|_| {
-                Mutex::new(LruCache::with_hasher(
-                    per_shard,
-                    foldhash::fast::RandomState::default(),
-                ))
-            })
-            .collect();
+        // The shards' capacities add up to `max` exactly.
+        let (per_shard, rest) = (max / shards, max % shards);
+        let ttl = config.ttl;
+        let ttl_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         Self {
             config,
-            shards,
+            ttl_secs: u32::try_from(ttl_secs).unwrap_or(u32::MAX),
+            shards: (0..shards)
+                .map(|i| Mutex::new(Shard::new(per_shard + usize::from(i < rest))))
+                .collect(),
             hasher: foldhash::fast::RandomState::default(),
+            apps: Names::new(),
+            backends: Names::new(),
+            epoch: OnceLock::new(),
             stats: BindingStats::default(),
         }
     }
@@ -154,72 +178,92 @@ impl Bindings {
         self.len() == 0
     }
 
+    /// Heap bytes the shards hold (entries and index, allocated capacity;
+    /// the interned names are not counted). Locks each shard in turn.
+    pub fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().heap_bytes()).sum()
+    }
+
     /// The key a client from `ip` is bound by for `app`. IPv4-mapped IPv6
-    /// addresses are keyed as IPv4.
+    /// addresses are keyed as IPv4. The app's name is interned on first
+    /// use (apps come from routing.db).
     pub fn key(&self, app: &AppId, ip: IpAddr) -> BindingKey {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let (addr, family) = match ip {
-            IpAddr::V4(v4) => (mask(u32::from(v4) as u128, 32, self.config.ipv4_prefix), 4),
-            IpAddr::V6(v6) => (mask(u128::from(v6), 128, self.config.ipv6_prefix), 6),
+        let addr = match ip {
+            IpAddr::V4(v4) => {
+                let masked = mask(u128::from(u32::from(v4)), 32, self.config.ipv4_prefix);
+                (0xffff_u128 << 32) | masked
+            }
+            IpAddr::V6(v6) => mask(u128::from(v6), 128, self.config.ipv6_prefix),
         };
         BindingKey {
-            app: app.clone(),
-            addr,
-            family,
+            app: self.apps.id(app),
+            addr: [
+                (addr >> 96) as u32,
+                (addr >> 64) as u32,
+                (addr >> 32) as u32,
+                addr as u32,
+            ],
         }
     }
 
-    fn shard(
-        &self,
-        key: &BindingKey,
-    ) -> &Mutex<LruCache<BindingKey, Binding, foldhash::fast::RandomState>> {
-        use std::hash::BuildHasher;
-        let h = self.hasher.hash_one(key);
-        &self.shards[(h as usize) & (self.shards.len() - 1)]
+    fn hash(&self, key: &BindingKey) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn expired(&self, b: &Binding, now: Instant) -> bool {
-        now.saturating_duration_since(b.last_used) >= self.config.ttl
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // The index inside the shard uses the low and the top bits.
+        &self.shards[((hash >> 32) as usize) & (self.shards.len() - 1)]
+    }
+
+    /// `now` as whole seconds since the table's epoch.
+    fn secs(&self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     /// The backend a client is bound to, if the binding is live; refreshes
-    /// its idle timer. An expired binding is dropped.
+    /// its idle timer, and promotes a probationary binding (the client's
+    /// second connection) to protected. An expired binding is dropped.
     pub fn lookup(&self, key: &BindingKey, now: Instant) -> Option<BackendId> {
-        let mut shard = self.shard(key).lock();
-        let b = shard.get_mut(key)?;
-        if self.expired(b, now) {
-            shard.pop(key);
-            drop(shard);
-            self.stats.current.fetch_sub(1, Ordering::Relaxed);
-            self.stats.expirations.fetch_add(1, Ordering::Relaxed);
-            return None;
+        let now = self.secs(now);
+        let hash = self.hash(key);
+        let hash_of = |k: &BindingKey| self.hash(k);
+        let found = self
+            .shard(hash)
+            .lock()
+            .lookup(hash, key, now, self.ttl_secs, &hash_of);
+        match found {
+            Found::Live(id) => self.backends.name(id),
+            Found::Expired => {
+                self.stats.current.fetch_sub(1, Ordering::Relaxed);
+                self.stats.expirations.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Found::Missing => None,
         }
-        b.last_used = now;
-        Some(b.backend.clone())
     }
 
-    /// Binds a client to a backend (replacing any binding it had).
+    /// Binds a client to a backend (replacing any binding it had; a new
+    /// binding is probationary).
     pub fn bind(&self, key: BindingKey, backend: BackendId, now: Instant) {
-        let mut shard = self.shard(&key).lock();
-        let pushed_key = key.clone();
-        let evicted = shard.push(
-            key,
-            Binding {
-                backend,
-                last_used: now,
-            },
-        );
-        drop(shard);
-        match evicted {
-            // Replaced the same key's binding: the count is unchanged.
-            Some((k, _)) if k == pushed_key => {}
-            Some(_) => {
+        let now = self.secs(now);
+        let backend = self.backends.id(&backend);
+        let hash = self.hash(&key);
+        let hash_of = |k: &BindingKey| self.hash(k);
+        let inserted = self
+            .shard(hash)
+            .lock()
+            .insert(hash, key, backend, now, &hash_of);
+        match inserted {
+            Inserted::Replaced => {}
+            Inserted::Evicted => {
                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
-            None => {
+            Inserted::Added => {
                 self.stats.current.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -227,31 +271,27 @@ impl Bindings {
 
     /// Removes a client's binding.
     pub fn unbind(&self, key: &BindingKey) -> Option<BackendId> {
-        let removed = self.shard(key).lock().pop(key);
-        removed.map(|b| {
-            self.stats.current.fetch_sub(1, Ordering::Relaxed);
-            b.backend
-        })
+        let hash = self.hash(key);
+        let hash_of = |k: &BindingKey| self.hash(k);
+        let removed = self.shard(hash).lock().remove(hash, key, &hash_of)?;
+        self.stats.current.fetch_sub(1, Ordering::Relaxed);
+        self.backends.name(removed)
     }
 
-    /// Drops expired bindings, at most `budget` in all, one shard at a time
-    /// from each shard's least recently used end. Returns how many it dropped.
+    /// Drops expired bindings, at most `budget` in all, one shard at a time,
+    /// and gives back the memory of shards left less than a quarter full.
+    /// Returns how many it dropped.
     pub fn sweep(&self, now: Instant, budget: usize) -> usize {
+        let now = self.secs(now);
+        let hash_of = |k: &BindingKey| self.hash(k);
         let mut dropped = 0;
         for shard in self.shards.iter() {
             if dropped >= budget {
                 break;
             }
-            let mut s = shard.lock();
-            while dropped < budget {
-                match s.peek_lru() {
-                    Some((_, b)) if self.expired(b, now) => {
-                        s.pop_lru();
-                        dropped += 1;
-                    }
-                    _ => break,
-                }
-            }
+            dropped += shard
+                .lock()
+                .sweep(now, self.ttl_secs, budget - dropped, &hash_of);
         }
         if dropped > 0 {
             self.stats

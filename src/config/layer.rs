@@ -42,12 +42,12 @@ pub struct Layer {
           value_parser = clap::value_parser!(u8).range(0..=32))]
     pub binding_ipv4_prefix: Option<u8>,
 
-    /// IPv6 clients share a binding per network of this prefix length [default: 128].
+    /// IPv6 clients share a binding per network of this prefix length [default: 64].
     #[arg(long, env = "GEOEDGE_BINDING_IPV6_PREFIX", global = true, value_name = "BITS",
           value_parser = clap::value_parser!(u8).range(0..=128))]
     pub binding_ipv6_prefix: Option<u8>,
 
-    /// At most this many bindings are kept; the least recently used go first [default: 1000000].
+    /// At most this many bindings are kept; when full, clients seen only once go first [default: 1000000].
     #[arg(
         long,
         env = "GEOEDGE_BINDING_MAX_ENTRIES",

@@ -246,7 +246,7 @@ pub const BINDINGS_CURRENT: Def = def(
 pub const BINDING_EVICTIONS_TOTAL: Def = def(
     "edge_binding_evictions_total",
     Counter,
-    "Bindings evicted (least recently used first) because the binding table was full.",
+    "Bindings of clients seen once evicted because the binding table was full.",
     &[],
 );
 /// Bindings expired.

@@ -25,7 +25,7 @@ fn binding_holds_until_idle_for_ttl_and_use_refreshes_it() {
     let t0 = Instant::now();
     let b = Bindings::new(cfg(600, 100));
     let k = b.key(&app(), "203.0.113.7".parse().unwrap());
-    b.bind(k.clone(), BackendId::new("x"), t0);
+    b.bind(k, BackendId::new("x"), t0);
     assert_eq!(
         b.lookup(&k, t0 + Duration::from_secs(599))
             .unwrap()
@@ -59,8 +59,12 @@ fn keys_are_masked_to_the_configured_prefixes() {
         b.key(&AppId::new("api"), "198.51.100.1".parse().unwrap()),
         k("198.51.100.1")
     );
-    // Defaults: /32 and /128.
+    // Defaults: /32 and /64.
     let d = Bindings::new(BindingConfig::default());
+    assert_eq!(
+        d.key(&app(), "2001:db8:1:2::1".parse().unwrap()),
+        d.key(&app(), "2001:db8:1:2:ffff::9".parse().unwrap())
+    );
     assert_ne!(
         d.key(&app(), "198.51.100.1".parse().unwrap()),
         d.key(&app(), "198.51.100.2".parse().unwrap())
@@ -72,42 +76,159 @@ fn keys_are_masked_to_the_configured_prefixes() {
 }
 
 #[test]
-fn table_is_bounded_and_evicts_least_recently_used() {
+fn table_is_bounded_and_evicts_clients_seen_once_first() {
     let t0 = Instant::now();
     let b = Bindings::new(cfg(600, 4)); // one shard of 4
     let keys: Vec<_> = (1..=5u8)
         .map(|i| b.key(&app(), std::net::IpAddr::from([10, 0, 0, i])))
         .collect();
     for (i, k) in keys.iter().take(4).enumerate() {
-        b.bind(
-            k.clone(),
-            BackendId::new("x"),
-            t0 + Duration::from_secs(i as u64),
-        );
+        b.bind(*k, BackendId::new("x"), t0 + Duration::from_secs(i as u64));
     }
-    // Touch the oldest so the second becomes least recently used.
+    // The first client comes back: no longer on probation.
     assert!(b.lookup(&keys[0], t0 + Duration::from_secs(10)).is_some());
-    b.bind(
-        keys[4].clone(),
-        BackendId::new("y"),
-        t0 + Duration::from_secs(11),
-    );
+    b.bind(keys[4], BackendId::new("y"), t0 + Duration::from_secs(11));
     assert_eq!(b.len(), 4);
     assert_eq!(b.stats().evictions.load(Ordering::Relaxed), 1);
-    assert!(b.lookup(&keys[1], t0 + Duration::from_secs(12)).is_none());
-    assert!(b.lookup(&keys[0], t0 + Duration::from_secs(12)).is_some());
+    let later = t0 + Duration::from_secs(12);
+    assert!(b.lookup(&keys[0], later).is_some());
+    assert_eq!(b.lookup(&keys[4], later).unwrap().as_str(), "y");
+    let kept = keys[1..4]
+        .iter()
+        .filter(|k| b.lookup(k, later).is_some())
+        .count();
+    assert_eq!(kept, 2, "one client seen once made room");
     // Rebinding an existing key replaces it without growing or evicting.
-    b.bind(
-        keys[0].clone(),
-        BackendId::new("z"),
-        t0 + Duration::from_secs(13),
-    );
+    b.bind(keys[0], BackendId::new("z"), t0 + Duration::from_secs(13));
     assert_eq!(b.len(), 4);
+    assert_eq!(b.stats().evictions.load(Ordering::Relaxed), 1);
     assert_eq!(
         b.lookup(&keys[0], t0 + Duration::from_secs(14))
             .unwrap()
             .as_str(),
         "z"
+    );
+}
+
+fn v6(net: u64, host: u64) -> std::net::IpAddr {
+    std::net::IpAddr::from((u128::from(net) << 64 | u128::from(host)).to_be_bytes())
+}
+
+#[test]
+fn ipv6_clients_are_keyed_by_their_64_by_default() {
+    let b = Bindings::new(BindingConfig::default());
+    assert_eq!(BindingConfig::default().ipv6_prefix, 64);
+    let t0 = Instant::now();
+    // One subscriber rotating through its /64: one binding.
+    for host in 0..1000 {
+        b.bind(
+            b.key(&app(), v6(0x2001_0db8_0000_0001, host)),
+            BackendId::new("x"),
+            t0,
+        );
+    }
+    assert_eq!(b.len(), 1);
+    assert_ne!(
+        b.key(&app(), v6(0x2001_0db8_0000_0001, 1)),
+        b.key(&app(), v6(0x2001_0db8_0000_0002, 1))
+    );
+}
+
+#[test]
+fn second_connection_sticks_to_the_first_choice_through_a_flood() {
+    let t0 = Instant::now();
+    let b = Bindings::new(cfg(600, 1000));
+    let client = b.key(&app(), "198.51.100.7".parse().unwrap());
+    // First connection: routed and bound (on probation).
+    b.bind(client, BackendId::new("first"), t0);
+    // Second connection: sticky to the first choice, and now protected.
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(b.lookup(&client, t1).unwrap().as_str(), "first");
+    // Five tables' worth of new keys, each seen once.
+    for i in 0..5000u32 {
+        let k = b.key(
+            &app(),
+            std::net::IpAddr::from((0x0a00_0000 | i).to_be_bytes()),
+        );
+        b.bind(k, BackendId::new("flood"), t1 + Duration::from_secs(1));
+    }
+    assert!(b.len() <= 1000);
+    assert!(b.stats().evictions.load(Ordering::Relaxed) >= 4000);
+    let t2 = t1 + Duration::from_secs(2);
+    assert_eq!(b.lookup(&client, t2).unwrap().as_str(), "first");
+}
+
+#[test]
+fn a_flood_of_new_keys_does_not_evict_established_clients() {
+    let t0 = Instant::now();
+    let max = 100_000; // 64 shards
+    let b = Bindings::new(cfg(600, max));
+    // 20,000 established clients (well under any shard's protected room),
+    // each connected twice.
+    let established: Vec<_> = (0..20_000u64)
+        .map(|i| b.key(&app(), v6(0x2001_0db8_0000_0000 | i, 1)))
+        .collect();
+    let backends: Vec<_> = (0..7).map(|i| BackendId::new(&format!("b{i}"))).collect();
+    for (i, k) in established.iter().enumerate() {
+        b.bind(*k, backends[i % 7].clone(), t0);
+        assert!(b.lookup(k, t0).is_some());
+    }
+    // A flood of three tables' worth of new /64s, while the established
+    // clients keep coming back now and then.
+    let mut now = t0;
+    for i in 0..(3 * max as u64) {
+        if i % 1000 == 0 {
+            now += Duration::from_secs(1);
+        }
+        let k = b.key(&app(), v6(0x2001_0db8_8000_0000 | i, 1));
+        b.bind(k, BackendId::new("flood"), now);
+        if i % 15 == 0 {
+            let j = (i / 15) as usize % established.len();
+            assert_eq!(
+                b.lookup(&established[j], now),
+                Some(backends[j % 7].clone())
+            );
+        }
+    }
+    assert!(b.len() <= max);
+    assert!(b.stats().evictions.load(Ordering::Relaxed) > 2 * max as u64);
+    for (i, k) in established.iter().enumerate() {
+        assert_eq!(
+            b.lookup(k, now),
+            Some(backends[i % 7].clone()),
+            "client {i}"
+        );
+    }
+}
+
+#[test]
+fn expiry_gives_the_memory_back() {
+    let t0 = Instant::now();
+    let b = Bindings::new(BindingConfig::default());
+    let empty = b.heap_bytes();
+    for i in 0..50_000u64 {
+        b.bind(
+            b.key(&app(), v6(0x2001_0db8_0000_0000 | i, 1)),
+            BackendId::new("x"),
+            t0,
+        );
+    }
+    let full = b.heap_bytes();
+    assert!(
+        full > empty + 50_000 * 28,
+        "{full} bytes for 50,000 bindings"
+    );
+    assert!(
+        full < empty + 50_000 * 64,
+        "{full} bytes for 50,000 bindings"
+    );
+    let later = t0 + b.config().ttl;
+    assert_eq!(b.sweep(later, usize::MAX), 50_000);
+    assert!(b.is_empty());
+    assert_eq!(
+        b.heap_bytes(),
+        empty,
+        "all of it back once all have expired"
     );
 }
 
@@ -171,6 +292,87 @@ proptest! {
                     prop_assert_eq!(b.len(), model.len());
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    /// A full table under a flood of keys seen once keeps every client that
+    /// was seen twice (up to the protected room) on its backend.
+    #[test]
+    fn returning_clients_survive_any_flood(
+        max in 8usize..1024,
+        established in 1usize..600,
+        flood in 1usize..4,
+        every in 1usize..50,
+        seed in any::<u32>(),
+    ) {
+        let t0 = Instant::now();
+        let b = Bindings::new(cfg(600, max)); // one shard
+        let established = established.min(max - max.div_ceil(4));
+        let keys: Vec<_> = (0..established as u32)
+            .map(|i| b.key(&app(), std::net::IpAddr::from((0x0a00_0000 | i).to_be_bytes())))
+            .collect();
+        let backend = |i: usize| BackendId::new(&((i as u32 ^ seed) % 5).to_string());
+        for (i, k) in keys.iter().enumerate() {
+            b.bind(*k, backend(i), t0);
+            prop_assert_eq!(b.lookup(k, t0), Some(backend(i)));
+        }
+        for i in 0..(flood * max + 1) as u32 {
+            let k = b.key(&app(), std::net::IpAddr::from((0xc000_0000 | i ^ seed).to_be_bytes()));
+            b.bind(k, BackendId::new("flood"), t0);
+            prop_assert!(b.len() <= max);
+            if i as usize % every == 0 {
+                let j = i as usize % established;
+                prop_assert_eq!(b.lookup(&keys[j], t0), Some(backend(j)));
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            prop_assert_eq!(b.lookup(k, t0), Some(backend(i)));
+        }
+    }
+
+    /// Under evictions, promotions and demotions in a small full table, a
+    /// lookup answers the client's last backend or nothing (never another
+    /// client's), and the count matches what the table holds.
+    #[test]
+    fn never_answers_a_wrong_backend_under_eviction(
+        max in 1usize..24,
+        ops in proptest::collection::vec((0..4u8, 0..48u8, 0..4u8, 0..3u64), 1..400),
+    ) {
+        let t0 = Instant::now();
+        let ttl = 100;
+        let b = Bindings::new(cfg(ttl, max));
+        let mut last: HashMap<u8, u8> = HashMap::new();
+        let mut now = 0u64;
+        for (op, client, backend, dt) in ops {
+            now += dt * 20;
+            let at = t0 + Duration::from_secs(now);
+            let k = b.key(&app(), std::net::IpAddr::from([192, 0, 2, client]));
+            match op {
+                0 | 1 => {
+                    b.bind(k, BackendId::new(&backend.to_string()), at);
+                    last.insert(client, backend);
+                }
+                2 => {
+                    if let Some(got) = b.lookup(&k, at) {
+                        let got: u8 = got.as_str().parse().unwrap();
+                        prop_assert_eq!(Some(&got), last.get(&client));
+                    }
+                }
+                _ => {
+                    if op == 3 && backend == 0 {
+                        b.unbind(&k);
+                    } else {
+                        b.sweep(at, usize::MAX);
+                    }
+                }
+            }
+            let held: usize = b.shards.iter().map(|s| s.lock().len()).sum();
+            prop_assert_eq!(b.len(), held);
+            prop_assert!(held <= max);
+            let protected: usize = b.shards.iter().map(|s| s.lock().protected_len()).sum();
+            prop_assert!(protected < max.max(2));
         }
     }
 }

@@ -443,3 +443,68 @@ fn checks_this_host_failed_to_make_move_no_counter() {
         Some(HealthChange::Down)
     );
 }
+
+#[test]
+fn a_flood_of_new_clients_leaves_returning_clients_sticky() {
+    let raw = table(vec![
+        backend("gb1", "eu", Some("GB"), 10, 1000),
+        backend("gb2", "eu", Some("GB"), 10, 1000),
+    ]);
+    let t = Arc::new(RoutingTable::from_raw(&raw, 0).unwrap());
+    let r = Router::new(
+        t,
+        RegionId::new("eu"),
+        BindingConfig {
+            max_entries: 1000,
+            ..BindingConfig::default()
+        },
+    );
+    let app = AppId::default_app();
+    let l = london();
+    let t0 = Instant::now();
+    let ip = |i: u32| std::net::IpAddr::from((0x0a00_0000 | i).to_be_bytes());
+    let decide = |i: u32, now: Instant| {
+        let route = r
+            .decide(
+                &Request {
+                    app: &app,
+                    ip: ip(i),
+                    location: Some(&l),
+                    exclude: &[],
+                },
+                now,
+            )
+            .unwrap();
+        (route.backend().id.clone(), route.kind)
+    };
+    // 100 clients connect twice (the first connection still open): the
+    // second connection is sticky.
+    let mut first = Vec::new();
+    for i in 0..100 {
+        let held = r
+            .decide(
+                &Request {
+                    app: &app,
+                    ip: ip(i),
+                    location: Some(&l),
+                    exclude: &[],
+                },
+                t0,
+            )
+            .unwrap();
+        let (again, kind) = decide(i, t0 + Duration::from_secs(1));
+        assert_eq!((&again, kind), (&held.backend().id, DecisionKind::Sticky));
+        first.push(again);
+        drop(held);
+    }
+    // 5,000 new clients, each connecting once: five tables' worth.
+    for i in 1000..6000 {
+        let (_, kind) = decide(i, t0 + Duration::from_secs(2));
+        assert_ne!(kind, DecisionKind::Sticky);
+    }
+    assert!(r.bindings().len() <= 1000);
+    for (i, backend) in first.iter().enumerate() {
+        let (got, kind) = decide(i as u32, t0 + Duration::from_secs(3));
+        assert_eq!((&got, kind), (backend, DecisionKind::Sticky), "client {i}");
+    }
+}
