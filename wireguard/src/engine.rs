@@ -292,6 +292,12 @@ impl Engine {
             self.handshakes_this_second = 0;
         }
         let under_load = self.handshakes_this_second >= HANDSHAKE_RATE_LIMIT;
+        if under_load && self.limiter.exhausted(from.ip(), now) {
+            // Its source has no token left: not even worth the MACs. Not
+            // counted towards the load either (boringtun does not see it).
+            self.limiter.note_limited();
+            return Err(Refusal::Drop(DropReason::RateLimited));
+        }
         self.handshakes_this_second += 1;
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
         match self

@@ -157,6 +157,19 @@ impl SourceLimiter {
         Admission::Allowed
     }
 
+    /// Whether a message from `ip` at `now` would be refused for want of a
+    /// token (a source the table holds whose bucket is empty); changes
+    /// nothing. Lets the engine drop a flood before checking its MACs: the
+    /// bucket only ever holds tokens taken by messages whose cookie was
+    /// valid, so a spoofed flood cannot make it empty for another address.
+    pub fn exhausted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.table.get(&SourceKey::of(ip)).is_some_and(|b| {
+            let elapsed = now.checked_duration_since(b.last).unwrap_or(Duration::ZERO);
+            let elapsed = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            b.tokens.saturating_add(elapsed).min(TOKEN_MAX) < PACKET_COST
+        })
+    }
+
     /// Forgets sources idle for a second, at most once a second (also done
     /// by [`SourceLimiter::allow`]).
     pub fn collect(&mut self, now: Instant) {
@@ -170,6 +183,11 @@ impl SourceLimiter {
         self.table.retain(|_, b| {
             now.checked_duration_since(b.last).unwrap_or(Duration::ZERO) < GC_INTERVAL
         });
+    }
+
+    /// Counts a message refused after [`SourceLimiter::exhausted`].
+    pub fn note_limited(&mut self) {
+        self.stats.limited += 1;
     }
 
     /// How many sources are tracked.

@@ -22,8 +22,11 @@ fn a_burst_then_the_rate() {
     for i in 0..PER_SOURCE_BURST {
         assert!(l.allow(v4(1), t0), "message {i} of the burst");
     }
+    assert!(l.exhausted(v4(1), t0));
+    assert!(!l.exhausted(v4(2), t0));
     assert!(!l.allow(v4(1), t0));
     assert!(!l.allow(v4(1), t0 + ms(49)));
+    assert!(!l.exhausted(v4(1), t0 + ms(50)));
     // One token every 50 ms.
     assert!(l.allow(v4(1), t0 + ms(50)));
     assert!(!l.allow(v4(1), t0 + ms(60)));
@@ -138,7 +141,11 @@ proptest! {
         let mut allowed = [0u64; 6];
         for (src, step_us) in steps {
             now += Duration::from_micros(step_us);
-            if l.allow(v4(src), now) {
+            let exhausted = l.exhausted(v4(src), now);
+            let admission = l.check(v4(src), now);
+            // The look without a token agrees with the check.
+            prop_assert_eq!(exhausted, admission == Admission::Limited);
+            if admission == Admission::Allowed {
                 allowed[usize::from(src)] += 1;
             }
             prop_assert!(l.len() <= capacity);
