@@ -7,7 +7,8 @@
 //! wg_handshake_flood BIND_ADDR TARGET_ADDR TARGET_PUBLIC_KEY RATE SECONDS
 //! ```
 //!
-//! Prints what it sent and received when done.
+//! Runs for SECONDS or until SIGTERM or SIGINT, then prints what it sent
+//! and received.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
@@ -15,6 +16,13 @@ use std::time::Duration;
 
 #[path = "../src/tests/wireguard_pop/handshake_flood.rs"]
 mod handshake_flood;
+
+/// Set by SIGTERM and SIGINT.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,14 +37,22 @@ fn main() {
     let rate: u64 = rate.parse().expect("RATE: initiations a second");
     let secs: u64 = secs.parse().expect("SECONDS");
     let socket = UdpSocket::bind(bind).expect("bind");
-    let stop = AtomicBool::new(false);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
     let f = handshake_flood::flood_handshakes(
         &socket,
         to,
         &key,
         rate,
         Duration::from_secs(secs),
-        &stop,
+        &STOP,
     );
     println!(
         "sent {} ({:.0}/s) send_errors {} cookie_replies {} cookies_taken {} other_replies {}",
