@@ -28,6 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 pub use crate::drops::{DropReason, EngineStats};
@@ -113,11 +114,11 @@ pub struct Engine {
     /// completed.
     pending_flush: Vec<PeerId>,
     last_rate_reset: Option<Instant>,
-    /// Handshake initiations checked since the last reset of the shared
-    /// rate limiter. boringtun counts each of them too (and more: the
-    /// peer's `Tunn` counts an initiation again, and responses), and both
-    /// counts are reset together, so while this one is at the limit
-    /// boringtun is under load as well and has checked the cookie.
+    /// Handshake initiations with a valid MAC1 checked since the last reset
+    /// of the shared rate limiter. boringtun counts each of them too (and
+    /// more: the peer's `Tunn` counts an initiation again, and responses),
+    /// and both counts are reset together, so while this one is at the
+    /// limit boringtun is under load as well and has checked the cookie.
     handshakes_this_second: u64,
     /// The shared rate limiter those initiations were counted against (a
     /// new key brings a new limiter, whose count starts at 0).
@@ -298,13 +299,23 @@ impl Engine {
             self.limiter.note_limited();
             return Err(Refusal::Drop(DropReason::RateLimited));
         }
-        self.handshakes_this_second += 1;
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
-        match self
-            .peers
-            .rate_limiter()
-            .verify_packet(Some(from.ip()), datagram, &mut cookie)
-        {
+        let verified =
+            self.peers
+                .rate_limiter()
+                .verify_packet(Some(from.ip()), datagram, &mut cookie);
+        // boringtun counts a message once its MAC1 is valid (it answered, or
+        // passed it): so does this count, so that it never runs ahead of
+        // boringtun's. Counting a bad MAC1 too would let anyone put this
+        // count under load while boringtun is not, and then charge
+        // initiations whose cookie nobody checked to the address they claim.
+        if matches!(
+            verified,
+            Ok(_) | Err(TunnResult::WriteToNetwork(_) | TunnResult::Err(WireGuardError::UnderLoad))
+        ) {
+            self.handshakes_this_second += 1;
+        }
+        match verified {
             Ok(verified) => {
                 // Under load boringtun passes only a valid cookie, which
                 // proves the sender receives at `from`: its share is taken

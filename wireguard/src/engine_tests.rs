@@ -748,3 +748,45 @@ fn a_replayed_unknown_initiation_costs_no_second_key_agreement() {
         Action::Send(_)
     ));
 }
+
+#[test]
+fn initiations_with_a_bad_mac1_do_not_count_towards_the_load() {
+    let mut p = pair();
+    let mut out = vec![0u8; MAX_BUFFER];
+    // Initiation-shaped garbage: no key needed to send it.
+    let mut garbage = [0x5au8; 148];
+    garbage[..4].copy_from_slice(&[1, 0, 0, 0]);
+    for _ in 0..3 * HANDSHAKE_RATE_LIMIT {
+        assert_eq!(
+            p.b.handle_datagram(sa("198.51.100.9:1"), &garbage, &mut out, p.now),
+            Action::Drop(DropReason::Unauthenticated)
+        );
+    }
+    // A few initiations with a valid MAC1 (no cookie) claiming A's address:
+    // below boringtun's limit they pass without a cookie check, so they
+    // must not be charged to A's address.
+    let mut t = stranger(p.b_pub);
+    for _ in 0..10 {
+        let d = initiation(&mut t);
+        assert_eq!(
+            p.b.handle_datagram(sa(A_ADDR), &d, &mut out, p.now),
+            Action::Drop(DropReason::UnknownPeer)
+        );
+    }
+    assert_eq!(p.b.stats().rate_limited, 0);
+    // A's own handshake goes through at once, without a cookie.
+    let b_id = p.a.peers().id_of(&p.b_pub).unwrap();
+    let init = match p
+        .a
+        .peers_mut()
+        .get_mut(b_id)
+        .unwrap()
+        .tunn
+        .format_handshake_initiation(&mut out, true)
+    {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let (_, resp) = sent(p.b.handle_datagram(sa(A_ADDR), &init, &mut out, p.now));
+    assert_eq!(resp[0], MSG_RESPONSE);
+}
