@@ -38,7 +38,10 @@
 #
 # Environment: REPS (default 3), DURATION in seconds (default 8), CONFIGS
 # (default "a b c", or "a b c d" with BASELINE: the configurations to run,
-# in this order), FLOOD_RATE (default 30000 initiations a second), IDLE_WAIT
+# in this order), FLOOD_RATE (default 30000 initiations a second),
+# FLOOD_NICE (default 19: the flooder's niceness; an attacker's sending
+# CPU is on another host in reality, here it shares the 2 cores, and at
+# nice 19 it yields them to the tunnel while keeping its rate), IDLE_WAIT
 # (default 600: seconds to wait for an idle machine before each
 # configuration; the cores are shared with whatever else runs here).
 #
@@ -97,6 +100,8 @@ echo "== building geoedge (cargo build --release)"
 [[ -x $GEOEDGE ]] || die "$GEOEDGE not found after the build"
 FLOOD_RATE=${FLOOD_RATE:-30000}
 [[ $FLOOD_RATE =~ ^[1-9][0-9]*$ ]] || die "FLOOD_RATE must be a positive integer"
+FLOOD_NICE=${FLOOD_NICE:-19}
+[[ $FLOOD_NICE =~ ^-?[0-9]+$ ]] || die "FLOOD_NICE must be an integer"
 FLOODER=$REPO/target/release/examples/wg_handshake_flood
 FLOOD_FROM=172.29.0.3
 if [[ " ${CONFIGS[*]} " == *" f "* || " ${CONFIGS[*]} " == *" g "* ]]; then
@@ -396,7 +401,7 @@ wait_idle() {
 
 # One configuration, one round: set up, handshake, both directions, tear down.
 run_config() {
-    local cfg=$1 round=$2 ia ib i ok=0 dir rev line spid
+    local cfg=$1 round=$2 ia ib i ok=0 dir rev line spid f0 ft0
     ia=gw${cfg}${round}a$ID
     ib=gw${cfg}${round}b$ID
     echo "-- round $round/$REPS, ($cfg) ${NAMES[$cfg]}: A=${KIND_A[$cfg]} $ia, B=${KIND_B[$cfg]} $ib"
@@ -429,11 +434,12 @@ run_config() {
     if [[ $cfg == [fg] ]]; then
         # Until stopped (it prints what it did on SIGTERM); 2 s to take
         # the cookie and settle before the first measurement.
-        ip netns exec "$NS_A" "$FLOODER" "$FLOOD_FROM:0" "$UNDER_B:$PORT" "$PUB_B" \
-            "$FLOOD_RATE" 3600 >"$WORK/flood-$round.log" 2>&1 &
+        ip netns exec "$NS_A" nice -n "$FLOOD_NICE" "$FLOODER" "$FLOOD_FROM:0" "$UNDER_B:$PORT" \
+            "$PUB_B" "$FLOOD_RATE" 3600 >"$WORK/flood-$round.log" 2>&1 &
         fpid=$!
         PIDS+=("$fpid")
         sleep 2
+        f0=$(ticks "$fpid") ft0=$EPOCHREALTIME
     fi
     ip netns exec "$NS_B" iperf3 -s -B "$OVER_B" -p "$IPERF_PORT" >"$WORK/iperf3-server.log" 2>&1 &
     spid=$!
@@ -465,8 +471,11 @@ run_config() {
     done
     stop_pid "$spid"
     if [[ -n $fpid ]]; then
+        local fcpu
+        fcpu=$(awk -v t="$(($(ticks "$fpid") - f0))" -v hz="$HZ" -v a="$ft0" -v b="$EPOCHREALTIME" \
+            'BEGIN {printf "%.0f", 100 * t / hz / (b - a)}')
         stop_pid "$fpid"
-        echo "   flooder: $(tail -n 1 "$WORK/flood-$round.log")"
+        echo "   flooder: $(tail -n 1 "$WORK/flood-$round.log"); CPU ${fcpu}% of a core (nice $FLOOD_NICE) while measured"
     fi
     stop_config
 }
