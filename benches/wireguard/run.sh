@@ -25,9 +25,23 @@
 #
 #   sudo BASELINE=/tmp/geoedge-before CONFIGS="a c d" benches/wireguard/run.sh
 #
+# Configuration (f) is (c) while one source floods B's WireGuard port with
+# handshake initiations that carry a valid cookie (for a random key that is
+# no peer's; benches/wireguard/wg_handshake_flood.rs, FLOOD_RATE a second, from a
+# second address 172.29.0.3 in A's namespace), from the handshake to the
+# end of both measurements; the report gives (f)/(c), the share of its
+# unloaded throughput the tunnel keeps under the flood. Configuration (g)
+# is the same flood against BASELINE at both ends, for (g)/(d):
+#
+#   sudo CONFIGS="c f" benches/wireguard/run.sh
+#   sudo BASELINE=/tmp/geoedge-before CONFIGS="c f d g" benches/wireguard/run.sh
+#
 # Environment: REPS (default 3), DURATION in seconds (default 8), CONFIGS
 # (default "a b c", or "a b c d" with BASELINE: the configurations to run,
-# in this order), IDLE_WAIT
+# in this order), FLOOD_RATE (default 30000 initiations a second),
+# FLOOD_NICE (default 19: the flooder's niceness; an attacker's sending
+# CPU is on another host in reality, here it shares the 2 cores, and at
+# nice 19 it yields them to the tunnel while keeping its rate), IDLE_WAIT
 # (default 600: seconds to wait for an idle machine before each
 # configuration; the cores are shared with whatever else runs here).
 #
@@ -59,8 +73,8 @@ else
     read -ra CONFIGS <<<"${CONFIGS:-a b c}"
 fi
 for cfg in "${CONFIGS[@]}"; do
-    [[ $cfg == [abcd] ]] || die "CONFIGS takes a, b, c and d (default: \"a b c\")"
-    [[ $cfg != d || -n $BASELINE ]] || die "configuration d needs BASELINE=/path/to/geoedge"
+    [[ $cfg == [abcdfg] ]] || die "CONFIGS takes a, b, c, d, f and g (default: \"a b c\")"
+    [[ $cfg != [dg] || -n $BASELINE ]] || die "configurations d and g need BASELINE=/path/to/geoedge"
 done
 
 if [[ $EUID -ne 0 ]]; then
@@ -84,6 +98,17 @@ GEOEDGE=$REPO/target/release/geoedge
 echo "== building geoedge (cargo build --release)"
 (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
 [[ -x $GEOEDGE ]] || die "$GEOEDGE not found after the build"
+FLOOD_RATE=${FLOOD_RATE:-30000}
+[[ $FLOOD_RATE =~ ^[1-9][0-9]*$ ]] || die "FLOOD_RATE must be a positive integer"
+FLOOD_NICE=${FLOOD_NICE:-19}
+[[ $FLOOD_NICE =~ ^-?[0-9]+$ ]] || die "FLOOD_NICE must be an integer"
+FLOODER=$REPO/target/release/examples/wg_handshake_flood
+FLOOD_FROM=172.29.0.3
+if [[ " ${CONFIGS[*]} " == *" f "* || " ${CONFIGS[*]} " == *" g "* ]]; then
+    echo "== building the handshake flooder (cargo build --release --example wg_handshake_flood)"
+    (cd "$REPO" && cargo build --release --example wg_handshake_flood) ||
+        die "building the flooder failed"
+fi
 
 # --- names and state -------------------------------------------------------
 ID=$$
@@ -158,7 +183,8 @@ ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B" 
 ip -n "$NS_A" addr add "$UNDER_A/24" dev "$VETH_A" &&
     ip -n "$NS_B" addr add "$UNDER_B/24" dev "$VETH_B" &&
     ip -n "$NS_A" link set "$VETH_A" up && ip -n "$NS_B" link set "$VETH_B" up &&
-    ip -n "$NS_A" link set lo up && ip -n "$NS_B" link set lo up ||
+    ip -n "$NS_A" link set lo up && ip -n "$NS_B" link set lo up &&
+    ip -n "$NS_A" addr add "$FLOOD_FROM/24" dev "$VETH_A" ||
     die "configuring the underlay failed"
 
 # --- one end of a tunnel ---------------------------------------------------
@@ -316,9 +342,10 @@ measure() {
 
 declare -A NAMES KIND_A KIND_B RESULTS CPU FAILS
 NAMES=([a]="wireguard-go <-> wireguard-go" [b]="geoedge <-> wireguard-go" [c]="geoedge <-> geoedge"
-    [d]="baseline <-> baseline")
-KIND_A=([a]=wggo [b]=geoedge [c]=geoedge [d]=baseline)
-KIND_B=([a]=wggo [b]=wggo [c]=geoedge [d]=baseline)
+    [d]="baseline <-> baseline" [f]="geoedge <-> geoedge, B flooded"
+    [g]="baseline <-> baseline, B flooded")
+KIND_A=([a]=wggo [b]=geoedge [c]=geoedge [d]=baseline [f]=geoedge [g]=baseline)
+KIND_B=([a]=wggo [b]=wggo [c]=geoedge [d]=baseline [f]=geoedge [g]=baseline)
 
 # A round trip from A to B's overlay address: a ping when ping is installed,
 # otherwise a TCP connection to a closed port that B's kernel refuses (the
@@ -374,7 +401,7 @@ wait_idle() {
 
 # One configuration, one round: set up, handshake, both directions, tear down.
 run_config() {
-    local cfg=$1 round=$2 ia ib i ok=0 dir rev line spid
+    local cfg=$1 round=$2 ia ib i ok=0 dir rev line spid f0 ft0
     ia=gw${cfg}${round}a$ID
     ib=gw${cfg}${round}b$ID
     echo "-- round $round/$REPS, ($cfg) ${NAMES[$cfg]}: A=${KIND_A[$cfg]} $ia, B=${KIND_B[$cfg]} $ib"
@@ -403,6 +430,17 @@ run_config() {
         return 1
     fi
     for ((i = 0; i < 3; i++)); do probe; done
+    local fpid=
+    if [[ $cfg == [fg] ]]; then
+        # Until stopped (it prints what it did on SIGTERM); 2 s to take
+        # the cookie and settle before the first measurement.
+        ip netns exec "$NS_A" nice -n "$FLOOD_NICE" "$FLOODER" "$FLOOD_FROM:0" "$UNDER_B:$PORT" \
+            "$PUB_B" "$FLOOD_RATE" 3600 >"$WORK/flood-$round.log" 2>&1 &
+        fpid=$!
+        PIDS+=("$fpid")
+        sleep 2
+        f0=$(ticks "$fpid") ft0=$EPOCHREALTIME
+    fi
     ip netns exec "$NS_B" iperf3 -s -B "$OVER_B" -p "$IPERF_PORT" >"$WORK/iperf3-server.log" 2>&1 &
     spid=$!
     SERVER_PID=$spid
@@ -432,6 +470,13 @@ run_config() {
         sleep 1
     done
     stop_pid "$spid"
+    if [[ -n $fpid ]]; then
+        local fcpu
+        fcpu=$(awk -v t="$(($(ticks "$fpid") - f0))" -v hz="$HZ" -v a="$ft0" -v b="$EPOCHREALTIME" \
+            'BEGIN {printf "%.0f", 100 * t / hz / (b - a)}')
+        stop_pid "$fpid"
+        echo "   flooder: $(tail -n 1 "$WORK/flood-$round.log"); CPU ${fcpu}% of a core (nice $FLOOD_NICE) while measured"
+    fi
     stop_config
 }
 
@@ -486,6 +531,12 @@ ratio() { # dir over under
     awk -v c="${MED[$2,$1]}" -v a="${MED[$3,$1]}" 'BEGIN {printf "%.2f", c / a}'
 }
 printf '| %-34s | %-24s | %-24s |\n' "ratio (c)/(a)" "$(ratio fwd c a)" "$(ratio rev c a)"
+if [[ -n ${MED[f,fwd]:-} ]]; then
+    printf '| %-34s | %-24s | %-24s |\n' "ratio (f)/(c), flooded over unloaded" "$(ratio fwd f c)" "$(ratio rev f c)"
+fi
+if [[ -n ${MED[g,fwd]:-} ]]; then
+    printf '| %-34s | %-24s | %-24s |\n' "ratio (g)/(d), baseline flooded" "$(ratio fwd g d)" "$(ratio rev g d)"
+fi
 if [[ -n ${MED[d,fwd]:-} ]]; then
     printf '| %-34s | %-24s | %-24s |\n' "ratio (c)/(d), geoedge over baseline" "$(ratio fwd c d)" "$(ratio rev c d)"
 fi

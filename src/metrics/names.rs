@@ -308,7 +308,7 @@ pub const WIREGUARD_PEER_LAST_HANDSHAKE: Def = def(
 pub const WIREGUARD_HANDSHAKES_TOTAL: Def = def(
     "edge_wireguard_handshakes_total",
     Counter,
-    "WireGuard handshakes by result: completed, unknown_peer (initiation from a key not configured), under_load (refused while under load).",
+    "WireGuard handshakes by result: completed, unknown_peer (initiation from a key not configured), under_load (refused under load for want of a sender address: 0 from the device; a flood shows in cookie replies and drops).",
     &["result"],
 );
 /// Invalid datagrams.
@@ -316,6 +316,28 @@ pub const WIREGUARD_INVALID_PACKETS_TOTAL: Def = def(
     "edge_wireguard_invalid_packets_total",
     Counter,
     "Datagrams on the WireGuard port that failed a check (malformed, unknown key or index, failed authentication, replayed, out of order, source not allowed).",
+    &[],
+);
+
+/// Every packet or datagram the WireGuard engine dropped, by reason.
+pub const WIREGUARD_DROPS_TOTAL: Def = def(
+    "edge_wireguard_drops_total",
+    Counter,
+    "Packets and datagrams the WireGuard engine dropped, by reason: not_ip, no_route, no_endpoint, buffer_too_small, malformed, unknown_peer, unknown_index, unauthenticated, replayed, unexpected, under_load, expired, source_not_allowed, rate_limited (an initiation with a valid cookie, under load, from a source past its share), rate_limiter_full (the same from a new source while the per-source table is full).",
+    &["reason"],
+);
+/// Cookie replies sent.
+pub const WIREGUARD_COOKIE_REPLIES_TOTAL: Def = def(
+    "edge_wireguard_cookie_replies_total",
+    Counter,
+    "Cookie replies sent: handshake messages without a valid cookie while more than 100 arrive in a second.",
+    &[],
+);
+/// Unknown-key initiations recognized without a key agreement.
+pub const WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL: Def = def(
+    "edge_wireguard_unknown_peer_replays_total",
+    Counter,
+    "Of the initiations from unknown keys, those recognized as a replay of one already decrypted, without a second Diffie-Hellman.",
     &[],
 );
 
@@ -385,6 +407,9 @@ pub const ALL: &[Def] = &[
     WIREGUARD_PEER_LAST_HANDSHAKE,
     WIREGUARD_HANDSHAKES_TOTAL,
     WIREGUARD_INVALID_PACKETS_TOTAL,
+    WIREGUARD_DROPS_TOTAL,
+    WIREGUARD_COOKIE_REPLIES_TOTAL,
+    WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL,
     CONFIG_RELOADS_TOTAL,
     METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use geoedge_wireguard::{Device, PublicKey};
+use geoedge_wireguard::{Device, DropReason, PublicKey};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use tokio::task::JoinHandle;
@@ -51,6 +51,8 @@ pub struct WgSample {
     pub under_load: u64,
     /// Datagrams that failed a check.
     pub invalid_packets: u64,
+    /// Every counter of the engine.
+    pub engine: geoedge_wireguard::EngineStats,
 }
 
 /// Builds samples, keeping the running handshake total.
@@ -110,6 +112,7 @@ impl Sampler {
             unknown_peer: engine.unknown_peer,
             under_load: engine.under_load,
             invalid_packets: engine.invalid_datagrams(),
+            engine,
         }
     }
 }
@@ -155,6 +158,9 @@ const WG_METRICS: &[Def] = &[
     n::WIREGUARD_PEER_LAST_HANDSHAKE,
     n::WIREGUARD_HANDSHAKES_TOTAL,
     n::WIREGUARD_INVALID_PACKETS_TOTAL,
+    n::WIREGUARD_DROPS_TOTAL,
+    n::WIREGUARD_COOKIE_REPLIES_TOTAL,
+    n::WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL,
 ];
 
 /// Exports the latest sample (nothing until the backhaul is up).
@@ -197,9 +203,19 @@ impl Collector for WgCollector {
         handshakes.add(&["under_load"], s.under_load as f64);
         let mut invalid = Family::new(n::WIREGUARD_INVALID_PACKETS_TOTAL);
         invalid.add(&[], s.invalid_packets as f64);
-        [peers, bytes, handshake, handshakes, invalid]
-            .map(Family::finish)
-            .into()
+        let mut drops = Family::new(n::WIREGUARD_DROPS_TOTAL);
+        for reason in DropReason::ALL {
+            drops.add(&[reason.as_str()], s.engine.drops(reason) as f64);
+        }
+        let mut cookies = Family::new(n::WIREGUARD_COOKIE_REPLIES_TOTAL);
+        cookies.add(&[], s.engine.cookie_replies as f64);
+        let mut replays = Family::new(n::WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL);
+        replays.add(&[], s.engine.unknown_peer_replays as f64);
+        [
+            peers, bytes, handshake, handshakes, invalid, drops, cookies, replays,
+        ]
+        .map(Family::finish)
+        .into()
     }
 }
 
@@ -263,5 +279,67 @@ mod tests {
         m.latest.store(Some(Arc::new(WgSample::default())));
         let names: Vec<_> = c.collect().iter().map(|f| f.name().to_owned()).collect();
         assert!(names.contains(&"edge_wireguard_invalid_packets_total".to_owned()));
+    }
+
+    #[test]
+    fn every_engine_counter_is_exported() {
+        let m = Arc::new(WgMetrics::default());
+        let c = WgCollector::new(Arc::clone(&m));
+        let mut engine = EngineStats {
+            cookie_replies: 449_000,
+            unknown_peer_replays: 77,
+            ..EngineStats::default()
+        };
+        // A distinct count for each reason: 1, 2, 3...
+        let fields = [
+            &mut engine.not_ip,
+            &mut engine.no_route,
+            &mut engine.no_endpoint,
+            &mut engine.buffer_too_small,
+            &mut engine.malformed,
+            &mut engine.unknown_peer,
+            &mut engine.unknown_index,
+            &mut engine.unauthenticated,
+            &mut engine.replayed,
+            &mut engine.unexpected,
+            &mut engine.under_load,
+            &mut engine.expired,
+            &mut engine.source_not_allowed,
+            &mut engine.rate_limited,
+            &mut engine.rate_limiter_full,
+        ];
+        assert_eq!(fields.len(), DropReason::ALL.len());
+        for (i, f) in fields.into_iter().enumerate() {
+            *f = i as u64 + 1;
+        }
+        m.latest.store(Some(Arc::new(WgSample {
+            engine,
+            ..WgSample::default()
+        })));
+        let families = c.collect();
+        let family = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        let drops = family("edge_wireguard_drops_total");
+        assert_eq!(drops.get_metric().len(), DropReason::ALL.len());
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            let m = drops
+                .get_metric()
+                .iter()
+                .find(|m| m.get_label()[0].value() == reason.as_str())
+                .unwrap_or_else(|| panic!("no reason {}", reason.as_str()));
+            assert_eq!(
+                m.get_counter().get_value(),
+                i as f64 + 1.0,
+                "{}",
+                reason.as_str()
+            );
+        }
+        let value = |name: &str| family(name).get_metric()[0].get_counter().get_value();
+        assert_eq!(value("edge_wireguard_cookie_replies_total"), 449_000.0);
+        assert_eq!(value("edge_wireguard_unknown_peer_replays_total"), 77.0);
     }
 }

@@ -18,6 +18,10 @@
 //!   carrying old and new connections.
 //! - `rekey_keeps_connections`: with the edge's rekey time shortened to
 //!   3 s, a stream keeps flowing intact across three rekeys.
+//! - `a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working`:
+//!   one source that answers the cookie challenge floods the edge with
+//!   initiations for an unknown key; the backend behind the tunnel stays
+//!   healthy and serves new and old connections.
 //!
 //! Needs root, /dev/net/tun, `ip`, `wg` and `sqlite3`: skips with a printed
 //! reason where they are missing (under CI missing tools fail the test).
@@ -27,6 +31,8 @@
 
 #[path = "wireguard_pop/flood.rs"]
 mod flood;
+#[path = "wireguard_pop/handshake_flood.rs"]
+mod handshake_flood;
 #[path = "wireguard_pop/lab.rs"]
 mod lab;
 mod support;
@@ -40,6 +46,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flood::*;
+use handshake_flood::*;
 use lab::*;
 use support::*;
 use traffic::*;
@@ -654,6 +661,149 @@ fn rekey_keeps_connections() {
         at_pop > first_at_pop + 1_000_000_000,
         "the POP saw no new handshake"
     );
+    let status = edge.signal_and_wait("TERM", Duration::from_secs(40));
+    assert!(status.success(), "{:#?}", edge.log());
+    let status = pop.stop();
+    assert!(status.success(), "{:#?}", pop.log());
+}
+
+/// One source that answers the cookie challenge floods the edge's
+/// WireGuard port with handshake initiations for a key that is no peer's
+/// (30,000 a second, from a second address in the POP's namespace, for as
+/// long as the checks take: about 10 s). The edge gives that source only its share of key
+/// agreements, so the tunnel keeps carrying traffic: the POP's backend
+/// stays healthy, new clients reach it, an old connection keeps echoing,
+/// and the limiter counts what it dropped.
+#[test]
+fn a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let _serial = serial();
+    let mut one = one_pop(5, "geh", "gpha", "ha");
+    let mut edge = one.edge(&[
+        "--connect-timeout",
+        "5s",
+        "--health-check-interval",
+        "250ms",
+        "--health-check-timeout",
+        "1s",
+        "--health-check-fall",
+        "3",
+        "--health-check-rise",
+        "1",
+    ]);
+    let OnePop {
+        pop,
+        site,
+        ov,
+        edge_if,
+        edge_pub,
+        lab,
+        ..
+    } = &mut one;
+    let edge_port: u16 = run(&["wg", "show", edge_if, "listen-port"])
+        .trim()
+        .parse()
+        .unwrap();
+    let metrics = edge.metrics.expect("metrics listener");
+    let value = |series: &str| metric(&scrape(metrics), series).unwrap_or(0.0);
+    let down = r#"edge_backend_health_state{backend="pop-a",state="down"}"#;
+    let up = r#"edge_backend_health_state{backend="pop-a",state="up"}"#;
+    eventually("pop-a healthy", Duration::from_secs(20), || {
+        value(up) == 1.0
+    });
+    let mut old = Client::connect(edge.addr, "207.237.0.1");
+    assert_eq!(
+        old.greeting(Duration::from_secs(15))
+            .map(|g| g.0)
+            .as_deref(),
+        Some("pop-a"),
+        "edge: {:#?}",
+        edge.log()
+    );
+    old.echo(256 << 10).unwrap();
+
+    // The attacker: a second address on the POP namespace's side of the veth.
+    let attacker_ip = std::net::Ipv4Addr::new(172, 30, *ov as u8, 3);
+    run(&[
+        "ip",
+        "-n",
+        &site.ns,
+        "addr",
+        "add",
+        &format!("{attacker_ip}/24"),
+        "dev",
+        &lab.name("gn", "ha"),
+    ]);
+    let target: geoedge_wireguard::PublicKey = edge_pub.parse().unwrap();
+    let netns = std::fs::File::open(format!("/var/run/netns/{}", site.ns)).unwrap();
+    let edge_at = SocketAddr::new(site.root_ip.into(), edge_port);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut checks = Vec::new();
+    let flood = std::thread::scope(|s| {
+        let flooder = s.spawn(|| {
+            // SAFETY: setns on a namespace file we hold open; affects this thread only.
+            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let socket = UdpSocket::bind(SocketAddr::new(attacker_ip.into(), 0)).unwrap();
+            flood_handshakes(
+                &socket,
+                edge_at,
+                &target,
+                30_000,
+                Duration::from_secs(60),
+                &stop,
+            )
+        });
+        // Every 2 s while it floods: the backend's health, a new client
+        // through the tunnel, and the old connection.
+        let started = Instant::now();
+        for i in 0..5 {
+            std::thread::sleep(Duration::from_secs(2));
+            let healthy = value(down) == 0.0 && value(up) == 1.0;
+            let mut c = Client::connect(edge.addr, &format!("207.237.0.{}", 10 + i));
+            let greeted = c.greeting(Duration::from_secs(5)).map(|g| g.0);
+            let echoed = greeted.is_some() && c.echo(64 << 10).is_ok();
+            let old_echoed = old.echo(64 << 10).is_ok();
+            checks.push((started.elapsed(), healthy, greeted, echoed, old_echoed));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flooder.join().unwrap()
+    });
+    let text = scrape(metrics);
+    let series = |s: &str| metric(&text, s).unwrap_or(0.0);
+    eprintln!(
+        "flood: {flood:?}; edge: rate_limited {}, unknown_peer {}, unknown_peer_replays {}, cookie_replies {}, health timeouts {}",
+        series(r#"edge_wireguard_drops_total{reason="rate_limited"}"#),
+        series(r#"edge_wireguard_drops_total{reason="unknown_peer"}"#),
+        series("edge_wireguard_unknown_peer_replays_total"),
+        series("edge_wireguard_cookie_replies_total"),
+        series(r#"edge_health_checks_total{result="timeout"}"#),
+    );
+    eprintln!("checks while flooding (at, healthy, greeted by, echoed, old echoed): {checks:#?}");
+    for (at, healthy, greeted, echoed, old_echoed) in &checks {
+        assert!(*healthy, "pop-a marked down {at:?} into the flood");
+        assert_eq!(greeted.as_deref(), Some("pop-a"), "{at:?} into the flood");
+        assert!(*echoed && *old_echoed, "no echo {at:?} into the flood");
+    }
+    // The flood did answer the cookie challenge, got no handshake, and
+    // went on through every check.
+    assert!(flood.cookies_taken >= 1, "{flood:?}");
+    assert!(flood.sent >= 100_000, "{flood:?}");
+    // (It stops at 60 s by itself: it was stopped, after the checks.)
+    assert!(flood.elapsed < Duration::from_secs(60), "{flood:?}");
+    assert_eq!(flood.other_replies, 0, "{flood:?}");
+    assert!(series(r#"edge_wireguard_drops_total{reason="rate_limited"}"#) > 0.0);
+    assert_eq!(
+        series(r#"edge_connections_total{result="no_backend"}"#),
+        0.0
+    );
+    old.echo(256 << 10).unwrap();
+    old.finish();
+    assert!(alive(edge.pid()), "{:#?}", edge.log());
+
     let status = edge.signal_and_wait("TERM", Duration::from_secs(40));
     assert!(status.success(), "{:#?}", edge.log());
     let status = pop.stop();

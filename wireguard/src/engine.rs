@@ -16,17 +16,26 @@
 //! - a peer's endpoint follows the address its last authenticated datagram
 //!   came from (roaming);
 //! - a datagram that is malformed, unauthenticated, replayed or for no peer
-//!   gets no reply, only a count.
+//!   gets no reply, only a count;
+//! - under load (more than [`HANDSHAKE_RATE_LIMIT`] handshake messages in a
+//!   second), an initiation with a valid cookie still costs a
+//!   Diffie-Hellman only if its source address has a token left
+//!   ([`crate::ratelimit::SourceLimiter`]), and an initiation already seen
+//!   to be from an unknown key costs none
+//!   ([`crate::ratelimit::UnknownInitiations`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+pub use crate::drops::{DropReason, EngineStats};
 use crate::key::PrivateKey;
 use crate::peer::PeerId;
-use crate::peers::Peers;
+use crate::peers::{Peers, HANDSHAKE_RATE_LIMIT};
+use crate::ratelimit::{Admission, SourceLimiter, UnknownInitiations};
 
 /// WireGuard's data message overhead (header and tag).
 pub const OVERHEAD: usize = 32;
@@ -47,73 +56,6 @@ const MSG_RESPONSE: u8 = 2;
 const MSG_COOKIE: u8 = 3;
 const MSG_DATA: u8 = 4;
 const COOKIE_REPLY_LEN: usize = 64;
-
-/// Why a packet or datagram was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// From the TUN: not an IPv4 or IPv6 packet.
-    NotIp,
-    /// From the TUN: no peer's allowed IPs hold the destination.
-    NoRoute,
-    /// The peer has no endpoint to send to yet.
-    NoEndpoint,
-    /// The output buffer is too small for this packet.
-    BufferTooSmall,
-    /// Not a well-formed WireGuard message.
-    Malformed,
-    /// A handshake initiation from a key that is not a peer.
-    UnknownPeer,
-    /// A message whose receiver index is no peer's.
-    UnknownIndex,
-    /// Failed authentication (MAC, AEAD tag, key, timestamp).
-    Unauthenticated,
-    /// A replayed or too old data message.
-    Replayed,
-    /// A message that does not fit the handshake state (e.g. a response to
-    /// no initiation, data for no session).
-    Unexpected,
-    /// A handshake refused under load without a sender address.
-    UnderLoad,
-    /// The peer's handshake attempts expired.
-    Expired,
-    /// Decrypted, but its source address is not among the peer's allowed IPs.
-    SourceNotAllowed,
-}
-
-impl DropReason {
-    fn from_wg(e: &WireGuardError) -> Self {
-        use WireGuardError as E;
-        match e {
-            E::InvalidMac
-            | E::InvalidAeadTag
-            | E::WrongKey
-            | E::WrongIndex
-            | E::InvalidTai64nTimestamp
-            | E::WrongTai64nTimestamp => Self::Unauthenticated,
-            E::DuplicateCounter | E::InvalidCounter => Self::Replayed,
-            E::UnexpectedPacket | E::NoCurrentSession | E::WrongPacketType => Self::Unexpected,
-            E::UnderLoad => Self::UnderLoad,
-            E::ConnectionExpired => Self::Expired,
-            E::DestinationBufferTooSmall => Self::BufferTooSmall,
-            E::IncorrectPacketLength | E::InvalidPacket | E::LockFailed => Self::Malformed,
-        }
-    }
-
-    /// Whether the drop concerns a datagram from the network that failed
-    /// checks (as opposed to a local packet with nowhere to go).
-    pub fn is_invalid_datagram(self) -> bool {
-        matches!(
-            self,
-            Self::Malformed
-                | Self::UnknownPeer
-                | Self::UnknownIndex
-                | Self::Unauthenticated
-                | Self::Replayed
-                | Self::Unexpected
-                | Self::SourceNotAllowed
-        )
-    }
-}
 
 /// Why a handshake initiation was not attributed to a peer.
 enum Refusal {
@@ -160,72 +102,6 @@ pub enum Action<'a> {
     Drop(DropReason),
 }
 
-/// Counters for the whole interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    /// Packets from the TUN that were not IP.
-    pub not_ip: u64,
-    /// Packets from the TUN for no peer.
-    pub no_route: u64,
-    /// Packets for a peer without an endpoint.
-    pub no_endpoint: u64,
-    /// Packets or datagrams too large for the buffer given.
-    pub buffer_too_small: u64,
-    /// Datagrams that were not WireGuard messages.
-    pub malformed: u64,
-    /// Handshake initiations from unknown keys.
-    pub unknown_peer: u64,
-    /// Messages for unknown receiver indices.
-    pub unknown_index: u64,
-    /// Messages that failed authentication.
-    pub unauthenticated: u64,
-    /// Replayed data messages.
-    pub replayed: u64,
-    /// Messages out of handshake order.
-    pub unexpected: u64,
-    /// Handshakes refused under load.
-    pub under_load: u64,
-    /// Packets for peers whose handshakes expired.
-    pub expired: u64,
-    /// Decrypted packets whose source is not the peer's.
-    pub source_not_allowed: u64,
-    /// Cookie replies sent (handshakes while under load).
-    pub cookie_replies: u64,
-}
-
-impl EngineStats {
-    /// Datagrams from the network that failed a check (every reason for
-    /// which [`DropReason::is_invalid_datagram`] holds).
-    pub fn invalid_datagrams(&self) -> u64 {
-        self.malformed
-            + self.unknown_peer
-            + self.unknown_index
-            + self.unauthenticated
-            + self.replayed
-            + self.unexpected
-            + self.source_not_allowed
-    }
-
-    fn count(&mut self, reason: DropReason) {
-        let c = match reason {
-            DropReason::NotIp => &mut self.not_ip,
-            DropReason::NoRoute => &mut self.no_route,
-            DropReason::NoEndpoint => &mut self.no_endpoint,
-            DropReason::BufferTooSmall => &mut self.buffer_too_small,
-            DropReason::Malformed => &mut self.malformed,
-            DropReason::UnknownPeer => &mut self.unknown_peer,
-            DropReason::UnknownIndex => &mut self.unknown_index,
-            DropReason::Unauthenticated => &mut self.unauthenticated,
-            DropReason::Replayed => &mut self.replayed,
-            DropReason::Unexpected => &mut self.unexpected,
-            DropReason::UnderLoad => &mut self.under_load,
-            DropReason::Expired => &mut self.expired,
-            DropReason::SourceNotAllowed => &mut self.source_not_allowed,
-        };
-        *c += 1;
-    }
-}
-
 /// The sans-IO WireGuard datapath for one interface.
 #[derive(Debug)]
 pub struct Engine {
@@ -238,6 +114,19 @@ pub struct Engine {
     /// completed.
     pending_flush: Vec<PeerId>,
     last_rate_reset: Option<Instant>,
+    /// Handshake initiations with a valid MAC1 checked since the last reset
+    /// of the shared rate limiter. boringtun counts each of them too (and
+    /// more: the peer's `Tunn` counts an initiation again, and responses),
+    /// and both counts are reset together, so while this one is at the
+    /// limit boringtun is under load as well and has checked the cookie.
+    handshakes_this_second: u64,
+    /// The shared rate limiter those initiations were counted against (a
+    /// new key brings a new limiter, whose count starts at 0).
+    counted_for: usize,
+    /// Per-source token buckets for initiations under load.
+    limiter: SourceLimiter,
+    /// Initiations already known to be from unknown keys.
+    unknown: UnknownInitiations,
     /// Sessions we initiated are rekeyed once this old (at most
     /// [`REKEY_AFTER_TIME`], which boringtun applies by itself).
     rekey_after: Duration,
@@ -258,6 +147,10 @@ impl Engine {
             max_tun_packet: 0,
             pending_flush: Vec::new(),
             last_rate_reset: None,
+            handshakes_this_second: 0,
+            counted_for: 0,
+            limiter: SourceLimiter::default(),
+            unknown: UnknownInitiations::default(),
             rekey_after: REKEY_AFTER_TIME,
             scratch: vec![0u8; MIN_BUFFER.max(OVERHEAD + 16)],
         }
@@ -268,9 +161,17 @@ impl Engine {
         &self.peers
     }
 
-    /// The peer table, to reconfigure it.
+    /// The peer table, to reconfigure it (a key that was no peer's may be
+    /// one now: the initiations known to be from unknown keys are
+    /// forgotten).
     pub fn peers_mut(&mut self) -> &mut Peers {
+        self.unknown.clear();
         &mut self.peers
+    }
+
+    /// How many source addresses the handshake limiter tracks now.
+    pub fn rate_limited_sources(&self) -> usize {
+        self.limiter.len()
     }
 
     /// The interface's counters.
@@ -354,7 +255,7 @@ impl Engine {
         };
         let kind = datagram[0];
         let id = match packet {
-            Packet::HandshakeInit(_) => match self.initiation_sender(from, datagram) {
+            Packet::HandshakeInit(_) => match self.initiation_sender(from, datagram, now) {
                 Ok(id) => Some(id),
                 Err(Refusal::Drop(reason)) => return self.drop(reason),
                 Err(Refusal::Cookie(cookie)) => {
@@ -377,19 +278,70 @@ impl Engine {
         self.handle_from_peer(id, kind, from, datagram, out, now)
     }
 
-    /// Who sent a handshake initiation: its MACs and the load are checked
-    /// before the Diffie-Hellman that reveals the sender's static key.
-    fn initiation_sender(&self, from: SocketAddr, datagram: &[u8]) -> Result<PeerId, Refusal> {
+    /// Who sent a handshake initiation: its MACs, the load and the
+    /// sender's share are checked before the Diffie-Hellman that reveals
+    /// the sender's static key.
+    fn initiation_sender(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<PeerId, Refusal> {
+        let limiter = Arc::as_ptr(self.peers.rate_limiter()) as usize;
+        if limiter != self.counted_for {
+            self.counted_for = limiter;
+            self.handshakes_this_second = 0;
+        }
+        let under_load = self.handshakes_this_second >= HANDSHAKE_RATE_LIMIT;
+        if under_load && self.limiter.exhausted(from.ip(), now) {
+            // Its source has no token left: not even worth the MACs. Not
+            // counted towards the load either (boringtun does not see it).
+            self.limiter.note_limited();
+            return Err(Refusal::Drop(DropReason::RateLimited));
+        }
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
-        match self
-            .peers
-            .rate_limiter()
-            .verify_packet(Some(from.ip()), datagram, &mut cookie)
-        {
-            Ok(verified) => self
-                .peers
-                .sender_of(&verified)
-                .ok_or(Refusal::Drop(DropReason::UnknownPeer)),
+        let verified =
+            self.peers
+                .rate_limiter()
+                .verify_packet(Some(from.ip()), datagram, &mut cookie);
+        // boringtun counts a message once its MAC1 is valid (it answered, or
+        // passed it): so does this count, so that it never runs ahead of
+        // boringtun's. Counting a bad MAC1 too would let anyone put this
+        // count under load while boringtun is not, and then charge
+        // initiations whose cookie nobody checked to the address they claim.
+        if matches!(
+            verified,
+            Ok(_) | Err(TunnResult::WriteToNetwork(_) | TunnResult::Err(WireGuardError::UnderLoad))
+        ) {
+            self.handshakes_this_second += 1;
+        }
+        match verified {
+            Ok(verified) => {
+                // Under load boringtun passes only a valid cookie, which
+                // proves the sender receives at `from`: its share is taken
+                // from that address's bucket, so a spoofed flood cannot use
+                // up another address's tokens.
+                if under_load {
+                    match self.limiter.check(from.ip(), now) {
+                        Admission::Allowed => {}
+                        Admission::Limited => return Err(Refusal::Drop(DropReason::RateLimited)),
+                        Admission::TableFull => {
+                            return Err(Refusal::Drop(DropReason::RateLimiterFull))
+                        }
+                    }
+                }
+                if self.unknown.contains(datagram) {
+                    self.stats.unknown_peer_replays += 1;
+                    return Err(Refusal::Drop(DropReason::UnknownPeer));
+                }
+                match self.peers.sender_of(&verified) {
+                    Some(id) => Ok(id),
+                    None => {
+                        self.unknown.insert(datagram);
+                        Err(Refusal::Drop(DropReason::UnknownPeer))
+                    }
+                }
+            }
             Err(TunnResult::WriteToNetwork(c)) if c.len() == COOKIE_REPLY_LEN => {
                 Err(Refusal::Cookie(cookie))
             }
@@ -557,8 +509,10 @@ impl Engine {
         };
         if reset_due {
             self.peers.rate_limiter().reset_count();
+            self.handshakes_this_second = 0;
             self.last_rate_reset = Some(now);
         }
+        self.limiter.collect(now);
         let mut sends = Vec::new();
         let scratch = &mut self.scratch;
         let rekey_after = self.rekey_after;

@@ -588,3 +588,205 @@ fn data_for_an_unknown_index_is_counted() {
     assert_eq!(p.b.stats().unknown_index, 1);
     assert_eq!(p.b.stats().invalid_datagrams(), 1);
 }
+
+/// A stranger's `Tunn`: a random static key that is no peer of `to`.
+fn stranger(to: PublicKey) -> Tunn {
+    stranger_with(&PrivateKey::generate().unwrap(), to)
+}
+
+fn stranger_with(key: &PrivateKey, to: PublicKey) -> Tunn {
+    Tunn::new(key.to_x25519(), to.to_x25519(), None, None, 7, None)
+}
+
+fn initiation(t: &mut Tunn) -> Vec<u8> {
+    let mut out = vec![0u8; MIN_BUFFER];
+    match t.format_handshake_initiation(&mut out, true) {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Puts `b` under load with initiations of `t` from `from` until one earns
+/// a cookie reply, which `t` takes: its initiations carry a valid cookie
+/// for `from` from then on.
+fn load_and_take_cookie(b: &mut Engine, t: &mut Tunn, from: SocketAddr, now: Instant) {
+    let init = initiation(t);
+    let mut out = vec![0u8; MAX_BUFFER];
+    for _ in 0..=2 * HANDSHAKE_RATE_LIMIT {
+        if let Action::Send(reply) = b.handle_datagram(from, &init, &mut out, now) {
+            assert_eq!((reply.endpoint, reply.datagram[0]), (from, MSG_COOKIE));
+            let cookie = reply.datagram.to_vec();
+            let mut scratch = vec![0u8; MAX_BUFFER];
+            assert!(matches!(
+                t.decapsulate(Some(sa(B_ADDR).ip()), &cookie, &mut scratch),
+                TunnResult::Done
+            ));
+            return;
+        }
+    }
+    panic!("no cookie reply under load");
+}
+
+/// The legitimate peer A handshakes with B under load: a cookie reply
+/// first, then a response to the initiation that carries the cookie.
+fn handshake_under_load(p: &mut Pair, now: Instant) {
+    let mut out = vec![0u8; MAX_BUFFER];
+    let b_id = p.a.peers().id_of(&p.b_pub).unwrap();
+    let init = |a: &mut Engine| match a
+        .peers_mut()
+        .get_mut(b_id)
+        .unwrap()
+        .tunn
+        .format_handshake_initiation(&mut [0u8; MIN_BUFFER], true)
+    {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let first = init(&mut p.a);
+    let (_, cookie) = sent(p.b.handle_datagram(sa(A_ADDR), &first, &mut out, now));
+    assert_eq!(cookie[0], MSG_COOKIE, "under load: a cookie first");
+    assert_eq!(
+        p.a.handle_datagram(sa(B_ADDR), &cookie, &mut out, now),
+        Action::Done
+    );
+    let second = init(&mut p.a);
+    let (to, resp) = sent(p.b.handle_datagram(sa(A_ADDR), &second, &mut out, now));
+    assert_eq!((to, resp[0]), (sa(A_ADDR), MSG_RESPONSE));
+}
+
+#[test]
+fn a_valid_cookie_flood_from_one_source_gets_only_its_share_of_key_agreements() {
+    use crate::ratelimit::{PER_SOURCE_BURST, PER_SOURCE_RATE};
+    let mut p = pair();
+    let attacker = sa("198.51.100.7:40000");
+    let mut t = stranger(p.b_pub);
+    load_and_take_cookie(&mut p.b, &mut t, attacker, p.now);
+    // Fresh initiations (a new ephemeral key each, so none is a replay),
+    // all with a valid cookie for the attacker's address.
+    let pool: Vec<Vec<u8>> = (0..64).map(|_| initiation(&mut t)).collect();
+    let before = *p.b.stats();
+    let mut out = vec![0u8; MAX_BUFFER];
+    let n = 2_000u64;
+    for i in 0..n {
+        // Spread over one second.
+        let now = p.now + Duration::from_micros(i * 500);
+        let d = &pool[i as usize % pool.len()];
+        match p.b.handle_datagram(attacker, d, &mut out, now) {
+            Action::Drop(DropReason::UnknownPeer | DropReason::RateLimited) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let after = *p.b.stats();
+    let key_agreements = (after.unknown_peer - after.unknown_peer_replays)
+        - (before.unknown_peer - before.unknown_peer_replays);
+    let limited = after.rate_limited - before.rate_limited;
+    assert!(
+        key_agreements <= PER_SOURCE_BURST + PER_SOURCE_RATE,
+        "{key_agreements} key agreements for one source in a second"
+    );
+    assert!(
+        limited >= n - PER_SOURCE_BURST - PER_SOURCE_RATE,
+        "{limited} dropped by the limiter: {after:?}"
+    );
+    assert_eq!(after.cookie_replies, before.cookie_replies);
+    // Another source is still served, through its own cookie.
+    let later = p.now + Duration::from_millis(999);
+    handshake_under_load(&mut p, later);
+}
+
+#[test]
+fn a_spoofed_flood_does_not_use_up_another_addresss_share() {
+    let mut p = pair();
+    let attacker = sa("198.51.100.7:40000");
+    let mut t = stranger(p.b_pub);
+    load_and_take_cookie(&mut p.b, &mut t, attacker, p.now);
+    let before = *p.b.stats();
+    let mut out = vec![0u8; MAX_BUFFER];
+    // The attacker's cookie is for its own address: sent as if from A's,
+    // every initiation only earns a cookie reply (to A), no token of A's.
+    for _ in 0..200 {
+        let d = initiation(&mut t);
+        let (to, reply) = sent(p.b.handle_datagram(sa(A_ADDR), &d, &mut out, p.now));
+        assert_eq!((to, reply[0]), (sa(A_ADDR), MSG_COOKIE));
+    }
+    assert_eq!(p.b.stats().rate_limited, before.rate_limited);
+    assert_eq!(p.b.stats().unknown_peer, before.unknown_peer);
+    let now = p.now;
+    handshake_under_load(&mut p, now);
+}
+
+#[test]
+fn a_replayed_unknown_initiation_costs_no_second_key_agreement() {
+    let mut p = pair();
+    let from = sa("198.51.100.7:40000");
+    let key = PrivateKey::generate().unwrap();
+    let mut t = stranger_with(&key, p.b_pub);
+    let init = initiation(&mut t);
+    let mut out = vec![0u8; MAX_BUFFER];
+    for _ in 0..3 {
+        assert_eq!(
+            p.b.handle_datagram(from, &init, &mut out, p.now),
+            Action::Drop(DropReason::UnknownPeer)
+        );
+    }
+    assert_eq!(p.b.stats().unknown_peer, 3);
+    assert_eq!(p.b.stats().unknown_peer_replays, 2);
+    // A change of peers forgets: the key might be a peer now.
+    let stranger_pub = key.public_key();
+    p.b.peers_mut()
+        .reconcile(
+            &[
+                config(p.a_pub, None, &["10.0.0.1/32"]),
+                config(stranger_pub, None, &["10.0.0.7/32"]),
+            ],
+            p.now,
+        )
+        .unwrap();
+    let fresh = initiation(&mut t);
+    assert!(matches!(
+        p.b.handle_datagram(from, &fresh, &mut out, p.now),
+        Action::Send(_)
+    ));
+}
+
+#[test]
+fn initiations_with_a_bad_mac1_do_not_count_towards_the_load() {
+    let mut p = pair();
+    let mut out = vec![0u8; MAX_BUFFER];
+    // Initiation-shaped garbage: no key needed to send it.
+    let mut garbage = [0x5au8; 148];
+    garbage[..4].copy_from_slice(&[1, 0, 0, 0]);
+    for _ in 0..3 * HANDSHAKE_RATE_LIMIT {
+        assert_eq!(
+            p.b.handle_datagram(sa("198.51.100.9:1"), &garbage, &mut out, p.now),
+            Action::Drop(DropReason::Unauthenticated)
+        );
+    }
+    // A few initiations with a valid MAC1 (no cookie) claiming A's address:
+    // below boringtun's limit they pass without a cookie check, so they
+    // must not be charged to A's address.
+    let mut t = stranger(p.b_pub);
+    for _ in 0..10 {
+        let d = initiation(&mut t);
+        assert_eq!(
+            p.b.handle_datagram(sa(A_ADDR), &d, &mut out, p.now),
+            Action::Drop(DropReason::UnknownPeer)
+        );
+    }
+    assert_eq!(p.b.stats().rate_limited, 0);
+    // A's own handshake goes through at once, without a cookie.
+    let b_id = p.a.peers().id_of(&p.b_pub).unwrap();
+    let init = match p
+        .a
+        .peers_mut()
+        .get_mut(b_id)
+        .unwrap()
+        .tunn
+        .format_handshake_initiation(&mut out, true)
+    {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let (_, resp) = sent(p.b.handle_datagram(sa(A_ADDR), &init, &mut out, p.now));
+    assert_eq!(resp[0], MSG_RESPONSE);
+}

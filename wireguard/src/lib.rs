@@ -8,6 +8,7 @@
 //! - [`peer`] and [`peers`] hold each peer's configuration, `Tunn` and
 //!   counters, and reconcile the table with a desired configuration;
 //! - [`engine`] is the datapath: TUN packets to datagrams and back, timers;
+//! - [`ratelimit`] bounds the handshake work one source address can cause;
 //! - [`gro`] merges decrypted TCP segments into super-packets for a TUN
 //!   with offload;
 //! - [`uapi`] is the text of the `wg` configuration protocol.
@@ -20,11 +21,13 @@
 pub mod allowed_ips;
 #[cfg(feature = "io")]
 pub mod device;
+mod drops;
 pub mod engine;
 pub mod gro;
 pub mod key;
 pub mod peer;
 pub mod peers;
+pub mod ratelimit;
 pub mod uapi;
 #[cfg(feature = "io")]
 mod uapi_socket;
