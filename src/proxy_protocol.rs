@@ -585,8 +585,12 @@ fn parse_v2(buf: &[u8]) -> Result<Parse, ProxyHeaderError> {
 
 /// The pair with a common family: as given when they share one, else both
 /// IPv6 with the IPv4 one IPv4-mapped. Only the IPs and ports are kept.
+/// The addresses of a header, in one family: each in its canonical form
+/// first (an IPv4-mapped IPv6 address, as a dual-stack `[::]` listener
+/// reports an IPv4 client, is the IPv4 address it maps, as routing takes
+/// it), then IPv4 when both are, else both as IPv6.
 fn common_family(source: SocketAddr, destination: SocketAddr) -> (IpAddr, IpAddr) {
-    match (source.ip(), destination.ip()) {
+    match (source.ip().to_canonical(), destination.ip().to_canonical()) {
         (src @ IpAddr::V4(_), dst @ IpAddr::V4(_)) => (src, dst),
         (src, dst) => (IpAddr::V6(to_ipv6(src)), IpAddr::V6(to_ipv6(dst))),
     }
@@ -600,7 +604,7 @@ fn to_ipv6(ip: IpAddr) -> Ipv6Addr {
 }
 
 /// Appends a v1 header for a TCP connection from `source` to `destination`
-/// to `out`: `TCP4` when both are IPv4, else `TCP6`.
+/// to `out`: `TCP4` when both are IPv4 (or IPv4-mapped IPv6), else `TCP6`.
 pub fn encode_v1(source: SocketAddr, destination: SocketAddr, out: &mut Vec<u8>) {
     let (src, dst) = common_family(source, destination);
     let protocol = if src.is_ipv4() { "TCP4" } else { "TCP6" };

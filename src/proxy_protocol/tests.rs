@@ -155,6 +155,24 @@ fn mixed_families_are_encoded_as_ipv4_mapped_ipv6() {
 }
 
 #[test]
+fn ipv4_mapped_addresses_are_sent_in_their_ipv4_form() {
+    // A dual-stack `[::]` listener reports an IPv4 client and the address
+    // it connected to as IPv4-mapped IPv6.
+    let (client, listener) = ("[::ffff:127.0.0.1]:40000", "[::ffff:127.0.0.1]:8080");
+    assert_eq!(
+        v1(client, listener),
+        b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 8080\r\n"
+    );
+    let expected = proxied("127.0.0.1:40000", "127.0.0.1:8080");
+    assert_eq!(complete(&v2(client, listener)).0, expected);
+    // One mapped and one IPv6 address: both IPv6, the IPv4 one mapped.
+    assert_eq!(
+        v1("[::ffff:192.0.2.1]:1", "[2001:db8::2]:2"),
+        b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 1 2\r\n"
+    );
+}
+
+#[test]
 fn encoders_append() {
     let mut out = b"x".to_vec();
     Version::V1.encode(addr("1.2.3.4:5"), addr("6.7.8.9:10"), &mut out);
@@ -602,6 +620,8 @@ proptest! {
             prop_assert_eq!(parse(&buf[..end]), Ok(Parse::Incomplete));
         }
         buf.extend_from_slice(&payload);
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (source, destination) = (canonical(source), canonical(destination));
         let (source, destination) = if source.is_ipv4() == destination.is_ipv4() {
             (source, destination)
         } else {
