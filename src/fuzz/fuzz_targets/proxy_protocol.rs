@@ -100,9 +100,14 @@ fn round_trip(data: &[u8]) {
     };
     let source = addr(&data[0..18], data[0] & 1 == 0);
     let destination = addr(&data[18..36], data[18] & 1 == 0);
-    // Mixed families are sent as IPv6, the IPv4 one IPv4-mapped.
+    // Each address is sent in its canonical form (an IPv4-mapped IPv6
+    // address as the IPv4 address it maps); then mixed families are sent as
+    // IPv6, the IPv4 one IPv4-mapped.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let both_ipv4 = canonical(source).is_ipv4() && canonical(destination).is_ipv4();
     let expected = |a: SocketAddr| -> SocketAddr {
-        if source.is_ipv4() && destination.is_ipv4() {
+        let a = canonical(a);
+        if both_ipv4 {
             a
         } else {
             let v6 = match a.ip() {
