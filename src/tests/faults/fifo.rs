@@ -51,7 +51,7 @@ async fn a_routing_db_swapped_for_a_fifo_is_refused_and_a_good_file_applies_afte
     within(
         "FIFO routing.db: failure counted",
         t,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || reloads(&edge, "unreadable") > failed,
     );
     assert!(
@@ -72,7 +72,7 @@ async fn a_routing_db_swapped_for_a_fifo_is_refused_and_a_good_file_applies_afte
     within(
         "FIFO routing.db: good file applied",
         t,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || generation(&edge) > gen,
     );
     assert_eq!(route(&edge).await.as_deref(), Some("b"));
@@ -103,7 +103,7 @@ async fn an_mmdb_swapped_for_a_fifo_is_refused_and_a_good_file_applies_after() {
     within(
         "FIFO mmdb: failure counted",
         t,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || value(&edge, &series("failed")) > failed,
     );
     assert!(
@@ -127,7 +127,7 @@ async fn an_mmdb_swapped_for_a_fifo_is_refused_and_a_good_file_applies_after() {
     within(
         "FIFO mmdb: good file applied",
         t,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || value(&edge, &series("ok")) > ok,
     );
     assert_eq!(us_client().await.as_deref(), Some("us-1"));

@@ -41,7 +41,7 @@ async fn a_config_swapped_for_a_fifo_is_refused_on_sighup_and_sigterm_still_stop
     edge.signal("HUP");
     let t = Instant::now();
     while reloads("applied") < 1.0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "SIGHUP not applied");
+        assert!(t.elapsed() < Duration::from_secs(30), "SIGHUP not applied");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let noisy: Vec<String> = edge
@@ -62,7 +62,7 @@ async fn a_config_swapped_for_a_fifo_is_refused_on_sighup_and_sigterm_still_stop
     edge.signal("HUP");
     while reloads("failed") < 1.0 {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < Duration::from_secs(30),
             "the FIFO reload was not counted: {:#?}",
             edge.log()
         );
@@ -84,15 +84,17 @@ async fn a_config_swapped_for_a_fifo_is_refused_on_sighup_and_sigterm_still_stop
     let (status, _) = http_get(metrics, "/readyz");
     assert_eq!(status, 200);
 
-    // SIGTERM stops it within the drain timeout (1 s) + 5 s.
+    // SIGTERM stops it (the drain timeout is 1 s; before, it waited on the
+    // FIFO for as long as nobody wrote to it).
     let t = Instant::now();
     let status =
-        tokio::task::block_in_place(|| edge.signal_and_wait("TERM", Duration::from_secs(6)));
+        tokio::task::block_in_place(|| edge.signal_and_wait("TERM", Duration::from_secs(20)));
     eprintln!("FIFO config: exited {:?} after SIGTERM", t.elapsed());
     assert!(status.success(), "{status}");
 }
 
-/// Runs `geoedge <args>`, which must exit with status 2 within 10 s;
+/// Runs `geoedge <args>`, which must exit with status 2 (a hang is given
+/// up on after 30 s);
 /// returns its stderr.
 fn fails_at_once(args: &[&str]) -> String {
     let mut child = geoedge()
@@ -106,10 +108,10 @@ fn fails_at_once(args: &[&str]) -> String {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{args:?} still running after 10 s");
+            panic!("{args:?} still running after 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -70,20 +70,39 @@ fn closed_after(mut s: std::net::TcpStream, opened: Instant) -> Duration {
 }
 
 /// A connection that sends a request a byte every 100 ms (it would take
-/// 4 s); returns how long after it opened the edge closed it.
-fn trickle(metrics: SocketAddr) -> std::thread::JoinHandle<Duration> {
+/// about 6 s); returns how long after it opened the edge closed it, and
+/// whether that cut the request short (a write failed before its last
+/// byte).
+fn trickle(metrics: SocketAddr) -> std::thread::JoinHandle<(Duration, bool)> {
     let mut s = std::net::TcpStream::connect(metrics).unwrap();
     let opened = Instant::now();
     std::thread::spawn(move || {
         let request = format!("GET /readyz HTTP/1.1\r\nHost: {metrics}\r\nX: trickle\r\n\r\n");
         for b in request.bytes() {
             if s.write_all(&[b]).is_err() {
-                return opened.elapsed();
+                return (opened.elapsed(), true);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        closed_after(s, opened)
+        (closed_after(s, opened), false)
     })
+}
+
+/// How many of `conns` the edge has not closed: a non-blocking peek finds
+/// no end-of-stream on them.
+fn still_open(conns: &[std::net::TcpStream]) -> usize {
+    conns
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let open = matches!(
+                s.peek(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            );
+            s.set_nonblocking(false).unwrap();
+            open
+        })
+        .count()
 }
 
 /// Open descriptors of a process.
@@ -101,9 +120,10 @@ fn count(metrics: SocketAddr, reason: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// 64 silent connections and 4 trickling ones: `/readyz` is still answered
-/// within a probe's timeout, and every one of them is closed at the header
-/// timeout (2 s).
+/// 64 silent connections and 4 trickling ones: `/readyz` is answered
+/// while all of them are still held (it does not wait for them to go), and
+/// every one of them is closed by the header timeout (2 s): the trickling
+/// ones before their request is complete.
 #[test]
 fn readyz_is_answered_while_silent_and_trickling_connections_hold_the_metrics_port() {
     raise_own_nofile();
@@ -123,6 +143,7 @@ fn readyz_is_answered_while_silent_and_trickling_connections_hold_the_metrics_po
             p
         })
         .collect();
+    let held = still_open(&silent);
     let closes: Vec<_> = silent
         .into_iter()
         .map(|s| std::thread::spawn(move || closed_after(s, opened)))
@@ -143,18 +164,16 @@ fn readyz_is_answered_while_silent_and_trickling_connections_hold_the_metrics_po
     for (took, status) in &probes {
         assert_eq!(*status, 200, "/readyz after {took:?}");
     }
-    assert!(slowest < Duration::from_secs(2), "/readyz took {slowest:?}");
-    // Closed by the header timeout (2 s), not at once and not much later.
+    // Answered ahead of the attack, not once its connections were gone.
+    assert_eq!(held, 64, "silent connections still open after the probes");
+    // Closed by the header timeout (2 s), not at once; the count of header
+    // timeouts says it was that timeout and not the connection's 10 s.
     assert!(
         *first >= Duration::from_millis(1500),
         "closed after {first:?}"
     );
-    assert!(*last < Duration::from_secs(5), "closed after {last:?}");
-    for t in &trickled {
-        assert!(
-            *t < Duration::from_secs(4),
-            "a trickled request held its connection {t:?}"
-        );
+    for (t, cut) in &trickled {
+        assert!(cut, "a trickled request was completed ({t:?})");
     }
     assert!(timeouts >= 68.0, "{timeouts} header timeouts counted");
 }
@@ -183,8 +202,7 @@ fn past_the_connection_cap_the_oldest_silent_connection_makes_room_for_a_probe()
     let (took, status) = probe(metrics);
     let evicted = count(metrics, "evicted");
     eprintln!("600 silent: /readyz {status} in {took:?}; {evicted} evicted");
-    assert_eq!(status, 200);
-    assert!(took < Duration::from_secs(2), "/readyz took {took:?}");
+    assert_eq!(status, 200, "/readyz not answered within the probe's 10 s");
     // 88 made room for the others, one each for the probe and the scrape.
     assert!(evicted >= 88.0, "{evicted} evicted");
     drop(silent);
