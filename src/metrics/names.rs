@@ -341,6 +341,14 @@ pub const WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL: Def = def(
     &[],
 );
 
+/// Source addresses the handshake limiter tracks.
+pub const WIREGUARD_RATE_LIMITER_SOURCES: Def = def(
+    "edge_wireguard_rate_limiter_sources",
+    Gauge,
+    "Source addresses (IPv4, or IPv6 /64) the per-source handshake limiter tracks now; at its cap, initiations from new sources under load are dropped as rate_limiter_full.",
+    &[],
+);
+
 // --- The process ---
 
 /// Config reloads (SIGHUP) by result.
@@ -410,6 +418,7 @@ pub const ALL: &[Def] = &[
     WIREGUARD_DROPS_TOTAL,
     WIREGUARD_COOKIE_REPLIES_TOTAL,
     WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL,
+    WIREGUARD_RATE_LIMITER_SOURCES,
     CONFIG_RELOADS_TOTAL,
     METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,

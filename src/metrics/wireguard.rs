@@ -161,6 +161,7 @@ const WG_METRICS: &[Def] = &[
     n::WIREGUARD_DROPS_TOTAL,
     n::WIREGUARD_COOKIE_REPLIES_TOTAL,
     n::WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL,
+    n::WIREGUARD_RATE_LIMITER_SOURCES,
 ];
 
 /// Exports the latest sample (nothing until the backhaul is up).
@@ -211,8 +212,10 @@ impl Collector for WgCollector {
         cookies.add(&[], s.engine.cookie_replies as f64);
         let mut replays = Family::new(n::WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL);
         replays.add(&[], s.engine.unknown_peer_replays as f64);
+        let mut sources = Family::new(n::WIREGUARD_RATE_LIMITER_SOURCES);
+        sources.add(&[], s.engine.rate_limiter_sources as f64);
         [
-            peers, bytes, handshake, handshakes, invalid, drops, cookies, replays,
+            peers, bytes, handshake, handshakes, invalid, drops, cookies, replays, sources,
         ]
         .map(Family::finish)
         .into()
@@ -288,6 +291,7 @@ mod tests {
         let mut engine = EngineStats {
             cookie_replies: 449_000,
             unknown_peer_replays: 77,
+            rate_limiter_sources: 3,
             ..EngineStats::default()
         };
         // A distinct count for each reason: 1, 2, 3...
@@ -341,5 +345,9 @@ mod tests {
         let value = |name: &str| family(name).get_metric()[0].get_counter().get_value();
         assert_eq!(value("edge_wireguard_cookie_replies_total"), 449_000.0);
         assert_eq!(value("edge_wireguard_unknown_peer_replays_total"), 77.0);
+        let sources = family("edge_wireguard_rate_limiter_sources").get_metric()[0]
+            .get_gauge()
+            .get_value();
+        assert_eq!(sources, 3.0);
     }
 }

@@ -742,6 +742,7 @@ fn a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working() {
     let edge_at = SocketAddr::new(site.root_ip.into(), edge_port);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut checks = Vec::new();
+    let mut sources = Vec::new();
     let flood = std::thread::scope(|s| {
         let flooder = s.spawn(|| {
             // SAFETY: setns on a namespace file we hold open; affects this thread only.
@@ -768,6 +769,7 @@ fn a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working() {
             let echoed = greeted.is_some() && c.echo(64 << 10).is_ok();
             let old_echoed = old.echo(64 << 10).is_ok();
             checks.push((started.elapsed(), healthy, greeted, echoed, old_echoed));
+            sources.push(value("edge_wireguard_rate_limiter_sources"));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         flooder.join().unwrap()
@@ -783,6 +785,7 @@ fn a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working() {
         series(r#"edge_health_checks_total{result="timeout"}"#),
     );
     eprintln!("checks while flooding (at, healthy, greeted by, echoed, old echoed): {checks:#?}");
+    eprintln!("sources the handshake limiter tracked while flooding: {sources:?}");
     for (at, healthy, greeted, echoed, old_echoed) in &checks {
         assert!(*healthy, "pop-a marked down {at:?} into the flood");
         assert_eq!(greeted.as_deref(), Some("pop-a"), "{at:?} into the flood");
@@ -796,6 +799,8 @@ fn a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working() {
     assert!(flood.elapsed < Duration::from_secs(60), "{flood:?}");
     assert_eq!(flood.other_replies, 0, "{flood:?}");
     assert!(series(r#"edge_wireguard_drops_total{reason="rate_limited"}"#) > 0.0);
+    // The one flooding source is tracked while it floods.
+    assert!(sources.iter().any(|&n| n >= 1.0), "{sources:?}");
     assert_eq!(
         series(r#"edge_connections_total{result="no_backend"}"#),
         0.0

@@ -370,7 +370,11 @@ impl Device {
 
     /// The interface's counters.
     pub fn stats(&self) -> EngineStats {
-        *self.shared.engine().stats()
+        let engine = self.shared.engine();
+        EngineStats {
+            rate_limiter_sources: engine.rate_limited_sources() as u64,
+            ..*engine.stats()
+        }
     }
 
     /// Runs `f` on the peer table (briefly: packets wait meanwhile).

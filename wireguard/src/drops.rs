@@ -158,6 +158,10 @@ pub struct EngineStats {
     /// Of `unknown_peer`: initiations recognized as from an unknown key
     /// without a Diffie-Hellman (seen before).
     pub unknown_peer_replays: u64,
+    /// Not a counter: the source addresses the handshake limiter tracks at
+    /// the time of the snapshot (filled in by `Device::stats`; at
+    /// most [`crate::ratelimit::MAX_SOURCES`]).
+    pub rate_limiter_sources: u64,
 }
 
 impl EngineStats {
