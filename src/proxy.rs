@@ -10,7 +10,8 @@
 //! kernel has already queued, then closes the listener.
 //!
 //! [`ProxyOptions`] are swapped whole on a config reload; a connection
-//! reads them once, when it starts.
+//! takes one snapshot of them when it is accepted, and every stage of its
+//! pipeline ([`stages`]) reads that one.
 //!
 //! Each connection runs in a `conn` span (`client`, `country`, `backend`)
 //! with its events at debug; failures that repeat are logged at warn once
@@ -26,21 +27,25 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use geoedge_geoip::GeoIp;
-use geoedge_routing::{AppId, BackendId, ConnectFailure, Request, Router};
+use geoedge_routing::{AppId, ConnectFailure, Router};
 use ipnet::IpNet;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
-use tracing::field::{display, Empty};
+use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::admission::{AcceptError, ConnLimit, Slot};
 use crate::dialer::Dialer;
 use crate::metrics::{ConnResult, ConnStats};
-use crate::proxy_protocol::{self, Header, Parse, ProxyHeaderError, Version};
-use crate::relay::{self, Ended, Meter};
+use crate::proxy_protocol::Version;
 use crate::throttle::Throttle;
+
+pub mod data_path;
+pub mod stages;
+
+pub use data_path::{DataPath, Relay};
+pub use stages::Conn;
 
 /// A failure that keeps happening is logged at most once per this long.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -105,10 +110,10 @@ pub struct ProxyOptions {
     /// Idle timeout of a relayed connection.
     pub idle_timeout: Duration,
     /// Whether a backend's end-of-file half-closes the client connection
-    /// (true) or closes it (false) (see [`relay::relay`]).
+    /// (true) or closes it (false) (see [`crate::relay::relay`]).
     pub half_close: bool,
     /// Whether bulk transfers are spliced (true) or copied (false) (see
-    /// [`relay::Policy::splice`]).
+    /// [`crate::relay::Policy::splice`]).
     pub splice: bool,
     /// Deadline for a trusted source's PROXY header.
     pub proxy_header_timeout: Duration,
@@ -116,7 +121,7 @@ pub struct ProxyOptions {
 
 /// The shared state of every connection.
 #[derive(Debug)]
-pub struct Proxy<D> {
+pub struct Proxy<D, P = Relay> {
     /// Decisions.
     pub router: Arc<Router>,
     /// Client locations.
@@ -125,6 +130,8 @@ pub struct Proxy<D> {
     pub options: ArcSwap<ProxyOptions>,
     /// Opens backend connections.
     pub dialer: D,
+    /// Moves the bytes of a connected pair.
+    pub data_path: P,
     /// Every connection task, so shutdown can wait for them (and the
     /// metrics count the open connections).
     pub tasks: TaskTracker,
@@ -137,7 +144,7 @@ pub struct Proxy<D> {
     pub limit: Arc<ConnLimit>,
 }
 
-impl<D: Dialer> Proxy<D> {
+impl<D: Dialer, P: DataPath> Proxy<D, P> {
     /// Accepts clients for `app` on `listener` until `shutdown` turns true.
     pub async fn serve(
         self: Arc<Self>,
@@ -230,296 +237,27 @@ impl<D: Dialer> Proxy<D> {
             self.conns.record(ConnResult::OverLimit);
             return;
         };
+        // The settings snapshot of the connection, taken at accept: every
+        // stage reads this one, however long the connection lives.
+        let conn = Conn {
+            client: stream,
+            peer,
+            listener: local,
+            app: app.clone(),
+            options: self.options.load_full(),
+        };
         let this = Arc::clone(self);
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
         self.tasks
-            .spawn(Self::admitted(this, slot, stream, peer, local, app.clone()).instrument(span));
+            .spawn(Self::admitted(this, slot, conn).instrument(span));
     }
 
     /// An admitted connection: its slot is held until it ends.
-    async fn admitted(
-        self: Arc<Self>,
-        slot: Slot,
-        stream: TcpStream,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        app: AppId,
-    ) {
-        self.handle(stream, peer, local, app).await;
+    async fn admitted(self: Arc<Self>, slot: Slot, conn: Conn) {
+        self.handle(conn).await;
         drop(slot);
-    }
-
-    fn trusted(options: &ProxyOptions, peer: SocketAddr) -> bool {
-        let ip = peer.ip().to_canonical();
-        options.proxy_protocol_from.iter().any(|n| n.contains(&ip))
-    }
-
-    /// One client connection, start to end.
-    async fn handle(
-        self: Arc<Self>,
-        mut client: TcpStream,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        app: AppId,
-    ) {
-        // One snapshot of the options for the whole connection.
-        let options = self.options.load_full();
-        // The address the client reached: only a PROXY header for the
-        // backend carries it, so it is asked of the socket only then.
-        let local = if options.send_proxy_protocol.is_some() {
-            client.local_addr().ok().or(local).unwrap_or(peer)
-        } else {
-            local.unwrap_or(peer)
-        };
-        let (source, destination, early) = if Self::trusted(&options, peer) {
-            match tokio::time::timeout(options.proxy_header_timeout, read_header(&mut client)).await
-            {
-                Ok(Ok((
-                    Header::Proxied {
-                        source,
-                        destination,
-                    },
-                    early,
-                ))) => (source, destination, early),
-                Ok(Ok((Header::Local, early))) => (peer, local, early),
-                Ok(Err(e)) => {
-                    self.conns.record(ConnResult::BadProxyHeader);
-                    tracing::debug!(%peer, reason = e.reason(), "PROXY header rejected: {e}");
-                    return;
-                }
-                Err(_) => {
-                    self.conns.record(ConnResult::ProxyHeaderTimeout);
-                    tracing::debug!(%peer, "no PROXY header within {:?}", options.proxy_header_timeout);
-                    return;
-                }
-            }
-        } else {
-            (peer, local, Vec::new())
-        };
-        let span = tracing::Span::current();
-        let ip = source.ip().to_canonical();
-        span.record("client", display(ip));
-        let lookup = self.geoip.lookup(ip);
-        if let Some(country) = lookup.country() {
-            span.record("country", display(country));
-        }
-        let mut tried: Vec<BackendId> = Vec::new();
-        let mut result = ConnResult::NoBackend;
-        for _ in 0..options.connect_attempts {
-            // The decision's clock also starts the connect's.
-            let started = Instant::now();
-            let route = match self.router.decide(
-                &Request {
-                    app: &app,
-                    ip,
-                    location: lookup.location(),
-                    exclude: &tried,
-                },
-                started,
-            ) {
-                Ok(route) => route,
-                Err(e) => {
-                    if result == ConnResult::NoBackend {
-                        if let Some(suppressed) = self.failures.no_backend.check(Instant::now()) {
-                            tracing::warn!(suppressed, "no backend for a client: {e}");
-                        }
-                    }
-                    break;
-                }
-            };
-            let backend = Arc::clone(route.backend());
-            // The deadline comes from the decision's clock read too, so
-            // timing the connect for the metrics reads the clock no more
-            // often than a plain `timeout` would.
-            let connected = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(started + options.connect_timeout),
-                self.dialer.connect(backend.addr),
-            )
-            .await;
-            let outcomes = backend.load.connect_stats();
-            let (why, error) = match connected {
-                Ok(Ok(stream)) => {
-                    let took = started.elapsed();
-                    outcomes.observe(took);
-                    // Passive health; no lock unless the backend was failing.
-                    if let Some(change) = self.router.report_connect(&backend, true, started + took)
-                    {
-                        crate::health_check::log_connect_change(&backend, change, &self.router);
-                    }
-                    // Counted as `ok` by the connect just observed.
-                    span.record("backend", display(&backend.id));
-                    self.relay(client, stream, source, destination, &early, route)
-                        .await;
-                    return;
-                }
-                Ok(Err(e)) => (classify(&e), Some(e)),
-                Err(_) => (ConnectFailure::Timeout, None),
-            };
-            outcomes.fail(why);
-            if why == ConnectFailure::Local {
-                // Not the backend's fault: its health is left alone, and
-                // another backend would need a socket just the same.
-                if let Some(suppressed) = self.failures.local.check(Instant::now()) {
-                    tracing::warn!(
-                        backend = %backend.id,
-                        suppressed,
-                        "no socket for a backend connect, the client is refused: {}",
-                        error.map_or_else(String::new, |e| e.to_string())
-                    );
-                }
-                result = ConnResult::LocalError;
-                // A reset: the client's descriptor goes at once.
-                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-                break;
-            }
-            if let Some(change) = self.router.report_connect(&backend, false, Instant::now()) {
-                crate::health_check::log_connect_change(&backend, change, &self.router);
-            }
-            // Formatted only when logged: a storm of failures costs no text.
-            if let Some(suppressed) = self.failures.connect.check(Instant::now()) {
-                let timeout = options.connect_timeout;
-                tracing::warn!(
-                    backend = %backend.id,
-                    reason = why.as_str(),
-                    suppressed,
-                    "connecting to a backend failed: {}",
-                    error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
-                );
-            }
-            tried.push(backend.id.clone());
-            result = ConnResult::ConnectFailed;
-            // `route` drops here: the slot is released.
-        }
-        self.conns.record(result);
-        tracing::debug!(
-            attempts = tried.len(),
-            result = result.as_str(),
-            "no backend reachable"
-        );
-    }
-
-    /// Relays a connected client; `route` (and with it the backend's slot)
-    /// is released exactly once, when this returns.
-    async fn relay(
-        &self,
-        client: TcpStream,
-        stream: TcpStream,
-        source: SocketAddr,
-        destination: SocketAddr,
-        early: &[u8],
-        route: geoedge_routing::Route,
-    ) {
-        let (send_proxy_protocol, policy) = {
-            let options = self.options.load();
-            (
-                options.send_proxy_protocol,
-                relay::Policy {
-                    idle: options.idle_timeout,
-                    half_close: options.half_close,
-                    splice: options.splice,
-                },
-            )
-        };
-        let mut first = Vec::new();
-        if let Some(version) = send_proxy_protocol {
-            version.encode(source, destination, &mut first);
-        }
-        first.extend_from_slice(early);
-        self.conns.up().add(early.len() as u64);
-        tracing::debug!(kind = route.kind.as_str(), "relaying");
-        let meter = Meter {
-            up: self.conns.up(),
-            down: self.conns.down(),
-        };
-        match relay::relay(client, stream, &first, policy, meter).await {
-            Ended::Closed(moved) => {
-                tracing::debug!(up = moved.up, down = moved.down, "closed")
-            }
-            Ended::Idle => tracing::debug!("idle timeout"),
-            Ended::Error(e) => tracing::debug!("relay ended: {e}"),
-        }
-        drop(route);
-    }
-}
-
-/// Why a trusted source's PROXY header was refused.
-#[derive(Debug, thiserror::Error)]
-enum HeaderError {
-    /// The socket failed or closed inside the header.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The bytes are not a valid header.
-    #[error(transparent)]
-    Malformed(#[from] ProxyHeaderError),
-}
-
-impl HeaderError {
-    /// A short label for logs and metrics.
-    fn reason(&self) -> &'static str {
-        match self {
-            HeaderError::Io(_) => "io",
-            HeaderError::Malformed(e) => e.reason(),
-        }
-    }
-}
-
-/// Reads a PROXY header; returns it and any bytes read past it.
-async fn read_header(client: &mut TcpStream) -> Result<(Header, Vec<u8>), HeaderError> {
-    let mut buf = vec![0u8; proxy_protocol::MAX_HEADER_LEN];
-    let mut filled = 0;
-    loop {
-        let n = client.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed inside the PROXY header",
-            )
-            .into());
-        }
-        filled += n;
-        match proxy_protocol::parse(&buf[..filled])? {
-            Parse::Complete { header, consumed } => {
-                return Ok((header, buf[consumed..filled].to_vec()))
-            }
-            // `parse` fails before a header could outgrow the buffer.
-            Parse::Incomplete if filled < buf.len() => continue,
-            Parse::Incomplete => {
-                return Err(
-                    io::Error::new(io::ErrorKind::InvalidData, "PROXY header too long").into(),
-                )
-            }
-        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_of_this_host_are_local_and_the_backends_are_not() {
-        let os = io::Error::from_raw_os_error;
-        for local in [
-            libc::EMFILE,
-            libc::ENFILE,
-            libc::ENOMEM,
-            libc::ENOBUFS,
-            libc::EADDRNOTAVAIL,
-        ] {
-            assert_eq!(classify(&os(local)), ConnectFailure::Local, "errno {local}");
-        }
-        for (errno, why) in [
-            (libc::ECONNREFUSED, ConnectFailure::Refused),
-            (libc::ETIMEDOUT, ConnectFailure::Timeout),
-            (libc::EHOSTUNREACH, ConnectFailure::Unreachable),
-            (libc::ENETUNREACH, ConnectFailure::Unreachable),
-            (libc::ECONNRESET, ConnectFailure::Other),
-            (libc::EACCES, ConnectFailure::Other),
-        ] {
-            assert_eq!(classify(&os(errno)), why, "errno {errno}");
-        }
-        // Errors without an errno are never taken for local ones.
-        let synthetic = io::Error::new(io::ErrorKind::OutOfMemory, "no errno");
-        assert_eq!(classify(&synthetic), ConnectFailure::Other);
-    }
-}
+mod tests;

@@ -31,7 +31,7 @@ use crate::health::Health;
 use crate::health_check::CheckOptions;
 use crate::lifecycle::{self, Asked, Live, ReloadStats, Resolve, Signals};
 use crate::metrics::{EdgeSources, Metrics};
-use crate::proxy::{FailureLog, Proxy};
+use crate::proxy::{FailureLog, Proxy, Relay};
 use crate::sd_notify::{self, Heartbeats, Notifier};
 use crate::wg::Backhaul;
 use crate::workers::Listeners;
@@ -114,6 +114,7 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         geoip,
         options: ArcSwap::from_pointee(lifecycle::proxy_options(settings)),
         dialer: TcpDialer,
+        data_path: Relay,
         tasks: TaskTracker::new(),
         conns: Default::default(),
         failures: FailureLog::default(),
