@@ -42,9 +42,11 @@ use crate::proxy_protocol::Version;
 use crate::throttle::Throttle;
 
 pub mod data_path;
+pub mod loops;
 pub mod stages;
 
 pub use data_path::{DataPath, Relay};
+pub use loops::OwnConnections;
 pub use stages::Conn;
 
 /// A failure that keeps happening is logged at most once per this long.
@@ -62,6 +64,8 @@ pub struct FailureLog {
     no_backend: Throttle,
     /// This host could not open a socket to a backend.
     local: Throttle,
+    /// A connection came back to this edge from one of its own.
+    looped: Throttle,
 }
 
 impl Default for FailureLog {
@@ -71,6 +75,7 @@ impl Default for FailureLog {
             connect: Throttle::new(FAILURE_LOG_INTERVAL),
             no_backend: Throttle::new(FAILURE_LOG_INTERVAL),
             local: Throttle::new(FAILURE_LOG_INTERVAL),
+            looped: Throttle::new(FAILURE_LOG_INTERVAL),
         }
     }
 }
@@ -132,6 +137,9 @@ pub struct Proxy<D, P = Relay> {
     pub dialer: D,
     /// Moves the bytes of a connected pair.
     pub data_path: P,
+    /// The edge's own backend connections, to recognise one coming back
+    /// (a connection loop).
+    pub own: Arc<OwnConnections>,
     /// Every connection task, so shutdown can wait for them (and the
     /// metrics count the open connections).
     pub tasks: TaskTracker,

@@ -115,6 +115,7 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         options: ArcSwap::from_pointee(lifecycle::proxy_options(settings)),
         dialer: TcpDialer,
         data_path: Relay,
+        own: Default::default(),
         tasks: TaskTracker::new(),
         conns: Default::default(),
         failures: FailureLog::default(),

@@ -217,6 +217,25 @@ impl PassiveState {
         }
     }
 
+    /// A connection loop through the backend was seen at `now` (a connect
+    /// to it came back to this edge): it is ejected for the longest
+    /// backoff, whatever its state, since retrying sooner would only loop
+    /// again. A later trial that connects re-admits it, as after any
+    /// ejection.
+    pub fn on_loop(&mut self, now: Instant, cfg: &HealthConfig) -> HealthChange {
+        self.failures = 0;
+        let backoff = cfg.backoff_max.max(cfg.backoff);
+        self.ejection = Some(Ejection {
+            backoff,
+            open_at: after(now, backoff),
+            trial: false,
+        });
+        HealthChange::Ejected {
+            backoff,
+            trial_failed: false,
+        }
+    }
+
     /// Feeds one connect result.
     pub fn on_connect(
         &mut self,
@@ -400,6 +419,16 @@ impl BackendHealth {
         if let Some(HealthChange::Ejected { .. }) = change {
             self.ejections.fetch_add(1, Ordering::Relaxed);
         }
+        self.publish(&m, now);
+        change
+    }
+
+    /// A connection loop through the backend was seen at `now`: ejected
+    /// for the longest backoff ([`PassiveState::on_loop`]).
+    pub fn on_loop(&self, now: Instant, cfg: &HealthConfig) -> HealthChange {
+        let mut m = self.machines.lock();
+        let change = m.passive.on_loop(now, cfg);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
         self.publish(&m, now);
         change
     }

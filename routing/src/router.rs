@@ -243,6 +243,12 @@ impl Router {
         backend.load.health().on_connect(ok, now, &self.health)
     }
 
+    /// Records that a connect to `backend` came back to this edge (a
+    /// connection loop): the backend is ejected for the longest backoff.
+    pub fn report_loop(&self, backend: &Backend, now: Instant) -> HealthChange {
+        backend.load.health().on_loop(now, &self.health)
+    }
+
     /// Records the result of an active check of `backend`. Returns the
     /// change it caused, if any, for the caller to log. A check this host
     /// failed to make ([`ConnectFailure::Local`]) is counted but says

@@ -6,6 +6,8 @@
 //! Self-contained (std and the routing crate only), so the decision
 //! benchmark can include this file and pay exactly what the proxy pays.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use geoedge_routing::shard::Sharded;
 
 /// How a client connection ended up: a small, fixed set, usable as a
@@ -29,11 +31,14 @@ pub enum ConnResult {
     /// (out of descriptors, memory, buffers or source ports). Not counted
     /// against the backend.
     LocalError,
+    /// Reset at once: the client was this edge itself, come back through a
+    /// backend (a connection loop); the backend is ejected.
+    Loop,
 }
 
 impl ConnResult {
     /// Every result, for pre-registering metric series.
-    pub const ALL: [ConnResult; 7] = [
+    pub const ALL: [ConnResult; 8] = [
         ConnResult::Ok,
         ConnResult::NoBackend,
         ConnResult::ConnectFailed,
@@ -41,6 +46,7 @@ impl ConnResult {
         ConnResult::ProxyHeaderTimeout,
         ConnResult::OverLimit,
         ConnResult::LocalError,
+        ConnResult::Loop,
     ];
 
     /// Lower-case label.
@@ -53,6 +59,7 @@ impl ConnResult {
             ConnResult::ProxyHeaderTimeout => "proxy_header_timeout",
             ConnResult::OverLimit => "over_limit",
             ConnResult::LocalError => "local_error",
+            ConnResult::Loop => "loop",
         }
     }
 }
@@ -71,18 +78,26 @@ pub struct ConnStats {
     /// ([`slot`]), then bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]):
     /// eight counters, one cache line per shard.
     counters: Sharded<SLOTS>,
+    /// [`ConnResult::Loop`]: rare enough (a configuration error, and the
+    /// backend is ejected at once) to keep off the sharded line.
+    loops: AtomicU64,
 }
 
-/// Where the client-to-backend payload bytes are counted.
-const BYTES_UP: usize = ConnResult::ALL.len() - 1;
+/// Where the client-to-backend payload bytes are counted: after the
+/// results other than `Ok` and `Loop`.
+const BYTES_UP: usize = ConnResult::ALL.len() - 2;
 /// Where the backend-to-client payload bytes are counted.
 const BYTES_DOWN: usize = BYTES_UP + 1;
 /// Counters in all: one per result, then the two byte counts.
 const SLOTS: usize = BYTES_DOWN + 1;
 
-/// Where a result is counted in [`ConnStats`]; `Ok` is not (see there).
+/// Where a result is counted in [`ConnStats`]'s shards; `Ok` is not
+/// counted (see there), `Loop` is counted apart.
 #[inline]
 fn slot(result: ConnResult) -> Option<usize> {
+    if result == ConnResult::Loop {
+        return None;
+    }
     (result as usize).checked_sub(1)
 }
 
@@ -111,12 +126,17 @@ impl ConnStats {
         debug_assert_ne!(result, ConnResult::Ok, "counted as a successful connect");
         if let Some(at) = slot(result) {
             self.counters.add(at, 1);
+        } else if result == ConnResult::Loop {
+            self.loops.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Connections with this outcome so far (0 for [`ConnResult::Ok`]).
     pub fn count(&self, result: ConnResult) -> u64 {
-        slot(result).map_or(0, |at| self.counters.get(at))
+        match result {
+            ConnResult::Loop => self.loops.load(Ordering::Relaxed),
+            _ => slot(result).map_or(0, |at| self.counters.get(at)),
+        }
     }
 
     /// Where client-to-backend bytes are counted.

@@ -147,7 +147,7 @@ pub const BACKEND_HEALTH_STATE: Def = def(
 pub const BACKEND_EJECTIONS_TOTAL: Def = def(
     "edge_backend_ejections_total",
     Counter,
-    "Times the backend was ejected after consecutive failed connects, including again after a failed trial connect.",
+    "Times the backend was ejected after consecutive failed connects or a connection loop through it, including again after a failed trial connect.",
     &["backend"],
 );
 

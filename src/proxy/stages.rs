@@ -2,10 +2,12 @@
 //!
 //! 1. [`Proxy::identify`]: who the client is — a trusted source's PROXY
 //!    header, or the TCP peer — and where it is (GeoIP);
-//! 2. [`Proxy::classify`]: which app it came for (today: the listener's);
-//! 3. [`Proxy::route_and_dial`]: the routing core's decision and the
+//! 2. [`Proxy::admit_client`]: whether this client may go on (today: it
+//!    is not this edge itself, looping through a backend; see [`super::loops`]);
+//! 3. [`Proxy::classify`]: which app it came for (today: the listener's);
+//! 4. [`Proxy::route_and_dial`]: the routing core's decision and the
 //!    connect, failing over to the next backend;
-//! 4. [`Proxy::relay_conn`]: the PROXY header for the backend, then the
+//! 5. [`Proxy::relay_conn`]: the PROXY header for the backend, then the
 //!    bytes, through the [`DataPath`] seam.
 //!
 //! Every stage reads the one settings snapshot the connection took when it
@@ -25,6 +27,7 @@ use tokio::net::TcpStream;
 use tracing::field::display;
 
 use super::data_path::DataPath;
+use super::loops::Registered;
 use super::{classify, Proxy, ProxyOptions};
 use crate::dialer::Dialer;
 use crate::metrics::ConnResult;
@@ -73,6 +76,8 @@ pub struct Dialed {
     pub stream: TcpStream,
     /// The decision, holding the backend's connection slot until it drops.
     pub route: Route,
+    /// The connection's entry among the edge's own, until it drops.
+    pub registered: Option<Registered>,
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
@@ -81,6 +86,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     pub(crate) async fn handle(&self, mut conn: Conn) {
         let result = async {
             let identity = self.identify(&mut conn).await?;
+            self.admit_client(&conn, &identity)?;
             let app = self.classify(&conn, &identity);
             let dialed = self.route_and_dial(&conn, &identity, &app).await?;
             self.relay_conn(conn, identity, dialed).await;
@@ -154,13 +160,42 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         })
     }
 
-    /// Stage 2: the app the client came for. Today every listener serves
+    /// Stage 2: whether the client may go on. A client whose address is
+    /// the local address of one of this edge's own backend connections is
+    /// the edge itself, come back through a backend: the connection is
+    /// reset, counted `loop`, and that backend ejected for the longest
+    /// backoff so that the next clients go elsewhere.
+    pub(crate) fn admit_client(&self, conn: &Conn, _identity: &Identity) -> Result<(), ConnResult> {
+        let Some(backend_id) = self.own.origin(conn.peer) else {
+            return Ok(());
+        };
+        let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
+        let snapshot = self.router.table().snapshot();
+        let backoff = snapshot.backend(backend_id.as_str()).map(|backend| {
+            match self.router.report_loop(backend, Instant::now()) {
+                geoedge_routing::HealthChange::Ejected { backoff, .. } => backoff,
+                _ => Duration::ZERO,
+            }
+        });
+        if let Some(suppressed) = self.failures.looped.check(Instant::now()) {
+            tracing::warn!(
+                backend = %backend_id,
+                suppressed,
+                "connection loop: a connection to this backend came back to this edge ({}); the backend is ejected for {:?}",
+                conn.peer,
+                backoff.unwrap_or_default()
+            );
+        }
+        Err(ConnResult::Loop)
+    }
+
+    /// Stage 3: the app the client came for. Today every listener serves
     /// one app, so it is the listener's.
     pub(crate) fn classify(&self, conn: &Conn, _identity: &Identity) -> AppId {
         conn.app.clone()
     }
 
-    /// Stage 3: asks the routing core for a backend and connects to it, up
+    /// Stage 4: asks the routing core for a backend and connects to it, up
     /// to `connect_attempts` backends, each within `connect_timeout`. A
     /// failed connect counts against the backend's health and the next
     /// decision excludes it; an error of this host (out of descriptors and
@@ -218,7 +253,12 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                     }
                     // Counted as `ok` by the connect just observed.
                     tracing::Span::current().record("backend", display(&backend.id));
-                    return Ok(Dialed { stream, route });
+                    let registered = self.own.register(&stream, &backend.id);
+                    return Ok(Dialed {
+                        stream,
+                        route,
+                        registered,
+                    });
                 }
                 Ok(Err(e)) => (classify(&e), Some(e)),
                 Err(_) => (ConnectFailure::Timeout, None),
@@ -266,7 +306,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         Err(result)
     }
 
-    /// Stage 4: sends the backend its PROXY header (when the connection's
+    /// Stage 5: sends the backend its PROXY header (when the connection's
     /// settings ask for one) and the client's early bytes, then relays
     /// through the data path with the connection's policy. The route, and
     /// with it the backend's slot, is released exactly once, when this
@@ -284,7 +324,11 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         }
         first.extend_from_slice(&identity.early);
         self.conns.up().add(identity.early.len() as u64);
-        let Dialed { stream, route } = dialed;
+        let Dialed {
+            stream,
+            route,
+            registered,
+        } = dialed;
         tracing::debug!(kind = route.kind.as_str(), "relaying");
         let meter = Meter {
             up: self.conns.up(),
@@ -301,6 +345,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             Ended::Idle => tracing::debug!("idle timeout"),
             Ended::Error(e) => tracing::debug!("relay ended: {e}"),
         }
+        drop(registered);
         drop(route);
     }
 }

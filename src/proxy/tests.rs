@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use geoedge_geoip::{GeoDb, GeoIp};
 use geoedge_routing::raw::{BackendRow, RawTable, RegionRow, Value};
-use geoedge_routing::{AppId, ConnectFailure, RegionId, Router, RoutingTable};
+use geoedge_routing::{AppId, BackendId, ConnectFailure, RegionId, Router, RoutingTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -110,6 +110,7 @@ fn proxy<D: Dialer, P: DataPath>(router: Arc<Router>, dialer: D, data_path: P) -
         options: ArcSwap::from_pointee(options()),
         dialer,
         data_path,
+        own: Default::default(),
         tasks: TaskTracker::new(),
         conns: Default::default(),
         failures: FailureLog::default(),
@@ -434,4 +435,64 @@ async fn a_reload_during_a_connection_does_not_reach_it() {
         "{}",
         String::from_utf8_lossy(&got)
     );
+}
+
+#[tokio::test]
+async fn own_connections_are_known_until_they_close() {
+    let own = Arc::new(OwnConnections::default());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let local = s.local_addr().unwrap();
+    let id = BackendId::new("b");
+    let registered = own.register(&s, &id).expect("a connected socket");
+    assert_eq!(own.origin(local), Some(id.clone()));
+    // The same peer as a dual-stack listener reports it.
+    let std::net::IpAddr::V4(v4) = local.ip() else {
+        unreachable!("bound to 127.0.0.1")
+    };
+    let mapped = SocketAddr::new(v4.to_ipv6_mapped().into(), local.port());
+    assert_eq!(own.origin(mapped), Some(id));
+    // Another address of this host is not one of them.
+    assert_eq!(own.origin(l.local_addr().unwrap()), None);
+    drop(registered);
+    assert_eq!(own.origin(local), None);
+}
+
+#[tokio::test]
+async fn a_client_that_is_the_edge_itself_is_reset_and_its_backend_ejected() {
+    // The table's only backend is the edge's own listener (a loop the
+    // reload-time check was not asked about here).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge = listener.local_addr().unwrap();
+    let router = router(vec![row("self", "eu", edge)]);
+    let mut settings = options();
+    settings.proxy_protocol_from.clear();
+    let p = proxy(Arc::clone(&router), TcpDialer, Relay);
+    p.options.store(Arc::new(settings));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(Arc::clone(&p).serve(listener, AppId::default_app(), shutdown));
+
+    let mut client = TcpStream::connect(edge).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut got))
+        .await
+        .expect("the looped connection never ended");
+    // Aborted, as the loop was: never a clean end.
+    assert!(ended.is_err(), "ended cleanly after {got:?}");
+    assert_eq!(p.conns.count(ConnResult::Loop), 1);
+    let snapshot = router.table().snapshot();
+    let health = snapshot.backend("self").unwrap().load.health();
+    assert_eq!(health.ejections(), 1);
+    assert!(!health.is_admitted());
+
+    // The next client finds no backend instead of looping again.
+    let mut client = TcpStream::connect(edge).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut got))
+        .await
+        .expect("the refused connection never ended");
+    assert_eq!(p.conns.count(ConnResult::NoBackend), 1);
+    assert_eq!(p.conns.count(ConnResult::Loop), 1);
+    let _ = stop.send(true);
 }

@@ -291,3 +291,32 @@ fn the_word_sits_beside_the_connection_count() {
     let word = &l.health().word as *const _ as usize;
     assert!(word - base < 64, "{}", word - base);
 }
+
+#[test]
+fn a_loop_ejects_at_once_for_the_longest_backoff() {
+    let c = cfg();
+    let t0 = Instant::now();
+    let h = BackendHealth::default();
+    assert!(h.admits(t0));
+    assert_eq!(
+        h.on_loop(t0, &c),
+        HealthChange::Ejected {
+            backoff: c.backoff_max,
+            trial_failed: false
+        }
+    );
+    assert_eq!(h.ejections(), 1);
+    // Not a moment before the longest backoff has passed.
+    assert!(!h.admits(t0 + c.backoff_max - secs(0.001)));
+    assert!(h.admits(t0 + c.backoff_max));
+    // A trial that connects re-admits it, as after any ejection.
+    assert!(h.claim_trial(t0 + c.backoff_max));
+    assert_eq!(
+        h.on_connect(true, t0 + c.backoff_max, &c),
+        Some(HealthChange::Readmitted)
+    );
+    assert!(h.is_admitted());
+    // A loop while ejected pushes the trial out again.
+    h.on_loop(t0 + secs(20.0), &c);
+    assert_eq!(h.passive().open_at(), Some(t0 + secs(20.0) + c.backoff_max));
+}
