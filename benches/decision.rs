@@ -32,12 +32,9 @@ use geoedge_geoip::{GeoDb, GeoIp};
 use geoedge_routing::{AppId, BindingConfig, RegionId, Request, Router, RoutingTable};
 
 mod common;
-// The proxy's connection counters, exactly as the proxy has them.
-#[allow(dead_code)]
-#[path = "../src/metrics/conn_stats.rs"]
-mod conn_stats;
 
-use conn_stats::{ConnResult, ConnStats};
+// The proxy's connection counters, from the library as the proxy has them.
+use geoedge::data::conn_stats::{ConnResult, ConnStats};
 
 const WORKING_SET: usize = 1 << 16;
 

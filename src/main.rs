@@ -1,29 +1,8 @@
-//! The `geoedge` binary: command-line parsing and the glue between the
-//! routing core, GeoIP and (in later commands) the network.
+//! The `geoedge` binary: parses the command line and runs the command
+//! (the library, `src/lib.rs`, does the rest).
 
-mod admission;
-mod check_host;
-mod cli;
-mod config;
-mod db_cmd;
-mod demo;
-mod dialer;
-mod health;
-mod health_check;
-mod lifecycle;
-mod logging;
-mod metrics;
-mod proxy;
-mod proxy_protocol;
-mod relay;
-mod route_cmd;
-mod run_cmd;
-mod sd_notify;
-mod splice;
-mod throttle;
-mod wg;
-mod wg_key;
-mod workers;
+use geoedge::commands::cli;
+use geoedge::control::{config, logging};
 
 use std::process::ExitCode;
 

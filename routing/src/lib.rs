@@ -20,6 +20,7 @@ pub mod model;
 pub mod peers;
 pub mod raw;
 pub mod router;
+pub mod row_error;
 pub mod score;
 pub mod shard;
 pub mod snapshot;

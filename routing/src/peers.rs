@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use crate::model::RegionId;
 use crate::raw::{Value, WgPeerRow};
-use crate::snapshot::RowError;
+use crate::row_error::RowError;
 
 /// Where a peer is reached: an address, or a host name resolved when the
 /// peer is configured.

@@ -6,7 +6,6 @@
 //! replace a good table.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use crate::builtin;
 use crate::model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
 use crate::peers::WgPeer;
 use crate::raw::{RawTable, Value};
+pub use crate::row_error::RowError;
 
 mod cells;
 use cells::{row_label, Cells};
@@ -27,29 +27,6 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const MAX_LIMIT: i64 = 1 << 24;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// One problem with one row (or with the table as a whole).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowError {
-    /// Table the row is in (`backends`, `regions`, `country_regions`), or `routing.db`.
-    pub table: &'static str,
-    /// The row's id (or rowid when the id itself is unusable).
-    pub row: String,
-    /// The offending column, when one is to blame.
-    pub column: Option<&'static str>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for RowError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.table, self.row)?;
-        if let Some(c) = self.column {
-            write!(f, " column {c}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
 
 /// A table that cannot be used: every row-level error found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

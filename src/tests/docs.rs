@@ -40,6 +40,8 @@
 //! not), and every flag written alone in backticks, must be one that
 //! `geoedge … --help` lists.
 
+#[path = "docs/imports.rs"]
+mod imports;
 #[path = "docs/markdown.rs"]
 mod markdown;
 mod support;

@@ -46,7 +46,9 @@ use crate::gro::Coalescer;
 use crate::peer::{InterfaceConfig, PeerConfig};
 use crate::peers::{ConfigError, Peers, Reconciled};
 use crate::uapi;
-use crate::uapi_socket::UapiSocket;
+use uapi_socket::UapiSocket;
+
+mod uapi_socket;
 use crate::udp::{self, Cursor, RecvBatch, SendBatch, Udp};
 
 pub use crate::udp::SOCKET_BUFFER;

@@ -30,8 +30,6 @@ pub mod peers;
 pub mod ratelimit;
 pub mod uapi;
 #[cfg(feature = "io")]
-mod uapi_socket;
-#[cfg(feature = "io")]
 mod udp;
 
 pub use allowed_ips::AllowedIps;

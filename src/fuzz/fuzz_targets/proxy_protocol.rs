@@ -17,10 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../proxy_protocol.rs"]
-mod proxy_protocol;
-
+use geoedge_proxy_protocol as proxy_protocol;
 use proxy_protocol::{parse, Header, Parse, Version, MAX_HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {

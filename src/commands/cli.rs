@@ -1,0 +1,164 @@
+//! The command line: subcommands and their arguments (clap), dispatched to
+//! the command modules.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use geoedge_wireguard::PrivateKey;
+
+use crate::control::config::{Layer, Settings};
+
+/// geoedge: a geo-aware TCP edge proxy.
+#[derive(Debug, Parser)]
+#[command(name = "geoedge", version, about)]
+pub struct Cli {
+    /// TOML settings file; every key is also a flag and a GEOEDGE_* variable.
+    #[arg(long, env = "GEOEDGE_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Settings shared by the commands.
+    #[command(flatten)]
+    pub settings: Layer,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print, as JSON, the decision a fresh client from IP would get, with every candidate scored.
+    Route {
+        /// The client address.
+        ip: IpAddr,
+    },
+    /// Create and check routing.db files.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Run the edge proxy.
+    Run,
+    /// WireGuard keys.
+    #[command(subcommand)]
+    Wg(WgCommand),
+    /// Run the whole edge offline on an embedded default: three in-process backends, a generated routing.db, the sample mmdb.
+    Demo,
+    /// Connect to ADDR claiming client address IP in a PROXY v1 header, and print the backend's first line.
+    Probe {
+        /// The edge's address.
+        addr: SocketAddr,
+        /// The client address to claim.
+        #[arg(long = "as", value_name = "IP")]
+        claim: IpAddr,
+        /// Text to send after the header.
+        #[arg(long)]
+        send: Option<String>,
+    },
+    /// List the kernel settings and open-file limit below geoedge's recommendation (sysctl/90-geoedge.conf).
+    CheckHost {
+        /// Exit 1 when any value falls short.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+/// `geoedge db …`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create a routing.db with the schema and a sample region and country map and backends.
+    Init {
+        /// The file to create (must not exist).
+        path: PathBuf,
+        /// Create only the schema, with no sample rows.
+        #[arg(long)]
+        empty: bool,
+    },
+    /// Validate a routing.db; exit non-zero and list every row-level error when invalid.
+    Check {
+        /// The file to check.
+        path: PathBuf,
+    },
+}
+
+impl Cli {
+    /// The log level when `RUST_LOG` is unset: `info` for the long-running
+    /// commands, `warn` for one-shot ones.
+    pub fn default_log_level(&self) -> &'static str {
+        if self.long_running() {
+            "info"
+        } else {
+            "warn"
+        }
+    }
+
+    /// Whether the command serves until stopped (rather than printing an
+    /// answer and exiting).
+    pub fn long_running(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Run | Command::Demo | Command::Wg(WgCommand::Up)
+        )
+    }
+}
+
+/// `geoedge wg …`
+#[derive(Debug, Subcommand)]
+pub enum WgCommand {
+    /// Print a new private key (base64, as `wg genkey` does).
+    Genkey,
+    /// Read a private key on standard input and print its public key (as `wg pubkey` does).
+    Pubkey,
+    /// Run only the WireGuard endpoint (a backend POP host): the wg_* settings, peers from routing.db if given.
+    Up,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = || Settings::resolve(cli.settings.clone(), cli.config.as_deref());
+    match &cli.command {
+        Command::Route { ip } => crate::commands::route::run(&settings()?, *ip),
+        Command::Db(DbCommand::Init { path, empty }) => crate::commands::db::init(path, !*empty),
+        Command::Db(DbCommand::Check { path }) => crate::commands::db::check(path),
+        Command::Run => {
+            let (layer, config) = (cli.settings.clone(), cli.config.clone());
+            let resolve: crate::control::lifecycle::Resolve =
+                std::sync::Arc::new(move || Settings::resolve(layer.clone(), config.as_deref()));
+            crate::commands::run::run(&resolve()?, resolve)
+        }
+        Command::Wg(WgCommand::Up) => crate::commands::wg::up(&settings()?),
+        Command::Wg(WgCommand::Genkey) => {
+            println!("{}", PrivateKey::generate()?.to_base64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wg(WgCommand::Pubkey) => {
+            let mut text = String::new();
+            std::io::stdin().read_line(&mut text)?;
+            let key: PrivateKey = text
+                .trim()
+                .parse()
+                .context("reading a private key on standard input")?;
+            println!("{}", key.public_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            // The demo listens on loopback, trusts PROXY headers from it, and
+            // tells its backends who the client is.
+            let mut layer = cli.settings.clone();
+            layer
+                .listen
+                .get_or_insert_with(|| vec!["127.0.0.1:8080".into()]);
+            layer
+                .proxy_protocol_from
+                .get_or_insert_with(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
+            layer.send_proxy_protocol.get_or_insert_with(|| "v1".into());
+            crate::commands::demo::run(&Settings::resolve(layer, cli.config.as_deref())?)
+        }
+        Command::Probe { addr, claim, send } => {
+            crate::commands::demo::probe(*addr, *claim, send.as_deref())
+        }
+        Command::CheckHost { strict } => crate::commands::check_host::run(*strict),
+    }
+}

@@ -1,0 +1,14 @@
+//! The control plane: settings (flags, environment, file) and their live
+//! half, the process's life (signals, reloads, draining stop), the worker
+//! threads that run the data plane, readiness, active health checks,
+//! sd_notify, logging and the Prometheus exporter. Uses [`crate::data`];
+//! never [`crate::commands`].
+
+pub mod active_checks;
+pub mod config;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod readiness;
+pub mod sd_notify;
+pub mod workers;

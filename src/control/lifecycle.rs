@@ -1,0 +1,317 @@
+//! The signals `geoedge run` answers and the config reload: SIGTERM and
+//! SIGINT stop it (see `run_cmd::serve`), SIGHUP re-reads the `--config`
+//! file with the flags and environment layered over it as at start.
+//!
+//! A reload applies what can change while running, for new connections:
+//! the connect timeout and attempts, the idle and PROXY header timeouts,
+//! the PROXY protocol settings, the connection limit and the drain
+//! timeout; [`ProxyOptions`] are swapped whole (one atomic store), so a
+//! connection sees either the old or the new ones. Settings that need a
+//! restart (listeners, workers, WireGuard, the metrics listener, the
+//! tables, region, app, bindings and backend health) are logged as such and keep their
+//! started values. An invalid file is logged once per SIGHUP and counted,
+//! and the settings in force stay. A reload that changed nothing is logged
+//! at debug only (a SIGHUP storm does not flood the log).
+//!
+//! The file is read on a thread of its own ([`read_in_background`]) and the
+//! result sent back, so the task that waits for SIGTERM never waits on a
+//! file: a stop is handled while a read is still pending (and the read is
+//! abandoned). The read itself refuses anything but a regular file (a FIFO
+//! would block it until someone writes to it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::control::config::Settings;
+use crate::data::admission::ConnLimit;
+use crate::data::proxy::ProxyOptions;
+
+/// Re-resolves the settings as at start (flags and environment over the
+/// config file over the defaults).
+pub type Resolve = Arc<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
+
+/// A config read under way on its own thread.
+pub type PendingRead = tokio::sync::oneshot::Receiver<anyhow::Result<Settings>>;
+
+/// Starts re-reading the settings with `resolve` on a thread of its own;
+/// the result comes back on the returned channel. The thread is never
+/// joined: a read that hangs holds only that thread, and the process exits
+/// without waiting for it.
+pub fn read_in_background(resolve: &Resolve) -> PendingRead {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let resolve = Arc::clone(resolve);
+    let spawned = std::thread::Builder::new()
+        .name("config-read".into())
+        .spawn(move || {
+            let _ = tx.send(resolve());
+        });
+    if let Err(e) = spawned {
+        // The sender went with the closure: the read ends at once, failed.
+        tracing::error!("cannot start a thread to read the config: {e}");
+    }
+    rx
+}
+
+/// The result of a pending read, once it ends.
+pub fn read_result(
+    received: Result<anyhow::Result<Settings>, tokio::sync::oneshot::error::RecvError>,
+) -> anyhow::Result<Settings> {
+    received.unwrap_or_else(|_| Err(anyhow::anyhow!("the config read ended without a result")))
+}
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// SIGTERM or SIGINT: stop accepting and drain.
+    Stop,
+    /// SIGHUP: re-read the config.
+    Reload,
+}
+
+/// The signal handlers, installed once (from then on SIGHUP no longer
+/// terminates the process).
+pub struct Signals {
+    /// SIGTERM.
+    term: Signal,
+    /// SIGINT.
+    int: Signal,
+    /// SIGHUP.
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; call inside a tokio runtime.
+    pub fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Asked {
+        tokio::select! {
+            _ = self.term.recv() => Asked::Stop,
+            _ = self.int.recv() => Asked::Stop,
+            _ = self.hup.recv() => Asked::Reload,
+        }
+    }
+}
+
+/// Config reloads by result, for `edge_config_reloads_total`.
+#[derive(Debug, Default)]
+pub struct ConfigReloads {
+    /// Reloads that applied (including those that changed nothing).
+    pub applied: AtomicU64,
+    /// Reloads refused: the file or a value in it is invalid.
+    pub failed: AtomicU64,
+}
+
+/// The proxy's options from the settings.
+pub fn proxy_options(s: &Settings) -> ProxyOptions {
+    ProxyOptions {
+        proxy_protocol_from: s.proxy_protocol_from.clone(),
+        send_proxy_protocol: s.send_proxy_protocol,
+        connect_timeout: s.connect_timeout,
+        connect_attempts: s.connect_attempts,
+        idle_timeout: s.idle_timeout,
+        half_close: s.half_close,
+        splice: s.splice,
+        proxy_header_timeout: s.proxy_header_timeout,
+    }
+}
+
+/// What differs between the settings in force and newly read ones.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Settings applied at once (to new connections).
+    pub live: Vec<&'static str>,
+    /// Settings that only a restart applies.
+    pub restart: Vec<&'static str>,
+}
+
+/// Compares settings key by key (the names are the TOML keys).
+pub fn diff(old: &Settings, new: &Settings) -> Changes {
+    let mut c = Changes::default();
+    macro_rules! check {
+        ($list:ident: $($field:ident),* $(,)?) => {
+            $(if old.$field != new.$field { c.$list.push(stringify!($field)); })*
+        };
+    }
+    check!(live: proxy_protocol_from, send_proxy_protocol, connect_timeout, connect_attempts,
+        idle_timeout, half_close, splice, proxy_header_timeout, drain_timeout, max_connections);
+    check!(restart: routing_db, geoip, region, app, bindings, listen, workers, wireguard,
+        metrics_listen, metrics_backend_series, health, health_checks);
+    c
+}
+
+/// Takes the live settings of `new` into `current` (the others keep their
+/// started values).
+fn take_live(current: &mut Settings, new: Settings) {
+    current.proxy_protocol_from = new.proxy_protocol_from;
+    current.send_proxy_protocol = new.send_proxy_protocol;
+    current.connect_timeout = new.connect_timeout;
+    current.connect_attempts = new.connect_attempts;
+    current.idle_timeout = new.idle_timeout;
+    current.half_close = new.half_close;
+    current.splice = new.splice;
+    current.proxy_header_timeout = new.proxy_header_timeout;
+    current.drain_timeout = new.drain_timeout;
+    current.max_connections = new.max_connections;
+}
+
+/// The connection limit `settings` ask for, lowered (with a warning) to
+/// `allowed`, what the descriptor limit holds.
+pub fn max_connections(settings: &Settings, allowed: usize) -> usize {
+    let (limit, lowered) =
+        crate::data::admission::effective_max_connections(settings.max_connections, allowed);
+    if lowered {
+        tracing::warn!(
+            asked = settings.max_connections,
+            descriptors_allow = allowed,
+            "--max-connections is above what the descriptor limit holds (two descriptors a client, after the reserve): using {allowed}; raise the descriptor limit (LimitNOFILE=) to allow more"
+        );
+    }
+    limit
+}
+
+/// What a reload works on.
+pub struct Live<'a> {
+    /// The proxy's options, swapped whole.
+    pub options: &'a arc_swap::ArcSwap<ProxyOptions>,
+    /// The global connection limit.
+    pub limit: &'a ConnLimit,
+    /// The limit when the settings name none.
+    pub default_max: usize,
+    /// Reloads by result.
+    pub stats: &'a ConfigReloads,
+}
+
+/// Applies the result of a config read (on SIGHUP) to `live`, updating
+/// `current`. Returns a status line for the service manager.
+pub fn reload(live: &Live<'_>, current: &mut Settings, read: anyhow::Result<Settings>) -> String {
+    let new = match read {
+        Ok(new) => new,
+        Err(e) => {
+            live.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("config reload refused, the settings in force stay: {e:#}");
+            return "serving; the last config reload was refused".into();
+        }
+    };
+    let changes = diff(current, &new);
+    live.options.store(Arc::new(proxy_options(&new)));
+    live.limit.set_max(max_connections(&new, live.default_max));
+    take_live(current, new);
+    live.stats.applied.fetch_add(1, Ordering::Relaxed);
+    if changes == Changes::default() {
+        tracing::debug!("config reloaded: nothing changed");
+    } else if changes.live.is_empty() {
+        tracing::info!("config reloaded: nothing that applies live changed");
+    } else {
+        tracing::info!(
+            changed = %changes.live.join(","),
+            max_connections = live.limit.max(),
+            "config reloaded"
+        );
+    }
+    if !changes.restart.is_empty() {
+        tracing::warn!(
+            changed = %changes.restart.join(","),
+            "config changes that apply only at a restart (kept as started): {}",
+            changes.restart.join(", ")
+        );
+    }
+    "serving".into()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::config::Layer;
+
+    fn settings(toml: &str) -> Settings {
+        let l: Layer = toml::from_str(toml).unwrap();
+        Settings::resolve(l, None).unwrap()
+    }
+
+    #[test]
+    fn live_and_restart_settings_are_told_apart() {
+        let old = settings("listen = ['127.0.0.1:1']\nworkers = 2");
+        let new = settings(
+            "listen = ['127.0.0.1:2']\nworkers = 2\nconnect_timeout = '1s'\nmax_connections = 9",
+        );
+        assert_eq!(
+            diff(&old, &new),
+            Changes {
+                live: vec!["connect_timeout", "max_connections"],
+                restart: vec!["listen"],
+            }
+        );
+        assert_eq!(diff(&old, &old), Changes::default());
+    }
+
+    #[test]
+    fn a_reload_swaps_the_live_settings_and_keeps_the_rest() {
+        let mut current = settings("listen = ['127.0.0.1:1']\nworkers = 2");
+        let options = arc_swap::ArcSwap::from_pointee(proxy_options(&current));
+        let limit = ConnLimit::new(100);
+        let stats = ConfigReloads::default();
+        let live = Live {
+            options: &options,
+            limit: &limit,
+            default_max: 100,
+            stats: &stats,
+        };
+        let next = || -> anyhow::Result<Settings> {
+            Ok(settings(
+                "listen = ['127.0.0.1:2']\nworkers = 3\nidle_timeout = '5s'\nhalf_close = false\nsplice = false\nmax_connections = 7\ndrain_timeout = '2s'",
+            ))
+        };
+        assert!(options.load().half_close, "on by default");
+        assert!(options.load().splice, "on by default");
+        reload(&live, &mut current, next());
+        assert_eq!(options.load().idle_timeout, Duration::from_secs(5));
+        assert!(!options.load().half_close);
+        assert!(!options.load().splice);
+        assert_eq!(limit.max(), 7);
+        assert_eq!(current.drain_timeout, Duration::from_secs(2));
+        assert_eq!(current.workers, 2, "needs a restart");
+        assert_eq!(current.listen[0].addr.port(), 1, "needs a restart");
+
+        // An invalid config keeps everything.
+        let bad = || -> anyhow::Result<Settings> { anyhow::bail!("config file x: unknown field") };
+        reload(&live, &mut current, bad());
+        assert_eq!(limit.max(), 7);
+        assert_eq!(options.load().idle_timeout, Duration::from_secs(5));
+        assert_eq!(stats.applied.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+
+        // Without a limit in the file, the default comes back.
+        let plain = settings("listen = ['127.0.0.1:1']\nworkers = 2");
+        reload(&live, &mut current, Ok(plain));
+        assert_eq!(limit.max(), 100);
+    }
+}

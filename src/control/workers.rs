@@ -1,0 +1,233 @@
+//! Worker threads for client connections: each runs a single-threaded
+//! tokio runtime with its own `SO_REUSEPORT` listener for every client
+//! address, so the kernel spreads new connections over the workers and a
+//! connection stays on the thread that accepted it (no work stealing, no
+//! cross-thread wake-ups on the relay path). Control work (reloads,
+//! metrics, signals, the WireGuard device) stays on the main runtime.
+//!
+//! The listeners are bound before the workers start: the first for each
+//! address as asked (port 0 picks a port), the others on the address the
+//! first got. `SO_REUSEPORT` also lets a new geoedge process bind the same
+//! addresses while an old one drains.
+//!
+//! Each worker also ticks its entry of the [`Heartbeats`] from a task on
+//! its own runtime, so a worker whose thread is stuck stops feeding the
+//! systemd watchdog.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use geoedge_routing::AppId;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{mpsc, watch};
+
+use crate::control::config::Settings;
+use crate::control::sd_notify::Heartbeats;
+use crate::data::dialer::TcpDialer;
+use crate::data::proxy::Proxy;
+
+pub use crate::data::admission::BACKLOG;
+
+/// Every worker's listeners, bound and listening.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `per_worker[i]`: worker `i`'s listener for each client address.
+    per_worker: Vec<Vec<(AppId, std::net::TcpListener)>>,
+}
+
+impl Listeners {
+    /// The number of workers (one listener set each).
+    pub fn workers(&self) -> usize {
+        self.per_worker.len()
+    }
+
+    /// The address each client listener got, in the order of the settings.
+    pub fn addrs(&self) -> Vec<(AppId, SocketAddr)> {
+        self.per_worker
+            .first()
+            .map(|ls| {
+                ls.iter()
+                    .filter_map(|(app, l)| Some((app.clone(), l.local_addr().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A listening socket with `SO_REUSEPORT`, non-blocking.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY and keepalive from here.
+    crate::data::dialer::tune(socket2::SockRef::from(&socket))?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Binds every client listener once per worker. Prints `listening APP ADDR`
+/// on stdout for each address.
+pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+    let workers = settings.workers.max(1);
+    let mut per_worker: Vec<Vec<(AppId, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for spec in &settings.listen {
+        let first =
+            reuseport_listener(spec.addr).with_context(|| format!("binding {}", spec.addr))?;
+        let addr = first.local_addr()?;
+        println!("listening {} {addr}", spec.app);
+        tracing::info!(app = %spec.app, %addr, workers, "listening");
+        per_worker[0].push((spec.app.clone(), first));
+        for listeners in per_worker.iter_mut().skip(1) {
+            let more = reuseport_listener(addr)
+                .with_context(|| format!("binding {addr} again for another worker"))?;
+            listeners.push((spec.app.clone(), more));
+        }
+    }
+    Ok(Listeners { per_worker })
+}
+
+/// How far ahead a worker's timer driver always has a deadline: the
+/// worker's heartbeat ticks at least this often. Arming a timer earlier
+/// than every deadline the driver knows of makes tokio wake the driver
+/// through its eventfd (a `write` system call, then an extra `epoll_wait`),
+/// and each connection arms one: its connect timeout. With the tick in the
+/// wheel, no connect or PROXY header timeout (never under a second in
+/// practice) is the earliest, so arming them costs no system call; the
+/// tick costs four wake-ups a second.
+const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The running workers.
+pub struct Workers {
+    /// The worker threads.
+    threads: Vec<JoinHandle<()>>,
+    /// One message per worker once it has stopped accepting.
+    stopped: mpsc::Receiver<()>,
+    /// Set when the workers may drop their runtimes (after the drain).
+    done: watch::Sender<bool>,
+}
+
+/// Starts one worker thread per listener set, serving until `stop` is set.
+pub fn spawn(
+    proxy: &Arc<Proxy<TcpDialer>>,
+    listeners: Listeners,
+    stop: &watch::Receiver<bool>,
+    beats: &Arc<Heartbeats>,
+) -> anyhow::Result<Workers> {
+    let count = listeners.per_worker.len();
+    let (stopped_tx, stopped) = mpsc::channel(count.max(1));
+    let (done, done_rx) = watch::channel(false);
+    let mut threads = Vec::with_capacity(count);
+    for (i, set) in listeners.per_worker.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a worker's runtime")?;
+        let (proxy, stop, stopped_tx, mut done_rx, beats) = (
+            Arc::clone(proxy),
+            stop.clone(),
+            stopped_tx.clone(),
+            done_rx.clone(),
+            Arc::clone(beats),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("geoedge-worker-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Ends with the runtime, after the drain. The same
+                    // tick keeps the timer driver's horizon close (see
+                    // [`TIMER_HORIZON`]).
+                    tokio::spawn(async move {
+                        let period = beats.tick().min(TIMER_HORIZON);
+                        let mut every = tokio::time::interval(period);
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            every.tick().await;
+                            beats.beat(i, std::time::Instant::now());
+                        }
+                    });
+                    let mut serving = Vec::with_capacity(set.len());
+                    for (app, listener) in set {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => serving.push(tokio::spawn(Arc::clone(&proxy).serve(
+                                l,
+                                app,
+                                stop.clone(),
+                            ))),
+                            Err(e) => tracing::error!("worker {i}: listener: {e}"),
+                        }
+                    }
+                    for s in serving {
+                        let _ = s.await;
+                    }
+                    let _ = stopped_tx.send(()).await;
+                    // Connections keep running here while the edge drains.
+                    let _ = done_rx.wait_for(|d| *d).await;
+                });
+            })
+            .context("starting a worker thread")?;
+        threads.push(thread);
+    }
+    Ok(Workers {
+        threads,
+        stopped,
+        done,
+    })
+}
+
+impl Workers {
+    /// Resolves once every worker has stopped accepting.
+    pub async fn stopped(&mut self) {
+        for _ in 0..self.threads.len() {
+            if self.stopped.recv().await.is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Lets the workers drop their runtimes (closing whatever connections
+    /// are still open) and waits for the threads to end.
+    pub async fn finish(self) {
+        let _ = self.done.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux hands the listener's TCP_NODELAY and keepalive settings down
+    /// to accepted sockets, which is why accepting sets none.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let s = socket2::SockRef::from(&accepted);
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(
+            s.tcp_keepalive_time().unwrap(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().unwrap(),
+            std::time::Duration::from_secs(10)
+        );
+        // And a second listener can share the address.
+        let again = reuseport_listener(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(again.local_addr().unwrap(), listener.local_addr().unwrap());
+    }
+}

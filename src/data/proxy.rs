@@ -1,0 +1,271 @@
+//! The edge: accepting clients, taking each one's decision from the routing
+//! core, dialing with failover, and relaying.
+//!
+//! The listener and the shutdown signal are passed in ([`Proxy::serve`]), so
+//! tests bind `127.0.0.1:0`. Accept errors never end the loop: running out
+//! of descriptors pauses it (100 ms), an aborted connection is
+//! skipped. Each connection takes a slot of the global limit
+//! ([`ConnLimit`]) from accept to close; past it the socket is closed at
+//! once and counted `over_limit`. On shutdown the loop takes what the
+//! kernel has already queued, then closes the listener.
+//!
+//! [`ProxyOptions`] are swapped whole on a config reload; a connection
+//! takes one snapshot of them when it is accepted, and every stage of its
+//! pipeline ([`stages`]) reads that one.
+//!
+//! Each connection runs in a `conn` span (`client`, `country`, `backend`)
+//! with its events at debug; failures that repeat are logged at warn once
+//! per [`FAILURE_LOG_INTERVAL`]. The outcome of every connection and every
+//! connect attempt is counted for the metrics: [`ConnStats`] here, connect
+//! durations and failures on the backend's own counters (through the route
+//! already held: no lookup, no lock).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use geoedge_geoip::GeoIp;
+use geoedge_routing::{AppId, ConnectFailure, Router};
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::data::admission::{AcceptError, ConnLimit, Slot};
+use crate::data::conn_stats::{ConnResult, ConnStats};
+use crate::data::dialer::Dialer;
+use crate::data::proxy_protocol::Version;
+use crate::data::throttle::Throttle;
+
+pub mod data_path;
+pub mod loops;
+pub mod stages;
+
+pub use data_path::{DataPath, Relay};
+pub use loops::OwnConnections;
+pub use stages::Conn;
+
+/// A failure that keeps happening is logged at most once per this long.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The failures that can repeat once per connection, each logged at most
+/// once per [`FAILURE_LOG_INTERVAL`].
+#[derive(Debug)]
+pub struct FailureLog {
+    /// Accepting a client failed (out of descriptors and the like).
+    accept: Throttle,
+    /// Connecting to a backend failed.
+    connect: Throttle,
+    /// No backend could take a client.
+    no_backend: Throttle,
+    /// This host could not open a socket to a backend.
+    local: Throttle,
+    /// A connection came back to this edge from one of its own.
+    looped: Throttle,
+}
+
+impl Default for FailureLog {
+    fn default() -> Self {
+        Self {
+            accept: Throttle::new(FAILURE_LOG_INTERVAL),
+            connect: Throttle::new(FAILURE_LOG_INTERVAL),
+            no_backend: Throttle::new(FAILURE_LOG_INTERVAL),
+            local: Throttle::new(FAILURE_LOG_INTERVAL),
+            looped: Throttle::new(FAILURE_LOG_INTERVAL),
+        }
+    }
+}
+
+/// The metric label of a failed connect. Errors of this host come first:
+/// out of descriptors (`EMFILE`, `ENFILE`), of memory or buffers
+/// (`ENOMEM`, `ENOBUFS`) or of source ports (`EADDRNOTAVAIL`) say nothing
+/// about the backend, so they are [`ConnectFailure::Local`] and never count
+/// towards its health.
+pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
+    if let Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL) =
+        e.raw_os_error()
+    {
+        return ConnectFailure::Local;
+    }
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            ConnectFailure::Unreachable
+        }
+        _ => ConnectFailure::Other,
+    }
+}
+
+/// How the proxy treats connections.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Sources whose PROXY headers are believed.
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// Header sent to backends, if any.
+    pub send_proxy_protocol: Option<Version>,
+    /// Per-attempt connect timeout.
+    pub connect_timeout: Duration,
+    /// Backends tried per client.
+    pub connect_attempts: u32,
+    /// Idle timeout of a relayed connection.
+    pub idle_timeout: Duration,
+    /// Whether a backend's end-of-file half-closes the client connection
+    /// (true) or closes it (false) (see [`crate::data::relay::relay`]).
+    pub half_close: bool,
+    /// Whether bulk transfers are spliced (true) or copied (false) (see
+    /// [`crate::data::relay::Policy::splice`]).
+    pub splice: bool,
+    /// Deadline for a trusted source's PROXY header.
+    pub proxy_header_timeout: Duration,
+}
+
+/// The shared state of every connection.
+#[derive(Debug)]
+pub struct Proxy<D, P = Relay> {
+    /// Decisions.
+    pub router: Arc<Router>,
+    /// Client locations.
+    pub geoip: Arc<GeoIp>,
+    /// Connection handling options, swapped whole on a config reload.
+    pub options: ArcSwap<ProxyOptions>,
+    /// Opens backend connections.
+    pub dialer: D,
+    /// Moves the bytes of a connected pair.
+    pub data_path: P,
+    /// The edge's own backend connections, to recognise one coming back
+    /// (a connection loop).
+    pub own: Arc<OwnConnections>,
+    /// Every connection task, so shutdown can wait for them (and the
+    /// metrics count the open connections).
+    pub tasks: TaskTracker,
+    /// Connections by outcome, bytes relayed.
+    pub conns: Arc<ConnStats>,
+    /// Repeating failures, logged once per interval.
+    pub failures: FailureLog,
+    /// The global connection limit (shared by every worker) and the
+    /// accept error counts.
+    pub limit: Arc<ConnLimit>,
+}
+
+impl<D: Dialer, P: DataPath> Proxy<D, P> {
+    /// Accepts clients for `app` on `listener` until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        app: AppId,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let local = listener.local_addr().ok();
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    self.admit(stream, peer, local, &app);
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of
+                    // spinning; nothing here ends the loop.
+                    let kind = AcceptError::classify(&e);
+                    self.limit.count_accept_error(kind);
+                    let pause = kind.pause();
+                    if let Some(suppressed) = self.failures.accept.check(Instant::now()) {
+                        tracing::warn!(
+                            suppressed,
+                            reason = kind.as_str(),
+                            "accept failed: {e}; pausing {:?}",
+                            pause.unwrap_or_default()
+                        );
+                    }
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+        let taken = self.take_queued(listener, local, &app);
+        tracing::info!(listener = ?local, taken, "stopped accepting");
+    }
+
+    /// At shutdown: accepts what the kernel has already queued on
+    /// `listener` (connections whose handshake completed), then closes it.
+    /// A connection the kernel queues after the last accept is reset by
+    /// the close, unless `net.ipv4.tcp_migrate_req` hands it to another
+    /// listener of the same `SO_REUSEPORT` group (a new process's).
+    fn take_queued(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        local: Option<SocketAddr>,
+        app: &AppId,
+    ) -> usize {
+        let Ok(listener) = listener.into_std() else {
+            return 0;
+        };
+        let mut taken = 0;
+        // At most a full backlog: the loop ends even under a flood.
+        for _ in 0..crate::data::admission::BACKLOG {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let stream = stream
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpStream::from_std(stream));
+                    if let Ok(stream) = stream {
+                        self.admit(stream, peer, local, app);
+                        taken += 1;
+                    }
+                }
+                Err(e) if AcceptError::classify(&e) == AcceptError::Aborted => continue,
+                Err(_) => break,
+            }
+        }
+        taken
+    }
+
+    /// Starts serving an accepted client, or closes it at once (counted
+    /// `over_limit`) when the global connection limit is reached.
+    fn admit(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        app: &AppId,
+    ) {
+        let Some(slot) = self.limit.try_admit() else {
+            // A reset, not a FIN: the descriptor and the kernel's state for
+            // the connection go at once, none of it waits in TIME_WAIT.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            self.conns.record(ConnResult::OverLimit);
+            return;
+        };
+        // The settings snapshot of the connection, taken at accept: every
+        // stage reads this one, however long the connection lives.
+        let conn = Conn {
+            client: stream,
+            peer,
+            listener: local,
+            app: app.clone(),
+            options: self.options.load_full(),
+        };
+        let this = Arc::clone(self);
+        let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
+        self.tasks
+            .spawn(Self::admitted(this, slot, conn).instrument(span));
+    }
+
+    /// An admitted connection: its slot is held until it ends.
+    async fn admitted(self: Arc<Self>, slot: Slot, conn: Conn) {
+        self.handle(conn).await;
+        drop(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests;
