@@ -17,6 +17,7 @@ pub mod connect;
 pub mod diff;
 pub mod health;
 pub mod model;
+pub mod peer_key;
 pub mod peers;
 pub mod raw;
 pub mod router;
@@ -38,6 +39,7 @@ pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKET
 pub use diff::SnapshotDiff;
 pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+pub use peer_key::{PeerKey, PeerKeyError};
 pub use peers::{Endpoint, WgPeer};
 pub use raw::RawTable;
 pub use router::{
