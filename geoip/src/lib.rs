@@ -22,6 +22,7 @@
 //! default) adds the reader, the live holder and the reloader (maxminddb).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "mmdb")]
 pub mod db;

@@ -240,6 +240,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // reads the bytes a dropped key leaves behind
     fn a_dropped_private_key_leaves_zeros_behind() {
         let mut slot = std::mem::MaybeUninit::new(PRIV.parse::<PrivateKey>().unwrap());
         // SAFETY: `slot` holds a key, dropped once here and never used as a
