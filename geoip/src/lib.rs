@@ -14,29 +14,48 @@
 //! * [`sample`] describes the small committed sample database
 //!   ([`SAMPLE_MMDB`]); the `fixture-writer` feature adds the `fixture`
 //!   module, which builds such databases.
+//!
+//! Features: without any, the crate is only the geographic vocabulary
+//! ([`location`]) and the [`sample`] table, with no dependency beyond serde
+//! and thiserror; this is what the routing core's sans-IO build uses.
+//! `files` adds [`regular`] and [`watch`] (libc, notify); `mmdb` (the
+//! default) adds the reader, the live holder and the reloader (maxminddb).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
+#[cfg(feature = "mmdb")]
 pub mod db;
+#[cfg(feature = "mmdb")]
 pub mod error;
 #[cfg(feature = "fixture-writer")]
 pub mod fixture;
+#[cfg(feature = "mmdb")]
 pub mod live;
 pub mod location;
+#[cfg(feature = "mmdb")]
 mod record;
+#[cfg(feature = "files")]
 pub mod regular;
+#[cfg(feature = "mmdb")]
 pub mod reload;
 pub mod sample;
+#[cfg(feature = "files")]
 pub mod watch;
 
+#[cfg(feature = "mmdb")]
 pub use db::{is_private, DbInfo, GeoDb, Lookup};
+#[cfg(feature = "mmdb")]
 pub use error::GeoIpError;
+#[cfg(feature = "mmdb")]
 pub use live::{GeoIp, GeoStats, ReloadOutcome};
 pub use location::{
     CodeError, ContinentCode, CountryCode, GeoPoint, Location, SubdivisionCode, EARTH_RADIUS_KM,
 };
+#[cfg(feature = "mmdb")]
 pub use reload::{spawn_reloader, AttemptResult, ReloadAttempt, ReloadOptions, ReloaderHandle};
 pub use sample::{sample_address, FixtureEntry, SAMPLE_DATABASE_TYPE, SAMPLE_ENTRIES};
+#[cfg(feature = "files")]
 pub use watch::{FileIdentity, FileWatch, WatchError, WatchWaker};
 
 /// The committed sample database (`fixtures/geoedge-sample.mmdb`), built from

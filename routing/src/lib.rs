@@ -10,6 +10,14 @@
 //!
 //! The edge proxy calls [`Router::decide`] for every connection; the returned
 //! [`Reservation`] counts the connection against its backend until dropped.
+//!
+//! No unsafe code outside [`loader`], which installs a non-blocking `open`
+//! into SQLite's VFS through its C interface: `unsafe_code` is denied in
+//! every other module, and forbidden outright in a build without `sqlite`
+//! (the sans-IO core).
+
+#![cfg_attr(not(feature = "sqlite"), forbid(unsafe_code))]
+#![cfg_attr(feature = "sqlite", deny(unsafe_code))]
 
 pub mod bindings;
 pub mod builtin;
@@ -17,6 +25,7 @@ pub mod connect;
 pub mod diff;
 pub mod health;
 pub mod model;
+pub mod peer_key;
 pub mod peers;
 pub mod raw;
 pub mod router;
@@ -30,6 +39,7 @@ pub mod table;
 pub(crate) mod testutil;
 
 #[cfg(feature = "sqlite")]
+#[allow(unsafe_code)] // SQLite's VFS hook (see the module)
 pub mod loader;
 #[cfg(feature = "sqlite")]
 pub mod watcher;
@@ -39,6 +49,7 @@ pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKET
 pub use diff::SnapshotDiff;
 pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+pub use peer_key::{PeerKey, PeerKeyError};
 pub use peers::{Endpoint, WgPeer};
 pub use raw::RawTable;
 pub use router::{

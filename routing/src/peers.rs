@@ -5,10 +5,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use geoedge_wireguard::PublicKey;
 use ipnet::IpNet;
 
 use crate::model::RegionId;
+use crate::peer_key::PeerKey;
 use crate::raw::{Value, WgPeerRow};
 use crate::row_error::RowError;
 
@@ -56,7 +56,7 @@ impl Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WgPeer {
     /// The peer's public key.
-    pub public_key: PublicKey,
+    pub public_key: PeerKey,
     /// Where to send to it, if we initiate.
     pub endpoint: Option<Endpoint>,
     /// Overlay networks routed to it.
@@ -89,7 +89,7 @@ pub(crate) fn validate(
             })
         };
         let key = match &r.public_key {
-            Value::Text(k) => match k.parse::<PublicKey>() {
+            Value::Text(k) => match k.parse::<PeerKey>() {
                 Ok(k) => Some(k),
                 Err(e) => {
                     err("public_key", e.to_string());

@@ -103,7 +103,16 @@ impl Backhaul {
 /// retry at the next reload).
 async fn peer_configs(peers: &[WgPeer], own: &PublicKey) -> Vec<PeerConfig> {
     let mut out = Vec::with_capacity(peers.len());
-    for p in peers.iter().filter(|p| p.public_key != *own) {
+    for p in peers {
+        // routing.db's key has the WireGuard key's rules (32 bytes, not all
+        // zero), so the conversion does not fail.
+        let Ok(public_key) = PublicKey::try_from(p.public_key.to_bytes()) else {
+            tracing::warn!(peer = %p.public_key, "not a WireGuard public key; peer skipped");
+            continue;
+        };
+        if public_key == *own {
+            continue;
+        }
         let endpoint = match &p.endpoint {
             None => None,
             Some(Endpoint::Addr(a)) => Some(*a),
@@ -118,7 +127,7 @@ async fn peer_configs(peers: &[WgPeer], own: &PublicKey) -> Vec<PeerConfig> {
             }
         };
         out.push(PeerConfig {
-            public_key: p.public_key,
+            public_key,
             endpoint,
             allowed_ips: p.allowed_ips.clone(),
             persistent_keepalive: p.persistent_keepalive,
@@ -273,7 +282,7 @@ mod tests {
 
     fn row(key: PublicKey, endpoint: &str, allowed: &str) -> WgPeer {
         WgPeer {
-            public_key: key,
+            public_key: geoedge_routing::PeerKey::from_bytes(*key.as_bytes()).unwrap(),
             endpoint: Some(Endpoint::Addr(endpoint.parse().unwrap())),
             allowed_ips: vec![allowed.parse().unwrap()],
             persistent_keepalive: Some(25),
@@ -295,5 +304,28 @@ mod tests {
         let got: Vec<PublicKey> = peers.iter().map(|p| p.public_key).collect();
         assert_eq!(got, vec![keys[0], keys[2]]);
         assert_eq!(peers[1].endpoint, Some("192.0.2.3:51820".parse().unwrap()));
+    }
+
+    proptest::proptest! {
+        /// routing.db's key type (no cryptography) accepts exactly the keys
+        /// the WireGuard crate accepts, with the same bytes and messages.
+        #[test]
+        fn routing_and_wireguard_read_keys_alike(
+            s in "[A-Za-z0-9+/= ]{0,48}",
+            bytes in proptest::prelude::any::<[u8; 32]>(),
+        ) {
+            let encoded = geoedge_routing::PeerKey::from_bytes(bytes)
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+            for text in [s.as_str(), encoded.as_str(), zero] {
+                let ours = text.parse::<geoedge_routing::PeerKey>();
+                let theirs = text.parse::<PublicKey>();
+                proptest::prop_assert_eq!(
+                    ours.as_ref().map(|k| k.to_bytes()).map_err(ToString::to_string),
+                    theirs.as_ref().map(|k| *k.as_bytes()).map_err(ToString::to_string)
+                );
+            }
+        }
     }
 }

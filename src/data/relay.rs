@@ -32,8 +32,6 @@ use std::net::Shutdown;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
-
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -489,7 +487,7 @@ impl Direction {
         loop {
             if let Some(pipe) = self.pipe.as_mut().filter(|p| p.filled > 0) {
                 ready!(to.poll_write_ready(cx))?;
-                match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd())) {
+                match to.try_io(Interest::WRITABLE, || pipe.drain_to(to)) {
                     Ok(n) => {
                         self.moved += n as u64;
                         counted.add(n as u64);
@@ -520,7 +518,7 @@ impl Direction {
             let Some(pipe) = self.pipe.as_mut() else {
                 continue;
             };
-            match from.try_io(Interest::READABLE, || pipe.fill_from(from.as_raw_fd())) {
+            match from.try_io(Interest::READABLE, || pipe.fill_from(from)) {
                 Ok(0) => {
                     self.eof = true;
                     self.pipe = None;

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// What one splice moves at most (the pipe's default capacity: 16 pages).
 pub const PIPE_SIZE: usize = 64 * 1024;
@@ -63,17 +63,17 @@ impl Pipe {
 
     /// Moves up to [`PIPE_SIZE`] bytes from socket `from` into the pipe;
     /// `Ok(0)` at end-of-file.
-    pub fn fill_from(&mut self, from: RawFd) -> io::Result<usize> {
-        let w = self.fds.as_ref().map_or(-1, |(_, w)| w.as_raw_fd());
-        let n = splice(from, w, PIPE_SIZE - self.filled)?;
+    pub fn fill_from(&mut self, from: impl AsFd) -> io::Result<usize> {
+        let (_, w) = self.fds.as_ref().ok_or_else(closed)?;
+        let n = splice(from.as_fd(), w.as_fd(), PIPE_SIZE - self.filled)?;
         self.filled += n;
         Ok(n)
     }
 
     /// Moves what the pipe holds into socket `to`; returns how much went.
-    pub fn drain_to(&mut self, to: RawFd) -> io::Result<usize> {
-        let r = self.fds.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
-        let n = splice(r, to, self.filled)?;
+    pub fn drain_to(&mut self, to: impl AsFd) -> io::Result<usize> {
+        let (r, _) = self.fds.as_ref().ok_or_else(closed)?;
+        let n = splice(r.as_fd(), to.as_fd(), self.filled)?;
         self.filled -= n;
         Ok(n)
     }
@@ -99,23 +99,32 @@ impl Drop for Pipe {
 
 fn new_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 fills two descriptors into an array of two.
+    // SAFETY: pipe2 writes two descriptors into the array of two it is
+    // given and nothing else.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: both descriptors are fresh and owned by nothing else.
+    // SAFETY: pipe2 succeeded, so both descriptors are open, fresh and
+    // owned by nothing else; each gets exactly one owner here.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The error of a pipe whose descriptors are gone (only while it is dropped).
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
 /// One non-blocking splice of up to `len` bytes from `from` to `to`.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: splice on descriptors the caller keeps open for the call, no
-    // offsets (sockets and pipes).
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are borrowed, so they stay open (and are not
+    // reused for another file) for the whole call; no offsets are passed
+    // (null pointers: sockets and pipes have none), and the kernel writes
+    // to no memory of ours.
     let n = unsafe {
         libc::splice(
-            from,
+            from.as_raw_fd(),
             std::ptr::null_mut(),
-            to,
+            to.as_raw_fd(),
             std::ptr::null_mut(),
             len,
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
@@ -163,13 +172,13 @@ mod tests {
         let mut pipe = Pipe::take().unwrap();
         let mut moved = 0;
         while moved < data.len() {
-            match pipe.fill_from(b.as_raw_fd()) {
+            match pipe.fill_from(&b) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
                 Err(e) => panic!("{e}"),
             }
             while pipe.filled > 0 {
-                match pipe.drain_to(c.as_raw_fd()) {
+                match pipe.drain_to(&c) {
                     Ok(n) => moved += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
                     Err(e) => panic!("{e}"),
@@ -192,5 +201,21 @@ mod tests {
             POOL.with(|p| (p.borrow().spare.len(), p.borrow().open)),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn a_pipe_without_descriptors_refuses_instead_of_splicing() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut pipe = Pipe {
+            fds: None,
+            filled: 0,
+        };
+        let err = pipe.fill_from(&a).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        pipe.filled = 1;
+        let err = pipe.drain_to(&a).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(pipe.filled, 1);
     }
 }

@@ -48,6 +48,7 @@ use crate::peers::{ConfigError, Peers, Reconciled};
 use crate::uapi;
 use uapi_socket::UapiSocket;
 
+#[allow(unsafe_code)] // umask(2) around the socket's bind
 mod uapi_socket;
 use crate::udp::{self, Cursor, RecvBatch, SendBatch, Udp};
 

@@ -97,6 +97,16 @@ impl PublicKey {
     }
 }
 
+impl TryFrom<[u8; 32]> for PublicKey {
+    type Error = KeyError;
+    /// The key with these bytes (from a key already checked elsewhere, such
+    /// as routing.db's `geoedge_routing::PeerKey`); the all-zero key is
+    /// refused.
+    fn try_from(bytes: [u8; 32]) -> Result<Self, KeyError> {
+        to_key(&bytes).map(Self)
+    }
+}
+
 impl FromStr for PublicKey {
     type Err = KeyError;
     /// Parses the `wg` tool's base64 form.
@@ -224,9 +234,13 @@ mod tests {
             PublicKey::from_hex(&"00".repeat(32)),
             Err(KeyError::AllZero)
         );
+        assert_eq!(PublicKey::try_from([0u8; 32]), Err(KeyError::AllZero));
+        let k = PrivateKey::generate().unwrap().public_key();
+        assert_eq!(PublicKey::try_from(*k.as_bytes()), Ok(k));
     }
 
     #[test]
+    #[allow(unsafe_code)] // reads the bytes a dropped key leaves behind
     fn a_dropped_private_key_leaves_zeros_behind() {
         let mut slot = std::mem::MaybeUninit::new(PRIV.parse::<PrivateKey>().unwrap());
         // SAFETY: `slot` holds a key, dropped once here and never used as a

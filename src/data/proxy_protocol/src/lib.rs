@@ -26,6 +26,8 @@
 //! - **Encoding**: when the source and destination families differ, both
 //!   are sent as IPv6, the IPv4 one IPv4-mapped (`::ffff:a.b.c.d`).
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
