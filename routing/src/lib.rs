@@ -26,7 +26,7 @@ pub mod diff;
 pub mod health;
 pub mod model;
 pub mod peer_key;
-pub mod peers;
+pub mod wg_peers;
 pub mod raw;
 pub mod router;
 pub mod row_error;
@@ -50,7 +50,7 @@ pub use diff::SnapshotDiff;
 pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
 pub use peer_key::{PeerKey, PeerKeyError};
-pub use peers::{Endpoint, WgPeer};
+pub use wg_peers::{Endpoint, WgPeer};
 pub use raw::RawTable;
 pub use router::{
     Candidate, DecisionKind, DecisionStats, Explanation, NoRoute, Request, Route, Router,

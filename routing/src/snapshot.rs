@@ -13,7 +13,7 @@ use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint};
 
 use crate::builtin;
 use crate::model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
-use crate::peers::WgPeer;
+use crate::wg_peers::WgPeer;
 use crate::raw::{RawTable, Value};
 pub use crate::row_error::RowError;
 
@@ -508,7 +508,7 @@ pub fn build(
     }
 
     let wg_peers =
-        crate::peers::validate(&raw.wg_peers, |r| region_index.contains_key(r), &mut errors);
+        crate::wg_peers::validate(&raw.wg_peers, |r| region_index.contains_key(r), &mut errors);
 
     if !errors.is_empty() {
         return Err(InvalidTable { errors });
