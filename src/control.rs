@@ -11,4 +11,5 @@ pub mod logging;
 pub mod metrics;
 pub mod readiness;
 pub mod sd_notify;
+pub mod table_events;
 pub mod workers;

@@ -26,7 +26,6 @@ pub mod diff;
 pub mod health;
 pub mod model;
 pub mod peer_key;
-pub mod wg_peers;
 pub mod raw;
 pub mod router;
 pub mod row_error;
@@ -34,6 +33,7 @@ pub mod score;
 pub mod shard;
 pub mod snapshot;
 pub mod table;
+pub mod wg_peers;
 
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -50,7 +50,6 @@ pub use diff::SnapshotDiff;
 pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
 pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
 pub use peer_key::{PeerKey, PeerKeyError};
-pub use wg_peers::{Endpoint, WgPeer};
 pub use raw::RawTable;
 pub use router::{
     Candidate, DecisionKind, DecisionStats, Explanation, NoRoute, Request, Route, Router,
@@ -58,3 +57,4 @@ pub use router::{
 pub use score::{Placement, Tier, WhyNot};
 pub use snapshot::{InvalidTable, RowError, Snapshot};
 pub use table::{Applied, RejectReason, Rejected, ReloadStats, Reservation, RoutingTable};
+pub use wg_peers::{Endpoint, WgPeer};

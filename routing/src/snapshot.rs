@@ -13,9 +13,9 @@ use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint};
 
 use crate::builtin;
 use crate::model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
-use crate::wg_peers::WgPeer;
 use crate::raw::{RawTable, Value};
 pub use crate::row_error::RowError;
+use crate::wg_peers::WgPeer;
 
 mod cells;
 use cells::{row_label, Cells};

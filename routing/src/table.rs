@@ -184,7 +184,25 @@ pub struct RoutingTable {
     /// Says whether a backend address is one of this edge's own listeners
     /// (see [`RoutingTable::refuse_backends_at`]).
     own_listener: ArcSwapOption<OwnListener>,
+    /// Told of every applied change, in order (see
+    /// [`RoutingTable::subscribe`]).
+    subscribers: Subscribers,
 }
+
+/// The subscribers of a table.
+#[derive(Default)]
+struct Subscribers(Mutex<Vec<Subscriber>>);
+
+impl std::fmt::Debug for Subscribers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Subscribers({})", self.0.lock().len())
+    }
+}
+
+/// A subscriber to a table's changes: called with each change applied,
+/// under the reload lock (so in order); it says whether it wants the next
+/// ones. It must not block: hand the change to a channel and return.
+pub type Subscriber = Box<dyn Fn(&Applied) -> bool + Send + Sync>;
 
 /// A predicate that says whether an address reaches one of this edge's own
 /// listeners; the adapter that knows the listeners (and which addresses
@@ -222,6 +240,24 @@ impl RoutingTable {
             reload: Mutex::new(()),
             stats: ReloadStats::default(),
             own_listener: ArcSwapOption::empty(),
+            subscribers: Subscribers::default(),
+        }
+    }
+
+    /// Calls `on_change` with the generation and diff of every change this
+    /// table applies from now on, in order, until it returns false. A
+    /// reload that changed nothing, or that was refused, is not a change.
+    /// The callback runs on the reloading thread with the reload lock held:
+    /// it must only hand the change on (to a channel), never block.
+    pub fn subscribe(&self, on_change: impl Fn(&Applied) -> bool + Send + Sync + 'static) {
+        self.subscribers.0.lock().push(Box::new(on_change));
+    }
+
+    /// Tells the subscribers of `applied` when it moved the generation.
+    /// Called with the reload lock held.
+    fn publish(&self, before: u64, applied: &Applied) {
+        if applied.generation != before {
+            self.subscribers.0.lock().retain(|s| s(applied));
         }
     }
 
@@ -301,9 +337,11 @@ impl RoutingTable {
     /// caller's (it knows whether this failure is new).
     pub fn apply(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
         let _serial = self.reload.lock();
+        let before = self.generation();
         let result = self.apply_locked(raw, now_unix);
-        if let Err(e) = &result {
-            self.stats.count_rejected(e.reason());
+        match &result {
+            Ok(applied) => self.publish(before, applied),
+            Err(e) => self.stats.count_rejected(e.reason()),
         }
         result
     }
@@ -313,7 +351,12 @@ impl RoutingTable {
     /// twice is still one bad edit).
     pub fn apply_uncounted(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
         let _serial = self.reload.lock();
-        self.apply_locked(raw, now_unix)
+        let before = self.generation();
+        let result = self.apply_locked(raw, now_unix);
+        if let Ok(applied) = &result {
+            self.publish(before, applied);
+        }
+        result
     }
 
     fn apply_locked(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
@@ -476,5 +519,43 @@ mod tests {
         drop(racing);
         // ...and added once the last reference is gone.
         assert_eq!(t.successful_connects(), 3);
+    }
+
+    #[test]
+    fn subscribers_hear_every_change_in_order_and_nothing_else() {
+        let t = RoutingTable::new();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&heard);
+        t.subscribe(move |a| {
+            sink.lock()
+                .push((a.generation, a.diff.added.clone(), a.diff.removed.clone()));
+            true
+        });
+        // A subscriber that wants only the first change.
+        let once = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&once);
+        t.subscribe(move |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+            false
+        });
+        t.apply(&rows(&["a"]), 0).unwrap();
+        t.apply_uncounted(&rows(&["a", "b"]), 0).unwrap();
+        // Nothing changed: no event.
+        t.apply(&rows(&["a", "b"]), 0).unwrap();
+        // Refused: no event.
+        let mut bad = rows(&["a"]);
+        bad.backends[0].port = "x".into();
+        t.apply(&bad, 0).unwrap_err();
+        t.apply(&rows(&["b"]), 0).unwrap();
+        let id = |s: &str| BackendId::new(s);
+        assert_eq!(
+            *heard.lock(),
+            [
+                (1, vec![id("a")], vec![]),
+                (2, vec![id("b")], vec![]),
+                (3, vec![], vec![id("a")]),
+            ]
+        );
+        assert_eq!(once.load(Ordering::Relaxed), 1);
     }
 }

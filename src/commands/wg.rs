@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use geoedge_routing::watcher::{self, Reloader, WatchOptions};
@@ -19,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::commands::wg_key::load_private_key;
 use crate::control::config::{Settings, WgSettings};
+use crate::control::table_events;
 
 /// A running WireGuard device and the task feeding it peers.
 pub struct Backhaul {
@@ -205,15 +205,23 @@ async fn follow(
     own: PublicKey,
     mut routes: Option<Routes>,
 ) {
-    let mut seen = table.generation();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut changes = table_events::subscribe(&table);
+    // A change applied between the device's start and the subscription is
+    // caught by reconciling once now (nothing to do otherwise).
+    let mut peers_changed = true;
     loop {
-        tick.tick().await;
-        let generation = table.generation();
-        if generation == seen {
-            continue;
+        if !peers_changed {
+            // Until routing.db changes its peers (a burst of changes is one
+            // reconcile).
+            let Some(changes) = changes.changed().await else {
+                return;
+            };
+            if !changes.iter().any(|c| c.diff.peers_changed) {
+                continue;
+            }
         }
-        seen = generation;
+        peers_changed = false;
+        let generation = table.generation();
         let peers = peer_configs(&table.snapshot().wg_peers, &own).await;
         match device.reconcile(&peers) {
             Ok(r) if r.is_empty() => {}

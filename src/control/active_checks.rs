@@ -29,11 +29,9 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::control::config::CheckOptions;
+use crate::control::table_events;
 use crate::data::health_log::{more, CHANGE_LINES};
 use crate::data::throttle::Throttle;
-
-/// How often the supervisor looks for a new table generation.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// Starts checking the backends of `apps` in `router`'s table, following
 /// reloads. Aborting the returned task stops every check.
@@ -69,16 +67,9 @@ impl Drop for Checkers {
 
 async fn supervise(router: Arc<Router>, options: CheckOptions, apps: Vec<AppId>) {
     let mut checkers = Checkers::default();
-    let mut seen = None;
-    let mut tick = tokio::time::interval(FOLLOW_EVERY.min(options.interval));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Subscribed before the first look, so no change falls in between.
+    let mut changes = table_events::subscribe(router.table());
     loop {
-        tick.tick().await;
-        let generation = router.table().generation();
-        if seen == Some(generation) {
-            continue;
-        }
-        seen = Some(generation);
         let snap = router.table().snapshot();
         let checked = |b: &Backend| !b.deleted && apps.contains(&b.app);
         let count = snap.backends.iter().filter(|b| checked(b)).count();
@@ -117,6 +108,10 @@ async fn supervise(router: Arc<Router>, options: CheckOptions, apps: Vec<AppId>)
                     period,
                 },
             );
+        }
+        // Until routing.db changes (a burst of changes is one re-sync).
+        if changes.changed().await.is_none() {
+            return;
         }
     }
 }
