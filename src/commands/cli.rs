@@ -115,8 +115,70 @@ pub enum WgCommand {
     Up,
 }
 
+/// `GEOEDGE_*` variables that are not settings: where the test suite and
+/// the benchmarks find the public City databases. Names starting with
+/// `GEOEDGE_TEST_` are the test suite's own too.
+const NOT_SETTINGS: &[&str] = &["GEOEDGE_GEODATA_DIR"];
+
+/// The `GEOEDGE_*` names among `names` that are no setting's variable,
+/// each with the closest one that is (when one is close), as an unknown
+/// key of the TOML file is reported.
+pub fn unknown_variables<I, S>(names: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    fn collect(cmd: &clap::Command, into: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                into.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            collect(sub, into);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    collect(&<Cli as clap::CommandFactory>::command(), &mut known);
+    let mut unknown = Vec::new();
+    for name in names {
+        let name = name.as_ref().to_string_lossy();
+        if !name.starts_with("GEOEDGE_")
+            || name.starts_with("GEOEDGE_TEST_")
+            || known.contains(name.as_ref())
+            || NOT_SETTINGS.contains(&name.as_ref())
+        {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (strsim::levenshtein(k, &name), k))
+            .min()
+            .filter(|(d, _)| *d <= 3);
+        unknown.push(match closest {
+            Some((_, k)) => format!("{name} (did you mean {k}?)"),
+            None => name.into_owned(),
+        });
+    }
+    unknown
+}
+
+/// Refuses to start with a `GEOEDGE_*` variable that names no setting (a
+/// misspelled one would otherwise be ignored without a word).
+fn check_environment() -> anyhow::Result<()> {
+    let unknown = unknown_variables(std::env::vars_os().map(|(k, _)| k));
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "unknown setting in the environment: {} (every setting's variable is listed by --help)",
+        unknown.join(", ")
+    )
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    check_environment()?;
     let settings = || Settings::resolve(cli.settings.clone(), cli.config.as_deref());
     match &cli.command {
         Command::Route { ip } => crate::commands::route::run(&settings()?, *ip),
@@ -160,5 +222,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::commands::demo::probe(*addr, *claim, send.as_deref())
         }
         Command::CheckHost { strict } => crate::commands::check_host::run(*strict),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelled_variable_is_named_with_the_one_meant() {
+        let unknown = unknown_variables([
+            "GEOEDGE_IDLE_TIMOUT",
+            "GEOEDGE_IDLE_TIMEOUT",
+            "GEOEDGE_CONFIG",
+            "GEOEDGE_WG_PRIVATE_KEY_FILE",
+            "GEOEDGE_GEODATA_DIR",
+            "GEOEDGE_TEST_ANYTHING",
+            "PATH",
+            "GEOEDGE_NOTHING_LIKE_IT",
+        ]);
+        assert_eq!(
+            unknown,
+            [
+                "GEOEDGE_IDLE_TIMOUT (did you mean GEOEDGE_IDLE_TIMEOUT?)",
+                "GEOEDGE_NOTHING_LIKE_IT"
+            ]
+        );
     }
 }
