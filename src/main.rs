@@ -6,10 +6,8 @@ use geoedge::control::{config, logging};
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_args();
     // Before any thread uses SQLite: its opens never wait on a FIFO.
     geoedge_routing::loader::nonblocking_opens();
     if !cli.long_running() {

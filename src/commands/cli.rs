@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use geoedge_wireguard::PrivateKey;
 
-use crate::control::config::{Layer, Settings};
+use crate::control::config::{defaults, Layer, Settings};
 
 /// geoedge: a geo-aware TCP edge proxy.
 #[derive(Debug, Parser)]
@@ -84,6 +84,27 @@ pub enum DbCommand {
 }
 
 impl Cli {
+    /// The command line, each setting's help ending with its default from
+    /// the one place defaults are written ([`defaults::shown`]).
+    pub fn command_with_defaults() -> clap::Command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        for (id, default) in defaults::shown() {
+            cmd = cmd.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let help = help.trim_end_matches('.');
+                arg.help(format!("{help} [default: {default}]."))
+            });
+        }
+        cmd
+    }
+
+    /// Parses the process's arguments; exits with clap's message (and
+    /// status 2) when they are wrong, and after `--help` or `--version`.
+    pub fn parse_args() -> Cli {
+        let matches = Self::command_with_defaults().get_matches();
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
     /// The log level when `RUST_LOG` is unset: `info` for the long-running
     /// commands, `warn` for one-shot ones.
     pub fn default_log_level(&self) -> &'static str {
@@ -248,5 +269,60 @@ mod tests {
                 "GEOEDGE_NOTHING_LIKE_IT"
             ]
         );
+    }
+
+    #[test]
+    fn every_setting_with_a_default_shows_it_once_in_its_help() {
+        let cmd = Cli::command_with_defaults();
+        for (id, default) in defaults::shown() {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no setting {id}"));
+            let help = arg.get_help().unwrap().to_string();
+            assert!(
+                help.ends_with(&format!("[default: {default}].")),
+                "{id}: {help}"
+            );
+            assert_eq!(help.matches("[default").count(), 1, "{id}: {help}");
+        }
+    }
+
+    #[test]
+    fn a_flag_and_the_file_are_held_to_the_same_bounds_with_the_same_message() {
+        for (key, bad) in [
+            ("connect_attempts", "20"),
+            ("binding_ipv4_prefix", "40"),
+            ("binding_ipv6_prefix", "200"),
+            ("workers", "5000"),
+            ("health_check_rise", "0"),
+            ("health_check_max_rate", "0"),
+            ("eject_after", "1001"),
+            ("idle_timeout", "ten"),
+        ] {
+            let flag = format!("--{}={bad}", key.replace('_', "-"));
+            let from_flag = <Cli as clap::Parser>::try_parse_from(["geoedge", "run", &flag])
+                .map_err(|e| e.to_string())
+                .and_then(|cli| Settings::resolve(cli.settings, None).map_err(|e| e.to_string()));
+            let quoted = if bad.parse::<u64>().is_ok() {
+                bad.to_owned()
+            } else {
+                format!("'{bad}'")
+            };
+            let from_file = toml::from_str::<Layer>(&format!("{key} = {quoted}"))
+                .map_err(|e| e.to_string())
+                .and_then(|l| Settings::resolve(l, None).map_err(|e| e.to_string()));
+            let (Err(flag_error), Err(file_error)) = (&from_flag, &from_file) else {
+                panic!("{key} = {bad} accepted: {from_flag:?} {from_file:?}")
+            };
+            if key != "idle_timeout" {
+                // Checked once, after the layers are merged: one message.
+                assert_eq!(flag_error, file_error, "{key}");
+            }
+            assert!(
+                flag_error.contains(bad) && file_error.contains(bad),
+                "{key}: {flag_error} / {file_error}"
+            );
+        }
     }
 }

@@ -310,7 +310,7 @@ pub async fn serve(
     if let Some(checks) = checks {
         checks.abort();
     }
-    let drain = current.drain_timeout;
+    let drain = current.live.drain_timeout;
     health.set_draining();
     notifier.stopping();
     let _ = stop_tx.send(true);

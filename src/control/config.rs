@@ -12,9 +12,11 @@ use anyhow::{bail, Context};
 use geoedge_routing::{AppId, BindingConfig, HealthConfig, RegionId};
 use ipnet::IpNet;
 
+use crate::data::proxy::ProxyOptions;
 use crate::data::proxy_protocol::Version;
 use geoedge_wireguard::engine::REKEY_AFTER_TIME;
 
+pub mod defaults;
 mod health;
 mod layer;
 mod values;
@@ -25,49 +27,56 @@ pub use layer::Layer;
 use values::parse_cidr;
 pub use values::{DurationOrOff, HumanDuration};
 
-/// Settings resolved from all layers, with defaults filled in.
-#[derive(Debug, Clone)]
+/// The settings a SIGHUP applies at once (to new connections): swapped
+/// whole, so nothing decides field by field what applies live.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveSettings {
+    /// How the proxy treats connections (PROXY protocol, connect, relay).
+    #[serde(flatten)]
+    pub proxy: ProxyOptions,
+    /// How long shutdown waits for open connections.
+    pub drain_timeout: Duration,
+    /// The global connection limit; `None`: derived from the descriptor
+    /// limit at start ([`crate::data::admission::default_max_connections`]),
+    /// which also caps a value set here
+    /// ([`crate::data::admission::effective_max_connections`]).
+    pub max_connections: Option<usize>,
+}
+
+/// Serializes a value as its `Debug` text (enough to compare two of them).
+fn as_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:?}"))
+}
+
+/// Settings resolved from all layers, with defaults filled in: the live
+/// half ([`LiveSettings`]) and those fixed at start. Serialized (by key)
+/// only to tell two sets apart.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Settings {
     /// routing.db path; `None` means the embedded sample table.
     pub routing_db: Option<PathBuf>,
     /// mmdb path; `None` means the embedded sample database.
     pub geoip: Option<PathBuf>,
     /// This POP's region.
+    #[serde(serialize_with = "as_debug")]
     pub region: RegionId,
     /// The app decisions are for.
+    #[serde(serialize_with = "as_debug")]
     pub app: AppId,
     /// Binding table settings.
+    #[serde(serialize_with = "as_debug")]
     pub bindings: BindingConfig,
     /// Client listeners.
+    #[serde(serialize_with = "as_debug")]
     pub listen: Vec<ListenSpec>,
-    /// Sources whose PROXY headers are believed.
-    pub proxy_protocol_from: Vec<IpNet>,
-    /// PROXY header sent to backends.
-    pub send_proxy_protocol: Option<Version>,
-    /// Per-attempt connect timeout.
-    pub connect_timeout: Duration,
-    /// Backends tried per client.
-    pub connect_attempts: u32,
-    /// Idle timeout of a relayed connection.
-    pub idle_timeout: Duration,
-    /// Whether a backend's end-of-file half-closes the client connection
-    /// (true) or closes it (false).
-    pub half_close: bool,
-    /// Whether bulk transfers are spliced (true) or copied (false).
-    pub splice: bool,
-    /// Deadline for a trusted source's PROXY header.
-    pub proxy_header_timeout: Duration,
-    /// How long shutdown waits for open connections.
-    pub drain_timeout: Duration,
+    /// What a SIGHUP applies at once.
+    #[serde(flatten)]
+    pub live: LiveSettings,
     /// Worker threads (each a single-threaded runtime with its own
     /// listeners).
     pub workers: usize,
-    /// The global connection limit; `None`: derived from the descriptor
-    /// limit at start ([`crate::data::admission::default_max_connections`]),
-    /// which also caps a value set here
-    /// ([`crate::data::admission::effective_max_connections`]).
-    pub max_connections: Option<usize>,
     /// The WireGuard backhaul, when configured.
+    #[serde(serialize_with = "as_debug")]
     pub wireguard: Option<WgSettings>,
     /// The metrics and health listener (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
@@ -75,15 +84,15 @@ pub struct Settings {
     /// backends ([`DEFAULT_METRICS_BACKEND_SERIES`]).
     pub metrics_backend_series: usize,
     /// Rise and fall thresholds and passive ejection, for every backend.
+    #[serde(serialize_with = "as_debug")]
     pub health: HealthConfig,
     /// Active health checks (`None`: off).
+    #[serde(serialize_with = "as_debug")]
     pub health_checks: Option<CheckOptions>,
 }
 
-/// Per-backend metric series are exported while routing.db holds at most
-/// this many backends, unless `metrics_backend_series` says otherwise: at
-/// about 30 series a backend, 1,000 backends make a scrape of 30k lines.
-pub const DEFAULT_METRICS_BACKEND_SERIES: usize = 1000;
+/// See [`defaults::METRICS_BACKEND_SERIES`].
+pub const DEFAULT_METRICS_BACKEND_SERIES: usize = defaults::METRICS_BACKEND_SERIES;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,7 +133,7 @@ fn metrics_listen(
     value: Option<&str>,
     listen: &[ListenSpec],
 ) -> anyhow::Result<Option<SocketAddr>> {
-    let value = value.unwrap_or("127.0.0.1:9090").trim();
+    let value = value.unwrap_or(defaults::METRICS_LISTEN).trim();
     if value == "off" {
         return Ok(None);
     }
@@ -201,11 +210,11 @@ impl Settings {
             None => Layer::default(),
         };
         let l = cli.over(file);
-        let defaults = BindingConfig::default();
+        let bindings = BindingConfig::default();
         let (health, health_checks) = health::settings(&l)?;
         let listen = l
             .listen
-            .unwrap_or_else(|| vec!["0.0.0.0:8080".into()])
+            .unwrap_or_else(|| vec![defaults::LISTEN.into()])
             .iter()
             .map(|s| s.parse())
             .collect::<anyhow::Result<Vec<ListenSpec>>>()?;
@@ -215,22 +224,24 @@ impl Settings {
             .iter()
             .map(|s| parse_cidr(s))
             .collect::<anyhow::Result<Vec<IpNet>>>()?;
-        let send_proxy_protocol = match l.send_proxy_protocol.as_deref().unwrap_or("off") {
+        let send_proxy_protocol = match l
+            .send_proxy_protocol
+            .as_deref()
+            .unwrap_or(defaults::SEND_PROXY_PROTOCOL)
+        {
             "off" => None,
             other => Some(other.parse::<Version>().map_err(|_| {
                 anyhow::anyhow!("send_proxy_protocol {other:?}: expected off, v1 or v2")
             })?),
         };
-        let secs = |d: Option<HumanDuration>, default: u64| {
-            d.map_or(Duration::from_secs(default), |d| d.0)
-        };
+        let or = |d: Option<HumanDuration>, default: Duration| d.map_or(default, |d| d.0);
         let wireguard = match l.wg_interface {
             None => None,
             Some(interface) => {
                 if interface.is_empty() || interface.len() > 15 {
                     bail!("wg_interface {interface:?}: 1 to 15 characters");
                 }
-                let attach = l.wg_attach.unwrap_or(false);
+                let attach = l.wg_attach.unwrap_or(defaults::WG_ATTACH);
                 let addresses = l
                     .wg_address
                     .unwrap_or_default()
@@ -246,19 +257,22 @@ impl Settings {
                 }
                 Some(WgSettings {
                     interface,
-                    listen_port: l.wg_listen_port.unwrap_or(51820),
+                    listen_port: l.wg_listen_port.unwrap_or(defaults::WG_LISTEN_PORT),
                     private_key_file: l
                         .wg_private_key_file
                         .context("wg_interface needs wg_private_key_file")?,
                     addresses,
-                    mtu: l.wg_mtu.unwrap_or(1420),
+                    mtu: l.wg_mtu.unwrap_or(defaults::WG_MTU),
                     attach,
                     rekey_after: match l.wg_rekey_after {
-                        None => REKEY_AFTER_TIME,
-                        Some(d) if (Duration::from_secs(1)..=REKEY_AFTER_TIME).contains(&d.0) => d.0,
+                        None => *defaults::WG_REKEY_AFTER_RANGE.end(),
+                        Some(d) if defaults::WG_REKEY_AFTER_RANGE.contains(&d.0) => d.0,
                         Some(d) => bail!(
-                            "wg_rekey_after {}: between 1s and 120s (WireGuard rekeys after 120s by itself)",
-                            humantime::format_duration(d.0)
+                            "wg_rekey_after {}: between {}s and {}s (WireGuard rekeys after {}s by itself)",
+                            humantime::format_duration(d.0),
+                            defaults::WG_REKEY_AFTER_RANGE.start().as_secs(),
+                            defaults::WG_REKEY_AFTER_RANGE.end().as_secs(),
+                            REKEY_AFTER_TIME.as_secs()
                         ),
                     },
                 })
@@ -274,43 +288,66 @@ impl Settings {
         Ok(Settings {
             routing_db: l.routing_db,
             geoip: l.geoip,
-            region: RegionId::new(l.region.as_deref().unwrap_or("eu")),
-            app: AppId::new(l.app.as_deref().unwrap_or("default")),
+            region: RegionId::new(l.region.as_deref().unwrap_or(defaults::REGION)),
+            app: AppId::new(l.app.as_deref().unwrap_or(defaults::APP)),
             bindings: BindingConfig {
-                ttl: l.binding_ttl.map_or(defaults.ttl, |d| d.0),
-                max_entries: l.binding_max_entries.unwrap_or(defaults.max_entries),
-                ipv4_prefix: l.binding_ipv4_prefix.unwrap_or(defaults.ipv4_prefix),
-                ipv6_prefix: l.binding_ipv6_prefix.unwrap_or(defaults.ipv6_prefix),
+                ttl: l.binding_ttl.map_or(bindings.ttl, |d| d.0),
+                max_entries: l.binding_max_entries.unwrap_or(bindings.max_entries),
+                ipv4_prefix: match l.binding_ipv4_prefix {
+                    None => bindings.ipv4_prefix,
+                    Some(p) => defaults::bounded(
+                        "binding_ipv4_prefix",
+                        p,
+                        &defaults::BINDING_IPV4_PREFIX_RANGE,
+                    )?,
+                },
+                ipv6_prefix: match l.binding_ipv6_prefix {
+                    None => bindings.ipv6_prefix,
+                    Some(p) => defaults::bounded(
+                        "binding_ipv6_prefix",
+                        p,
+                        &defaults::BINDING_IPV6_PREFIX_RANGE,
+                    )?,
+                },
             },
             listen,
-            proxy_protocol_from,
-            send_proxy_protocol,
-            connect_timeout: secs(l.connect_timeout, 3),
-            connect_attempts: match l.connect_attempts {
-                None => 2,
-                Some(n @ 1..=16) => n,
-                Some(n) => bail!("connect_attempts {n}: 1 to 16"),
+            live: LiveSettings {
+                proxy: ProxyOptions {
+                    proxy_protocol_from,
+                    send_proxy_protocol,
+                    connect_timeout: or(l.connect_timeout, defaults::CONNECT_TIMEOUT),
+                    connect_attempts: match l.connect_attempts {
+                        None => defaults::CONNECT_ATTEMPTS,
+                        Some(n) => defaults::bounded(
+                            "connect_attempts",
+                            n,
+                            &defaults::CONNECT_ATTEMPTS_RANGE,
+                        )?,
+                    },
+                    idle_timeout: or(l.idle_timeout, defaults::IDLE_TIMEOUT),
+                    half_close: l.half_close.unwrap_or(defaults::HALF_CLOSE),
+                    splice: l.splice.unwrap_or(defaults::SPLICE),
+                    proxy_header_timeout: or(
+                        l.proxy_header_timeout,
+                        defaults::PROXY_HEADER_TIMEOUT,
+                    ),
+                },
+                drain_timeout: or(l.drain_timeout, defaults::DRAIN_TIMEOUT),
+                max_connections: match l.max_connections {
+                    None => None,
+                    Some(0) => bail!("max_connections 0: at least 1"),
+                    Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                },
             },
-            idle_timeout: secs(l.idle_timeout, 600),
-            half_close: l.half_close.unwrap_or(true),
-            splice: l.splice.unwrap_or(true),
-            proxy_header_timeout: secs(l.proxy_header_timeout, 3),
-            drain_timeout: secs(l.drain_timeout, 30),
             workers: match l.workers {
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                Some(n @ 1..=1024) => n,
-                Some(n) => bail!("workers {n}: 1 to 1024"),
-            },
-            max_connections: match l.max_connections {
-                None => None,
-                Some(0) => bail!("max_connections 0: at least 1"),
-                Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Some(n) => defaults::bounded("workers", n, &defaults::WORKERS_RANGE)?,
             },
             wireguard,
             metrics_listen,
             metrics_backend_series: l
                 .metrics_backend_series
-                .map_or(DEFAULT_METRICS_BACKEND_SERIES, |n| {
+                .map_or(defaults::METRICS_BACKEND_SERIES, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
             health,

@@ -113,65 +113,54 @@ pub struct ConfigReloads {
 
 /// The proxy's options from the settings.
 pub fn proxy_options(s: &Settings) -> ProxyOptions {
-    ProxyOptions {
-        proxy_protocol_from: s.proxy_protocol_from.clone(),
-        send_proxy_protocol: s.send_proxy_protocol,
-        connect_timeout: s.connect_timeout,
-        connect_attempts: s.connect_attempts,
-        idle_timeout: s.idle_timeout,
-        half_close: s.half_close,
-        splice: s.splice,
-        proxy_header_timeout: s.proxy_header_timeout,
-    }
+    s.live.proxy.clone()
 }
 
 /// What differs between the settings in force and newly read ones.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Settings applied at once (to new connections).
-    pub live: Vec<&'static str>,
+    pub live: Vec<String>,
     /// Settings that only a restart applies.
-    pub restart: Vec<&'static str>,
+    pub restart: Vec<String>,
 }
 
-/// Compares settings key by key (the names are the TOML keys).
+/// Compares two sets of settings key by key (the names are the TOML
+/// keys): a key of [`LiveSettings`] that differs applies live, any other
+/// needs a restart. The keys come from the settings' own structure, so a
+/// new setting is compared (and sorted live or not) without a list to keep.
 pub fn diff(old: &Settings, new: &Settings) -> Changes {
+    let keys = |s: &Settings| match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let live_keys = match serde_json::to_value(&old.live) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (keys(old), keys(new));
     let mut c = Changes::default();
-    macro_rules! check {
-        ($list:ident: $($field:ident),* $(,)?) => {
-            $(if old.$field != new.$field { c.$list.push(stringify!($field)); })*
-        };
+    for (key, value) in &old {
+        if new.get(key) != Some(value) {
+            let list = if live_keys.contains_key(key) {
+                &mut c.live
+            } else {
+                &mut c.restart
+            };
+            list.push(key.clone());
+        }
     }
-    check!(live: proxy_protocol_from, send_proxy_protocol, connect_timeout, connect_attempts,
-        idle_timeout, half_close, splice, proxy_header_timeout, drain_timeout, max_connections);
-    check!(restart: routing_db, geoip, region, app, bindings, listen, workers, wireguard,
-        metrics_listen, metrics_backend_series, health, health_checks);
     c
-}
-
-/// Takes the live settings of `new` into `current` (the others keep their
-/// started values).
-fn take_live(current: &mut Settings, new: Settings) {
-    current.proxy_protocol_from = new.proxy_protocol_from;
-    current.send_proxy_protocol = new.send_proxy_protocol;
-    current.connect_timeout = new.connect_timeout;
-    current.connect_attempts = new.connect_attempts;
-    current.idle_timeout = new.idle_timeout;
-    current.half_close = new.half_close;
-    current.splice = new.splice;
-    current.proxy_header_timeout = new.proxy_header_timeout;
-    current.drain_timeout = new.drain_timeout;
-    current.max_connections = new.max_connections;
 }
 
 /// The connection limit `settings` ask for, lowered (with a warning) to
 /// `allowed`, what the descriptor limit holds.
 pub fn max_connections(settings: &Settings, allowed: usize) -> usize {
     let (limit, lowered) =
-        crate::data::admission::effective_max_connections(settings.max_connections, allowed);
+        crate::data::admission::effective_max_connections(settings.live.max_connections, allowed);
     if lowered {
         tracing::warn!(
-            asked = settings.max_connections,
+            asked = settings.live.max_connections,
             descriptors_allow = allowed,
             "--max-connections is above what the descriptor limit holds (two descriptors a client, after the reserve): using {allowed}; raise the descriptor limit (LimitNOFILE=) to allow more"
         );
@@ -205,7 +194,8 @@ pub fn reload(live: &Live<'_>, current: &mut Settings, read: anyhow::Result<Sett
     let changes = diff(current, &new);
     live.options.store(Arc::new(proxy_options(&new)));
     live.limit.set_max(max_connections(&new, live.default_max));
-    take_live(current, new);
+    // The live half, swapped whole; the rest keep their started values.
+    current.live = new.live;
     live.stats.applied.fetch_add(1, Ordering::Relaxed);
     if changes == Changes::default() {
         tracing::debug!("config reloaded: nothing changed");
@@ -266,8 +256,8 @@ mod tests {
         assert_eq!(
             diff(&old, &new),
             Changes {
-                live: vec!["connect_timeout", "max_connections"],
-                restart: vec!["listen"],
+                live: vec!["connect_timeout".into(), "max_connections".into()],
+                restart: vec!["listen".into()],
             }
         );
         assert_eq!(diff(&old, &old), Changes::default());
@@ -297,7 +287,7 @@ mod tests {
         assert!(!options.load().half_close);
         assert!(!options.load().splice);
         assert_eq!(limit.max(), 7);
-        assert_eq!(current.drain_timeout, Duration::from_secs(2));
+        assert_eq!(current.live.drain_timeout, Duration::from_secs(2));
         assert_eq!(current.workers, 2, "needs a restart");
         assert_eq!(current.listen[0].addr.port(), 1, "needs a restart");
 
@@ -313,5 +303,50 @@ mod tests {
         let plain = settings("listen = ['127.0.0.1:1']\nworkers = 2");
         reload(&live, &mut current, Ok(plain));
         assert_eq!(limit.max(), 100);
+    }
+
+    /// A value for every live key that differs from its default.
+    const EVERY_LIVE_SETTING: &str = "listen = ['127.0.0.1:1']
+workers = 2
+proxy_protocol_from = ['10.0.0.0/8']
+send_proxy_protocol = 'v2'
+connect_timeout = '1s'
+connect_attempts = 5
+idle_timeout = '5s'
+half_close = false
+splice = false
+proxy_header_timeout = '9s'
+drain_timeout = '2s'
+max_connections = 7";
+
+    #[test]
+    fn every_live_setting_is_reported_and_applied_by_a_reload() {
+        let mut current = settings("listen = ['127.0.0.1:1']\nworkers = 2");
+        let new = settings(EVERY_LIVE_SETTING);
+        // Every key of the live half: one added to `LiveSettings` without a
+        // value above fails here.
+        let serde_json::Value::Object(keys) = serde_json::to_value(&new.live).unwrap() else {
+            panic!("the live settings are a map")
+        };
+        let mut keys: Vec<String> = keys.keys().cloned().collect();
+        keys.sort();
+        let mut reported = diff(&current, &new).live;
+        reported.sort();
+        assert_eq!(reported, keys, "a live setting is not changed by the test");
+        assert!(diff(&current, &new).restart.is_empty());
+
+        let options = arc_swap::ArcSwap::from_pointee(proxy_options(&current));
+        let limit = ConnLimit::new(100);
+        let stats = ConfigReloads::default();
+        let live = Live {
+            options: &options,
+            limit: &limit,
+            default_max: 100,
+            stats: &stats,
+        };
+        reload(&live, &mut current, Ok(new.clone()));
+        assert_eq!(current.live, new.live);
+        assert_eq!(**options.load(), new.live.proxy);
+        assert_eq!(Some(limit.max()), new.live.max_connections);
     }
 }

@@ -101,12 +101,15 @@ pub(crate) fn classify(e: &io::Error) -> ConnectFailure {
     }
 }
 
-/// How the proxy treats connections.
-#[derive(Debug, Clone)]
+/// How the proxy treats connections. Serialized (by key) only to tell two
+/// sets apart.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProxyOptions {
     /// Sources whose PROXY headers are believed.
+    #[serde(serialize_with = "as_debug")]
     pub proxy_protocol_from: Vec<IpNet>,
     /// Header sent to backends, if any.
+    #[serde(serialize_with = "as_debug")]
     pub send_proxy_protocol: Option<Version>,
     /// Per-attempt connect timeout.
     pub connect_timeout: Duration,
@@ -122,6 +125,11 @@ pub struct ProxyOptions {
     pub splice: bool,
     /// Deadline for a trusted source's PROXY header.
     pub proxy_header_timeout: Duration,
+}
+
+/// Serializes a value as its `Debug` text (enough to compare two of them).
+fn as_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:?}"))
 }
 
 /// The shared state of every connection.

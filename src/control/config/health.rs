@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use geoedge_routing::HealthConfig;
 
-use super::{HumanDuration, Layer};
+use super::{defaults, HumanDuration, Layer};
 
 /// How the checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,9 +20,8 @@ pub struct CheckOptions {
     pub max_rate: u32,
 }
 
-/// The default of `--health-check-max-rate`: at the default 2 s interval,
-/// up to 2,000 backends are each checked every interval.
-pub const DEFAULT_MAX_RATE: u32 = 1000;
+/// See [`defaults::HEALTH_CHECK_MAX_RATE`].
+pub const DEFAULT_MAX_RATE: u32 = defaults::HEALTH_CHECK_MAX_RATE;
 
 impl CheckOptions {
     /// The time between two checks of one backend when `backends` are
@@ -37,18 +36,41 @@ impl CheckOptions {
 /// The health settings of a layer, with their defaults and bounds.
 pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>)> {
     let d = HealthConfig::default();
-    let longest = Duration::from_secs(3600);
+    let longest = defaults::HEALTH_DURATION_MAX;
     let bounded = |key: &str, v: Option<HumanDuration>, default: Duration| {
         let v = v.map_or(default, |v| v.0);
         if v > longest {
-            bail!("{key} {}: at most 1h", humantime::format_duration(v));
+            bail!(
+                "{key} {}: at most {}",
+                humantime::format_duration(v),
+                humantime::format_duration(longest)
+            );
         }
         Ok(v)
     };
+    let count = |key: &str, v: Option<u32>, default: u32, range| match v {
+        None => Ok(default),
+        Some(n) => defaults::bounded(key, n, range),
+    };
     let config = HealthConfig {
-        rise: l.health_check_rise.unwrap_or(d.rise),
-        fall: l.health_check_fall.unwrap_or(d.fall),
-        eject_after: l.eject_after.unwrap_or(d.eject_after),
+        rise: count(
+            "health_check_rise",
+            l.health_check_rise,
+            d.rise,
+            &defaults::RISE_FALL_RANGE,
+        )?,
+        fall: count(
+            "health_check_fall",
+            l.health_check_fall,
+            d.fall,
+            &defaults::RISE_FALL_RANGE,
+        )?,
+        eject_after: count(
+            "eject_after",
+            l.eject_after,
+            d.eject_after,
+            &defaults::EJECT_AFTER_RANGE,
+        )?,
         backoff: bounded("eject_backoff", l.eject_backoff, d.backoff)?,
         backoff_max: bounded("eject_backoff_max", l.eject_backoff_max, d.backoff_max)?,
     };
@@ -61,7 +83,7 @@ pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>
     }
     let interval = l
         .health_check_interval
-        .map_or(Some(Duration::from_secs(2)), |i| i.0);
+        .map_or(Some(defaults::HEALTH_CHECK_INTERVAL), |i| i.0);
     let checks = match interval {
         None => None,
         Some(interval) => {
@@ -69,7 +91,7 @@ pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>
             let timeout = bounded(
                 "health_check_timeout",
                 l.health_check_timeout,
-                Duration::from_secs(1),
+                defaults::HEALTH_CHECK_TIMEOUT,
             )?;
             if timeout.is_zero() {
                 bail!("health_check_timeout must be above 0");
@@ -77,7 +99,12 @@ pub fn settings(l: &Layer) -> anyhow::Result<(HealthConfig, Option<CheckOptions>
             Some(CheckOptions {
                 interval,
                 timeout,
-                max_rate: l.health_check_max_rate.unwrap_or(DEFAULT_MAX_RATE),
+                max_rate: count(
+                    "health_check_max_rate",
+                    l.health_check_max_rate,
+                    defaults::HEALTH_CHECK_MAX_RATE,
+                    &defaults::HEALTH_CHECK_MAX_RATE_RANGE,
+                )?,
             })
         }
     };

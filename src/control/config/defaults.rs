@@ -1,0 +1,135 @@
+//! Every setting's default and bounds, written once. [`Settings::resolve`]
+//! applies them after the flags, the environment and the file are merged,
+//! so all three are held to the same bounds with the same message, and
+//! `--help` shows the defaults from here ([`shown`]). The binding and
+//! backend-health defaults are the routing core's own
+//! ([`BindingConfig::default`], [`HealthConfig::default`]).
+//!
+//! [`Settings::resolve`]: super::Settings::resolve
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use anyhow::bail;
+use geoedge_routing::{BindingConfig, HealthConfig};
+use geoedge_wireguard::engine::REKEY_AFTER_TIME;
+
+/// `region`
+pub const REGION: &str = "eu";
+/// `app`
+pub const APP: &str = "default";
+/// `listen`
+pub const LISTEN: &str = "0.0.0.0:8080";
+/// `send_proxy_protocol`
+pub const SEND_PROXY_PROTOCOL: &str = "off";
+/// `connect_timeout`
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `connect_attempts`
+pub const CONNECT_ATTEMPTS: u32 = 2;
+/// `connect_attempts`' bounds.
+pub const CONNECT_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=16;
+/// `idle_timeout`
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `half_close`
+pub const HALF_CLOSE: bool = true;
+/// `splice`
+pub const SPLICE: bool = true;
+/// `proxy_header_timeout`
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// `drain_timeout`
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `workers`' bounds (the default is one per CPU).
+pub const WORKERS_RANGE: RangeInclusive<usize> = 1..=1024;
+/// `binding_ipv4_prefix`' bounds.
+pub const BINDING_IPV4_PREFIX_RANGE: RangeInclusive<u8> = 0..=32;
+/// `binding_ipv6_prefix`' bounds.
+pub const BINDING_IPV6_PREFIX_RANGE: RangeInclusive<u8> = 0..=128;
+/// `wg_listen_port`
+pub const WG_LISTEN_PORT: u16 = 51820;
+/// `wg_attach`
+pub const WG_ATTACH: bool = false;
+/// `wg_mtu`
+pub const WG_MTU: u16 = 1420;
+/// `wg_rekey_after`'s bounds; the default is WireGuard's own, the upper
+/// bound.
+pub const WG_REKEY_AFTER_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=REKEY_AFTER_TIME;
+/// `metrics_listen`
+pub const METRICS_LISTEN: &str = "127.0.0.1:9090";
+/// `metrics_backend_series`: per-backend metric series are exported while
+/// routing.db holds at most this many backends (at about 30 series a
+/// backend, 1,000 backends make a scrape of 30k lines).
+pub const METRICS_BACKEND_SERIES: usize = 1000;
+/// `log_format`
+pub const LOG_FORMAT: &str = "text";
+/// `health_check_interval`
+pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// `health_check_timeout`
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// `health_check_max_rate`: at the default interval, up to 2,000 backends
+/// are each checked every interval.
+pub const HEALTH_CHECK_MAX_RATE: u32 = 1000;
+/// `health_check_max_rate`'s bounds.
+pub const HEALTH_CHECK_MAX_RATE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+/// `health_check_rise` and `health_check_fall`'s bounds.
+pub const RISE_FALL_RANGE: RangeInclusive<u32> = 1..=100;
+/// `eject_after`'s bounds (0 turns ejection off).
+pub const EJECT_AFTER_RANGE: RangeInclusive<u32> = 0..=1000;
+/// The longest of the health durations (interval, timeout, backoffs).
+pub const HEALTH_DURATION_MAX: Duration = Duration::from_secs(3600);
+
+/// `value`, or an error naming `key` and the bounds when it is outside.
+pub fn bounded<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+) -> anyhow::Result<T> {
+    if !range.contains(&value) {
+        bail!("{key} {value}: {} to {}", range.start(), range.end());
+    }
+    Ok(value)
+}
+
+/// The default each setting's `--help` shows, by setting (the flag's id).
+pub fn shown() -> Vec<(&'static str, String)> {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let on = |b: bool| if b { "on" } else { "off" }.to_owned();
+    let bindings = BindingConfig::default();
+    let health = HealthConfig::default();
+    vec![
+        ("region", REGION.into()),
+        ("app", APP.into()),
+        ("binding_ttl", d(bindings.ttl)),
+        ("binding_ipv4_prefix", bindings.ipv4_prefix.to_string()),
+        ("binding_ipv6_prefix", bindings.ipv6_prefix.to_string()),
+        ("binding_max_entries", bindings.max_entries.to_string()),
+        ("listen", LISTEN.into()),
+        ("send_proxy_protocol", SEND_PROXY_PROTOCOL.into()),
+        ("connect_timeout", d(CONNECT_TIMEOUT)),
+        ("connect_attempts", CONNECT_ATTEMPTS.to_string()),
+        ("idle_timeout", d(IDLE_TIMEOUT)),
+        ("half_close", on(HALF_CLOSE)),
+        ("splice", on(SPLICE)),
+        ("proxy_header_timeout", d(PROXY_HEADER_TIMEOUT)),
+        ("drain_timeout", d(DRAIN_TIMEOUT)),
+        ("workers", "one per CPU".into()),
+        ("wg_listen_port", WG_LISTEN_PORT.to_string()),
+        ("wg_attach", on(WG_ATTACH)),
+        ("wg_mtu", WG_MTU.to_string()),
+        (
+            "wg_rekey_after",
+            format!("{}s, WireGuard's own", WG_REKEY_AFTER_RANGE.end().as_secs()),
+        ),
+        ("metrics_listen", METRICS_LISTEN.into()),
+        ("metrics_backend_series", METRICS_BACKEND_SERIES.to_string()),
+        ("log_format", LOG_FORMAT.into()),
+        ("health_check_interval", d(HEALTH_CHECK_INTERVAL)),
+        ("health_check_timeout", d(HEALTH_CHECK_TIMEOUT)),
+        ("health_check_max_rate", HEALTH_CHECK_MAX_RATE.to_string()),
+        ("health_check_rise", health.rise.to_string()),
+        ("health_check_fall", health.fall.to_string()),
+        ("eject_after", health.eject_after.to_string()),
+        ("eject_backoff", d(health.backoff)),
+        ("eject_backoff_max", d(health.backoff_max)),
+    ]
+}
