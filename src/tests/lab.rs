@@ -23,7 +23,7 @@
 //! test). Whatever the test made is removed also when it fails (`lab.sh
 //! down` from a drop guard, and the script's own trap).
 
-mod support;
+use geoedge_testkit as support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -86,11 +86,7 @@ impl Lab {
             .env("GELAB_DIR", &self.dir)
             .env("GEOEDGE", &self.geoedge)
             .env_remove("RUST_LOG");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GEOEDGE_") {
-                cmd.env_remove(k);
-            }
-        }
+        without_geoedge_env(&mut cmd);
         cmd.output().unwrap()
     }
 
@@ -249,20 +245,6 @@ fn km(a: (f64, f64), b: (f64, f64)) -> f64 {
     2.0 * 6371.0 * h.sqrt().asin()
 }
 
-/// `line` without ANSI colour sequences.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(char::is_ascii_alphabetic);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A log line's leading `YYYY-MM-DDTHH:MM:SS.ffffffZ` timestamp.
 fn log_time(line: &str) -> Option<SystemTime> {
     let (date, time) = line.get(..27)?.strip_suffix('Z')?.split_once('T')?;
@@ -340,8 +322,7 @@ fn until_moved(
 
 #[test]
 fn three_pops_drain_a_region_and_bring_it_back() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let started = Instant::now();
@@ -519,8 +500,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
 
 #[test]
 fn a_failed_up_removes_what_it_built() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let mut lab = Lab::new("b");

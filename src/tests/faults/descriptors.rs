@@ -20,27 +20,6 @@ use tokio::net::TcpStream;
 
 use super::support::*;
 
-/// Raises this test process's soft descriptor limit to its hard limit.
-fn raise_own_nofile() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit calls on our own process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max.min(1 << 20);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-    }
-}
-
-/// Open descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// A client address for connection `i`.
 fn claim(i: usize) -> IpAddr {
     IpAddr::from([81, 3, (i / 250) as u8, (i % 250) as u8])
