@@ -6,21 +6,35 @@
 //! lock the heavy tests take ([`HEAVY`]).
 //!
 //! Everything is re-exported at the top, so a test file says
-//! `use geoedge_testkit::*;`. The kit is a dev-dependency only.
+//! `use geoedge_testkit::*;`. The kit is a dev-dependency only. Without its
+//! default feature `io` it is [`packet`] alone, with no dependencies (what
+//! the fuzz targets take).
 
+#[cfg(feature = "io")]
 pub mod backend;
+#[cfg(feature = "io")]
 pub mod cmd;
+#[cfg(feature = "io")]
 pub mod http;
+#[cfg(feature = "io")]
 pub mod netns;
 pub mod packet;
+#[cfg(feature = "io")]
 pub mod process;
+#[cfg(feature = "io")]
 pub mod skip;
 
+#[cfg(feature = "io")]
 pub use backend::*;
+#[cfg(feature = "io")]
 pub use cmd::*;
+#[cfg(feature = "io")]
 pub use http::*;
+#[cfg(feature = "io")]
 pub use netns::*;
+#[cfg(feature = "io")]
 pub use process::*;
+#[cfg(feature = "io")]
 pub use skip::*;
 
 /// Held by the tests that must not share the machine with each other:
@@ -29,4 +43,5 @@ pub use skip::*;
 /// tests from different files of it never overlap either. Take it with
 /// `HEAVY.lock().await` in async tests and `HEAVY.blocking_lock()` in
 /// plain ones; a failed test does not poison it.
+#[cfg(feature = "io")]
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
