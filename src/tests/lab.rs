@@ -325,6 +325,8 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     if skipped(skip_reason()) {
         return;
     }
+    // Three geoedge processes and six backends: not beside the other heavy tests.
+    let _heavy = HEAVY.blocking_lock();
     let started = Instant::now();
     let lab = Lab::new("a");
     let t = Instant::now();

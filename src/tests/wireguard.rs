@@ -78,6 +78,9 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
     if skipped(skip_reason()) {
         return;
     }
+    // 64 MiB each way through two WireGuard implementations: not beside the
+    // other heavy tests.
+    let _heavy = HEAVY.blocking_lock();
     let pid = std::process::id();
     let n = 100 + pid % 100;
     let (ns, ve0, ve1) = (
