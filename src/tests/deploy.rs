@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{describe_output, geoedge, skipped};
+use support::{describe_output, geoedge, skipped, sqlite3_out};
 
 use geoedge_testkit as support;
 
@@ -259,10 +259,4 @@ fn example_settings_and_three_region_sql_work_together() {
     // The backend POP's settings resolve too (wg_* complete).
     let decision = route("backend.toml", &db, &mmdb, "US");
     assert!(decision["backend"].is_string(), "{decision:#}");
-}
-
-fn sqlite3_out(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
-    assert!(out.status.success(), "{}", describe_output(&out));
-    String::from_utf8(out.stdout).unwrap()
 }

@@ -228,10 +228,6 @@ fn client(country: &str, n: u8) -> IpAddr {
     }
 }
 
-fn query(db: &Path, sql: &str) -> String {
-    run(&["sqlite3", "-bail", db.to_str().unwrap(), sql])
-}
-
 /// Great-circle distance in km.
 fn km(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (la1, lo1, la2, lo2) = (
@@ -338,7 +334,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     let home: BTreeMap<&str, String> = ["GB", "US", "BR"]
         .into_iter()
         .map(|c| {
-            let r = query(
+            let r = sqlite3_out(
                 &master,
                 &format!("SELECT region FROM country_regions WHERE country = '{c}';"),
             );
@@ -374,7 +370,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
 
     // The region nearest to a GB client after eu, by routing.db's regions.
     let gb = sample_entry("GB").unwrap();
-    let regions = query(&master, "SELECT id, latitude, longitude FROM regions;");
+    let regions = sqlite3_out(&master, "SELECT id, latitude, longitude FROM regions;");
     let mut distances: Vec<(f64, String)> = regions
         .lines()
         .filter_map(|l| {
@@ -437,7 +433,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
         vec![shipped(&push_out); 3],
         "the POPs' copies against the push"
     );
-    let healthy = query(
+    let healthy = sqlite3_out(
         &lab.dir.join("sa/routing.db"),
         "SELECT count(*) FROM backends WHERE healthy = 0;",
     );
