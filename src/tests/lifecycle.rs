@@ -137,20 +137,7 @@ async fn flood_1024(extra: &[&str], lowered: Option<u64>) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let baseline = fds(pid);
     if let Some(soft) = lowered {
-        let rl = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: 1024,
-        };
-        // SAFETY: prlimit reads the struct we pass; `pid` is our child.
-        let set = unsafe {
-            libc::prlimit(
-                pid as libc::pid_t,
-                libc::RLIMIT_NOFILE,
-                &rl,
-                std::ptr::null_mut(),
-            )
-        };
-        assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+        set_nofile(pid, soft, 1024);
     }
 
     let (cpu0, t0) = (cpu_time(pid), Instant::now());

@@ -47,24 +47,6 @@ async fn hold(
     }
 }
 
-/// Sets the soft descriptor limit of the running process `pid`.
-fn set_soft_limit(pid: u32, soft: u64) {
-    let rl = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: 1024,
-    };
-    // SAFETY: prlimit reads the struct we pass; `pid` is our child.
-    let set = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &rl,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
 fn value(metrics: SocketAddr, series: &str) -> f64 {
     metric(&scrape(metrics), series).unwrap_or(0.0)
 }
@@ -134,7 +116,7 @@ async fn out_of_descriptors_the_backend_is_not_blamed_and_clients_are_served_onc
     // under the new soft limit: enough to accept a client, not to open its
     // backend socket.
     let mut soft = (baseline + 201) as u64;
-    set_soft_limit(pid, soft);
+    set_nofile(pid, soft, 1024);
 
     // Clients one after the other: the first 100 are served, then each new
     // one is accepted and refused at once, until 20 have been.
@@ -148,7 +130,7 @@ async fn out_of_descriptors_the_backend_is_not_blamed_and_clients_are_served_onc
                 queued += 1;
                 assert!(queued < 5, "clients stay queued: {queued}");
                 soft += 1;
-                set_soft_limit(pid, soft);
+                set_nofile(pid, soft, 1024);
             }
             Err(_) => refused += 1,
         }

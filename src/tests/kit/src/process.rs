@@ -320,3 +320,22 @@ pub fn plain(line: &str) -> String {
     }
     out
 }
+
+/// Sets the descriptor limits (`RLIMIT_NOFILE`) of the running process
+/// `pid`, as `prlimit --nofile=SOFT:HARD --pid PID` does.
+pub fn set_nofile(pid: u32, soft: u64, hard: u64) {
+    let rl = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit reads the struct we pass and writes nothing.
+    let set = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &rl,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
