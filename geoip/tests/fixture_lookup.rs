@@ -1,6 +1,6 @@
 //! The committed sample database answers exactly what its entries table says.
 
-mod common;
+use crate::common;
 
 use std::net::IpAddr;
 

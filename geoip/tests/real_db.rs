@@ -2,7 +2,7 @@
 //! and the sample addresses locate to the same countries in them. Skipped
 //! (with a note) when the files are absent, except under CI.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -10,30 +10,13 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use geoedge_routing::loader;
 use geoedge_routing::watcher::{load_into, Reloader, WatchOptions};
 use geoedge_routing::{RejectReason, RoutingTable};
-
-/// Runs SQL through the `sqlite3` command-line shell, as an operator would.
-fn sqlite3(db: &Path, sql: &str) {
-    let out = Command::new("sqlite3")
-        .arg("-bail")
-        .arg("-cmd")
-        .arg(".timeout 5000")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI is installed (apt-get install sqlite3)");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use geoedge_testkit::sqlite3;
 
 struct Fixture {
     _dir: tempfile::TempDir,

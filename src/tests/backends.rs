@@ -13,7 +13,7 @@
 //!
 //! Each test prints what it measured (`measured: ...`).
 
-mod support;
+use geoedge_testkit as support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -253,7 +253,9 @@ async fn active_checks_take_a_refusing_backend_down_bring_it_back_and_follow_rel
 /// routed through a veth pair into a namespace that neither owns nor
 /// forwards it (and blackholes it besides). Removed on drop.
 struct Blackhole {
-    ns: String,
+    /// Deleting the namespace deletes the veth pair and the route through it.
+    _ns: Netns,
+    _veth: Veth,
     /// The address that never answers.
     addr: SocketAddr,
 }
@@ -267,35 +269,14 @@ impl Blackhole {
             format!("gebk0{pid}"),
             format!("gebk1{pid}"),
         );
-        let hole = Blackhole {
-            ns: ns.clone(),
-            addr: format!("198.19.{n}.7:8080").parse().unwrap(),
-        };
-        run(&["ip", "netns", "add", &ns]);
-        run(&[
-            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-        ]);
-        run(&["ip", "link", "set", &inner, "netns", &ns]);
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("198.18.{n}.1/30"),
-            "dev",
-            &outer,
-        ]);
-        run(&["ip", "link", "set", &outer, "up"]);
-        run(&[
-            "ip",
-            "-n",
+        let netns = Netns::new(ns.clone());
+        let veth = Veth::new(
             &ns,
-            "addr",
-            "add",
-            &format!("198.18.{n}.2/30"),
-            "dev",
+            &outer,
             &inner,
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", &inner, "up"]);
+            &format!("198.18.{n}.1/30"),
+            &format!("198.18.{n}.2/30"),
+        );
         run(&[
             "ip",
             "route",
@@ -304,30 +285,18 @@ impl Blackhole {
             "via",
             &format!("198.18.{n}.2"),
         ]);
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "blackhole",
-            &format!("198.19.{n}.7/32"),
-        ]);
-        hole
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the veth pair and the route through it.
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        netns.ip(&["route", "add", "blackhole", &format!("198.19.{n}.7/32")]);
+        Blackhole {
+            _ns: netns,
+            _veth: veth,
+            addr: format!("198.19.{n}.7:8080").parse().unwrap(),
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_backend_costs_the_connect_timeout_and_only_until_it_is_ejected() {
-    if let Some(reason) = privileged_skip_reason(&["ip"]) {
-        eprintln!("skipping: {reason}");
+    if skipped(privileged_skip_reason(&["ip"])) {
         return;
     }
     let hole = Blackhole::new();
@@ -469,7 +438,7 @@ struct BackendProcess {
 impl BackendProcess {
     fn start(id: &str) -> BackendProcess {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["backend_process", "--exact", "--nocapture"])
+            .args(["backends::backend_process", "--exact", "--nocapture"])
             .env(CHILD, id)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::{describe_output, geoedge, run};
+use support::{describe_output, geoedge};
 
-mod support;
+use geoedge_testkit as support;
 
 /// The shipped recommendations, as the binary has them.
 const SYSCTL_CONF: &str = include_str!("../../sysctl/90-geoedge.conf");
@@ -115,22 +115,20 @@ fn a_low_open_file_limit_is_short() {
 }
 
 /// A network namespace, deleted when dropped.
-struct Netns(String);
+struct Netns(support::Netns);
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("gech{tag}{}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        Netns(name)
+        Netns(support::Netns::new(format!(
+            "gech{tag}{}",
+            std::process::id()
+        )))
     }
 
     /// Reads a sysctl as the namespace sees it; `None` when it has none.
     fn get(&self, key: &str) -> Option<String> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "cat", &path])
-            .output()
-            .unwrap();
+        let out = self.0.exec("cat").arg(&path).output().unwrap();
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -142,19 +140,14 @@ impl Netns {
     fn try_set(&self, key: &str, value: &str) -> bool {
         assert!(key.starts_with("net."), "{key} is not per namespace");
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, "sh", "-c"])
+        self.0
+            .exec("sh")
+            .arg("-c")
             .arg(format!("echo '{value}' > {path}"))
             .stderr(std::process::Stdio::null())
             .status()
             .unwrap()
             .success()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
@@ -178,7 +171,7 @@ fn a_low_value_in_a_network_namespace_is_short_and_strict_fails() {
     assert!(ns.try_set("net.core.somaxconn", "128"));
     let check = |strict: bool| {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_geoedge")])
+        c.args(["netns", "exec", ns.0.name(), env!("CARGO_BIN_EXE_geoedge")])
             .arg("check-host");
         if strict {
             c.arg("--strict");
@@ -255,7 +248,7 @@ fn strict_passes_when_every_value_meets_the_recommendation() {
         env!("CARGO_BIN_EXE_geoedge")
     );
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
+        .args(["netns", "exec", ns.0.name()])
         .args(["unshare", "--mount", "--propagation", "private"])
         .args(["sh", "-c", &script])
         .output()

@@ -12,7 +12,7 @@ use geoedge_geoip::sample_address;
 use serde_json::Value;
 use support::{geoedge, real_db, sqlite3};
 
-mod support;
+use geoedge_testkit as support;
 
 fn ok(out: Output) -> String {
     assert!(

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{describe_output, geoedge};
+use support::{describe_output, geoedge, skipped, sqlite3_out};
 
-mod support;
+use geoedge_testkit as support;
 
 const UNITS: &[&str] = &["geoedge.service", "geoedge-wg.service"];
 const TMPFILES: &str = include_str!("../../deploy/tmpfiles/geoedge.conf");
@@ -91,8 +91,7 @@ fn verify_skip_reason(dir: &Path) -> Option<String> {
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
-    if let Some(reason) = verify_skip_reason(dir.path()) {
-        eprintln!("skipping: {reason}");
+    if skipped(verify_skip_reason(dir.path())) {
         return;
     }
     let units = unit_copies(dir.path());
@@ -260,10 +259,4 @@ fn example_settings_and_three_region_sql_work_together() {
     // The backend POP's settings resolve too (wg_* complete).
     let decision = route("backend.toml", &db, &mmdb, "US");
     assert!(decision["backend"].is_string(), "{decision:#}");
-}
-
-fn sqlite3_out(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
-    assert!(out.status.success(), "{}", describe_output(&out));
-    String::from_utf8(out.stdout).unwrap()
 }

@@ -44,7 +44,7 @@
 mod imports;
 #[path = "docs/markdown.rs"]
 mod markdown;
-mod support;
+use geoedge_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -194,8 +194,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 /// be made (root), and the process groups its blocks started, killed when
 /// dropped (with the namespace).
 struct Sandbox {
-    /// The namespace's name, when there is one.
-    netns: Option<String>,
+    /// The namespace, when there is one (deleted after the groups are
+    /// killed).
+    netns: Option<support::Netns>,
     /// Process groups of the blocks run so far.
     groups: std::sync::Mutex<Vec<i32>>,
 }
@@ -205,21 +206,11 @@ impl Sandbox {
         static N: AtomicUsize = AtomicUsize::new(0);
         let mut netns = None;
         if support::privileged_skip_reason(&["ip"]).is_none() {
-            let name = format!(
+            netns = support::Netns::try_new(format!(
                 "gedoc{}x{}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::SeqCst)
-            );
-            let made = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .is_ok_and(|s| s.success());
-            if made {
-                let _ = Command::new("ip")
-                    .args(["-n", &name, "link", "set", "lo", "up"])
-                    .status();
-                netns = Some(name);
-            }
+            ));
         }
         if netns.is_none() {
             eprintln!("doc examples run in the host's network namespace (not root)");
@@ -232,11 +223,7 @@ impl Sandbox {
 
     fn command(&self) -> Command {
         match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "bash"]);
-                c
-            }
+            Some(ns) => ns.exec("bash"),
             None => Command::new("bash"),
         }
     }
@@ -248,9 +235,6 @@ impl Drop for Sandbox {
             // SAFETY: kill has no memory preconditions; the group is one
             // this test started.
             unsafe { libc::kill(-g, libc::SIGKILL) };
-        }
-        if let Some(ns) = &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }

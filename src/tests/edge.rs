@@ -3,7 +3,7 @@
 //! while traffic flows, and the sample, GeoLite2-City and DB-IP City Lite
 //! databases.
 
-mod support;
+use geoedge_testkit as support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -8,13 +8,13 @@
 //! listener ([`own_listener`]), and descriptors running out while dialing
 //! ([`descriptors`]). Each test
 //! asserts the pass criteria of docs/reliability.md and prints what it
-//! measured (`cargo test --test faults -- --nocapture`).
+//! measured (`cargo test --test e2e -- --nocapture faults::`).
 
 #[path = "faults/descriptors.rs"]
 mod descriptors;
 #[path = "faults/fifo.rs"]
 mod fifo;
-mod support;
+use geoedge_testkit as support;
 
 #[path = "faults/aborts.rs"]
 mod aborts;

@@ -4,7 +4,7 @@
 //! connection's span; a backend that refuses every connect logged once per
 //! interval, not once per client.
 
-mod support;
+use geoedge_testkit as support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

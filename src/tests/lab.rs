@@ -23,7 +23,7 @@
 //! test). Whatever the test made is removed also when it fails (`lab.sh
 //! down` from a drop guard, and the script's own trap).
 
-mod support;
+use geoedge_testkit as support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -86,11 +86,7 @@ impl Lab {
             .env("GELAB_DIR", &self.dir)
             .env("GEOEDGE", &self.geoedge)
             .env_remove("RUST_LOG");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GEOEDGE_") {
-                cmd.env_remove(k);
-            }
-        }
+        without_geoedge_env(&mut cmd);
         cmd.output().unwrap()
     }
 
@@ -232,10 +228,6 @@ fn client(country: &str, n: u8) -> IpAddr {
     }
 }
 
-fn query(db: &Path, sql: &str) -> String {
-    run(&["sqlite3", "-bail", db.to_str().unwrap(), sql])
-}
-
 /// Great-circle distance in km.
 fn km(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (la1, lo1, la2, lo2) = (
@@ -247,20 +239,6 @@ fn km(a: (f64, f64), b: (f64, f64)) -> f64 {
     let h = ((la2 - la1) / 2.0).sin().powi(2)
         + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
     2.0 * 6371.0 * h.sqrt().asin()
-}
-
-/// `line` without ANSI colour sequences.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(char::is_ascii_alphabetic);
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A log line's leading `YYYY-MM-DDTHH:MM:SS.ffffffZ` timestamp.
@@ -340,10 +318,11 @@ fn until_moved(
 
 #[test]
 fn three_pops_drain_a_region_and_bring_it_back() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
+    // Three geoedge processes and six backends: not beside the other heavy tests.
+    let _heavy = HEAVY.blocking_lock();
     let started = Instant::now();
     let lab = Lab::new("a");
     let t = Instant::now();
@@ -355,7 +334,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     let home: BTreeMap<&str, String> = ["GB", "US", "BR"]
         .into_iter()
         .map(|c| {
-            let r = query(
+            let r = sqlite3_out(
                 &master,
                 &format!("SELECT region FROM country_regions WHERE country = '{c}';"),
             );
@@ -391,7 +370,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
 
     // The region nearest to a GB client after eu, by routing.db's regions.
     let gb = sample_entry("GB").unwrap();
-    let regions = query(&master, "SELECT id, latitude, longitude FROM regions;");
+    let regions = sqlite3_out(&master, "SELECT id, latitude, longitude FROM regions;");
     let mut distances: Vec<(f64, String)> = regions
         .lines()
         .filter_map(|l| {
@@ -454,7 +433,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
         vec![shipped(&push_out); 3],
         "the POPs' copies against the push"
     );
-    let healthy = query(
+    let healthy = sqlite3_out(
         &lab.dir.join("sa/routing.db"),
         "SELECT count(*) FROM backends WHERE healthy = 0;",
     );
@@ -519,8 +498,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
 
 #[test]
 fn a_failed_up_removes_what_it_built() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let mut lab = Lab::new("b");

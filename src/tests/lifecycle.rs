@@ -14,7 +14,7 @@
 mod fifo;
 #[path = "lifecycle/handover.rs"]
 mod handover;
-mod support;
+use geoedge_testkit as support;
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -29,24 +29,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-/// Serializes the tests whose criteria are times or CPU shares.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Raises this test process's soft descriptor limit to its hard limit (the
-/// load tests hold thousands of sockets).
-fn raise_own_nofile() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit calls on our own process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max.min(1 << 20);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-    }
-}
 
 /// User plus system CPU time of a process so far.
 fn cpu_time(pid: u32) -> Duration {
@@ -155,20 +137,7 @@ async fn flood_1024(extra: &[&str], lowered: Option<u64>) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let baseline = fds(pid);
     if let Some(soft) = lowered {
-        let rl = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: 1024,
-        };
-        // SAFETY: prlimit reads the struct we pass; `pid` is our child.
-        let set = unsafe {
-            libc::prlimit(
-                pid as libc::pid_t,
-                libc::RLIMIT_NOFILE,
-                &rl,
-                std::ptr::null_mut(),
-            )
-        };
-        assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+        set_nofile(pid, soft, 1024);
     }
 
     let (cpu0, t0) = (cpu_time(pid), Instant::now());

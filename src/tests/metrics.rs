@@ -14,7 +14,7 @@
 
 #[path = "metrics/listener.rs"]
 mod listener;
-mod support;
+use geoedge_testkit as support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,15 +29,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Percent-encodes a query parameter.
@@ -515,8 +506,7 @@ impl Drop for Sockets {
 
 #[test]
 fn wireguard_metrics_show_the_handshake_and_the_garbage() {
-    if let Some(reason) = privileged_skip_reason(&["ip"]) {
-        eprintln!("skipping: {reason}");
+    if skipped(privileged_skip_reason(&["ip"])) {
         return;
     }
     let pid = std::process::id();

@@ -9,11 +9,10 @@
 //! printed reason where they are missing (and fails under CI when the tools
 //! are missing). Everything it creates is removed, also on failure.
 
-mod support;
+use geoedge_testkit as support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,10 +24,10 @@ fn skip_reason() -> Option<String> {
     privileged_skip_reason(&["ip", "wireguard-go", "wg"])
 }
 
-/// Removes what the test made, in reverse order, also when it panics.
+/// Stops the processes the test started and removes their sockets, also
+/// when it panics (before the namespace and veth pair, declared earlier,
+/// are deleted).
 struct Cleanup {
-    netns: String,
-    veth: String,
     children: Vec<Child>,
     sockets: Vec<String>,
 }
@@ -39,13 +38,6 @@ impl Drop for Cleanup {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .stderr(Stdio::null())
-            .status();
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
         }
@@ -53,13 +45,9 @@ impl Drop for Cleanup {
 }
 
 /// A backend inside the namespace: greets, then echoes until end-of-file.
-fn backend_in_netns(ns: &str, addr: SocketAddr) -> std::thread::JoinHandle<()> {
-    let netns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+fn backend_in_netns(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        // SAFETY: setns on a namespace file we hold open; affects this thread only.
-        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    let h = ns.spawn(move || {
         let listener = TcpListener::bind(addr).unwrap();
         ready_tx.send(()).unwrap();
         let (mut s, _) = listener.accept().unwrap();
@@ -87,10 +75,12 @@ fn backend_in_netns(ns: &str, addr: SocketAddr) -> std::thread::JoinHandle<()> {
 
 #[test]
 fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
+    // 64 MiB each way through two WireGuard implementations: not beside the
+    // other heavy tests.
+    let _heavy = HEAVY.blocking_lock();
     let pid = std::process::id();
     let n = 100 + pid % 100;
     let (ns, ve0, ve1) = (
@@ -99,47 +89,27 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
         format!("gew1{pid}"),
     );
     let (pop_if, edge_if) = (format!("wgpop{pid}"), format!("ge{pid}"));
-    let mut cleanup = Cleanup {
-        netns: ns.clone(),
-        veth: ve0.clone(),
-        children: Vec::new(),
-        sockets: vec![
-            format!("/var/run/wireguard/{pop_if}.sock"),
-            format!("/var/run/wireguard/{edge_if}.sock"),
-        ],
-    };
     let dir = tempfile::tempdir().unwrap();
     let (pop_key, pop_pub) = keypair(dir.path(), "pop.key");
     let (edge_key, edge_pub) = keypair(dir.path(), "edge.key");
 
     // The POP namespace, joined by a veth pair, running wireguard-go.
     sweep_stale_namespaces();
-    run(&["ip", "netns", "add", &ns]);
-    run(&[
-        "ip", "link", "add", &ve0, "type", "veth", "peer", "name", &ve1,
-    ]);
-    run(&["ip", "link", "set", &ve1, "netns", &ns]);
-    run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("172.31.{n}.1/24"),
-        "dev",
-        &ve0,
-    ]);
-    run(&["ip", "link", "set", &ve0, "up"]);
-    run(&[
-        "ip",
-        "-n",
+    let netns = Netns::new(ns.clone());
+    let _veth = Veth::new(
         &ns,
-        "addr",
-        "add",
-        &format!("172.31.{n}.2/24"),
-        "dev",
+        &ve0,
         &ve1,
-    ]);
-    run(&["ip", "-n", &ns, "link", "set", &ve1, "up"]);
-    run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        &format!("172.31.{n}.1/24"),
+        &format!("172.31.{n}.2/24"),
+    );
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        sockets: vec![
+            format!("/var/run/wireguard/{pop_if}.sock"),
+            format!("/var/run/wireguard/{edge_if}.sock"),
+        ],
+    };
     let wggo = Command::new("ip")
         .args(["netns", "exec", &ns, "wireguard-go", "-f", &pop_if])
         .stdout(Stdio::null())
@@ -183,7 +153,7 @@ fn a_client_reaches_a_backend_in_another_pop_through_geoedges_wireguard() {
     ]);
     run(&["ip", "-n", &ns, "link", "set", &pop_if, "mtu", "1420", "up"]);
     let backend_addr: SocketAddr = format!("10.78.{n}.2:9000").parse().unwrap();
-    let backend = backend_in_netns(&ns, backend_addr);
+    let backend = backend_in_netns(&netns, backend_addr);
 
     // routing.db: the POP's backend and the POP as a WireGuard peer.
     let db = routing_db(dir.path());
@@ -305,8 +275,7 @@ fn test_namespace_names_yield_their_pid() {
 /// whose process is alive.
 #[test]
 fn stale_test_namespaces_are_swept_and_live_ones_kept() {
-    if let Some(reason) = privileged_skip_reason(&["ip"]) {
-        eprintln!("skipping: {reason}");
+    if skipped(privileged_skip_reason(&["ip"])) {
         return;
     }
     // A pid that existed and is gone: a child that has exited and been reaped.
@@ -317,14 +286,8 @@ fn stale_test_namespaces_are_swept_and_live_ones_kept() {
         format!("gesws{dead}"),
         format!("geswl{}", std::process::id()),
     );
-    let cleanup = Cleanup {
-        netns: live.clone(),
-        veth: String::new(),
-        children: Vec::new(),
-        sockets: Vec::new(),
-    };
+    let live_ns = Netns::new(live.clone());
     run(&["ip", "netns", "add", &stale]);
-    run(&["ip", "netns", "add", &live]);
     let reused = Path::new(&format!("/proc/{dead}")).exists();
     sweep_stale_namespaces();
     let exists = |ns: &str| Path::new(&format!("/var/run/netns/{ns}")).exists();
@@ -336,5 +299,5 @@ fn stale_test_namespaces_are_swept_and_live_ones_kept() {
     } else {
         assert!(!exists(&stale), "a stale namespace was kept");
     }
-    drop(cleanup);
+    drop(live_ns);
 }

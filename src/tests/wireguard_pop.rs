@@ -35,7 +35,7 @@ mod flood;
 mod handshake_flood;
 #[path = "wireguard_pop/lab.rs"]
 mod lab;
-mod support;
+use geoedge_testkit as support;
 #[path = "wireguard_pop/traffic.rs"]
 mod traffic;
 
@@ -53,8 +53,7 @@ use traffic::*;
 
 #[test]
 fn geoedge_to_geoedge_and_peer_churn() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let _serial = serial();
@@ -316,8 +315,7 @@ fn geoedge_to_geoedge_and_peer_churn() {
 
 #[test]
 fn a_vanished_pop_fails_over_within_the_connect_timeout() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let _serial = serial();
@@ -438,8 +436,7 @@ fn a_vanished_pop_fails_over_within_the_connect_timeout() {
 
 #[test]
 fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let _serial = serial();
@@ -579,8 +576,7 @@ fn garbage_datagrams_get_no_reply_and_the_tunnel_keeps_working() {
 /// three times over, and the stream never stalls or loses a byte.
 #[test]
 fn rekey_keeps_connections() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let _serial = serial();
@@ -676,8 +672,7 @@ fn rekey_keeps_connections() {
 /// and the limiter counts what it dropped.
 #[test]
 fn a_valid_cookie_handshake_flood_from_one_source_leaves_the_tunnel_working() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if skipped(skip_reason()) {
         return;
     }
     let _serial = serial();

@@ -375,5 +375,4 @@ fn fold(mut acc: u64) -> u16 {
 }
 
 #[cfg(test)]
-#[path = "gro_tests.rs"]
 mod tests;

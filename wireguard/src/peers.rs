@@ -409,5 +409,4 @@ impl std::fmt::Debug for Peers {
 }
 
 #[cfg(test)]
-#[path = "peers_tests.rs"]
 mod tests;

@@ -264,5 +264,4 @@ impl UnknownInitiations {
 }
 
 #[cfg(test)]
-#[path = "ratelimit_tests.rs"]
 mod tests;

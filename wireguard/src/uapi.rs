@@ -340,5 +340,4 @@ pub fn render_errno(errno: i32) -> String {
 }
 
 #[cfg(test)]
-#[path = "uapi_tests.rs"]
 mod tests;

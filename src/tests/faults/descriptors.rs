@@ -20,27 +20,6 @@ use tokio::net::TcpStream;
 
 use super::support::*;
 
-/// Raises this test process's soft descriptor limit to its hard limit.
-fn raise_own_nofile() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit calls on our own process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max.min(1 << 20);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-    }
-}
-
-/// Open descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// A client address for connection `i`.
 fn claim(i: usize) -> IpAddr {
     IpAddr::from([81, 3, (i / 250) as u8, (i % 250) as u8])
@@ -66,24 +45,6 @@ async fn hold(
         Ok(Ok(_)) | Ok(Err(_)) => Err("refused"),
         Err(_) => Err("no answer"),
     }
-}
-
-/// Sets the soft descriptor limit of the running process `pid`.
-fn set_soft_limit(pid: u32, soft: u64) {
-    let rl = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: 1024,
-    };
-    // SAFETY: prlimit reads the struct we pass; `pid` is our child.
-    let set = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &rl,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
 fn value(metrics: SocketAddr, series: &str) -> f64 {
@@ -155,7 +116,7 @@ async fn out_of_descriptors_the_backend_is_not_blamed_and_clients_are_served_onc
     // under the new soft limit: enough to accept a client, not to open its
     // backend socket.
     let mut soft = (baseline + 201) as u64;
-    set_soft_limit(pid, soft);
+    set_nofile(pid, soft, 1024);
 
     // Clients one after the other: the first 100 are served, then each new
     // one is accepted and refused at once, until 20 have been.
@@ -169,7 +130,7 @@ async fn out_of_descriptors_the_backend_is_not_blamed_and_clients_are_served_onc
                 queued += 1;
                 assert!(queued < 5, "clients stay queued: {queued}");
                 soft += 1;
-                set_soft_limit(pid, soft);
+                set_nofile(pid, soft, 1024);
             }
             Err(_) => refused += 1,
         }

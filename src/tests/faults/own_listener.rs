@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 use super::support::*;
 use super::{reloads, route, within};
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_at_the_edges_own_listener_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 //! `net.ipv4.tcp_migrate_req` on without touching the host's).
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,57 +12,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::support::*;
 use super::{claim, client, edge_cmd, raise_own_nofile, value, HEAVY};
 
-/// A network namespace of this test binary's own with loopback up,
-/// deleted when dropped.
-struct NetNs {
-    /// Its name under /run/netns.
-    name: String,
-    /// /run/netns/NAME, for setns(2).
-    file: std::fs::File,
-}
+/// A network namespace of this test's own with loopback up (deleted when
+/// dropped), and what the restart test runs inside it.
+struct NetNs(Netns);
 
 impl NetNs {
     fn new(tag: &str) -> NetNs {
         let name = format!("geLc{tag}{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["ip", "netns", "add", &name]);
-        let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        let ns = NetNs { name, file };
-        run(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+        NetNs(Netns::new(name))
     }
 
     fn sysctl(&self, key: &str, value: &str) {
-        let kv = format!("{key}={value}");
-        run(&["ip", "netns", "exec", &self.name, "sysctl", "-qw", &kv]);
+        self.0.sysctl(key, value);
     }
 
     /// Makes `cmd` start inside the namespace.
     fn command(&self, cmd: &mut Command) {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the descriptor outlives the
-        // spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        self.0.enter_on_spawn(cmd);
     }
 
     /// A backend in the namespace on a thread and runtime of its own (so
     /// the load cannot starve it) with a full backlog: it greets each
     /// connection at once, then reads it to the end.
     fn backend(&self) -> SocketAddr {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: setns on this thread only.
-            assert_eq!(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }, 0);
+        self.0.spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -91,12 +65,9 @@ impl NetNs {
     /// A tokio runtime whose threads live in the namespace: run what needs
     /// its sockets there with `spawn`.
     fn runtime(&self) -> tokio::runtime::Runtime {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns on this thread only; its children inherit it.
-                assert_eq!(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }, 0);
+        // Its threads are spawned by this thread, which is in the namespace.
+        self.0
+            .spawn(|| {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
@@ -105,15 +76,6 @@ impl NetNs {
             })
             .join()
             .unwrap()
-        })
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 
 use super::support::*;
 
-/// Raises this test process's soft descriptor limit to its hard limit.
-fn raise_own_nofile() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit calls on our own process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        rl.rlim_cur = rl.rlim_max.min(1 << 20);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-    }
-}
-
 /// An edge with its metrics listener, ready.
 fn ready_edge(dir: &std::path::Path) -> Edge {
     let db = routing_db(dir);
@@ -103,13 +89,6 @@ fn still_open(conns: &[std::net::TcpStream]) -> usize {
             open
         })
         .count()
-}
-
-/// Open descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 fn count(metrics: SocketAddr, reason: &str) -> f64 {

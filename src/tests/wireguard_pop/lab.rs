@@ -7,20 +7,16 @@ use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::support::*;
-use super::traffic::NsBackend;
 
-/// One test at a time: each runs three geoedge processes, and the flood
+/// One test at a time, and none beside the other heavy tests of the
+/// binary ([`HEAVY`]): each runs three geoedge processes, and the flood
 /// would starve the others' connect timeouts.
-pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
-
-pub(crate) fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(crate) fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.blocking_lock()
 }
 
 pub(crate) fn skip_reason() -> Option<String> {
@@ -50,24 +46,6 @@ pub(crate) fn alive(pid: u32) -> bool {
     }
 }
 
-/// `line` without ANSI colour sequences.
-pub(crate) fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// What one test made, removed when dropped (after the processes and
 /// backends, which are declared after it and so dropped first).
 pub(crate) struct Lab {
@@ -75,9 +53,10 @@ pub(crate) struct Lab {
     /// 172.30.{base + k}.0/24 for site k, 10.79.{base + k}.0/24 for overlays.
     pub(crate) base: u32,
     pub(crate) dir: tempfile::TempDir,
-    pub(crate) netns: Vec<String>,
-    pub(crate) veths: Vec<String>,
     pub(crate) sockets: Vec<PathBuf>,
+    /// Dropped after the sockets are removed, namespaces before veths.
+    pub(crate) netns: Vec<Netns>,
+    pub(crate) veths: Vec<Veth>,
 }
 
 /// A POP site: a namespace joined to the root namespace by a veth pair.
@@ -99,9 +78,9 @@ impl Lab {
             pid,
             base: (pid % 40) * 6,
             dir: tempfile::tempdir().unwrap(),
+            sockets: Vec::new(),
             netns: Vec::new(),
             veths: Vec::new(),
-            sockets: Vec::new(),
         }
     }
 
@@ -135,27 +114,14 @@ impl Lab {
             Ipv4Addr::new(172, 30, net as u8, 1),
             Ipv4Addr::new(172, 30, net as u8, 2),
         );
-        self.netns.push(ns.clone());
-        run(&["ip", "netns", "add", &ns]);
-        self.veths.push(veth.clone());
-        run(&[
-            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
-        ]);
-        run(&["ip", "link", "set", &peer, "netns", &ns]);
-        run(&["ip", "addr", "add", &format!("{root_ip}/24"), "dev", &veth]);
-        run(&["ip", "link", "set", &veth, "up"]);
-        run(&[
-            "ip",
-            "-n",
+        self.netns.push(Netns::new(ns.clone()));
+        self.veths.push(Veth::new(
             &ns,
-            "addr",
-            "add",
-            &format!("{ns_ip}/24"),
-            "dev",
+            &veth,
             &peer,
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            &format!("{root_ip}/24"),
+            &format!("{ns_ip}/24"),
+        ));
         Site {
             ns,
             veth,
@@ -166,13 +132,8 @@ impl Lab {
 
     /// Deletes a site now (its namespace and veth pair).
     pub(crate) fn remove_site(&mut self, site: &Site) {
-        let _ = Command::new("ip").args(["netns", "del", &site.ns]).status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &site.veth])
-            .stderr(Stdio::null())
-            .status();
-        self.netns.retain(|n| *n != site.ns);
-        self.veths.retain(|v| *v != site.veth);
+        self.netns.retain(|n| n.name() != site.ns);
+        self.veths.retain(|v| v.outer != site.veth);
     }
 
     /// A key pair made with geoedge (interchangeable with the wg tool).
@@ -223,15 +184,6 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        for v in &self.veths {
-            let _ = Command::new("ip")
-                .args(["link", "del", v])
-                .stderr(Stdio::null())
-                .status();
-        }
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
         }
@@ -252,7 +204,7 @@ impl Pop {
     pub(crate) fn start(ns: &str, iface: &str, key: &Path, address: &str, db: &Path) -> Pop {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
-            .arg(env!("CARGO_BIN_EXE_geoedge"))
+            .arg(geoedge_path())
             .args([
                 "wg",
                 "up",
@@ -270,11 +222,7 @@ impl Pop {
             .env("RUST_LOG", "geoedge=debug,info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GEOEDGE_") {
-                cmd.env_remove(k);
-            }
-        }
+        without_geoedge_env(&mut cmd);
         let mut child = cmd.spawn().expect("ip netns exec geoedge wg up");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);

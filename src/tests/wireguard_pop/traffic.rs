@@ -1,121 +1,17 @@
-//! Traffic for the geoedge-to-geoedge tests: echo backends inside POP
-//! namespaces, clients through the edge with a PROXY header, and streams
-//! that check every byte echoed; threads are joined when dropped.
+//! Traffic for the geoedge-to-geoedge tests: clients through the edge with
+//! a PROXY header, and streams that check every byte echoed (against the
+//! kit's echo backends inside POP namespaces); threads are joined when
+//! dropped.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::lab::eventually;
 use super::support::*;
-
-/// A backend thread (in a namespace, or in ours): each connection starts
-/// with geoedge's PROXY v1 header; it answers `backend=ID client=IP\n` and
-/// echoes until end-of-file. Stopped (threads joined) when dropped.
-pub(crate) struct NsBackend {
-    pub(crate) addr: SocketAddr,
-    pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) thread: Option<JoinHandle<()>>,
-    pub(crate) accepted: Arc<AtomicUsize>,
-}
-
-impl NsBackend {
-    pub(crate) fn start(ns: Option<&str>, bind: SocketAddr, id: &'static str) -> NsBackend {
-        let netns = ns.map(|ns| std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop2, accepted2) = (Arc::clone(&stop), Arc::clone(&accepted));
-        let thread = std::thread::spawn(move || {
-            if let Some(netns) = netns {
-                // SAFETY: setns on a namespace file we hold open; affects this thread only.
-                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            }
-            let listener = TcpListener::bind(bind).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            ready_tx.send(listener.local_addr().unwrap()).unwrap();
-            let mut conns = Vec::new();
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        accepted2.fetch_add(1, Ordering::SeqCst);
-                        let stop = Arc::clone(&stop2);
-                        let handle = s.try_clone().ok();
-                        let thread = std::thread::spawn(move || {
-                            let _ = serve_echo(s, id, &stop);
-                        });
-                        conns.push((handle, thread));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            // A write blocked towards a vanished peer wakes up on shutdown.
-            for (handle, thread) in conns {
-                if let Some(h) = handle {
-                    let _ = h.shutdown(Shutdown::Both);
-                }
-                let _ = thread.join();
-            }
-        });
-        let addr = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("backend listening");
-        NsBackend {
-            addr,
-            stop,
-            thread: Some(thread),
-            accepted,
-        }
-    }
-}
-
-impl Drop for NsBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub(crate) fn serve_echo(s: TcpStream, id: &str, stop: &AtomicBool) -> std::io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut writer = s.try_clone()?;
-    let mut reader = BufReader::new(s);
-    let mut header = String::new();
-    reader.read_line(&mut header)?;
-    let client = header
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or("unknown")
-        .to_owned();
-    writer.write_all(format!("backend={id} client={client}\n").as_bytes())?;
-    reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => {
-                let _ = writer.shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            Ok(n) => writer.write_all(&buf[..n])?,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// A client connection through the edge claiming `claim` in a PROXY v1 header.
 pub(crate) struct Client {

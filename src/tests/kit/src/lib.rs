@@ -1,0 +1,47 @@
+//! The scaffolding geoedge's tests share, written once: network namespaces
+//! and veth pairs ([`netns`]), why a test skips ([`skip`]), the `sqlite3`,
+//! `ip` and other commands ([`cmd`]), the `geoedge` process ([`process`]),
+//! echo backends and PROXY clients ([`backend`]), HTTP scrapes of the
+//! metrics listener ([`http`]), TCP/IP packet builders ([`packet`]) and the
+//! lock the heavy tests take ([`HEAVY`]).
+//!
+//! Everything is re-exported at the top, so a test file says
+//! `use geoedge_testkit::*;`. The kit is a dev-dependency only. Without its
+//! default feature `io` it is [`packet`] alone, with no dependencies (what
+//! the fuzz targets take).
+
+#[cfg(feature = "io")]
+pub mod backend;
+#[cfg(feature = "io")]
+pub mod cmd;
+#[cfg(feature = "io")]
+pub mod http;
+#[cfg(feature = "io")]
+pub mod netns;
+pub mod packet;
+#[cfg(feature = "io")]
+pub mod process;
+#[cfg(feature = "io")]
+pub mod skip;
+
+#[cfg(feature = "io")]
+pub use backend::*;
+#[cfg(feature = "io")]
+pub use cmd::*;
+#[cfg(feature = "io")]
+pub use http::*;
+#[cfg(feature = "io")]
+pub use netns::*;
+#[cfg(feature = "io")]
+pub use process::*;
+#[cfg(feature = "io")]
+pub use skip::*;
+
+/// Held by the tests that must not share the machine with each other:
+/// those that run several geoedge processes, floods or load whose pass
+/// criteria are times or CPU shares. One lock for the whole test binary, so
+/// tests from different files of it never overlap either. Take it with
+/// `HEAVY.lock().await` in async tests and `HEAVY.blocking_lock()` in
+/// plain ones; a failed test does not poison it.
+#[cfg(feature = "io")]
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
