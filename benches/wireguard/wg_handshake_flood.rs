@@ -14,8 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-#[path = "../../src/tests/wireguard_pop/handshake_flood.rs"]
-mod handshake_flood;
+use geoedge_testkit::handshake_flood;
 
 /// Set by SIGTERM and SIGINT.
 static STOP: AtomicBool = AtomicBool::new(false);

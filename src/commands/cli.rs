@@ -85,7 +85,10 @@ pub enum DbCommand {
 
 impl Cli {
     /// The command line, each setting's help ending with its default from
-    /// the one place defaults are written ([`defaults::shown`]).
+    /// the one place defaults are written ([`defaults::shown`]), and each
+    /// command's `--help` offering only the settings it reads ([`reads`]).
+    /// Settings stay global: one given where it does nothing is accepted
+    /// (a config file or `GEOEDGE_*` variables serve every command).
     pub fn command_with_defaults() -> clap::Command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
         for (id, default) in defaults::shown() {
@@ -94,6 +97,43 @@ impl Cli {
                 let help = help.trim_end_matches('.');
                 arg.help(format!("{help} [default: {default}]."))
             });
+        }
+        let settings = setting_ids();
+        // Every command gets its own copy of each global setting, hidden
+        // where the command does not read it (the build copies a global
+        // only into a command that has none of that id yet).
+        let globals: Vec<clap::Arg> = cmd
+            .get_arguments()
+            .filter(|a| a.is_global_set() && settings.iter().any(|s| s == a.get_id().as_str()))
+            .cloned()
+            .collect();
+        fn copy(cmd: clap::Command, path: &str, globals: &[clap::Arg]) -> clap::Command {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|s| s.get_name().to_owned())
+                .collect();
+            let mut cmd = cmd;
+            for name in names {
+                let sub_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path} {name}")
+                };
+                cmd = cmd.mut_subcommand(name, |mut sub| {
+                    for arg in globals {
+                        let read = reads(&sub_path, arg.get_id().as_str());
+                        sub = sub.arg(arg.clone().hide(!read));
+                    }
+                    copy(sub, &sub_path, globals)
+                });
+            }
+            cmd
+        }
+        let mut cmd = copy(cmd, "", &globals);
+        for arg in &globals {
+            let id = arg.get_id().to_string();
+            let read = reads("", &id);
+            cmd = cmd.mut_arg(id, |a| a.hide(!read));
         }
         cmd
     }
@@ -134,6 +174,40 @@ pub enum WgCommand {
     Pubkey,
     /// Run only the WireGuard endpoint (a backend POP host): the wg_* settings, peers from routing.db if given.
     Up,
+}
+
+/// The ids of the settings (every key of [`Layer`], and `config`).
+fn setting_ids() -> Vec<String> {
+    let layer = <Layer as clap::Args>::augment_args(clap::Command::new("settings"));
+    let mut ids: Vec<String> = layer
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    ids.push("config".into());
+    ids
+}
+
+/// Whether the command at `path` (`run`, `wg up`; empty for the top level)
+/// reads setting `id`: its `--help` offers only those.
+fn reads(path: &str, id: &str) -> bool {
+    let wg = id.starts_with("wg_");
+    match path {
+        // The decision of `route` is for one app; `run` serves each
+        // listener's.
+        "run" => id != "app",
+        // The demo makes its own routing.db and has no backhaul.
+        "demo" => !matches!(id, "app" | "routing_db") && !wg,
+        "route" => {
+            matches!(
+                id,
+                "config" | "routing_db" | "geoip" | "region" | "app" | "log_format"
+            ) || id.starts_with("binding_")
+        }
+        "wg up" => wg || matches!(id, "config" | "routing_db" | "log_format"),
+        // The top level lists the commands; each lists its settings.
+        "" => id == "config",
+        _ => false,
+    }
 }
 
 /// `GEOEDGE_*` variables that are not settings: where the test suite and
@@ -324,5 +398,56 @@ mod tests {
                 "{key}: {flag_error} / {file_error}"
             );
         }
+    }
+
+    /// The help text of the command at `path`.
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command_with_defaults();
+        let mut at = &mut cmd;
+        for name in path {
+            at = at.find_subcommand_mut(name).unwrap();
+        }
+        at.render_long_help().to_string()
+    }
+
+    #[test]
+    fn a_commands_help_offers_only_the_settings_it_reads() {
+        // `wg genkey` reads no setting.
+        let genkey = help(&["wg", "genkey"]);
+        assert!(
+            !genkey.contains("--routing-db") && !genkey.contains("--config"),
+            "{genkey}"
+        );
+        // `run` serves each listener's app: `--app` does nothing there.
+        let run = help(&["run"]);
+        assert!(
+            run.contains("--routing-db") && run.contains("--wg-interface"),
+            "{run}"
+        );
+        assert!(!run.contains("--app "), "{run}");
+        let route = help(&["route"]);
+        assert!(
+            route.contains("--app ") && route.contains("--binding-ttl"),
+            "{route}"
+        );
+        assert!(
+            !route.contains("--listen") && !route.contains("--wg-mtu"),
+            "{route}"
+        );
+        let up = help(&["wg", "up"]);
+        assert!(
+            up.contains("--wg-private-key-file") && !up.contains("--listen"),
+            "{up}"
+        );
+        let demo = help(&["demo"]);
+        assert!(
+            demo.contains("--listen") && !demo.contains("--routing-db"),
+            "{demo}"
+        );
+        // Still accepted where they do nothing (a config file serves all).
+        assert!(<Cli as clap::Parser>::try_parse_from([
+            "geoedge", "wg", "genkey", "--region", "us"
+        ])
+        .is_ok());
     }
 }

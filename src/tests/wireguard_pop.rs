@@ -31,8 +31,6 @@
 
 #[path = "wireguard_pop/flood.rs"]
 mod flood;
-#[path = "wireguard_pop/handshake_flood.rs"]
-mod handshake_flood;
 #[path = "wireguard_pop/lab.rs"]
 mod lab;
 use geoedge_testkit as support;
@@ -46,8 +44,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flood::*;
-use handshake_flood::*;
 use lab::*;
+use support::handshake_flood::*;
 use support::*;
 use traffic::*;
 

@@ -2,7 +2,8 @@
 //! and veth pairs ([`netns`]), why a test skips ([`skip`]), the `sqlite3`,
 //! `ip` and other commands ([`cmd`]), the `geoedge` process ([`process`]),
 //! echo backends and PROXY clients ([`backend`]), HTTP scrapes of the
-//! metrics listener ([`http`]), TCP/IP packet builders ([`packet`]) and the
+//! metrics listener ([`http`]), TCP/IP packet builders ([`packet`]), the
+//! WireGuard handshake flooder (`handshake_flood`, feature `wireguard`) and the
 //! lock the heavy tests take ([`HEAVY`]).
 //!
 //! Everything is re-exported at the top, so a test file says
@@ -14,6 +15,8 @@
 pub mod backend;
 #[cfg(feature = "io")]
 pub mod cmd;
+#[cfg(feature = "wireguard")]
+pub mod handshake_flood;
 #[cfg(feature = "io")]
 pub mod http;
 #[cfg(feature = "io")]

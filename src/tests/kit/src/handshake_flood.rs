@@ -12,8 +12,8 @@
 //! floods in the tests and the bench) spends little CPU. Each initiation
 //! is still its own datagram on the wire. The pool is made again whenever a
 //! new cookie is taken (the target changes its cookie secret every two
-//! minutes). Used by the namespace tests and by the WireGuard bench
-//! (`benches/wireguard/wg_handshake_flood.rs`).
+//! minutes). Used by the namespace tests (`src/tests/wireguard_pop.rs`) and
+//! by the WireGuard bench (`benches/wireguard/wg_handshake_flood.rs`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
