@@ -121,14 +121,15 @@ pub struct AppView {
     /// The fields scoring reads for each of `candidates`, packed together so
     /// that a scan over a thousand backends stays in cache.
     pub(crate) hot: Vec<HotBackend>,
-    /// Positions in `hot` of the candidates in each country.
-    pub(crate) hot_by_country: FastMap<CountryCode, Vec<u32>>,
+    /// Positions in `hot` of the candidates in each country (shared by the
+    /// views of two tables whose candidates differ only in load fields).
+    pub(crate) hot_by_country: Arc<FastMap<CountryCode, Vec<u32>>>,
     /// Positions in `hot` of the candidates in each region (by region index).
-    pub(crate) hot_by_region: FastMap<u16, Vec<u32>>,
+    pub(crate) hot_by_region: Arc<FastMap<u16, Vec<u32>>>,
     /// The candidates partitioned into site groups (by country, or by region
     /// for backends without one), each with a bounding cap on the sphere, so
     /// the distance tier can skip groups that cannot hold the nearest backend.
-    pub(crate) sites: Vec<SiteGroup>,
+    pub(crate) sites: Arc<Vec<SiteGroup>>,
 }
 
 /// A set of candidates and the smallest known cap around their sites.
@@ -197,7 +198,7 @@ impl AppView {
             })
             .collect();
         sites.sort_by_key(|g| g.members[0]);
-        self.sites = sites;
+        self.sites = Arc::new(sites);
     }
 }
 

@@ -14,6 +14,8 @@
 
 use std::sync::Arc;
 
+use geoedge_geoip::CountryCode;
+
 use super::rows::ValidRow;
 use super::{AppView, FastMap, HotBackend, Snapshot};
 use crate::model::{AppId, Backend, BackendId, BackendLoad, Region};
@@ -128,9 +130,14 @@ pub(super) fn assemble<'a>(
     let apps = groups
         .into_iter()
         .map(|(app, all, all_kept)| {
-            let view = match prev.and_then(|p| p.apps.get(&app)) {
+            let view = match prev.and_then(|p| p.apps.get(&app).map(|v| (p, v))) {
                 // The same backends at the same places: the same view.
-                Some(v) if all_kept && v.all == all => Arc::clone(v),
+                Some((_, v)) if all_kept && v.all == all => Arc::clone(v),
+                // The same places, and only load fields changed.
+                Some((p, v)) if v.all == all => match v.patched(&p.backends, &backends) {
+                    Some(patched) => Arc::new(patched),
+                    None => Arc::new(AppView::build(all, &backends)),
+                },
                 _ => Arc::new(AppView::build(all, &backends)),
             };
             (app, view)
@@ -145,6 +152,27 @@ pub(super) fn assemble<'a>(
     }
 }
 
+impl HotBackend {
+    /// The scoring fields of `b`, at index `index` of its snapshot.
+    fn of(b: &Backend, index: u32) -> Self {
+        HotBackend {
+            load: Arc::clone(&b.load),
+            site_vec: b.site_vec,
+            capacity: u64::from(b.soft_limit.max(1)) * u64::from(b.weight.max(1)),
+            index,
+            soft_limit: b.soft_limit,
+            hard_limit: b.hard_limit,
+            region_idx: b.region_idx,
+            country: b.country,
+        }
+    }
+}
+
+/// The same unit vector, bit for bit.
+fn same_vec(a: &[f64; 3], b: &[f64; 3]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 impl AppView {
     /// The view of one app's backends (`all`: their indices in `backends`,
     /// ascending).
@@ -153,6 +181,8 @@ impl AppView {
             all,
             ..AppView::default()
         };
+        let mut by_country: FastMap<CountryCode, Vec<u32>> = FastMap::default();
+        let mut by_region: FastMap<u16, Vec<u32>> = FastMap::default();
         for &i in &view.all {
             let b = &backends[i as usize];
             if !b.statically_eligible() {
@@ -161,24 +191,56 @@ impl AppView {
             view.candidates.push(i);
             let pos = view.hot.len() as u32;
             if let Some(c) = b.country {
-                view.hot_by_country.entry(c).or_default().push(pos);
+                by_country.entry(c).or_default().push(pos);
             }
-            view.hot_by_region
-                .entry(b.region_idx)
-                .or_default()
-                .push(pos);
-            view.hot.push(HotBackend {
-                load: Arc::clone(&b.load),
-                site_vec: b.site_vec,
-                capacity: u64::from(b.soft_limit.max(1)) * u64::from(b.weight.max(1)),
-                index: i,
-                soft_limit: b.soft_limit,
-                hard_limit: b.hard_limit,
-                region_idx: b.region_idx,
-                country: b.country,
-            });
+            by_region.entry(b.region_idx).or_default().push(pos);
+            view.hot.push(HotBackend::of(b, i));
         }
+        view.hot_by_country = Arc::new(by_country);
+        view.hot_by_region = Arc::new(by_region);
         view.index_sites();
         view
+    }
+
+    /// This view (built over `old`) for `new`, whose backends of this app
+    /// are at the same indices, when every one that differs from `old`'s
+    /// differs only in fields that leave the candidates, their countries,
+    /// regions and sites alone (a weight, a limit): the packed fields are
+    /// copied and those entries rewritten, the country, region and site
+    /// indices shared. `None` when one candidate comes or goes or moves.
+    fn patched(&self, old: &[Arc<Backend>], new: &[Arc<Backend>]) -> Option<Self> {
+        let mut edits = Vec::new();
+        for &i in &self.all {
+            let (o, n) = (&old[i as usize], &new[i as usize]);
+            if Arc::ptr_eq(o, n) {
+                continue;
+            }
+            if o.statically_eligible() != n.statically_eligible() {
+                return None;
+            }
+            if !n.statically_eligible() {
+                continue;
+            }
+            if o.country != n.country
+                || o.region_idx != n.region_idx
+                || !same_vec(&o.site_vec, &n.site_vec)
+            {
+                return None;
+            }
+            let pos = self.candidates.binary_search(&i).ok()?;
+            edits.push((pos, HotBackend::of(n, i)));
+        }
+        let mut hot = self.hot.clone();
+        for (pos, h) in edits {
+            hot[pos] = h;
+        }
+        Some(AppView {
+            all: self.all.clone(),
+            candidates: self.candidates.clone(),
+            hot,
+            hot_by_country: Arc::clone(&self.hot_by_country),
+            hot_by_region: Arc::clone(&self.hot_by_region),
+            sites: Arc::clone(&self.sites),
+        })
     }
 }

@@ -59,7 +59,7 @@ pub(crate) fn assert_same(
         assert_eq!(x.hot_by_country, y.hot_by_country, "{app}");
         assert_eq!(x.hot_by_region, y.hot_by_region, "{app}");
         assert_eq!(x.sites.len(), y.sites.len(), "{app}");
-        for (g, h) in x.sites.iter().zip(&y.sites) {
+        for (g, h) in x.sites.iter().zip(y.sites.iter()) {
             assert_eq!(g.members, h.members);
             assert_eq!(bits(&g.center), bits(&h.center));
             assert_eq!(g.cos_radius.to_bits(), h.cos_radius.to_bits());
@@ -341,7 +341,20 @@ fn an_edit_of_one_row_keeps_the_rest_of_the_snapshot() {
             "{app} untouched"
         );
     }
-    assert!(!Arc::ptr_eq(&prev.apps["api"], &next.apps["api"]));
+    // `api`'s view: its one changed entry rewritten, its indices shared.
+    let (p, n) = (&prev.apps["api"], &next.apps["api"]);
+    assert!(!Arc::ptr_eq(p, n));
+    assert!(Arc::ptr_eq(&p.hot_by_country, &n.hot_by_country));
+    assert!(Arc::ptr_eq(&p.hot_by_region, &n.hot_by_region));
+    assert!(Arc::ptr_eq(&p.sites, &n.sites));
+    let pos = n.candidates.iter().position(|&i| i == 4).unwrap();
+    assert_eq!(n.hot[pos].capacity, 5 * 7);
+    // A backend taken out of service moves the candidates: rebuilt.
+    let mut drained = rows(30);
+    drained[4].weight = 0.into();
+    let out = rebuild(&table(drained), &prev, |_| Arc::default()).unwrap();
+    assert!(!Arc::ptr_eq(&p.sites, &out.apps["api"].sites));
+    assert_eq!(out.apps["api"].candidates.len(), p.candidates.len() - 1);
 
     // An added backend: counters asked for it alone, and a new index.
     let mut more = rows(31);
