@@ -8,9 +8,12 @@
 //! the previous snapshot lacks asks `load_for`. The id index is shared when
 //! the ids are the same, and an app's view (its candidates, their packed
 //! scoring fields and site groups) when its backends are all kept at the
-//! same positions. So, after validation, what a reload allocates is
+//! same positions; when only weights or limits changed, the view's packed
+//! fields are copied with those entries rewritten and its indices shared
+//! ([`AppView::patched`]). So, after validation, what a reload allocates is
 //! proportional to what it changed; what stays proportional to the table is
-//! a pass of pointer copies and comparisons.
+//! a pass of pointer copies and comparisons (and, for an app whose
+//! candidates changed, rebuilding that app's view).
 
 use std::sync::Arc;
 
