@@ -4,9 +4,13 @@
 //! first) so `geoedge db check` and the reload log can list them all; a table
 //! with any error produces no snapshot at all, so a bad edit can never
 //! replace a good table.
+//!
+//! [`build`] makes a snapshot from nothing; [`rebuild`] validates every row
+//! the same way but keeps the parts of the snapshot in service that the
+//! rows describe unchanged (see [`assemble`](self::assemble)), so a reload
+//! allocates in proportion to what it changed. Both give the same snapshot.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint};
@@ -17,8 +21,10 @@ use crate::raw::{RawTable, Value};
 pub use crate::row_error::RowError;
 use crate::wg_peers::WgPeer;
 
+mod assemble;
 mod cells;
-use cells::{row_label, Cells};
+mod rows;
+use cells::Cells;
 
 /// The newest routing.db schema version this build understands.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -92,14 +98,15 @@ pub struct AppView {
     /// The fields scoring reads for each of `candidates`, packed together so
     /// that a scan over a thousand backends stays in cache.
     pub(crate) hot: Vec<HotBackend>,
-    /// Positions in `hot` of the candidates in each country.
-    pub(crate) hot_by_country: FastMap<CountryCode, Vec<u32>>,
+    /// Positions in `hot` of the candidates in each country (shared by the
+    /// views of two tables whose candidates differ only in load fields).
+    pub(crate) hot_by_country: Arc<FastMap<CountryCode, Vec<u32>>>,
     /// Positions in `hot` of the candidates in each region (by region index).
-    pub(crate) hot_by_region: FastMap<u16, Vec<u32>>,
+    pub(crate) hot_by_region: Arc<FastMap<u16, Vec<u32>>>,
     /// The candidates partitioned into site groups (by country, or by region
     /// for backends without one), each with a bounding cap on the sphere, so
     /// the distance tier can skip groups that cannot hold the nearest backend.
-    pub(crate) sites: Vec<SiteGroup>,
+    pub(crate) sites: Arc<Vec<SiteGroup>>,
 }
 
 /// A set of candidates and the smallest known cap around their sites.
@@ -168,7 +175,7 @@ impl AppView {
             })
             .collect();
         sites.sort_by_key(|g| g.members[0]);
-        self.sites = sites;
+        self.sites = Arc::new(sites);
     }
 }
 
@@ -208,10 +215,14 @@ pub struct Snapshot {
     pub schema_version: i64,
     /// Every backend, sorted by id.
     pub backends: Vec<Arc<Backend>>,
-    /// Backend id → index in `backends`.
-    by_id: FastMap<BackendId, u32>,
-    /// App → its backends.
-    apps: FastMap<AppId, AppView>,
+    /// Backend id → index in `backends` (shared with the previous snapshot
+    /// when the ids are the same).
+    by_id: Arc<FastMap<BackendId, u32>>,
+    /// App → its backends (a view shared with the previous snapshot when
+    /// the app's backends are).
+    apps: FastMap<AppId, Arc<AppView>>,
+    /// Backends not soft-deleted.
+    live: usize,
     /// Regions, sorted by id; indices are the `region_idx` of backends.
     pub regions: Vec<Region>,
     /// Region id → index in `regions`.
@@ -239,7 +250,7 @@ impl Snapshot {
 
     /// The backends of one app, if it has any.
     pub fn app(&self, app: &str) -> Option<&AppView> {
-        self.apps.get(app)
+        self.apps.get(app).map(|v| &**v)
     }
 
     /// Apps in the table, sorted.
@@ -271,7 +282,7 @@ impl Snapshot {
 
     /// Number of backends that are not soft-deleted.
     pub fn live_len(&self) -> usize {
-        self.backends.iter().filter(|b| !b.deleted).count()
+        self.live
     }
 }
 
@@ -280,7 +291,29 @@ impl Snapshot {
 /// reloads); it is called only when the table is valid.
 pub fn build(
     raw: &RawTable,
-    mut load_for: impl FnMut(&BackendId) -> Arc<BackendLoad>,
+    load_for: impl FnMut(&BackendId) -> Arc<BackendLoad>,
+) -> Result<Snapshot, InvalidTable> {
+    make(raw, None, load_for)
+}
+
+/// Validates a whole table, exactly as [`build`] does, and builds the
+/// snapshot that [`build`] would, reusing what `prev` already has right:
+/// its backends that the rows describe exactly (the same `Arc`s), the id
+/// index and app views they make up. A backend of `prev` whose row changed
+/// is built anew with `prev`'s counters; `load_for` is asked only for ids
+/// `prev` does not have, and only when the table is valid.
+pub fn rebuild(
+    raw: &RawTable,
+    prev: &Snapshot,
+    load_for: impl FnMut(&BackendId) -> Arc<BackendLoad>,
+) -> Result<Snapshot, InvalidTable> {
+    make(raw, Some(prev), load_for)
+}
+
+fn make(
+    raw: &RawTable,
+    prev: Option<&Snapshot>,
+    load_for: impl FnMut(&BackendId) -> Arc<BackendLoad>,
 ) -> Result<Snapshot, InvalidTable> {
     let mut errors = Vec::new();
     if raw.schema_version > SCHEMA_VERSION || raw.schema_version < 0 {
@@ -310,12 +343,13 @@ pub fn build(
             }
         }
         Some(rows) => {
-            let mut seen: FastMap<String, ()> = FastMap::default();
+            let mut seen: FastMap<&str, ()> = FastMap::default();
             for r in rows {
                 let mut c = Cells {
                     errors: &mut errors,
                     table: "regions",
-                    row: row_label(&r.id, r.rowid),
+                    id: &r.id,
+                    rowid: r.rowid,
                 };
                 let id = c.text("id", &r.id, true);
                 let name = match &r.name {
@@ -323,15 +357,15 @@ pub fn build(
                     _ => None,
                 };
                 let point = c.point(&r.latitude, &r.longitude, true);
-                if let Some(id) = &id {
-                    if seen.insert(id.clone(), ()).is_some() {
+                if let Some(id) = id {
+                    if seen.insert(id, ()).is_some() {
                         c.err(Some("id"), "duplicate region id".into());
                         continue;
                     }
                 }
                 if let (Some(id), Some(Some(point))) = (id, point) {
                     regions.push(Region {
-                        id: RegionId::new(&id),
+                        id: RegionId::new(id),
                         name,
                         point,
                     });
@@ -377,11 +411,12 @@ pub fn build(
                 let mut c = Cells {
                     errors: &mut errors,
                     table: "country_regions",
-                    row: row_label(&r.country, r.rowid),
+                    id: &r.country,
+                    rowid: r.rowid,
                 };
                 let country = c.country("country", &r.country, true);
                 let region = c.text("region", &r.region, true);
-                let region = region.and_then(|id| match region_index.get(id.as_str()) {
+                let region = region.and_then(|id| match region_index.get(id) {
                     Some(&i) => Some(i),
                     None => {
                         c.err(Some("region"), format!("unknown region {id:?}"));
@@ -398,114 +433,7 @@ pub fn build(
     }
 
     // Backends.
-    struct Valid {
-        id: BackendId,
-        app: AppId,
-        region: RegionId,
-        region_idx: u16,
-        country: Option<CountryCode>,
-        site: GeoPoint,
-        addr: SocketAddr,
-        healthy: bool,
-        weight: u32,
-        soft: u32,
-        hard: u32,
-        deleted: bool,
-    }
-    let mut valid: Vec<Valid> = Vec::with_capacity(raw.backends.len());
-    let mut seen: FastMap<String, ()> = FastMap::default();
-    for r in &raw.backends {
-        let before = errors.len();
-        let mut c = Cells {
-            errors: &mut errors,
-            table: "backends",
-            row: row_label(&r.id, r.rowid),
-        };
-        let id = c.text("id", &r.id, true);
-        if let Some(id) = &id {
-            if seen.insert(id.clone(), ()).is_some() {
-                c.err(Some("id"), "duplicate backend id".into());
-            }
-        }
-        let app = match &r.app {
-            Value::Null => Some("default".to_owned()),
-            v => c.text("app", v, true),
-        };
-        let region =
-            c.text("region", &r.region, true)
-                .and_then(|id| match region_index.get(id.as_str()) {
-                    Some(&i) => Some((id, i)),
-                    None => {
-                        c.err(Some("region"), format!("unknown region {id:?}"));
-                        None
-                    }
-                });
-        let country = c.country("country", &r.country, false);
-        let point = c.point(&r.latitude, &r.longitude, false);
-        let ip = c.text("wg_ip", &r.wg_ip, true).and_then(|s| {
-            // Accept a bracketed IPv6 literal too.
-            let t = s.trim_start_matches('[').trim_end_matches(']');
-            match t.parse::<IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    c.err(
-                        Some("wg_ip"),
-                        format!("{s:?} is not an IPv4 or IPv6 address"),
-                    );
-                    None
-                }
-            }
-        });
-        let port = c.int("port", &r.port, None, (1, 65535));
-        let healthy = c.flag("healthy", &r.healthy, true);
-        let weight = c.int("weight", &r.weight, Some(1), (0, MAX_LIMIT));
-        let soft = c.int("soft_limit", &r.soft_limit, None, (0, MAX_LIMIT));
-        let hard = c.int("hard_limit", &r.hard_limit, None, (0, MAX_LIMIT));
-        let deleted = c.flag("deleted", &r.deleted, false);
-        if let (Some(s), Some(h)) = (soft, hard) {
-            if s > h {
-                c.err(
-                    Some("soft_limit"),
-                    format!("soft_limit {s} is above hard_limit {h} (inverted limits)"),
-                );
-            }
-        }
-        if errors.len() != before {
-            continue;
-        }
-        // All parts are present when no error was recorded.
-        let (Some(id), Some(app), Some((region, region_idx)), Some(country), Some(point)) =
-            (id, app, region, country, point)
-        else {
-            continue;
-        };
-        let (
-            Some(ip),
-            Some(port),
-            Some(healthy),
-            Some(weight),
-            Some(soft),
-            Some(hard),
-            Some(deleted),
-        ) = (ip, port, healthy, weight, soft, hard, deleted)
-        else {
-            continue;
-        };
-        valid.push(Valid {
-            id: BackendId::new(&id),
-            app: AppId::new(&app),
-            region: RegionId::new(&region),
-            region_idx,
-            country,
-            site: point.unwrap_or(regions[region_idx as usize].point),
-            addr: SocketAddr::new(ip, port as u16),
-            healthy,
-            weight: weight as u32,
-            soft: soft as u32,
-            hard: hard as u32,
-            deleted,
-        });
-    }
+    let valid = rows::validate(&raw.backends, &regions, &region_index, &mut errors);
 
     let wg_peers =
         crate::wg_peers::validate(&raw.wg_peers, |r| region_index.contains_key(r), &mut errors);
@@ -514,62 +442,18 @@ pub fn build(
         return Err(InvalidTable { errors });
     }
 
-    valid.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut backends = Vec::with_capacity(valid.len());
-    let mut by_id = FastMap::default();
-    let mut apps: FastMap<AppId, AppView> = FastMap::default();
-    for (i, v) in valid.into_iter().enumerate() {
-        let b = Backend {
-            load: load_for(&v.id),
-            site_vec: v.site.unit_vector(),
-            id: v.id,
-            app: v.app,
-            region: v.region,
-            region_idx: v.region_idx,
-            country: v.country,
-            site: v.site,
-            addr: v.addr,
-            healthy: v.healthy,
-            weight: v.weight,
-            soft_limit: v.soft,
-            hard_limit: v.hard,
-            deleted: v.deleted,
-        };
-        by_id.insert(b.id.clone(), i as u32);
-        let view = apps.entry(b.app.clone()).or_default();
-        view.all.push(i as u32);
-        if b.statically_eligible() {
-            view.candidates.push(i as u32);
-            let pos = view.hot.len() as u32;
-            if let Some(c) = b.country {
-                view.hot_by_country.entry(c).or_default().push(pos);
-            }
-            view.hot_by_region
-                .entry(b.region_idx)
-                .or_default()
-                .push(pos);
-            view.hot.push(HotBackend {
-                load: Arc::clone(&b.load),
-                site_vec: b.site_vec,
-                capacity: u64::from(b.soft_limit.max(1)) * u64::from(b.weight.max(1)),
-                index: i as u32,
-                soft_limit: b.soft_limit,
-                hard_limit: b.hard_limit,
-                region_idx: b.region_idx,
-                country: b.country,
-            });
-        }
-        backends.push(Arc::new(b));
-    }
-
-    for view in apps.values_mut() {
-        view.index_sites();
-    }
+    let assemble::Assembled {
+        backends,
+        by_id,
+        apps,
+        live,
+    } = assemble::assemble(valid, &regions, prev, load_for);
     Ok(Snapshot {
         schema_version: raw.schema_version,
         backends,
         by_id,
         apps,
+        live,
         regions,
         region_index,
         country_map,
@@ -587,5 +471,7 @@ pub fn check(raw: &RawTable) -> Vec<RowError> {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod reuse_tests;
 #[cfg(test)]
 mod tests;

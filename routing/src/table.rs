@@ -6,6 +6,12 @@
 //! reload; a reload validates a whole new table, carries the counters of
 //! backends that stay, and swaps. No lock or map guard is held across
 //! anything that blocks.
+//!
+//! A reload keeps the unchanged backends of the snapshot in service
+//! ([`snapshot::rebuild`]), takes counters from the map only for backends
+//! it adds, and looks only at the backends it removes (and those removed
+//! earlier that connections still held) to forget their counters: past
+//! validation, its work follows what changed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,8 +183,10 @@ pub struct RoutingTable {
     /// [`RoutingTable::successful_connects`]).
     retired: Arc<AtomicU64>,
     /// Serialises reloads and the sum of successful connects (never taken
-    /// on the decision path).
-    reload: Mutex<()>,
+    /// on the decision path), and holds the ids of backends removed from
+    /// the table while connections held them: their counters are forgotten
+    /// once they are idle.
+    reload: Mutex<Vec<BackendId>>,
     /// Reload counters.
     stats: ReloadStats,
     /// Says whether a backend address is one of this edge's own listeners
@@ -237,7 +245,7 @@ impl RoutingTable {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             loads: DashMap::default(),
             retired: Arc::default(),
-            reload: Mutex::new(()),
+            reload: Mutex::new(Vec::new()),
             stats: ReloadStats::default(),
             own_listener: ArcSwapOption::empty(),
             subscribers: Subscribers::default(),
@@ -311,34 +319,45 @@ impl RoutingTable {
         self.retired.load(Ordering::Relaxed) + live
     }
 
-    /// [`Self::forget_idle`] for every backend but those in `keep`.
-    fn forget_idle_except(&self, keep: &std::collections::HashSet<BackendId>) {
-        self.loads.retain(|id, load| {
-            let forget = !keep.contains(id) && load.active() == 0;
-            if forget {
-                load.retire(&self.retired);
-            }
-            !forget
-        });
-    }
-
     /// Drops the counters of a backend no longer in the table, if no
     /// connection holds it, keeping its successful connects in the total.
-    /// Called with the reload lock held.
-    fn forget_idle(&self, id: &BackendId) {
+    /// Called with the reload lock held. False when the counters are still
+    /// there (held).
+    fn forget_idle(&self, id: &BackendId) -> bool {
         if let Some((_, load)) = self.loads.remove_if(id, |_, l| l.active() == 0) {
             load.retire(&self.retired);
         }
+        !self.loads.contains_key(id)
     }
 
     /// Validates `raw` whole and, if valid, swaps it in. An invalid table, or
     /// one that would replace live backends with none, is refused and the
     /// table in service is kept. The refusal is counted; logging is the
     /// caller's (it knows whether this failure is new).
+    ///
+    /// The backends the new table does not change are kept as they are
+    /// ([`snapshot::rebuild`]): the result is the table [`Self::apply_full`]
+    /// makes, at a cost that follows the change.
     pub fn apply(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
-        let _serial = self.reload.lock();
+        self.apply_counted(raw, now_unix, false)
+    }
+
+    /// [`RoutingTable::apply`], rebuilding every backend as a first load
+    /// does ([`snapshot::build`]) instead of keeping the unchanged ones: the
+    /// reference that `apply` is tested and measured against.
+    pub fn apply_full(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
+        self.apply_counted(raw, now_unix, true)
+    }
+
+    fn apply_counted(
+        &self,
+        raw: &RawTable,
+        now_unix: u64,
+        full: bool,
+    ) -> Result<Applied, Rejected> {
+        let mut draining = self.reload.lock();
         let before = self.generation();
-        let result = self.apply_locked(raw, now_unix);
+        let result = self.apply_locked(&mut draining, raw, now_unix, full);
         match &result {
             Ok(applied) => self.publish(before, applied),
             Err(e) => self.stats.count_rejected(e.reason()),
@@ -350,24 +369,20 @@ impl RoutingTable {
     /// counts each distinct failure once (the reloader: one bad edit seen
     /// twice is still one bad edit).
     pub fn apply_uncounted(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
-        let _serial = self.reload.lock();
+        let mut draining = self.reload.lock();
         let before = self.generation();
-        let result = self.apply_locked(raw, now_unix);
+        let result = self.apply_locked(&mut draining, raw, now_unix, false);
         if let Ok(applied) = &result {
             self.publish(before, applied);
         }
         result
     }
 
-    fn apply_locked(&self, raw: &RawTable, now_unix: u64) -> Result<Applied, Rejected> {
-        let old = self.current.load_full();
-        // `build` asks for counters only once the whole table is valid.
-        let new = snapshot::build(raw, |id| {
-            // Clone out of the map before returning: no guard outlives this line.
-            let load = self.loads.entry(id.clone()).or_default().value().clone();
-            load
-        })?;
+    /// Why `new` may not replace `old`, if it may not.
+    fn refusal(&self, old: &Snapshot, new: &Snapshot, generation: u64) -> Option<Rejected> {
         if let Some(own) = self.own_listener.load().as_deref() {
+            // Every backend, not only the changed ones: the addresses of
+            // this host can change between two reloads.
             let errors: Vec<RowError> = new
                 .backends
                 .iter()
@@ -383,26 +398,46 @@ impl RoutingTable {
                 })
                 .collect();
             if !errors.is_empty() {
-                for b in &new.backends {
-                    if old.backend(b.id.as_str()).is_none() {
-                        self.forget_idle(&b.id);
-                    }
-                }
-                return Err(Rejected::Invalid(InvalidTable { errors }));
+                return Some(Rejected::Invalid(InvalidTable { errors }));
             }
         }
-        let generation = self.stats.generation.load(Ordering::Acquire);
         if generation > 0 && old.live_len() > 0 && new.live_len() == 0 {
-            for b in &new.backends {
-                if old.backend(b.id.as_str()).is_none() {
-                    self.forget_idle(&b.id);
-                }
-            }
-            return Err(Rejected::Emptied {
+            return Some(Rejected::Emptied {
                 current: old.live_len(),
             });
         }
+        None
+    }
+
+    fn apply_locked(
+        &self,
+        draining: &mut Vec<BackendId>,
+        raw: &RawTable,
+        now_unix: u64,
+        full: bool,
+    ) -> Result<Applied, Rejected> {
+        let old = self.current.load_full();
+        // Asked only once the whole table is valid, and (but for a full
+        // rebuild) only for the backends `old` lacks.
+        let load_for = |id: &BackendId| {
+            // Clone out of the map before returning: no guard outlives this line.
+            let load = self.loads.entry(id.clone()).or_default().value().clone();
+            load
+        };
+        let new = if full {
+            snapshot::build(raw, load_for)?
+        } else {
+            snapshot::rebuild(raw, &old, load_for)?
+        };
         let diff = SnapshotDiff::between(&old, &new);
+        let generation = self.stats.generation.load(Ordering::Acquire);
+        if let Some(refused) = self.refusal(&old, &new, generation) {
+            // The counters made for backends that never went into service.
+            for id in &diff.added {
+                self.forget_idle(id);
+            }
+            return Err(refused);
+        }
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
         self.stats
             .last_applied_unix
@@ -411,13 +446,17 @@ impl RoutingTable {
             // Nothing changed (a touched file, a no-op transaction): keep the generation.
             return Ok(Applied { generation, diff });
         }
-        let new_ids: std::collections::HashSet<BackendId> =
-            new.backends.iter().map(|b| b.id.clone()).collect();
-        self.current.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.current.store(Arc::clone(&new));
         // Forget counters of backends no longer in the table once their
         // connections are gone (those removed now, and those removed earlier
         // while connections held them).
-        self.forget_idle_except(&new_ids);
+        let earlier = std::mem::take(draining);
+        for id in earlier.into_iter().chain(diff.removed.iter().cloned()) {
+            if new.backend(id.as_str()).is_none() && !self.forget_idle(&id) {
+                draining.push(id);
+            }
+        }
         let generation = generation + 1;
         self.stats.generation.store(generation, Ordering::Release);
         Ok(Applied { generation, diff })
@@ -425,137 +464,4 @@ impl RoutingTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::testutil::{backend, table};
-
-    fn rows(ids: &[&str]) -> RawTable {
-        table(
-            ids.iter()
-                .map(|id| backend(id, "eu", Some("DE"), 10, 20))
-                .collect(),
-        )
-    }
-
-    fn connect(t: &RoutingTable, id: &str, n: u64) {
-        let s = t.snapshot();
-        let b = s.backend(id).unwrap();
-        for _ in 0..n {
-            b.load.connect_stats().observe(Duration::from_micros(200));
-        }
-    }
-
-    #[test]
-    fn a_backend_at_one_of_the_edges_own_listeners_is_refused() {
-        let t = RoutingTable::from_raw(&rows(&["a"]), 0).unwrap();
-        let own: SocketAddr = "10.0.0.9:8443".parse().unwrap();
-        t.refuse_backends_at(OwnListener(Box::new(move |addr| addr == own)));
-        let mut looping = rows(&["a", "b"]);
-        looping.backends[1].wg_ip = "10.0.0.9".into();
-        looping.backends[1].port = 8443.into();
-        let err = t.apply(&looping, 0).unwrap_err();
-        assert_eq!(err.reason(), RejectReason::Invalid);
-        let [e] = err.row_errors() else {
-            panic!("{err:?}")
-        };
-        assert_eq!((e.table, e.row.as_str()), ("backends", "b"));
-        assert!(e.message.contains("own listeners"), "{e}");
-        // The table in service is kept, and `b` left no counters behind.
-        assert!(t.snapshot().backend("b").is_none());
-        assert!(t.loads.get("b").is_none());
-        assert_eq!(
-            t.stats().rejected[RejectReason::Invalid as usize].load(Ordering::Relaxed),
-            1
-        );
-        // The same backend on another port is fine.
-        looping.backends[1].port = 8444.into();
-        t.apply(&looping, 0).unwrap();
-        assert!(t.snapshot().backend("b").is_some());
-    }
-
-    #[test]
-    fn successful_connects_survive_the_removal_of_their_backend() {
-        let t = RoutingTable::from_raw(&rows(&["a", "b"]), 0).unwrap();
-        connect(&t, "a", 3);
-        connect(&t, "b", 4);
-        assert_eq!(t.successful_connects(), 7);
-
-        // `a` is removed while idle: forgotten at once, its count kept.
-        t.apply(&rows(&["b"]), 0).unwrap();
-        assert!(t.loads.get("a").is_none());
-        assert_eq!(t.successful_connects(), 7);
-
-        // `b` is removed while a connection holds it: kept until a later
-        // reload finds it idle, counting on meanwhile.
-        let held = t.snapshot().backend("b").unwrap().load.clone();
-        assert!(held.try_acquire(20));
-        t.apply(&rows(&["c"]), 0).unwrap();
-        held.connect_stats().observe(Duration::from_micros(200));
-        assert_eq!(t.successful_connects(), 8);
-        held.release();
-
-        // Re-adding `a` starts it from zero; the total goes on; `b`, idle
-        // now, is forgotten.
-        t.apply(&rows(&["a", "c"]), 0).unwrap();
-        assert!(t.loads.get("b").is_none());
-        connect(&t, "a", 1);
-        assert_eq!(t.successful_connects(), 9);
-    }
-
-    #[test]
-    fn a_connect_racing_the_removal_is_counted_when_the_last_reference_drops() {
-        let t = RoutingTable::from_raw(&rows(&["a", "b"]), 0).unwrap();
-        connect(&t, "a", 2);
-        // A decision made on the old snapshot still holds `a`'s counters
-        // after the reload forgot it (it had no reservation yet).
-        let racing = t.snapshot().backend("a").unwrap().load.clone();
-        t.apply(&rows(&["b"]), 0).unwrap();
-        assert_eq!(t.successful_connects(), 2);
-        racing.connect_stats().observe(Duration::from_micros(200));
-        // Not visible while the straggler holds it (never counted twice)...
-        assert_eq!(t.successful_connects(), 2);
-        drop(racing);
-        // ...and added once the last reference is gone.
-        assert_eq!(t.successful_connects(), 3);
-    }
-
-    #[test]
-    fn subscribers_hear_every_change_in_order_and_nothing_else() {
-        let t = RoutingTable::new();
-        let heard = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&heard);
-        t.subscribe(move |a| {
-            sink.lock()
-                .push((a.generation, a.diff.added.clone(), a.diff.removed.clone()));
-            true
-        });
-        // A subscriber that wants only the first change.
-        let once = Arc::new(AtomicU64::new(0));
-        let count = Arc::clone(&once);
-        t.subscribe(move |_| {
-            count.fetch_add(1, Ordering::Relaxed);
-            false
-        });
-        t.apply(&rows(&["a"]), 0).unwrap();
-        t.apply_uncounted(&rows(&["a", "b"]), 0).unwrap();
-        // Nothing changed: no event.
-        t.apply(&rows(&["a", "b"]), 0).unwrap();
-        // Refused: no event.
-        let mut bad = rows(&["a"]);
-        bad.backends[0].port = "x".into();
-        t.apply(&bad, 0).unwrap_err();
-        t.apply(&rows(&["b"]), 0).unwrap();
-        let id = |s: &str| BackendId::new(s);
-        assert_eq!(
-            *heard.lock(),
-            [
-                (1, vec![id("a")], vec![]),
-                (2, vec![id("b")], vec![]),
-                (3, vec![], vec![id("a")]),
-            ]
-        );
-        assert_eq!(once.load(Ordering::Relaxed), 1);
-    }
-}
+mod tests;

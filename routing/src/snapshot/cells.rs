@@ -7,29 +7,39 @@ use geoedge_geoip::{CountryCode, GeoPoint};
 use super::RowError;
 use crate::raw::Value;
 
-/// Cell readers that record an error and return `None`.
+/// Cell readers that record an error and return `None`. A valid row costs
+/// no allocation: texts are borrowed from the row, and the row's label is
+/// written only into an error.
 pub(super) struct Cells<'e> {
     /// Where the errors go.
     pub(super) errors: &'e mut Vec<RowError>,
     /// The table being read.
     pub(super) table: &'static str,
-    /// The row being read, as errors name it.
-    pub(super) row: String,
+    /// The cell that names the row in errors (its id), see [`row_label`].
+    pub(super) id: &'e Value,
+    /// The row's rowid, naming it when `id` cannot.
+    pub(super) rowid: i64,
 }
 
 impl Cells<'_> {
     pub(super) fn err(&mut self, column: Option<&'static str>, message: String) {
         self.errors.push(RowError {
             table: self.table,
-            row: self.row.clone(),
+            row: row_label(self.id, self.rowid),
             column,
             message,
         });
     }
 
-    pub(super) fn text(&mut self, col: &'static str, v: &Value, required: bool) -> Option<String> {
+    /// A text cell, trimmed.
+    pub(super) fn text<'v>(
+        &mut self,
+        col: &'static str,
+        v: &'v Value,
+        required: bool,
+    ) -> Option<&'v str> {
         match v {
-            Value::Text(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Value::Text(s) if !s.trim().is_empty() => Some(s.trim()),
             Value::Null if !required => None,
             Value::Text(_) if !required => None,
             Value::Null | Value::Text(_) => {
@@ -139,7 +149,7 @@ impl Cells<'_> {
         match self.text(col, v, required) {
             None if !required && matches!(v, Value::Null | Value::Text(_)) => Some(None),
             None => None,
-            Some(s) => match CountryCode::parse(&s) {
+            Some(s) => match CountryCode::parse(s) {
                 Ok(c) => Some(Some(c)),
                 Err(_) => {
                     self.err(
