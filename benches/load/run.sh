@@ -40,7 +40,8 @@
 # and the ratios geoedge/HAProxy, geoedge/nginx and geoedge/direct (and
 # geoedge/baseline with BASELINE), and a table of the issue's targets, each
 # met or not; with BASELINE also a table of geoedge against the baseline,
-# every median beside the run-to-run spread of its samples. After a full run
+# every median beside the ratio round by round and the run-to-run spread of
+# its samples. After a full run
 # (default TESTS, PROXIES and WORKERS, no BASELINE) it writes them, with the
 # machine, versions and settings, as the section "Load: geoedge against
 # HAProxy and nginx stream (issue 6)" of docs/benchmarks.md (replacing that
@@ -1152,13 +1153,37 @@ spread() { # key: (max - min) / median of all its samples (marked or not), in pe
         if (m == 0) print 0; else printf "%.1f\n", 100 * (v[NR] - v[1]) / m }'
 }
 
+med_all() { # key: median of all its samples, marked or not; or -
+    local s
+    s=$(tr -d '*' <<<"${R[$1]:-}" | tr ' ' '\n' | grep .)
+    [[ -n $s ]] || {
+        echo -
+        return
+    }
+    median <<<"$s"
+}
+round_ratios() { # key-a key-b: "median [smallest–largest]" of a/b round by round, or -
+    local a b
+    read -ra a <<<"$(tr -d '*' <<<"${R[$1]:-}")"
+    read -ra b <<<"$(tr -d '*' <<<"${R[$2]:-}")"
+    ((${#a[@]} && ${#a[@]} == ${#b[@]})) || {
+        echo -
+        return
+    }
+    paste -d ' ' <(printf '%s\n' "${a[@]}") <(printf '%s\n' "${b[@]}") |
+        awk '$2 + 0 != 0 {printf "%.4f\n", $1 / $2}' | sort -g | awk '{v[NR] = $1} END {
+            if (NR == 0) { print "-"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%.2f [%.2f–%.2f]\n", m, v[1], v[NR] }'
+}
+
 BL_WORSE=()
 BL_ROWS=0
 # one row of report_baseline: label workers key better(max|min) decimals
 baseline_row() {
     local label=$1 w=$2 key=$3 better=$4 dec=$5 ge bl sg sb r verdict
-    ge=$(med "$key|$w|geoedge")
-    bl=$(med "$key|$w|baseline")
+    ge=$(med_all "$key|$w|geoedge")
+    bl=$(med_all "$key|$w|baseline")
     [[ $ge == - || $bl == - ]] && return 0
     sg=$(spread "$key|$w|geoedge")
     sb=$(spread "$key|$w|baseline")
@@ -1171,7 +1196,7 @@ baseline_row() {
         print worse ? "**worse**" : (gain ? "better" : "within the spread") }')
     BL_ROWS=$((BL_ROWS + 1))
     [[ $verdict == '**worse**' ]] && BL_WORSE+=("$label ($w worker$( ((w > 1)) && echo s)): $r")
-    echo "| $label | $w | $(fmt "$ge" "$dec") | $(fmt "$bl" "$dec") | $r | $sg% | $sb% | $verdict |"
+    echo "| $label | $w | $(fmt "$ge" "$dec") | $(fmt "$bl" "$dec") | $r | $(round_ratios "$key|$w|geoedge" "$key|$w|baseline") | $sg% | $sb% | $verdict |"
 }
 
 report_baseline() {
@@ -1179,13 +1204,15 @@ report_baseline() {
     has geoedge "${PROXIES[@]}" && has baseline "${PROXIES[@]}" || return 0
     echo "### geoedge $GEOEDGE_REV against the baseline $BASELINE_REV"
     echo
-    echo "Both started with the same command line, alternating within each of $REPS rounds; medians as in the tables"
-    echo "below. Spread: (largest − smallest) / median of a measurement's samples over the rounds, marked ones"
-    echo "included. A ratio is within the spread when it is no further from 1, in the worse direction, than the"
-    echo "larger of the two spreads."
+    echo "Both started with the same command line, one after the other in each of $REPS rounds (the baseline first in"
+    echo "even rounds). Here the medians are of all samples, marked ones included (the tables below leave marked"
+    echo "samples out), so that both sides count the same rounds. Round by round: geoedge's sample over the"
+    echo "baseline's of the same round, median [smallest–largest]. Spread: (largest − smallest) / median of a"
+    echo "measurement's samples over the rounds. A ratio is within the spread when it is no further from 1, in the"
+    echo "worse direction, than the larger of the two spreads."
     echo
-    echo "| measurement | workers | geoedge | baseline | geoedge/baseline | spread geoedge | spread baseline | |"
-    echo "|---|---|---:|---:|---:|---:|---:|---|"
+    echo "| measurement | workers | geoedge | baseline | geoedge/baseline | round by round | spread geoedge | spread baseline | |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
     for w in "${WORKERS[@]}"; do
         if has ka "${TESTS[@]}"; then
             baseline_row "keep-alive requests/s" "$w" "ka|rps" max 0
