@@ -21,22 +21,31 @@
 #   bulk  iperf3 throughput, one and four streams, both directions,
 #         BULK_DURATION (4) s each;
 # with the proxy's CPU seconds per 100,000 requests read from /proc around
-# every wrk run. Then, with TESTS containing wg, the WireGuard path: two
-# network namespaces (edge and POP) joined by a veth pair, geoedge `wg up`
-# and an iperf3 server in the POP, geoedge `run` with the backhaul in the
-# edge; iperf3 through geoedge over WireGuard against geoedge over the bare
-# veth, the veth with no proxy, and WireGuard with no proxy.
+# every wrk run. With BASELINE=/path/to/an/older/geoedge, one more proxy,
+# `baseline`, is that binary started exactly like geoedge (same command
+# line, its own copy of the same routing.db) and measured in the same rounds,
+# so that one run compares a change with the build before it (the two swap
+# places in even rounds, so that neither always runs first). Then, with
+# TESTS containing wg, the WireGuard path: two network namespaces (edge and
+# POP) joined by a veth pair, geoedge `wg up` and an iperf3 server in the
+# POP, geoedge `run` with the backhaul in the edge; iperf3 through geoedge
+# over WireGuard against geoedge over the bare veth, the veth with no proxy,
+# and WireGuard with no proxy.
 #
 # Pinning (2 cores): with one worker, wrk/iperf3 run on CPU 0 and the proxy
 # on CPU 1; the backends share CPU 0 with the client (direct: the backend on
 # CPU 1 instead). With two workers nothing is pinned and wrk runs 2 threads.
 #
 # It prints a markdown table per measurement with the medians, the samples
-# and the ratios geoedge/HAProxy, geoedge/nginx and geoedge/direct, and a
-# table of the issue's targets, each met or not; after a full run (default
-# TESTS, PROXIES and WORKERS) it writes them, with the machine, versions and
-# settings, as the section "Load: geoedge against HAProxy and nginx stream
-# (issue 6)" of docs/benchmarks.md (replacing that section if present).
+# and the ratios geoedge/HAProxy, geoedge/nginx and geoedge/direct (and
+# geoedge/baseline with BASELINE), and a table of the issue's targets, each
+# met or not; with BASELINE also a table of geoedge against the baseline,
+# every median beside the ratio round by round and the run-to-run spread of
+# its samples. After a full run
+# (default TESTS, PROXIES and WORKERS, no BASELINE) it writes them, with the
+# machine, versions and settings, as the section "Load: geoedge against
+# HAProxy and nginx stream (issue 6)" of docs/benchmarks.md (replacing that
+# section if present).
 # DOC=0 never writes, DOC=1 always does.
 #
 # Needs: root (sysctls, open-file limit, network namespaces, TUN), and
@@ -49,7 +58,8 @@
 #
 # Environment:
 #   TESTS        "idle ka conn bulk wg" (any subset)
-#   PROXIES      "direct geoedge haproxy nginx" (any subset; ratios need geoedge)
+#   PROXIES      "direct geoedge haproxy nginx" (any subset; ratios need geoedge);
+#                with BASELINE, baseline is added after geoedge when missing
 #   WORKERS      "1 2"
 #   REPS         3 rounds; DURATION 10 s (wrk); BULK_DURATION 4 s (iperf3)
 #   CONNS        100 wrk connections; IDLE_CONNS 10000, or fewer when the
@@ -60,12 +70,19 @@
 #                more than 25% of a core, or the hypervisor took more than 5%
 #                of one (steal time), is marked *, and the medians leave
 #                marked samples out unless all of a measurement's are
-#   PORT_BASE    27400: ports PORT_BASE..PORT_BASE+39 on 127.0.0.1
+#   PORT_BASE    27400: ports PORT_BASE..PORT_BASE+39 on 127.0.0.1 (+49 with
+#                BASELINE)
 #   GEOEDGE      a geoedge binary to use instead of building one
 #   GEOEDGE_LABEL what to call that build in the report (default: git describe)
+#   BASELINE     an older geoedge binary to measure beside GEOEDGE, as the
+#                proxy `baseline` (ports PORT_BASE+40..42); it must accept the
+#                same command line. The wg test uses GEOEDGE only
+#   BASELINE_LABEL what to call it (default: git describe in the binary's
+#                directory, e.g. a worktree's target/release, else "baseline")
 #   GEOEDGE_*    geoedge's own settings (GEOEDGE_SPLICE=off, ...) reach it
-#                from the environment and are shown with its command line
-#   DOC          auto (default), 1 or 0: write docs/benchmarks.md
+#                (and the baseline) from the environment and are shown with its command line
+#   DOC          auto (default: only after a full run without BASELINE), 1 or
+#                0: write docs/benchmarks.md
 #   PIN          1 (default) or 0: no pinning at all
 #   BACKEND_WITH client (default) or proxy: the CPU the backends share with
 #                one worker
@@ -89,6 +106,7 @@ DEFAULT_WORKERS="1 2"
 read -ra TESTS <<<"${TESTS:-$DEFAULT_TESTS}"
 read -ra PROXIES <<<"${PROXIES:-$DEFAULT_PROXIES}"
 read -ra WORKERS <<<"${WORKERS:-$DEFAULT_WORKERS}"
+BASELINE=${BASELINE:-}
 OTHER_MAX=25 # % of one core used by other processes that marks a sample as contended
 STEAL_MAX=5 # % of one core taken by the hypervisor (steal time) that marks it too
 CLIENT_CPU=0
@@ -109,11 +127,28 @@ for v in REPS DURATION BULK_DURATION CONNS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
 done
 [[ $IDLE_WAIT =~ ^[0-9]+$ ]] || die "IDLE_WAIT must be a number of seconds"
-[[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + 40 < 32768)) ||
-    die "PORT_BASE must leave PORT_BASE..PORT_BASE+39 between 1024 and 32767 (below the ephemeral range)"
+PORT_SPAN=40 # ports PORT_BASE..PORT_BASE+PORT_SPAN-1; the baseline's are +40..42
+[[ -n $BASELINE ]] && PORT_SPAN=50
+[[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + PORT_SPAN < 32768)) ||
+    die "PORT_BASE must leave PORT_BASE..PORT_BASE+$((PORT_SPAN - 1)) between 1024 and 32767 (below the ephemeral range)"
 [[ $DOC == auto || $DOC == 0 || $DOC == 1 ]] || die "DOC takes auto, 0 or 1"
 for t in "${TESTS[@]}"; do has "$t" idle ka conn bulk wg || die "TESTS takes idle, ka, conn, bulk and wg"; done
-for p in "${PROXIES[@]}"; do has "$p" direct geoedge haproxy nginx || die "PROXIES takes direct, geoedge, haproxy and nginx"; done
+for p in "${PROXIES[@]}"; do
+    has "$p" direct geoedge baseline haproxy nginx || die "PROXIES takes direct, geoedge, baseline, haproxy and nginx"
+done
+if [[ -n $BASELINE ]]; then
+    if ! has baseline "${PROXIES[@]}"; then # after geoedge, else last
+        with=()
+        for p in "${PROXIES[@]}"; do
+            with+=("$p")
+            [[ $p == geoedge ]] && with+=(baseline)
+        done
+        has baseline "${with[@]}" || with+=(baseline)
+        PROXIES=("${with[@]}")
+    fi
+else
+    has baseline "${PROXIES[@]}" && die "the proxy baseline needs BASELINE=/path/to/an/older/geoedge"
+fi
 for w in "${WORKERS[@]}"; do [[ $w =~ ^[1-9]$ ]] || die "WORKERS takes worker counts 1-9"; done
 ((${#TESTS[@]} && ${#PROXIES[@]} && ${#WORKERS[@]})) || die "TESTS, PROXIES and WORKERS must not be empty"
 
@@ -183,6 +218,20 @@ if [[ $GE_HELP == *--workers* ]]; then
 else
     GE_WORKERS_FLAG=0
 fi
+# The baseline: an older build, started with geoedge's command line.
+BL_HELP=
+BASELINE_REV=
+if [[ -n $BASELINE ]]; then
+    [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
+    BASELINE=$(realpath "$BASELINE")
+    BL_HELP=$("$BASELINE" run --help 2>/dev/null)
+    [[ -n $BL_HELP ]] || die "BASELINE=$BASELINE does not answer \`run --help\` like geoedge"
+    for f in --workers --max-connections --health-check-interval; do
+        [[ ($GE_HELP == *$f* && $BL_HELP == *$f*) || ($GE_HELP != *$f* && $BL_HELP != *$f*) ]] ||
+            die "BASELINE=$BASELINE and $GEOEDGE differ in $f: they must accept the same command line"
+    done
+    BASELINE_REV=${BASELINE_LABEL:-$(git -C "$(dirname "$BASELINE")" describe --always 2>/dev/null || echo baseline)}
+fi
 
 # --- names and state -----------------------------------------------------------
 ID=$$
@@ -200,6 +249,13 @@ PORT_HTTP=([direct]=$B_HTTP [geoedge]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE
 PORT_IPERF=([direct]=$B_IPERF [geoedge]=$((PORT_BASE + 11)) [haproxy]=$((PORT_BASE + 21)) [nginx]=$((PORT_BASE + 31)))
 PORT_IDLE=([direct]=$B_SINK [geoedge]=$((PORT_BASE + 12)) [haproxy]=$((PORT_BASE + 22)) [nginx]=$((PORT_BASE + 32)))
 LABEL=([direct]="direct" [geoedge]="geoedge" [haproxy]="HAProxy" [nginx]="nginx stream")
+if [[ -n $BASELINE ]]; then
+    PORT_HTTP[baseline]=$((PORT_BASE + 40))
+    PORT_IPERF[baseline]=$((PORT_BASE + 41))
+    PORT_IDLE[baseline]=$((PORT_BASE + 42))
+    LABEL[baseline]="baseline"
+    [[ $BASELINE_REV != baseline ]] && LABEL[baseline]+=" ($BASELINE_REV)"
+fi
 
 stop_pid() { # pid: TERM, wait up to 10 s, then KILL
     local pid=$1 i
@@ -467,10 +523,12 @@ PROXY_PIDS=()
 PROXY_MAIN=
 PROXY_LOG=
 
-write_geoedge_db() {
-    local db=$WORK/geoedge.db
+write_geoedge_db() { # [proxy]: geoedge.db (baseline: baseline.db, made by its own binary)
+    local proxy=${1:-geoedge} bin=$GEOEDGE db
+    [[ $proxy == baseline ]] && bin=$BASELINE
+    db=$WORK/$proxy.db
     rm -f "$db"
-    "$GEOEDGE" db init --empty "$db" >/dev/null || die "geoedge db init failed"
+    "$bin" db init --empty "$db" >/dev/null || die "$proxy db init failed"
     GE_SQL="INSERT INTO regions (id, name, latitude, longitude) VALUES ('eu', 'Europe', 50.11, 8.68);
 INSERT INTO backends (id, app, region, wg_ip, port, soft_limit, hard_limit)
   VALUES ('http', 'http', 'eu', '127.0.0.1', $B_HTTP, 1000000, 1000000),
@@ -534,8 +592,9 @@ EOF
 }
 
 GE_NOTE=
-geoedge_cmd() { # workers: the command line of geoedge run
-    local w=$1 cpus
+geoedge_cmd() { # workers [proxy]: the command line of geoedge run (or of the baseline's)
+    local w=$1 proxy=${2:-geoedge} bin=$GEOEDGE cpus
+    [[ $proxy == baseline ]] && bin=$BASELINE
     GE_CMD=()
     if ((GE_WORKERS_FLAG)); then
         ((w == 1 && PIN)) && GE_CMD=(taskset -c "$PROXY_CPU")
@@ -545,10 +604,10 @@ geoedge_cmd() { # workers: the command line of geoedge run
         GE_CMD=(taskset -c "$cpus")
         GE_NOTE="this geoedge has no --workers: it ran under taskset on as many CPUs as workers (its runtime starts one worker per CPU)"
     fi
-    GE_CMD+=("$GEOEDGE" run --routing-db "$WORK/geoedge.db" --region eu --metrics-listen off
-        --listen "http=127.0.0.1:${PORT_HTTP[geoedge]}"
-        --listen "iperf=127.0.0.1:${PORT_IPERF[geoedge]}"
-        --listen "idle=127.0.0.1:${PORT_IDLE[geoedge]}")
+    GE_CMD+=("$bin" run --routing-db "$WORK/$proxy.db" --region eu --metrics-listen off
+        --listen "http=127.0.0.1:${PORT_HTTP[$proxy]}"
+        --listen "iperf=127.0.0.1:${PORT_IPERF[$proxy]}"
+        --listen "idle=127.0.0.1:${PORT_IDLE[$proxy]}")
     ((GE_WORKERS_FLAG)) && GE_CMD+=(--workers "$w")
     # The same footing as HAProxy's configuration: its connection cap, and no
     # active health checks (a TCP check against the single-client iperf3
@@ -568,8 +627,8 @@ start_proxy() {
     ((w == 1 && PIN)) && pin=(taskset -c "$PROXY_CPU")
     PROXY_LOG=$WORK/$proxy-$w.log
     case $proxy in
-    geoedge)
-        geoedge_cmd "$w"
+    geoedge | baseline)
+        geoedge_cmd "$w" "$proxy"
         "${GE_CMD[@]}" >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
@@ -948,6 +1007,7 @@ LOCAL_TESTS=()
 for t in "${TESTS[@]}"; do [[ $t != wg ]] && LOCAL_TESTS+=("$t"); done
 if ((${#LOCAL_TESTS[@]})); then
     write_geoedge_db
+    [[ -n $BASELINE ]] && write_geoedge_db baseline
     for w in "${WORKERS[@]}"; do
         write_haproxy_conf "$w"
         write_nginx_conf "$w"
@@ -958,9 +1018,19 @@ if ((${#LOCAL_TESTS[@]})); then
     echo "== $REPS rounds of: ${LOCAL_TESTS[*]}; proxies: ${PROXIES[*]}; workers: ${WORKERS[*]}"
     echo "   wrk -c $CONNS, $DURATION s; iperf3 $BULK_DURATION s; $IDLE_CONNS idle connections; pinning $( ((PIN)) && echo "on (1 worker: client CPU $CLIENT_CPU, proxy CPU $PROXY_CPU)" || echo off)"
     ((GE_WORKERS_FLAG)) || echo "   geoedge has no --workers: confined with taskset to as many CPUs as workers"
+    [[ -n $BASELINE ]] && echo "   baseline: $BASELINE ($BASELINE_REV), against geoedge $GEOEDGE ($GEOEDGE_REV)"
     for ((round = 1; round <= REPS; round++)); do
+        order=("${PROXIES[@]}")
+        if [[ -n $BASELINE ]] && ((round % 2 == 0)); then # the baseline first in even rounds
+            for i in "${!order[@]}"; do
+                case ${order[i]} in
+                geoedge) order[i]=baseline ;;
+                baseline) order[i]=geoedge ;;
+                esac
+            done
+        fi
         for w in "${WORKERS[@]}"; do
-            for proxy in "${PROXIES[@]}"; do
+            for proxy in "${order[@]}"; do
                 run_config "$w" "$proxy" "$round"
             done
         done
@@ -1011,7 +1081,7 @@ ratio_rows() { # test workers ncols metrics...: the geoedge/peer rows of a table
     local test=$1 w=$2 peer m row
     shift 2
     has geoedge "${PROXIES[@]}" || return 0
-    for peer in haproxy nginx direct; do
+    for peer in baseline haproxy nginx direct; do
         has "$peer" "${PROXIES[@]}" || continue
         row="| $w | geoedge/${LABEL[$peer]%% *}"
         for m in "$@"; do
@@ -1069,10 +1139,110 @@ report_bulk() {
     echo "| workers | proxy | 1 up | 1 down | 4 up | 4 down |"
     echo "|---|---|---:|---:|---:|---:|"
     for w in "${WORKERS[@]}"; do
-        for p in $(proxies_in geoedge haproxy nginx); do
+        for p in $(proxies_in geoedge baseline haproxy nginx); do
             echo "| $w | ${LABEL[$p]} | $(cell "bulk|pcpu1up|$w|$p" 0) | $(cell "bulk|pcpu1down|$w|$p" 0) | $(cell "bulk|pcpu4up|$w|$p" 0) | $(cell "bulk|pcpu4down|$w|$p" 0) |"
         done
     done
+    echo
+}
+
+spread() { # key: (max - min) / median of all its samples (marked or not), in percent; or -
+    tr -d '*' <<<"${R[$1]:-}" | tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
+        if (NR == 0) { print "-"; exit }
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        if (m == 0) print 0; else printf "%.1f\n", 100 * (v[NR] - v[1]) / m }'
+}
+
+med_all() { # key: median of all its samples, marked or not; or -
+    local s
+    s=$(tr -d '*' <<<"${R[$1]:-}" | tr ' ' '\n' | grep .)
+    [[ -n $s ]] || {
+        echo -
+        return
+    }
+    median <<<"$s"
+}
+round_ratios() { # key-a key-b: "median [smallest–largest]" of a/b round by round, or -
+    local a b
+    read -ra a <<<"$(tr -d '*' <<<"${R[$1]:-}")"
+    read -ra b <<<"$(tr -d '*' <<<"${R[$2]:-}")"
+    ((${#a[@]} && ${#a[@]} == ${#b[@]})) || {
+        echo -
+        return
+    }
+    paste -d ' ' <(printf '%s\n' "${a[@]}") <(printf '%s\n' "${b[@]}") |
+        awk '$2 + 0 != 0 {printf "%.4f\n", $1 / $2}' | sort -g | awk '{v[NR] = $1} END {
+            if (NR == 0) { print "-"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%.2f [%.2f–%.2f]\n", m, v[1], v[NR] }'
+}
+
+BL_WORSE=()
+BL_ROWS=0
+# one row of report_baseline: label workers key better(max|min) decimals
+baseline_row() {
+    local label=$1 w=$2 key=$3 better=$4 dec=$5 ge bl sg sb r verdict
+    ge=$(med_all "$key|$w|geoedge")
+    bl=$(med_all "$key|$w|baseline")
+    [[ $ge == - || $bl == - ]] && return 0
+    sg=$(spread "$key|$w|geoedge")
+    sb=$(spread "$key|$w|baseline")
+    r=$(ratio "$ge" "$bl")
+    verdict=$(awk -v g="$ge" -v b="$bl" -v sg="$sg" -v sb="$sb" -v better="$better" 'BEGIN {
+        if (b + 0 == 0) { print "-"; exit }
+        r = g / b; s = ((sg > sb) ? sg : sb) / 100
+        if (better == "min") { worse = (r > 1 + s); gain = (r < 1 - s) }
+        else { worse = (r < 1 - s); gain = (r > 1 + s) }
+        print worse ? "**worse**" : (gain ? "better" : "within the spread") }')
+    BL_ROWS=$((BL_ROWS + 1))
+    [[ $verdict == '**worse**' ]] && BL_WORSE+=("$label ($w worker$( ((w > 1)) && echo s)): $r")
+    echo "| $label | $w | $(fmt "$ge" "$dec") | $(fmt "$bl" "$dec") | $r | $(round_ratios "$key|$w|geoedge" "$key|$w|baseline") | $sg% | $sb% | $verdict |"
+}
+
+report_baseline() {
+    local w
+    has geoedge "${PROXIES[@]}" && has baseline "${PROXIES[@]}" || return 0
+    echo "### geoedge $GEOEDGE_REV against the baseline $BASELINE_REV"
+    echo
+    echo "Both started with the same command line, one after the other in each of $REPS rounds (the baseline first in"
+    echo "even rounds). Here the medians are of all samples, marked ones included (the tables below leave marked"
+    echo "samples out), so that both sides count the same rounds. Round by round: geoedge's sample over the"
+    echo "baseline's of the same round, median [smallest–largest]. Spread: (largest − smallest) / median of a"
+    echo "measurement's samples over the rounds. A ratio is within the spread when it is no further from 1, in the"
+    echo "worse direction, than the larger of the two spreads."
+    echo
+    echo "| measurement | workers | geoedge | baseline | geoedge/baseline | round by round | spread geoedge | spread baseline | |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+    for w in "${WORKERS[@]}"; do
+        if has ka "${TESTS[@]}"; then
+            baseline_row "keep-alive requests/s" "$w" "ka|rps" max 0
+            baseline_row "keep-alive p50 ms" "$w" "ka|p50" min 3
+            baseline_row "keep-alive p99 ms" "$w" "ka|p99" min 3
+            baseline_row "keep-alive CPU s / 100k requests" "$w" "ka|cpu" min 3
+        fi
+        if has conn "${TESTS[@]}"; then
+            baseline_row "new connections/s" "$w" "conn|rps" max 0
+            baseline_row "new connections p50 ms" "$w" "conn|p50" min 3
+            baseline_row "new connections p99 ms" "$w" "conn|p99" min 3
+            baseline_row "new connections CPU s / 100k" "$w" "conn|cpu" min 3
+        fi
+        if has bulk "${TESTS[@]}"; then
+            baseline_row "bulk 1 stream up, Mbit/s" "$w" "bulk|b1up" max 0
+            baseline_row "bulk 1 stream down, Mbit/s" "$w" "bulk|b1down" max 0
+            baseline_row "bulk 4 streams up, Mbit/s" "$w" "bulk|b4up" max 0
+            baseline_row "bulk 4 streams down, Mbit/s" "$w" "bulk|b4down" max 0
+        fi
+        if has idle "${TESTS[@]}"; then
+            baseline_row "process memory per idle connection, bytes" "$w" "idle|rss" min 0
+            baseline_row "kernel memory per idle connection, bytes" "$w" "idle|slab" min 0
+        fi
+    done
+    echo
+    if ((${#BL_WORSE[@]})); then
+        echo "Worse than the spread: ${#BL_WORSE[@]} of $BL_ROWS: $(printf '%s; ' "${BL_WORSE[@]}" | sed 's/; $/./')"
+    else
+        echo "Worse than the spread: none of $BL_ROWS."
+    fi
     echo
 }
 
@@ -1103,7 +1273,7 @@ report_idle() {
             echo "| $w | ${LABEL[$p]} | $(cell "idle|rss|$w|$p" 0 s) | $(cell "idle|slab|$w|$p" 0 s) | $own |"
         done
         if has geoedge "${PROXIES[@]}"; then
-            for p in $(proxies_in haproxy nginx); do
+            for p in $(proxies_in baseline haproxy nginx); do
                 echo "| $w | geoedge/${LABEL[$p]%% *} | $(ratio "$(med "idle|rss|$w|geoedge")" "$(med "idle|rss|$w|$p")") | $(ratio "$(med "idle|slab|$w|geoedge")" "$(med "idle|slab|$w|$p")") | $(ratio "$(kernel_own "$w" geoedge)" "$(kernel_own "$w" "$p")") |"
             done
         fi
@@ -1120,11 +1290,11 @@ report_cpu() {
     echo "| workers | proxy | keep-alive requests | new connections |"
     echo "|---|---|---:|---:|"
     for w in "${WORKERS[@]}"; do
-        for p in $(proxies_in geoedge haproxy nginx); do
+        for p in $(proxies_in geoedge baseline haproxy nginx); do
             echo "| $w | ${LABEL[$p]} | $(cell "ka|cpu|$w|$p" 3) | $(cell "conn|cpu|$w|$p" 3) |"
         done
         if has geoedge "${PROXIES[@]}"; then
-            for p in $(proxies_in haproxy nginx); do
+            for p in $(proxies_in baseline haproxy nginx); do
                 echo "| $w | geoedge/${LABEL[$p]%% *} | $(ratio "$(med "ka|cpu|$w|geoedge")" "$(med "ka|cpu|$w|$p")") | $(ratio "$(med "conn|cpu|$w|geoedge")" "$(med "conn|cpu|$w|$p")") |"
             done
         fi
@@ -1292,7 +1462,9 @@ report() {
     echo "TCP congestion control $(sysctl -n net.ipv4.tcp_congestion_control), open-file limit $NOFILE."
     ((GE_WORKERS_FLAG)) || echo "geoedge had no \`--workers\` flag yet: $GE_NOTE."
     [[ -n $IDLE_NOTE ]] && echo "Idle connections: $IDLE_NOTE."
+    [[ -n $BASELINE ]] && echo "Baseline: $BASELINE ($BASELINE_REV), started like geoedge; the wg test uses geoedge only."
     echo
+    report_baseline
     report_targets
     has ka "${TESTS[@]}" && report_wrk ka
     has conn "${TESTS[@]}" && report_wrk conn
@@ -1329,6 +1501,15 @@ report() {
             echo '```'
             echo
         fi
+        if has baseline "${PROXIES[@]}"; then
+            geoedge_cmd "${WORKERS[0]}" baseline
+            echo "baseline (the same rows in its own routing.db):"
+            echo
+            echo '```'
+            echo "${GE_CMD[*]}" | sed -e "s|$WORK|\$WORK|g" -e "s|$BASELINE|baseline|"
+            echo '```'
+            echo
+        fi
     fi
 }
 
@@ -1338,7 +1519,7 @@ cat "$WORK/section.md"
 
 # --- docs/benchmarks.md ---------------------------------------------------------------------
 full=0
-[[ "${TESTS[*]}" == "$DEFAULT_TESTS" && "${PROXIES[*]}" == "$DEFAULT_PROXIES" && "${WORKERS[*]}" == "$DEFAULT_WORKERS" ]] && full=1
+[[ -z $BASELINE && "${TESTS[*]}" == "$DEFAULT_TESTS" && "${PROXIES[*]}" == "$DEFAULT_PROXIES" && "${WORKERS[*]}" == "$DEFAULT_WORKERS" ]] && full=1
 if [[ $DOC == 1 || ($DOC == auto && $full == 1) ]]; then
     python3 - "$REPO/docs/benchmarks.md" "$WORK/section.md" <<'EOF' || echo "run.sh: could not write docs/benchmarks.md" >&2
 import sys
