@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::data::admission::{AcceptError, ConnLimit, Slot};
+use crate::data::admission::{AcceptError, ConnLimit};
 use crate::data::conn_stats::{ConnResult, ConnStats};
 use crate::data::dialer::Dialer;
 use crate::data::proxy_protocol::Version;
@@ -265,13 +265,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         let this = Arc::clone(self);
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
         self.tasks
-            .spawn(Self::admitted(this, slot, conn).instrument(span));
-    }
-
-    /// An admitted connection: its slot is held until it ends.
-    async fn admitted(self: Arc<Self>, slot: Slot, conn: Conn) {
-        self.handle(conn).await;
-        drop(slot);
+            .spawn(Self::handle(this, slot, conn).instrument(span));
     }
 }
 

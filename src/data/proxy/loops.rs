@@ -25,6 +25,7 @@
 //! as soon as it is made and register nothing: a check that loops is caught
 //! one hop later, on the proxied connection it causes.
 
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,14 +33,19 @@ use dashmap::DashMap;
 use geoedge_routing::BackendId;
 use tokio::net::TcpStream;
 
-/// Both ends of the edge's open backend connections.
+/// Both ends of the edge's open backend connections, kept small: an entry
+/// is a 64-bit digest of the two ends (keyed by a secret of this process,
+/// so no client can aim at a collision) and the backend, since every open
+/// connection has one.
 #[derive(Debug, Default)]
 pub struct OwnConnections {
-    /// (local end, backend's address), canonical IPs → the backend.
-    open: DashMap<(SocketAddr, SocketAddr), BackendId>,
-    /// Local ends in `open`, with how many connections use each (the
+    /// Digest of (local end, backend's address) → the backend.
+    open: DashMap<u64, BackendId>,
+    /// Digest of a local end in `open` → how many connections use it (the
     /// cheap first question asked of every accepted peer).
-    locals: DashMap<SocketAddr, u32>,
+    locals: DashMap<u64, u32>,
+    /// The secret key of the digests.
+    keys: std::collections::hash_map::RandomState,
 }
 
 /// A backend connection's entry in [`OwnConnections`], removed when this
@@ -48,14 +54,16 @@ pub struct OwnConnections {
 pub struct Registered {
     /// The registry the entry is in.
     own: Arc<OwnConnections>,
-    /// The entry's key: (local end, backend's address).
-    ends: (SocketAddr, SocketAddr),
+    /// The entry's key.
+    ends: u64,
+    /// The key of its local end.
+    local: u64,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.own.open.remove(&self.ends);
-        self.own.locals.remove_if_mut(&self.ends.0, |_, n| {
+        self.own.locals.remove_if_mut(&self.local, |_, n| {
             *n -= 1;
             *n == 0
         });
@@ -69,6 +77,16 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl OwnConnections {
+    /// The digest of a local end.
+    fn local_key(&self, local: SocketAddr) -> u64 {
+        self.keys.hash_one(canonical(local))
+    }
+
+    /// The digest of both ends.
+    fn ends_key(&self, local: SocketAddr, remote: SocketAddr) -> u64 {
+        self.keys.hash_one((canonical(local), canonical(remote)))
+    }
+
     /// Records `stream`, connected to `backend`, until the returned guard
     /// drops. `None` when the socket has no addresses to record (it failed
     /// already; the relay will see that).
@@ -77,16 +95,16 @@ impl OwnConnections {
         stream: &TcpStream,
         backend: &BackendId,
     ) -> Option<Registered> {
-        let ends = (
-            canonical(stream.local_addr().ok()?),
-            canonical(stream.peer_addr().ok()?),
-        );
+        let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
+        let ends = self.ends_key(local, remote);
+        let local = self.local_key(local);
         if self.open.insert(ends, backend.clone()).is_none() {
-            *self.locals.entry(ends.0).or_insert(0) += 1;
+            *self.locals.entry(local).or_insert(0) += 1;
         }
         Some(Registered {
             own: Arc::clone(self),
             ends,
+            local,
         })
     }
 
@@ -99,11 +117,10 @@ impl OwnConnections {
         peer: SocketAddr,
         local: impl FnOnce() -> Option<SocketAddr>,
     ) -> Option<BackendId> {
-        let peer = canonical(peer);
-        if !self.locals.contains_key(&peer) {
+        if !self.locals.contains_key(&self.local_key(peer)) {
             return None;
         }
-        let local = canonical(local()?);
-        self.open.get(&(peer, local)).map(|b| b.value().clone())
+        let ends = self.ends_key(peer, local()?);
+        self.open.get(&ends).map(|b| b.value().clone())
     }
 }

@@ -15,6 +15,7 @@
 //! connection never gives it a mix of old and new settings. A stage that
 //! ends the connection says how, as the [`ConnResult`] it is counted under.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tracing::field::display;
 use super::data_path::DataPath;
 use super::loops::Registered;
 use super::{classify, Proxy, ProxyOptions};
+use crate::data::admission::Slot;
 use crate::data::conn_stats::ConnResult;
 use crate::data::dialer::Dialer;
 use crate::data::proxy_protocol::{self, Header, Parse, ProxyHeaderError};
@@ -81,21 +83,34 @@ pub struct Dialed {
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
-    /// The whole pipeline for one accepted connection; its outcome is
-    /// counted once, by the stage that ended it (the relay counts its own).
-    pub(crate) async fn handle(&self, mut conn: Conn) {
-        let result = async {
-            let identity = self.identify(&mut conn).await?;
-            self.admit_client(&conn, &identity)?;
-            let app = self.classify(&conn, &identity);
-            let dialed = self.route_and_dial(&conn, &identity, &app).await?;
-            self.relay_conn(conn, identity, dialed).await;
-            Ok(())
+    /// The whole pipeline for one accepted connection, holding its slot of
+    /// the global limit until it ends; its outcome is counted once, by the
+    /// stage that ended it (the relay counts its own).
+    ///
+    /// An idle relayed connection costs what this future holds while it
+    /// waits, so the stages before the relay run in a future of their own
+    /// ([`Self::prepare`]) and the relay's future takes only what it moves
+    /// bytes with ([`Self::relay_conn`]).
+    pub(crate) async fn handle(self: Arc<Self>, slot: Slot, mut conn: Conn) {
+        // The relay's future is made in a statement of its own, so that
+        // nothing of the stages before it (the result they returned, moved
+        // from or not) stays in this future while the relay runs.
+        let prepared = self.prepare(&mut conn).await;
+        match prepared {
+            Ok((identity, dialed)) => self.relay_conn(conn, identity, dialed).await,
+            Err(result) => self.conns.record(result),
         }
-        .await;
-        if let Err(result) = result {
-            self.conns.record(result);
-        }
+        drop(slot);
+    }
+
+    /// The stages up to the relay: identify, admit, classify, route and
+    /// dial.
+    async fn prepare(&self, conn: &mut Conn) -> Result<(Identity, Dialed), ConnResult> {
+        let identity = self.identify(conn).await?;
+        self.admit_client(conn, &identity)?;
+        let app = self.classify(conn, &identity);
+        let dialed = self.route_and_dial(conn, &identity, &app).await?;
+        Ok((identity, dialed))
     }
 
     /// Whether the connection's peer is a source whose PROXY headers are
@@ -309,9 +324,17 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     /// Stage 5: sends the backend its PROXY header (when the connection's
     /// settings ask for one) and the client's early bytes, then relays
     /// through the data path with the connection's policy. The route, and
-    /// with it the backend's slot, is released exactly once, when this
-    /// returns.
-    pub(crate) async fn relay_conn(&self, conn: Conn, identity: Identity, dialed: Dialed) {
+    /// with it the backend's slot, is released exactly once, when the
+    /// returned future completes.
+    pub(crate) fn relay_conn(
+        &self,
+        conn: Conn,
+        identity: Identity,
+        dialed: Dialed,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        // Everything but the sockets, the bytes owed to the backend, the
+        // policy and the guards is dropped here, before the relay's
+        // future is made: an idle connection holds no more than that.
         let options = &conn.options;
         let policy = Policy {
             idle: options.idle_timeout,
@@ -324,29 +347,32 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         }
         first.extend_from_slice(&identity.early);
         self.conns.up().add(identity.early.len() as u64);
+        let client = conn.client;
         let Dialed {
             stream,
             route,
             registered,
         } = dialed;
         tracing::debug!(kind = route.kind.as_str(), "relaying");
-        let meter = Meter {
-            up: self.conns.up(),
-            down: self.conns.down(),
-        };
-        match self
-            .data_path
-            .relay(conn.client, stream, &first, policy, meter)
-            .await
-        {
-            Ended::Closed(moved) => {
-                tracing::debug!(up = moved.up, down = moved.down, "closed")
+        async move {
+            let meter = Meter {
+                up: self.conns.up(),
+                down: self.conns.down(),
+            };
+            match self
+                .data_path
+                .relay(client, stream, &first, policy, meter)
+                .await
+            {
+                Ended::Closed(moved) => {
+                    tracing::debug!(up = moved.up, down = moved.down, "closed")
+                }
+                Ended::Idle => tracing::debug!("idle timeout"),
+                Ended::Error(e) => tracing::debug!("relay ended: {e}"),
             }
-            Ended::Idle => tracing::debug!("idle timeout"),
-            Ended::Error(e) => tracing::debug!("relay ended: {e}"),
+            drop(registered);
+            drop(route);
         }
-        drop(registered);
-        drop(route);
     }
 }
 
