@@ -205,6 +205,9 @@ else
     GEOEDGE_FROM="cargo build --release"
 fi
 # the commit built, "-modified" when geoedge's own sources differ from it
+# GEOEDGE_LABEL names the build in the report; it is no setting of geoedge
+# (which refuses an unknown GEOEDGE_* variable), so it is not passed on.
+export -n GEOEDGE_LABEL 2>/dev/null || true
 GEOEDGE_REV=${GEOEDGE_LABEL:-$(git -C "$REPO" describe --always 2>/dev/null || echo '?')}
 if [[ -z ${GEOEDGE_LABEL:-} ]] &&
     [[ -n $(git -C "$REPO" status --porcelain -- src routing geoip wireguard Cargo.toml Cargo.lock 2>/dev/null) ]]; then
