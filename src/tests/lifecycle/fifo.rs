@@ -39,11 +39,12 @@ async fn a_config_swapped_for_a_fifo_is_refused_on_sighup_and_sigterm_still_stop
 
     // A SIGHUP with nothing changed: applied, and no info line for it.
     edge.signal("HUP");
-    let t = Instant::now();
-    while reloads("applied") < 1.0 {
-        assert!(t.elapsed() < Duration::from_secs(30), "SIGHUP not applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        || "SIGHUP not applied".into(),
+        Duration::from_secs(30),
+        || reloads("applied") >= 1.0,
+    )
+    .await;
     let noisy: Vec<String> = edge
         .log()
         .into_iter()
@@ -60,14 +61,12 @@ async fn a_config_swapped_for_a_fifo_is_refused_on_sighup_and_sigterm_still_stop
     std::fs::rename(&fifo, &config).unwrap();
     let t = Instant::now();
     edge.signal("HUP");
-    while reloads("failed") < 1.0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the FIFO reload was not counted: {:#?}",
-            edge.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        || format!("the FIFO reload was not counted: {:#?}", edge.log()),
+        Duration::from_secs(30),
+        || reloads("failed") >= 1.0,
+    )
+    .await;
     eprintln!("FIFO config: failure counted after {:?}", t.elapsed());
     assert!(
         edge.log()

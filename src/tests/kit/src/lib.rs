@@ -48,3 +48,23 @@ pub use skip::*;
 /// plain ones; a failed test does not poison it.
 #[cfg(feature = "io")]
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until `cond` holds, looking every 10 ms. A test whose condition
+/// never comes panics with `what()` once `give_up` has passed: a guard
+/// against a hang, not a timing target (give it generously).
+#[cfg(feature = "io")]
+pub async fn until(
+    what: impl FnOnce() -> String,
+    give_up: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) {
+    let waited = tokio::time::timeout(give_up, async {
+        while !cond() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        panic!("{}", what());
+    }
+}
