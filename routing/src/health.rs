@@ -223,8 +223,12 @@ impl PassiveState {
     /// again. A later trial that connects re-admits it, as after any
     /// ejection.
     pub fn on_loop(&mut self, now: Instant, cfg: &HealthConfig) -> HealthChange {
+        self.eject(cfg.backoff_max.max(cfg.backoff), now)
+    }
+
+    /// Ejects for `backoff` from `now`, forgetting the failures counted.
+    fn eject(&mut self, backoff: Duration, now: Instant) -> HealthChange {
         self.failures = 0;
-        let backoff = cfg.backoff_max.max(cfg.backoff);
         self.ejection = Some(Ejection {
             backoff,
             open_at: after(now, backoff),
@@ -268,17 +272,7 @@ impl PassiveState {
                 if cfg.eject_after == 0 || self.failures < cfg.eject_after {
                     return None;
                 }
-                self.failures = 0;
-                let backoff = cfg.backoff.min(cfg.backoff_max);
-                self.ejection = Some(Ejection {
-                    backoff,
-                    open_at: after(now, backoff),
-                    trial: false,
-                });
-                Some(HealthChange::Ejected {
-                    backoff,
-                    trial_failed: false,
-                })
+                Some(self.eject(cfg.backoff.min(cfg.backoff_max), now))
             }
         }
     }

@@ -21,7 +21,7 @@ mod health;
 mod layer;
 mod values;
 
-pub use health::{CheckOptions, DEFAULT_MAX_RATE};
+pub use health::CheckOptions;
 
 pub use layer::Layer;
 use values::parse_cidr;
@@ -43,11 +43,6 @@ pub struct LiveSettings {
     pub max_connections: Option<usize>,
 }
 
-/// Serializes a value as its `Debug` text (enough to compare two of them).
-fn as_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{v:?}"))
-}
-
 /// Settings resolved from all layers, with defaults filled in: the live
 /// half ([`LiveSettings`]) and those fixed at start. Serialized (by key)
 /// only to tell two sets apart.
@@ -58,16 +53,16 @@ pub struct Settings {
     /// mmdb path; `None` means the embedded sample database.
     pub geoip: Option<PathBuf>,
     /// This POP's region.
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub region: RegionId,
     /// The app decisions are for.
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub app: AppId,
     /// Binding table settings.
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub bindings: BindingConfig,
     /// Client listeners.
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub listen: Vec<ListenSpec>,
     /// What a SIGHUP applies at once.
     #[serde(flatten)]
@@ -76,23 +71,20 @@ pub struct Settings {
     /// listeners).
     pub workers: usize,
     /// The WireGuard backhaul, when configured.
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub wireguard: Option<WgSettings>,
     /// The metrics and health listener (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
     /// Per-backend metric series while routing.db holds at most this many
-    /// backends ([`DEFAULT_METRICS_BACKEND_SERIES`]).
+    /// backends ([`defaults::METRICS_BACKEND_SERIES`]).
     pub metrics_backend_series: usize,
     /// Rise and fall thresholds and passive ejection, for every backend.
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub health: HealthConfig,
     /// Active health checks (`None`: off).
-    #[serde(serialize_with = "as_debug")]
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub health_checks: Option<CheckOptions>,
 }
-
-/// See [`defaults::METRICS_BACKEND_SERIES`].
-pub const DEFAULT_METRICS_BACKEND_SERIES: usize = defaults::METRICS_BACKEND_SERIES;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -155,7 +155,7 @@ mod tests {
             geoip: Arc::new(GeoIp::with_db(GeoDb::sample())),
             conns: Arc::default(),
             tasks: TaskTracker::new(),
-            backend_series: crate::control::config::DEFAULT_METRICS_BACKEND_SERIES,
+            backend_series: crate::control::config::defaults::METRICS_BACKEND_SERIES,
         };
         (src, dir)
     }

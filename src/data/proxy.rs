@@ -127,8 +127,12 @@ pub struct ProxyOptions {
     pub proxy_header_timeout: Duration,
 }
 
-/// Serializes a value as its `Debug` text (enough to compare two of them).
-fn as_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+/// Serializes a value as its `Debug` text (enough to compare two of them;
+/// the settings' diff uses it for types without a serialized form).
+pub(crate) fn as_debug<T: std::fmt::Debug, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{v:?}"))
 }
 

@@ -20,9 +20,6 @@ pub struct CheckOptions {
     pub max_rate: u32,
 }
 
-/// See [`defaults::HEALTH_CHECK_MAX_RATE`].
-pub const DEFAULT_MAX_RATE: u32 = defaults::HEALTH_CHECK_MAX_RATE;
-
 impl CheckOptions {
     /// The time between two checks of one backend when `backends` are
     /// checked: the interval, or longer when checking them all every
@@ -139,7 +136,7 @@ mod tests {
             Some(CheckOptions {
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
-                max_rate: DEFAULT_MAX_RATE,
+                max_rate: defaults::HEALTH_CHECK_MAX_RATE,
             })
         );
         let s = resolve(

@@ -87,15 +87,17 @@ impl OwnConnections {
         self.keys.hash_one((canonical(local), canonical(remote)))
     }
 
-    /// Records `stream`, connected to `backend`, until the returned guard
-    /// drops. `None` when the socket has no addresses to record (it failed
-    /// already; the relay will see that).
+    /// Records `stream`, connected to `backend` at `remote` (the address it
+    /// was dialed at), until the returned guard drops. `None` when the
+    /// socket has no local address to record (it failed already; the relay
+    /// will see that).
     pub fn register(
         self: &Arc<Self>,
         stream: &TcpStream,
+        remote: SocketAddr,
         backend: &BackendId,
     ) -> Option<Registered> {
-        let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
+        let local = stream.local_addr().ok()?;
         let ends = self.ends_key(local, remote);
         let local = self.local_key(local);
         if self.open.insert(ends, backend.clone()).is_none() {

@@ -268,7 +268,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                     }
                     // Counted as `ok` by the connect just observed.
                     tracing::Span::current().record("backend", display(&backend.id));
-                    let registered = self.own.register(&stream, &backend.id);
+                    let registered = self.own.register(&stream, backend.addr, &backend.id);
                     return Ok(Dialed {
                         stream,
                         route,

@@ -455,7 +455,7 @@ async fn own_connections_are_known_by_both_ends_until_they_close() {
     let s = TcpStream::connect(backend).await.unwrap();
     let local = s.local_addr().unwrap();
     let id = BackendId::new("b");
-    let registered = own.register(&s, &id).expect("a connected socket");
+    let registered = own.register(&s, backend, &id).expect("a connected socket");
     // That connection arriving at the backend's address: the edge itself.
     assert_eq!(own.origin(local, || Some(backend)), Some(id.clone()));
     // The same ends as a dual-stack listener reports them.
@@ -497,7 +497,10 @@ async fn a_client_sharing_a_port_with_a_backend_connection_is_served() {
 
     let shared = closed_port().await;
     let own = connect_from(shared, backend_addr).await;
-    let _registered = p.own.register(&own, &BackendId::new("up")).unwrap();
+    let _registered = p
+        .own
+        .register(&own, backend_addr, &BackendId::new("up"))
+        .unwrap();
     let mut client = connect_from(shared, edge).await;
     client.write_all(b"hello").await.unwrap();
     client.shutdown().await.unwrap();
