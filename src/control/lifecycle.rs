@@ -263,18 +263,38 @@ mod tests {
         assert_eq!(diff(&old, &old), Changes::default());
     }
 
+    /// What a reload works on, owned by a test: the proxy's options from
+    /// `current`, a limit whose default is 100, the reload counts.
+    struct Held {
+        options: arc_swap::ArcSwap<ProxyOptions>,
+        limit: ConnLimit,
+        stats: ConfigReloads,
+    }
+
+    impl Held {
+        fn new(current: &Settings) -> Self {
+            Self {
+                options: arc_swap::ArcSwap::from_pointee(proxy_options(current)),
+                limit: ConnLimit::new(100),
+                stats: ConfigReloads::default(),
+            }
+        }
+
+        fn live(&self) -> Live<'_> {
+            Live {
+                options: &self.options,
+                limit: &self.limit,
+                default_max: 100,
+                stats: &self.stats,
+            }
+        }
+    }
+
     #[test]
     fn a_reload_swaps_the_live_settings_and_keeps_the_rest() {
         let mut current = settings("listen = ['127.0.0.1:1']\nworkers = 2");
-        let options = arc_swap::ArcSwap::from_pointee(proxy_options(&current));
-        let limit = ConnLimit::new(100);
-        let stats = ConfigReloads::default();
-        let live = Live {
-            options: &options,
-            limit: &limit,
-            default_max: 100,
-            stats: &stats,
-        };
+        let held = Held::new(&current);
+        let (live, options, limit, stats) = (held.live(), &held.options, &held.limit, &held.stats);
         let next = || -> anyhow::Result<Settings> {
             Ok(settings(
                 "listen = ['127.0.0.1:2']\nworkers = 3\nidle_timeout = '5s'\nhalf_close = false\nsplice = false\nmax_connections = 7\ndrain_timeout = '2s'",
@@ -335,15 +355,8 @@ max_connections = 7";
         assert_eq!(reported, keys, "a live setting is not changed by the test");
         assert!(diff(&current, &new).restart.is_empty());
 
-        let options = arc_swap::ArcSwap::from_pointee(proxy_options(&current));
-        let limit = ConnLimit::new(100);
-        let stats = ConfigReloads::default();
-        let live = Live {
-            options: &options,
-            limit: &limit,
-            default_max: 100,
-            stats: &stats,
-        };
+        let held = Held::new(&current);
+        let (live, options, limit) = (held.live(), &held.options, &held.limit);
         reload(&live, &mut current, Ok(new.clone()));
         assert_eq!(current.live, new.live);
         assert_eq!(**options.load(), new.live.proxy);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use geoedge_geoip::{GeoDb, GeoIp};
-use geoedge_routing::raw::{BackendRow, RawTable, RegionRow, Value};
+use geoedge_routing::raw::{BackendRow, RawTable};
 use geoedge_routing::{AppId, BackendId, ConnectFailure, RegionId, Router, RoutingTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,25 +61,13 @@ fn row(id: &str, region: &str, addr: SocketAddr) -> BackendRow {
     r
 }
 
-/// Regions `eu` (this POP's) and `us`, and the given backends.
+/// The built-in regions (`eu` this POP's, `us` among them) and the given
+/// backends.
 fn router(backends: Vec<BackendRow>) -> Arc<Router> {
-    let regions = [("eu", 50.1, 8.68), ("us", 39.0, -77.5)]
-        .iter()
-        .enumerate()
-        .map(|(i, &(id, lat, lon))| RegionRow {
-            rowid: i as i64 + 1,
-            id: id.into(),
-            name: Value::Null,
-            latitude: lat.into(),
-            longitude: lon.into(),
-        })
-        .collect();
     let raw = RawTable {
         schema_version: 1,
         backends,
-        regions: Some(regions),
-        country_regions: None,
-        wg_peers: Vec::new(),
+        ..Default::default()
     };
     let table = RoutingTable::from_raw(&raw, 0).expect("a valid table");
     Arc::new(Router::new(
@@ -163,9 +151,7 @@ async fn identify_believes_a_trusted_header_and_keeps_the_bytes_behind_it() {
 #[tokio::test]
 async fn identify_takes_an_untrusted_peer_as_the_client() {
     let p = proxy(router(Vec::new()), TcpDialer, Relay);
-    let mut untrusted = options();
-    untrusted.proxy_protocol_from.clear();
-    let (mut client, mut conn) = accepted(untrusted).await;
+    let (mut client, mut conn) = accepted(untrusting()).await;
     // A PROXY header from an untrusted peer is just bytes for the backend:
     // identify does not read it.
     client
@@ -359,15 +345,21 @@ async fn the_relay_seam_gets_the_header_the_early_bytes_and_the_connections_poli
     assert!(!handed[0].policy.half_close);
 }
 
-/// Serves `p` on a loopback listener until the returned sender says stop.
-async fn serve<D: Dialer, P: DataPath>(
+/// Serves `p` on `listener` until the returned sender says stop.
+fn serve<D: Dialer, P: DataPath>(
     p: &Arc<Proxy<D, P>>,
-) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    listener: TcpListener,
+) -> tokio::sync::watch::Sender<bool> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(Arc::clone(p).serve(listener, AppId::default_app(), shutdown));
-    (addr, stop)
+    stop
+}
+
+/// Settings that trust no PROXY header (every client is its TCP peer).
+fn untrusting() -> ProxyOptions {
+    let mut settings = options();
+    settings.proxy_protocol_from.clear();
+    settings
 }
 
 /// Connects to `edge`, waits until the connection is accepted (its
@@ -378,7 +370,9 @@ async fn backend_receives(
     backend: &TcpListener,
     between: impl FnOnce(),
 ) -> Vec<u8> {
-    let (edge, stop) = serve(p).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge = listener.local_addr().unwrap();
+    let stop = serve(p, listener);
     let mut client = TcpStream::connect(edge).await.unwrap();
     // A connection task exists once it was accepted with its snapshot.
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -485,15 +479,15 @@ async fn a_client_sharing_a_port_with_a_backend_connection_is_served() {
     // made to share one on purpose.
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend.local_addr().unwrap();
-    let router = router(vec![row("up", "eu", backend_addr)]);
-    let mut settings = options();
-    settings.proxy_protocol_from.clear();
-    let p = proxy(router, TcpDialer, Relay);
-    p.options.store(Arc::new(settings));
+    let p = proxy(
+        router(vec![row("up", "eu", backend_addr)]),
+        TcpDialer,
+        Relay,
+    );
+    p.options.store(Arc::new(untrusting()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let edge = listener.local_addr().unwrap();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(Arc::clone(&p).serve(listener, AppId::default_app(), shutdown));
+    let stop = serve(&p, listener);
 
     let shared = closed_port().await;
     let own = connect_from(shared, backend_addr).await;
@@ -523,12 +517,9 @@ async fn a_client_that_is_the_edge_itself_is_reset_and_its_backend_ejected() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let edge = listener.local_addr().unwrap();
     let router = router(vec![row("self", "eu", edge)]);
-    let mut settings = options();
-    settings.proxy_protocol_from.clear();
     let p = proxy(Arc::clone(&router), TcpDialer, Relay);
-    p.options.store(Arc::new(settings));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(Arc::clone(&p).serve(listener, AppId::default_app(), shutdown));
+    p.options.store(Arc::new(untrusting()));
+    let stop = serve(&p, listener);
 
     let mut client = TcpStream::connect(edge).await.unwrap();
     client.write_all(b"hello").await.unwrap();
