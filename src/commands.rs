@@ -7,6 +7,7 @@ pub mod check_host;
 pub mod cli;
 pub mod db;
 pub mod demo;
+pub mod fleet;
 pub mod route;
 pub mod run;
 pub mod wg;

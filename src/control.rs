@@ -1,11 +1,13 @@
 //! The control plane: settings (flags, environment, file) and their live
 //! half, the process's life (signals, reloads, draining stop), the worker
 //! threads that run the data plane, readiness, active health checks,
-//! sd_notify, logging and the Prometheus exporter. Uses [`crate::data`];
+//! sd_notify, logging, the Prometheus exporter, and the fleet's routing
+//! table on NATS JetStream (publish and follow). Uses [`crate::data`];
 //! never [`crate::commands`].
 
 pub mod active_checks;
 pub mod config;
+pub mod fleet;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

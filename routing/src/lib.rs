@@ -27,6 +27,7 @@ pub mod health;
 pub mod model;
 pub mod peer_key;
 pub mod raw;
+pub mod raw_diff;
 pub mod router;
 pub mod row_error;
 pub mod score;

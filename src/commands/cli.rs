@@ -81,6 +81,43 @@ pub enum DbCommand {
         /// The file to check.
         path: PathBuf,
     },
+    /// Publish a master routing.db to the fleet (NATS): checked, stored as a new revision, made current by compare-and-swap; prints the revision on its last line (exit 3: someone published in between; 1: invalid table).
+    Publish {
+        /// The master routing.db (a consistent copy is published).
+        master: Option<PathBuf>,
+        /// Why: shown by `geoedge db log`.
+        #[arg(long, short, default_value = "")]
+        message: String,
+        /// Print the rows added, removed and changed against the current revision; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Make revision N's file current again (a new revision; history stays linear).
+        #[arg(long, value_name = "N", conflicts_with = "master")]
+        revision: Option<u64>,
+        /// Publish only if revision N is still the current one (as a dry run showed it).
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<u64>,
+    },
+    /// List the fleet's published revisions, newest first (* marks the current one).
+    Log {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print each POP's installed revision and the age of its last report, one line per POP (POP REVISION AGE STATE), marking POPs behind, diverged or silent.
+    Status {
+        /// Print a JSON list of objects (pop, revision, age_seconds, state, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a NATS user for the fleet: write a new nkey seed to SEED_FILE (mode 600) and print its entry for nats-server.conf with its permissions.
+    NatsUser {
+        /// The file to create for the seed (never overwritten).
+        seed_file: PathBuf,
+        /// A POP's user (reads the routing buckets, writes only its own status); without it, the publisher's.
+        #[arg(long = "for-pop", value_name = "NAME")]
+        for_pop: Option<String>,
+    },
 }
 
 impl Cli {
@@ -204,6 +241,9 @@ fn reads(path: &str, id: &str) -> bool {
             ) || id.starts_with("binding_")
         }
         "wg up" => wg || matches!(id, "config" | "routing_db" | "log_format"),
+        "db publish" | "db log" | "db status" => {
+            matches!(id, "config" | "nats" | "nats_creds" | "log_format")
+        }
         // The top level lists the commands; each lists its settings.
         "" => id == "config",
         _ => false,
@@ -279,6 +319,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route { ip } => crate::commands::route::run(&settings()?, *ip),
         Command::Db(DbCommand::Init { path, empty }) => crate::commands::db::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::commands::db::check(path),
+        Command::Db(DbCommand::Publish {
+            master,
+            message,
+            dry_run,
+            revision,
+            expect_revision,
+        }) => crate::commands::fleet::publish(
+            &settings()?,
+            crate::commands::fleet::PublishArgs {
+                master: master.as_deref(),
+                message,
+                dry_run: *dry_run,
+                restore: *revision,
+                expect: *expect_revision,
+            },
+        ),
+        Command::Db(DbCommand::Log { json }) => crate::commands::fleet::log(&settings()?, *json),
+        Command::Db(DbCommand::Status { json }) => {
+            crate::commands::fleet::status(&settings()?, *json)
+        }
+        Command::Db(DbCommand::NatsUser { seed_file, for_pop }) => {
+            crate::commands::fleet::nats_user(for_pop.as_deref(), seed_file)
+        }
         Command::Run => {
             let (layer, config) = (cli.settings.clone(), cli.config.clone());
             let resolve: crate::control::lifecycle::Resolve =

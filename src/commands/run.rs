@@ -351,9 +351,12 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
         let _entered = runtime.enter();
         Signals::install()?
     };
-    // A bad key fails the start before anything else.
+    // A bad key or credentials file fails the start before anything else.
     if let Some(wg) = &settings.wireguard {
         crate::commands::wg_key::load_private_key(&wg.private_key_file)?;
+    }
+    if let Some(creds) = settings.fleet.as_ref().and_then(|f| f.creds.as_ref()) {
+        crate::control::fleet::creds::load(creds)?;
     }
     // The health endpoints answer from the start: "starting" until the
     // tables are loaded and the listeners bound.
@@ -377,8 +380,22 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
         let sampler = backhaul
             .as_ref()
             .map(|b| metrics.follow_wireguard(b.device()));
+        // The fleet's routing table is followed once the backhaul (which
+        // may carry the NATS traffic) is up; the edge serves the file it
+        // has whatever NATS does.
+        let follower = settings.fleet.clone().map(|fleet| {
+            let state = Arc::new(crate::control::fleet::follow::FollowState::default());
+            if let Err(e) = metrics.register_fleet(Arc::clone(&state)) {
+                tracing::warn!("{e:#}");
+            }
+            tracing::info!(pop = %fleet.pop, servers = %fleet.servers.join(","), "following the fleet's routing table on NATS");
+            crate::control::fleet::follow::spawn(fleet, routing_db.clone(), state)
+        });
         let listeners = bind(settings)?;
         let served = serve(&edge, listeners, settings, signals, Some(resolve), &health).await;
+        if let Some(f) = follower {
+            f.abort();
+        }
         if let Some(s) = sampler {
             s.abort();
             let _ = s.await;

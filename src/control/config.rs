@@ -84,6 +84,22 @@ pub struct Settings {
     /// Active health checks (`None`: off).
     #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub health_checks: Option<CheckOptions>,
+    /// The fleet's routing table on NATS (`None`: no `--nats`, routing.db
+    /// is only read from disk).
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Where the fleet's routing table is published and followed
+/// ([`crate::control::fleet`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// NATS servers (`nats://host:port`), tried in turn.
+    pub servers: Vec<String>,
+    /// Credentials file, when the servers ask for one.
+    pub creds: Option<PathBuf>,
+    /// This POP's name: its status key.
+    pub pop: String,
 }
 
 /// How log lines are written.
@@ -202,6 +218,7 @@ impl Settings {
             None => Layer::default(),
         };
         let l = cli.over(file);
+        let fleet = fleet(&l)?;
         let bindings = BindingConfig::default();
         let (health, health_checks) = health::settings(&l)?;
         let listen = l
@@ -344,8 +361,50 @@ impl Settings {
                 }),
             health,
             health_checks,
+            fleet,
         })
     }
+}
+
+/// The fleet settings: `None` without a NATS server.
+fn fleet(l: &Layer) -> anyhow::Result<Option<FleetSettings>> {
+    let servers: Vec<String> = l
+        .nats
+        .iter()
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    for s in &servers {
+        let hostport = s.split_once("://").map_or(s.as_str(), |(_, rest)| rest);
+        if hostport.is_empty() || hostport.contains(char::is_whitespace) {
+            bail!("nats {s:?}: expected nats://HOST:PORT");
+        }
+    }
+    let pop = l
+        .pop
+        .clone()
+        .or_else(|| l.region.clone())
+        .unwrap_or_else(|| defaults::REGION.to_owned());
+    if pop.is_empty()
+        || pop.len() > defaults::POP_NAME_MAX
+        || !pop
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!(
+            "pop {pop:?}: 1 to {} letters, digits, '-' or '_' (it names the POP's status key)",
+            defaults::POP_NAME_MAX
+        );
+    }
+    Ok(Some(FleetSettings {
+        servers,
+        creds: l.nats_creds.clone(),
+        pop,
+    }))
 }
 
 #[cfg(test)]

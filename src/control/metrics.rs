@@ -10,6 +10,7 @@
 
 pub mod collectors;
 pub mod family;
+pub mod fleet;
 pub mod names;
 pub mod runtime;
 pub mod server;
@@ -79,6 +80,16 @@ impl Metrics {
         self.registry
             .register(Box::new(runtime::RuntimeCollector::new(limit, reloads)))
             .context("registering the lifecycle collector")
+    }
+
+    /// Registers the fleet follower's metrics (`edge_fleet_*`).
+    pub fn register_fleet(
+        &self,
+        state: Arc<crate::control::fleet::follow::FollowState>,
+    ) -> anyhow::Result<()> {
+        self.registry
+            .register(Box::new(fleet::FleetCollector::new(state)))
+            .context("registering the fleet collector")
     }
 
     /// Starts sampling the WireGuard device; abort the task before shutting

@@ -40,7 +40,7 @@ fn decode_base64(s: &str) -> Result<[u8; 32], KeyError> {
 
 fn decode_hex(s: &str) -> Result<[u8; 32], KeyError> {
     let s = s.trim();
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(KeyError::Malformed);
     }
     let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(

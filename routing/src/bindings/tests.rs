@@ -322,7 +322,7 @@ proptest! {
             let k = b.key(&app(), std::net::IpAddr::from((0xc000_0000 | i ^ seed).to_be_bytes()));
             b.bind(k, BackendId::new("flood"), t0);
             prop_assert!(b.len() <= max);
-            if i as usize % every == 0 {
+            if (i as usize).is_multiple_of(every) {
                 let j = i as usize % established;
                 prop_assert_eq!(b.lookup(&keys[j], t0), Some(backend(j)));
             }

@@ -16,6 +16,26 @@ use geoedge_wireguard::engine::REKEY_AFTER_TIME;
 
 /// `region`
 pub const REGION: &str = "eu";
+/// The longest `pop` name (it is a key of the fleet's status bucket).
+pub const POP_NAME_MAX: usize = 64;
+/// The fleet's JetStream buckets: the key-value bucket (current revision,
+/// the revision log, each POP's status) and the object store (the
+/// routing.db files) share this name.
+pub const FLEET_BUCKET: &str = "geoedge_routing";
+/// A following edge compares its installed routing.db with the current
+/// revision this often, whatever its watch says (anti-entropy).
+pub const FLEET_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// A following edge writes its status key this often.
+pub const FLEET_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// `geoedge db status` marks a POP silent when its status is older.
+pub const FLEET_SILENT_AFTER: Duration = Duration::from_secs(30);
+/// How long a connect to the NATS servers, and each request, may take.
+pub const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed follow step, the next try waits this long at first,
+/// doubling up to [`FLEET_RETRY_MAX`].
+pub const FLEET_RETRY: Duration = Duration::from_millis(500);
+/// The longest wait between two follow tries.
+pub const FLEET_RETRY_MAX: Duration = Duration::from_secs(10);
 /// `app`
 pub const APP: &str = "default";
 /// `listen`
@@ -98,6 +118,7 @@ pub fn shown() -> Vec<(&'static str, String)> {
     let health = HealthConfig::default();
     vec![
         ("region", REGION.into()),
+        ("pop", "the region".into()),
         ("app", APP.into()),
         ("binding_ttl", d(bindings.ttl)),
         ("binding_ipv4_prefix", bindings.ipv4_prefix.to_string()),

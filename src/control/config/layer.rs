@@ -292,6 +292,24 @@ pub struct Layer {
     )]
     pub eject_backoff: Option<HumanDuration>,
 
+    /// NATS server of the fleet's routing table (repeatable; comma-separated in the variable); without one, routing.db is only read from disk.
+    #[arg(
+        long,
+        env = "GEOEDGE_NATS",
+        global = true,
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub nats: Option<Vec<String>>,
+
+    /// NATS credentials: a user nkey seed (`geoedge db nats-user`) or a `.creds` file; refused when group- or world-readable.
+    #[arg(long, env = "GEOEDGE_NATS_CREDS", global = true, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// This POP's name in the fleet (unique; its status key); default: the region.
+    #[arg(long, env = "GEOEDGE_POP", global = true, value_name = "NAME")]
+    pub pop: Option<String>,
+
     /// The longest backoff of an ejected backend.
     #[arg(
         long,
@@ -352,6 +370,9 @@ impl Layer {
             eject_after,
             eject_backoff,
             eject_backoff_max,
+            nats,
+            nats_creds,
+            pop,
         )
     }
 

@@ -375,6 +375,51 @@ pub const READY: Def = def(
     &[],
 );
 
+// --- The fleet's routing table (with --nats) ---
+
+/// The routing.db revision installed from the fleet's NATS bucket.
+pub const FLEET_REVISION: Def = def(
+    "edge_fleet_revision",
+    Gauge,
+    "The fleet routing.db revision installed here (0: none yet).",
+    &[],
+);
+/// The current revision last seen.
+pub const FLEET_CURRENT_REVISION: Def = def(
+    "edge_fleet_current_revision",
+    Gauge,
+    "The fleet's current routing.db revision, as last seen (0: none seen yet).",
+    &[],
+);
+/// Seconds since the follower last read the current revision.
+pub const FLEET_SYNC_AGE: Def = def(
+    "edge_fleet_sync_age_seconds",
+    Gauge,
+    "Seconds since this edge last read the fleet's current revision (since it started, before the first read).",
+    &[],
+);
+/// Revisions installed.
+pub const FLEET_INSTALLS_TOTAL: Def = def(
+    "edge_fleet_installs_total",
+    Counter,
+    "Fleet routing.db revisions installed by this edge.",
+    &[],
+);
+/// Failed follow steps by reason.
+pub const FLEET_FOLLOW_ERRORS_TOTAL: Def = def(
+    "edge_fleet_follow_errors_total",
+    Counter,
+    "Failed steps following the fleet's routing table, by reason: connect (no NATS server), bucket (buckets missing or refused), watch (current revision unreadable), fetch, digest (file's sha256 is not its revision's: never installed), invalid (file fails validation: never installed), install (write or rename failed), status (status key not written).",
+    &["reason"],
+);
+/// routing.db edited by hand since the install.
+pub const FLEET_DIVERGED: Def = def(
+    "edge_fleet_diverged",
+    Gauge,
+    "1 while routing.db differs from the installed fleet revision (edited by hand); the next publish replaces it.",
+    &[],
+);
+
 /// Every metric above, in the order they are documented (the tests check
 /// the conventions and the documentation against it).
 #[cfg(test)]
@@ -420,6 +465,12 @@ pub const ALL: &[Def] = &[
     WIREGUARD_UNKNOWN_PEER_REPLAYS_TOTAL,
     WIREGUARD_RATE_LIMITER_SOURCES,
     CONFIG_RELOADS_TOTAL,
+    FLEET_REVISION,
+    FLEET_CURRENT_REVISION,
+    FLEET_SYNC_AGE,
+    FLEET_INSTALLS_TOTAL,
+    FLEET_FOLLOW_ERRORS_TOTAL,
+    FLEET_DIVERGED,
     METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,
 ];

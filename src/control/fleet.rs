@@ -1,0 +1,42 @@
+//! The fleet's routing table on NATS JetStream: one master routing.db,
+//! published as numbered revisions, followed by every POP's edge.
+//!
+//! - [`revision`]: what a revision is (number, digest, who, when, rows);
+//!   plain data, no IO.
+//! - [`follower`]: what a following edge does with the current revision it
+//!   sees (install, adopt, keep a hand edit, ignore an older one); no IO,
+//!   no clock.
+//! - [`status`]: each POP's report and how `geoedge db status` reads it
+//!   (current, behind, silent, diverged); no IO, `now` passed in.
+//! - [`file`]: routing.db files: a consistent copy of the master, its
+//!   digest and validation, the install beside routing.db by rename, and
+//!   the record of the installed revision.
+//! - [`creds`]: reading a NATS credentials file (refused when group- or
+//!   world-readable) and making users for the server's configuration.
+//! - [`store`]: the NATS adapter: connect, the buckets, publish with
+//!   compare-and-swap, the log, the status keys.
+//! - [`follow`]: the task `geoedge run` runs to follow the current
+//!   revision, and the counters its metrics read.
+//!
+//! Layout in JetStream (one bucket name, [`FLEET_BUCKET`]): the key-value
+//! bucket holds `current` (the current revision's record; moved only by
+//! compare-and-swap), `rev.N` (each revision's record, for the log) and
+//! `status.POP` (each POP's report); the object store holds the files,
+//! named by their sha256, so a rollback points at the object it restores.
+//!
+//! [`FLEET_BUCKET`]: crate::control::config::defaults::FLEET_BUCKET
+
+pub mod creds;
+pub mod file;
+pub mod follow;
+pub mod follower;
+pub mod revision;
+pub mod status;
+pub mod store;
+
+/// The key naming the current revision.
+pub const CURRENT_KEY: &str = "current";
+/// The prefix of each revision's record (`rev.12`).
+pub const REVISION_KEY_PREFIX: &str = "rev.";
+/// The prefix of each POP's status key (`status.fra`).
+pub const STATUS_KEY_PREFIX: &str = "status.";
