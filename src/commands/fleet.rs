@@ -56,7 +56,7 @@ fn now() -> u64 {
 
 /// Who publishes: the user name from the environment.
 fn author() -> String {
-    ["GEOEDGE_TEST_AUTHOR", "SUDO_USER", "USER", "LOGNAME"]
+    ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "unknown".into())

@@ -19,6 +19,7 @@ mod deploy;
 mod docs;
 mod edge;
 mod faults;
+mod fleet;
 mod health;
 mod lab;
 mod lifecycle;

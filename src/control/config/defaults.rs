@@ -31,6 +31,9 @@ pub const FLEET_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const FLEET_SILENT_AFTER: Duration = Duration::from_secs(30);
 /// How long a connect to the NATS servers, and each request, may take.
 pub const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the first publish waits for the fleet's buckets to be made
+/// (a replicated stream's leader elected).
+pub const BUCKET_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed follow step, the next try waits this long at first,
 /// doubling up to [`FLEET_RETRY_MAX`].
 pub const FLEET_RETRY: Duration = Duration::from_millis(500);

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::{self, kv, object_store};
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -15,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use super::revision::{Revision, RevisionInfo, Sha256Digest};
 use super::status::PopStatus;
 use super::{creds, CURRENT_KEY, REVISION_KEY_PREFIX, STATUS_KEY_PREFIX};
-use crate::control::config::defaults::{FLEET_BUCKET, NATS_TIMEOUT};
+use crate::control::config::defaults::{BUCKET_CREATE_TIMEOUT, FLEET_BUCKET, NATS_TIMEOUT};
 use crate::control::config::FleetSettings;
 
 /// The last error a server sent this client (a permissions violation
@@ -125,43 +126,76 @@ impl Store {
         create: bool,
     ) -> anyhow::Result<Store> {
         let js = jetstream::new(client.clone());
-        let kv = match js.get_key_value(FLEET_BUCKET).await {
-            Ok(kv) => kv,
-            Err(e) if !create => {
-                return Err(errors.explain(anyhow!(e)).context(format!(
-                    "opening the fleet's bucket {FLEET_BUCKET} (has anything been published yet?)"
-                )))
+        // Making a replicated bucket waits for its stream's leader to be
+        // elected across the cluster.
+        let mut slow = js.clone();
+        slow.set_timeout(BUCKET_CREATE_TIMEOUT);
+        // Made only when the server says they do not exist: an unreachable
+        // quorum is an error, not a reason to make them.
+        let missing = |stream: String| {
+            let js = js.clone();
+            let errors = errors.clone();
+            async move {
+                match js.get_stream(&stream).await {
+                    Ok(_) => Ok(false),
+                    Err(e) => match e.kind() {
+                        GetStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                        {
+                            Ok(true)
+                        }
+                        _ => Err(errors
+                            .explain(anyhow!(e))
+                            .context(format!("opening the fleet's stream {stream}"))),
+                    },
+                }
             }
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: FLEET_BUCKET.to_owned(),
-                    description: "geoedge: the current routing.db revision, the revision log, each POP's status".into(),
-                    history: 5,
-                    num_replicas: replicas(client),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| errors.explain(anyhow!(e)))
-                .context("creating the fleet's key-value bucket")?,
         };
-        let objects = match js.get_object_store(FLEET_BUCKET).await {
-            Ok(o) => o,
-            Err(e) if !create => {
-                return Err(errors
-                    .explain(anyhow!(e))
-                    .context(format!("opening the fleet's object store {FLEET_BUCKET}")))
+        if missing(format!("KV_{FLEET_BUCKET}")).await? {
+            if !create {
+                anyhow::bail!(
+                    "the fleet's bucket {FLEET_BUCKET} does not exist: nothing has been published yet"
+                );
             }
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: FLEET_BUCKET.to_owned(),
-                    description: Some("geoedge: routing.db files by sha256".into()),
-                    num_replicas: replicas(client),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| errors.explain(anyhow!(e)))
-                .context("creating the fleet's object store")?,
-        };
+            slow.create_key_value(kv::Config {
+                bucket: FLEET_BUCKET.to_owned(),
+                description:
+                    "geoedge: the current routing.db revision, the revision log, each POP's status"
+                        .into(),
+                history: 5,
+                num_replicas: replicas(client),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| errors.explain(anyhow!(e)))
+            .context("creating the fleet's key-value bucket")?;
+        }
+        if missing(format!("OBJ_{FLEET_BUCKET}")).await? {
+            if !create {
+                anyhow::bail!(
+                    "the fleet's object store {FLEET_BUCKET} does not exist: nothing has been published yet"
+                );
+            }
+            slow.create_object_store(object_store::Config {
+                bucket: FLEET_BUCKET.to_owned(),
+                description: Some("geoedge: routing.db files by sha256".into()),
+                num_replicas: replicas(client),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| errors.explain(anyhow!(e)))
+            .context("creating the fleet's object store")?;
+        }
+        let kv = js
+            .get_key_value(FLEET_BUCKET)
+            .await
+            .map_err(|e| errors.explain(anyhow!(e)))
+            .context("opening the fleet's key-value bucket")?;
+        let objects = js
+            .get_object_store(FLEET_BUCKET)
+            .await
+            .map_err(|e| errors.explain(anyhow!(e)))
+            .context("opening the fleet's object store")?;
         Ok(Store {
             kv,
             objects,

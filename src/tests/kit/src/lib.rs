@@ -2,7 +2,7 @@
 //! and veth pairs ([`netns`]), why a test skips ([`skip`]), the `sqlite3`,
 //! `ip` and other commands ([`cmd`]), the `geoedge` process ([`process`]),
 //! echo backends and PROXY clients ([`backend`]), HTTP scrapes of the
-//! metrics listener ([`http`]), TCP/IP packet builders ([`packet`]), the
+//! metrics listener ([`http`]), real `nats-server`s ([`nats`]), TCP/IP packet builders ([`packet`]), the
 //! WireGuard handshake flooder (`handshake_flood`, feature `wireguard`) and the
 //! lock the heavy tests take ([`HEAVY`]).
 //!
@@ -20,6 +20,8 @@ pub mod handshake_flood;
 #[cfg(feature = "io")]
 pub mod http;
 #[cfg(feature = "io")]
+pub mod nats;
+#[cfg(feature = "io")]
 pub mod netns;
 pub mod packet;
 #[cfg(feature = "io")]
@@ -33,6 +35,8 @@ pub use backend::*;
 pub use cmd::*;
 #[cfg(feature = "io")]
 pub use http::*;
+#[cfg(feature = "io")]
+pub use nats::*;
 #[cfg(feature = "io")]
 pub use netns::*;
 #[cfg(feature = "io")]
