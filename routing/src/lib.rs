@@ -23,6 +23,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod connect;
 pub mod diff;
+pub mod global;
 pub mod health;
 pub mod model;
 pub mod peer_key;
@@ -49,7 +50,7 @@ pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
 pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKETS_SECONDS};
 pub use diff::SnapshotDiff;
 pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};
-pub use model::{AppId, Backend, BackendId, BackendLoad, Region, RegionId};
+pub use model::{AppId, Backend, BackendId, BackendLoad, PopId, Region, RegionId};
 pub use peer_key::{PeerKey, PeerKeyError};
 pub use raw::RawTable;
 pub use router::{

@@ -71,6 +71,10 @@ string_id!(
     AppId
 );
 string_id!(
+    /// A POP's name in the fleet (`--pop`), unique across it.
+    PopId
+);
+string_id!(
     /// A POP region id (`regions.id`, `backends.region`), e.g. `eu`.
     RegionId
 );
