@@ -100,6 +100,9 @@ impl AppId {
 pub struct BackendLoad {
     /// Reservations currently held.
     active: AtomicU32,
+    /// Connections the other edges of the fleet hold, as they last
+    /// reported ([`crate::global::LoadBoard`]); 0 without a fleet.
+    remote: AtomicU32,
     /// Active-check and passive-ejection state, read by every decision.
     health: BackendHealth,
     /// Connect durations and failures.
@@ -123,6 +126,23 @@ impl BackendLoad {
     /// Connections currently held.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Connections the other edges of the fleet hold (last reports).
+    pub fn remote(&self) -> u32 {
+        self.remote.load(Ordering::Relaxed)
+    }
+
+    /// Sets the other edges' connections from their reports.
+    pub fn set_remote(&self, n: u32) {
+        self.remote.store(n, Ordering::Relaxed);
+    }
+
+    /// The fleet's connections: `own` (this edge's, as read) plus the
+    /// other edges' reported ones. Scoring compares this with the soft
+    /// limit; the hard limit holds this edge's own reservations.
+    pub fn global(&self, own: u32) -> u32 {
+        own.saturating_add(self.remote())
     }
 
     /// The backend's health.

@@ -125,7 +125,8 @@ impl Placement {
 pub struct Score {
     /// Index into [`Snapshot::backends`] (id order).
     pub index: u32,
-    /// Connections held when scored.
+    /// Connections held when scored: this edge's and, in a fleet, the
+    /// other edges' reported ones.
     pub active: u32,
     /// At or over the soft limit.
     pub over_soft: bool,
@@ -251,10 +252,11 @@ fn scan<'a>(
     best: &mut Option<Score>,
 ) {
     for h in members {
-        let active = h.load.active();
-        if active >= h.hard_limit || !h.load.health().admits(now) {
+        let own = h.load.active();
+        if own >= h.hard_limit || !h.load.health().admits(now) {
             continue;
         }
+        let active = h.load.global(own);
         let over_soft = active >= h.soft_limit;
         let tier = if p.country.is_some() && h.country == p.country {
             Tier::Country
@@ -332,7 +334,8 @@ pub fn rank(
         .iter()
         .map(|&i| {
             let b = &snapshot.backends[i as usize];
-            let active = b.load.active();
+            let own = b.load.active();
+            let active = b.load.global(own);
             let why_not = if !b.healthy {
                 Some(WhyNot::Unhealthy)
             } else if b.deleted {
@@ -343,7 +346,7 @@ pub fn rank(
                 Some(WhyNot::Down)
             } else if b.load.health().is_ejected() {
                 Some(WhyNot::Ejected)
-            } else if active >= b.hard_limit {
+            } else if own >= b.hard_limit {
                 Some(WhyNot::AtHardLimit)
             } else if exclude.contains(&b.id) {
                 Some(WhyNot::Excluded)

@@ -389,12 +389,18 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
                 tracing::warn!("{e:#}");
             }
             tracing::info!(pop = %fleet.pop, servers = %fleet.servers.join(","), "following the fleet's routing table on NATS");
-            crate::control::fleet::follow::spawn(fleet, routing_db.clone(), state)
+            let load = crate::control::fleet::load::spawn(
+                fleet.clone(),
+                Arc::clone(edge.proxy.router.table()),
+                Arc::clone(&state),
+            );
+            (crate::control::fleet::follow::spawn(fleet, routing_db.clone(), state), load)
         });
         let listeners = bind(settings)?;
         let served = serve(&edge, listeners, settings, signals, Some(resolve), &health).await;
-        if let Some(f) = follower {
-            f.abort();
+        if let Some((follow, load)) = follower {
+            follow.abort();
+            load.abort();
         }
         if let Some(s) = sampler {
             s.abort();

@@ -17,6 +17,9 @@
 //!   compare-and-swap, the log, the status keys.
 //! - [`follow`]: the task `geoedge run` runs to follow the current
 //!   revision, and the counters its metrics read.
+//! - [`load`]: the task that shares backend load with the other edges
+//!   (core NATS subjects `geoedge.load.POP`), so scoring counts the
+//!   fleet's connections against each soft limit.
 //!
 //! Layout in JetStream (one bucket name, [`FLEET_BUCKET`]): the key-value
 //! bucket holds `current` (the current revision's record; moved only by
@@ -30,6 +33,7 @@ pub mod creds;
 pub mod file;
 pub mod follow;
 pub mod follower;
+pub mod load;
 pub mod revision;
 pub mod status;
 pub mod store;
@@ -40,3 +44,6 @@ pub const CURRENT_KEY: &str = "current";
 pub const REVISION_KEY_PREFIX: &str = "rev.";
 /// The prefix of each POP's status key (`status.fra`).
 pub const STATUS_KEY_PREFIX: &str = "status.";
+/// The prefix of the subjects edges publish their load on
+/// (`geoedge.load.fra`).
+pub const LOAD_SUBJECT_PREFIX: &str = "geoedge.load.";

@@ -9,6 +9,8 @@
 //! - [`follow`]: edges installing revisions, refusing corrupt and invalid
 //!   ones, serving through NATS outages and their own restarts, a node of
 //!   three lost, a hand edit reported as diverged.
+//! - [`load`]: backend load shared between edges, counted against soft
+//!   limits.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use geoedge_testkit as support;
 use support::*;
 
 mod follow;
+mod load;
 mod publish;
 
 /// Whether the tools are missing (the test then skips; under CI it fails).

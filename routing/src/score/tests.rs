@@ -313,3 +313,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_fleets_load_reaches_the_soft_limit_and_only_own_connections_the_hard_one() {
+    let s = snap(vec![
+        backend("gb", "eu", Some("GB"), 10, 20),
+        backend("de", "eu", Some("DE"), 10, 20),
+    ]);
+    assert_eq!(pick(&s, Some(&london()), "eu").as_deref(), Some("gb"));
+    // Other edges hold 10 connections to gb: at its soft limit by the
+    // fleet's count, so the client spills to de.
+    s.backend("gb").unwrap().load.set_remote(10);
+    assert_eq!(pick(&s, Some(&london()), "eu").as_deref(), Some("de"));
+    // de over soft by the fleet too: proximity decides again.
+    s.backend("de").unwrap().load.set_remote(30);
+    assert_eq!(pick(&s, Some(&london()), "eu").as_deref(), Some("gb"));
+    let view = s.app("default").unwrap();
+    let p = Placement::new(&s, Some(&london()), s.region_index("eu"));
+    let ranked = rank(&s, view, &p, &[]);
+    assert!(
+        ranked.iter().all(|r| r.why_not.is_none()),
+        "remote load is no hard limit"
+    );
+    assert_eq!(ranked[0].score.active, 10);
+}

@@ -34,6 +34,13 @@ pub const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the first publish waits for the fleet's buckets to be made
 /// (a replicated stream's leader elected).
 pub const BUCKET_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An edge reports its backend load to the others this often.
+pub const LOAD_INTERVAL: Duration = Duration::from_millis(250);
+/// ... and at once when a backend's count moved by this many since the
+/// last report.
+pub const LOAD_BIG_CHANGE: u32 = 32;
+/// Another edge's load report counts this long (four intervals).
+pub const LOAD_MAX_AGE: Duration = Duration::from_secs(1);
 /// After a failed follow step, the next try waits this long at first,
 /// doubling up to [`FLEET_RETRY_MAX`].
 pub const FLEET_RETRY: Duration = Duration::from_millis(500);

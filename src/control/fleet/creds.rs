@@ -89,8 +89,8 @@ pub enum Role {
 /// The `permissions` block of a user of `role`, for the fleet's `bucket`.
 /// A POP may ask the JetStream API only about the fleet's two streams,
 /// read them (consumers and direct gets), and publish only to its own
-/// status key; it cannot publish a revision, move `current` or write
-/// another POP's status.
+/// status key and its own load reports; it cannot publish a revision,
+/// move `current`, or write another POP's status or load.
 pub fn permissions(role: &Role, bucket: &str) -> String {
     let kv = format!("KV_{bucket}");
     let obj = format!("OBJ_{bucket}");
@@ -99,7 +99,7 @@ pub fn permissions(role: &Role, bucket: &str) -> String {
             r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.CREATE.{kv}", "$JS.API.STREAM.CREATE.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$JS.API.STREAM.PURGE.{obj}", "$KV.{bucket}.>", "$O.{bucket}.>", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}"#
         ),
         Role::Pop(pop) => format!(
-            r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$KV.{bucket}.status.{pop}", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}"#
+            r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$KV.{bucket}.status.{pop}", "geoedge.load.{pop}", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>", "geoedge.load.*"] }} }}"#
         ),
     }
 }

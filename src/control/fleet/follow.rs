@@ -80,8 +80,9 @@ impl FollowError {
     }
 }
 
-/// What the follower reports, read by the metrics at scrape time.
-#[derive(Debug, Default)]
+/// What the fleet's tasks (the follower, load sharing) report, read by
+/// the metrics at scrape time.
+#[derive(Debug)]
 pub struct FollowState {
     /// The installed revision (0: none).
     pub installed: AtomicU64,
@@ -98,6 +99,27 @@ pub struct FollowState {
     pub installs: AtomicU64,
     /// Failed steps by reason ([`FollowError::ALL`] order).
     pub errors: [AtomicU64; 8],
+    /// The age of the freshest load report from another edge, in ms
+    /// (`u64::MAX`: none counts), set by [`super::load`].
+    pub load_report_age_ms: AtomicU64,
+    /// Other edges whose load reports count now.
+    pub load_reporters: AtomicU64,
+}
+
+impl Default for FollowState {
+    fn default() -> Self {
+        FollowState {
+            installed: AtomicU64::new(0),
+            current: AtomicU64::new(0),
+            last_sync_ms: AtomicU64::new(0),
+            started_ms: AtomicU64::new(0),
+            diverged: AtomicBool::new(false),
+            installs: AtomicU64::new(0),
+            errors: Default::default(),
+            load_report_age_ms: AtomicU64::new(u64::MAX),
+            load_reporters: AtomicU64::new(0),
+        }
+    }
 }
 
 impl FollowState {

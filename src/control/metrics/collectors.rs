@@ -60,6 +60,7 @@ const EDGE_METRICS: &[Def] = &[
     n::CONNECTIONS_CURRENT,
     n::BYTES_TOTAL,
     n::BACKEND_CONNECTIONS_CURRENT,
+    n::BACKEND_GLOBAL_CONNECTIONS,
     n::BACKEND_SOFT_LIMIT,
     n::BACKEND_HARD_LIMIT,
     n::BACKEND_ELIGIBLE,
@@ -138,6 +139,7 @@ impl Collector for EdgeCollector {
         let snap = table.snapshot();
         let each = snap.backends.len() <= s.backend_series;
         let mut current = Family::new(n::BACKEND_CONNECTIONS_CURRENT);
+        let mut global = Family::new(n::BACKEND_GLOBAL_CONNECTIONS);
         let mut soft = Family::new(n::BACKEND_SOFT_LIMIT);
         let mut hard = Family::new(n::BACKEND_HARD_LIMIT);
         let mut eligible = Family::new(n::BACKEND_ELIGIBLE);
@@ -175,6 +177,7 @@ impl Collector for EdgeCollector {
                 continue;
             }
             current.add(&[id, b.region.as_str()], f64::from(b.active()));
+            global.add(&[id], f64::from(b.load.global(b.active())));
             soft.add(&[id], f64::from(b.soft_limit));
             hard.add(&[id], f64::from(b.hard_limit));
             eligible.add(&[id], f64::from(u8::from(b.statically_eligible())));
@@ -191,7 +194,7 @@ impl Collector for EdgeCollector {
         if each {
             out.extend(
                 [
-                    current, soft, hard, eligible, duration, failures, up, state, ejections,
+                    current, global, soft, hard, eligible, duration, failures, up, state, ejections,
                 ]
                 .map(Family::finish),
             );

@@ -21,6 +21,8 @@ const METRICS: &[Def] = &[
     n::FLEET_INSTALLS_TOTAL,
     n::FLEET_FOLLOW_ERRORS_TOTAL,
     n::FLEET_DIVERGED,
+    n::FLEET_LOAD_REPORT_AGE,
+    n::FLEET_LOAD_REPORTERS,
 ];
 
 /// The `edge_fleet_*` metrics.
@@ -78,6 +80,17 @@ impl Collector for FleetCollector {
             gauge(
                 n::FLEET_DIVERGED,
                 f64::from(u8::from(s.diverged.load(Ordering::Relaxed))),
+            ),
+            gauge(
+                n::FLEET_LOAD_REPORT_AGE,
+                match s.load_report_age_ms.load(Ordering::Relaxed) {
+                    u64::MAX => f64::NAN,
+                    ms => ms as f64 / 1000.0,
+                },
+            ),
+            gauge(
+                n::FLEET_LOAD_REPORTERS,
+                s.load_reporters.load(Ordering::Relaxed) as f64,
             ),
         ]
     }

@@ -93,6 +93,13 @@ pub const BACKEND_CONNECTIONS_CURRENT: Def = def(
     "Connections held on a backend now (counted from the moment it is chosen).",
     &["backend", "region"],
 );
+/// Connections on a backend across the fleet.
+pub const BACKEND_GLOBAL_CONNECTIONS: Def = def(
+    "edge_backend_global_connections",
+    Gauge,
+    "Connections on a backend across the fleet: this edge's plus those the other edges last reported (equal to edge_backend_connections_current without --nats).",
+    &["backend"],
+);
 /// Soft limit per backend.
 pub const BACKEND_SOFT_LIMIT: Def = def(
     "edge_backend_soft_limit",
@@ -412,6 +419,20 @@ pub const FLEET_FOLLOW_ERRORS_TOTAL: Def = def(
     "Failed steps following the fleet's routing table, by reason: connect (no NATS server), bucket (buckets missing or refused), watch (current revision unreadable), fetch, digest (file's sha256 is not its revision's: never installed), invalid (file fails validation: never installed), install (write or rename failed), status (status key not written).",
     &["reason"],
 );
+/// The age of the freshest load report from another edge.
+pub const FLEET_LOAD_REPORT_AGE: Def = def(
+    "edge_fleet_load_report_age_seconds",
+    Gauge,
+    "Age of the freshest load report from another edge of the fleet; NaN while no report counts (none yet, or all older than 1 s).",
+    &[],
+);
+/// Edges whose load reports count now.
+pub const FLEET_LOAD_REPORTERS: Def = def(
+    "edge_fleet_load_reporters",
+    Gauge,
+    "Other edges whose load reports count now (received within the last second).",
+    &[],
+);
 /// routing.db edited by hand since the install.
 pub const FLEET_DIVERGED: Def = def(
     "edge_fleet_diverged",
@@ -430,6 +451,7 @@ pub const ALL: &[Def] = &[
     CONNECTIONS_LIMIT,
     ACCEPT_ERRORS_TOTAL,
     BACKEND_CONNECTIONS_CURRENT,
+    BACKEND_GLOBAL_CONNECTIONS,
     BACKEND_SOFT_LIMIT,
     BACKEND_HARD_LIMIT,
     BACKEND_ELIGIBLE,
@@ -471,6 +493,8 @@ pub const ALL: &[Def] = &[
     FLEET_INSTALLS_TOTAL,
     FLEET_FOLLOW_ERRORS_TOTAL,
     FLEET_DIVERGED,
+    FLEET_LOAD_REPORT_AGE,
+    FLEET_LOAD_REPORTERS,
     METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,
 ];
