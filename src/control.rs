@@ -13,5 +13,6 @@ pub mod logging;
 pub mod metrics;
 pub mod readiness;
 pub mod sd_notify;
+pub mod secret_file;
 pub mod table_events;
 pub mod workers;

@@ -1,33 +1,16 @@
 //! Reading the WireGuard private key file: refused when group- or
 //! world-accessible, and never logged.
 
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use geoedge_wireguard::PrivateKey;
-use zeroize::Zeroizing;
 
 /// Reads a private key file written by `wg genkey` (or `geoedge wg genkey`).
 /// The file is opened without blocking and checked on the opened descriptor:
 /// anything but a regular file (a FIFO, a device) is refused at once.
 pub fn load_private_key(path: &Path) -> anyhow::Result<PrivateKey> {
-    let (mut file, meta) = geoedge_geoip::regular::open_regular(path)
-        .with_context(|| format!("private key file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "private key file {} is accessible by group or others (mode {mode:03o}); chmod 600 it",
-            path.display()
-        );
-    }
     // A key is 45 bytes of base64; more than 1 KiB is not a key file.
-    let mut text = Zeroizing::new(String::new());
-    (&mut file)
-        .take(1024)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading private key file {}", path.display()))?;
+    let text = crate::control::secret_file::read(path, "private key file", 1024)?;
     // The error names the file and what is wrong, never the content.
     text.trim()
         .parse::<PrivateKey>()
@@ -36,6 +19,8 @@ pub fn load_private_key(path: &Path) -> anyhow::Result<PrivateKey> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {

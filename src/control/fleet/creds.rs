@@ -9,8 +9,10 @@
 //! and a `.creds` file (a user JWT and its seed, for servers run in JWT
 //! mode with accounts made by `nsc`).
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -37,20 +39,7 @@ impl std::fmt::Debug for Credentials {
 /// others, holding a user nkey seed or a `.creds` file. Errors name the
 /// file and what is wrong, never the content.
 pub fn load(path: &Path) -> anyhow::Result<Credentials> {
-    let (mut file, meta) = geoedge_geoip::regular::open_regular(path)
-        .with_context(|| format!("NATS credentials file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "NATS credentials file {} is accessible by group or others (mode {mode:03o}); chmod 600 it",
-            path.display()
-        );
-    }
-    let mut text = Zeroizing::new(String::new());
-    (&mut file)
-        .take(16 * 1024)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading NATS credentials file {}", path.display()))?;
+    let text = crate::control::secret_file::read(path, "NATS credentials file", 16 * 1024)?;
     if text.contains("-----BEGIN NATS USER JWT-----") {
         return Ok(Credentials::Creds(text));
     }

@@ -172,21 +172,7 @@ pub fn install(routing_db: &Path, bytes: &[u8], expected: &Sha256Digest) -> Resu
             got,
         });
     }
-    let dir = parent(routing_db);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".routing.db.fleet.")
-        .tempfile_in(&dir)
-        .map_err(FileError::io(format!(
-            "creating a file in {}",
-            dir.display()
-        )))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(FileError::io("writing the new routing.db"))?;
-    check(tmp.path())?;
-    tmp.persist(routing_db)
-        .map_err(|e| FileError::io(format!("renaming over {}", routing_db.display()))(e.error))?;
-    sync_dir(&dir)
+    replace(routing_db, ".routing.db.fleet.", bytes, check)
 }
 
 /// Where the installed revision is recorded: `routing.db.installed`.
@@ -217,21 +203,39 @@ pub fn read_installed(routing_db: &Path) -> Option<Installed> {
 /// Records the installed revision beside `routing_db` (written whole and
 /// renamed into place).
 pub fn write_installed(routing_db: &Path, installed: &Installed) -> Result<(), FileError> {
-    let path = record_path(routing_db);
-    let dir = parent(routing_db);
+    let json = serde_json::to_vec_pretty(installed).unwrap_or_default();
+    replace(
+        &record_path(routing_db),
+        ".routing.db.installed.",
+        &json,
+        |_| Ok(()),
+    )
+}
+
+/// Replaces `target` with `bytes`: written to a temporary file (`prefix`)
+/// in the same directory, synced, passed to `accept`, renamed over
+/// `target`, and the directory synced. A crash leaves the old file or the
+/// new one, never a part.
+fn replace<T>(
+    target: &Path,
+    prefix: &str,
+    bytes: &[u8],
+    accept: impl FnOnce(&Path) -> Result<T, FileError>,
+) -> Result<(), FileError> {
+    let dir = parent(target);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".routing.db.installed.")
+        .prefix(prefix)
         .tempfile_in(&dir)
         .map_err(FileError::io(format!(
             "creating a file in {}",
             dir.display()
         )))?;
-    let json = serde_json::to_vec_pretty(installed).unwrap_or_default();
-    tmp.write_all(&json)
+    tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
-        .map_err(FileError::io(format!("writing {}", path.display())))?;
-    tmp.persist(&path)
-        .map_err(|e| FileError::io(format!("renaming over {}", path.display()))(e.error))?;
+        .map_err(FileError::io(format!("writing {}", target.display())))?;
+    accept(tmp.path())?;
+    tmp.persist(target)
+        .map_err(|e| FileError::io(format!("renaming over {}", target.display()))(e.error))?;
     sync_dir(&dir)
 }
 
