@@ -8,7 +8,9 @@
 
 pub mod lease;
 pub mod load_board;
+pub mod shared;
 pub mod spill;
 
 pub use lease::{Admit, Fallback, Grant, Holder, Ledger};
 pub use load_board::{LoadBoard, RemoteLoad};
+pub use shared::{LeaseGate, LeaseOwner, LeaseSlot};

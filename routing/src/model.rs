@@ -103,6 +103,10 @@ pub struct BackendLoad {
     /// Connections the other edges of the fleet hold, as they last
     /// reported ([`crate::global::LoadBoard`]); 0 without a fleet.
     remote: AtomicU32,
+    /// Of `active`, the slots this edge (the backend's owning POP) has
+    /// lent to other edges ([`crate::global::LeaseOwner`]): reserved
+    /// against the hard limit, not connections of this edge's.
+    lent: AtomicU32,
     /// Active-check and passive-ejection state, read by every decision.
     health: BackendHealth,
     /// Connect durations and failures.
@@ -123,9 +127,53 @@ struct Retired {
 }
 
 impl BackendLoad {
-    /// Connections currently held.
+    /// Connections this edge holds (its reservations, less the slots it
+    /// lent to other edges).
     pub fn active(&self) -> u32 {
+        self.reserved().saturating_sub(self.lent())
+    }
+
+    /// Slots reserved against the hard limit: this edge's connections and
+    /// the slots it lent.
+    pub fn reserved(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Slots lent to other edges.
+    pub fn lent(&self) -> u32 {
+        self.lent.load(Ordering::Acquire)
+    }
+
+    /// Reserves `n` more slots to lend, if they fit under `hard_limit`
+    /// with everything reserved already. Atomic with [`Self::try_acquire`]:
+    /// lent slots and this edge's connections never exceed the limit
+    /// together.
+    pub fn lend(&self, n: u32, hard_limit: u32) -> bool {
+        let ok = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (u64::from(a) + u64::from(n) <= u64::from(hard_limit)).then_some(a + n)
+            })
+            .is_ok();
+        if ok {
+            self.lent.fetch_add(n, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// Frees `n` lent slots (a lease expired or was given back).
+    pub fn unlend(&self, n: u32) {
+        let n = self
+            .lent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some(l.saturating_sub(n))
+            })
+            .map_or(0, |before| before.min(n));
+        let _ = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                Some(a.saturating_sub(n))
+            });
     }
 
     /// Connections the other edges of the fleet hold (last reports).

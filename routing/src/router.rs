@@ -19,6 +19,7 @@ use geoedge_geoip::Location;
 
 use crate::bindings::{BindingConfig, BindingKey, Bindings};
 use crate::connect::ConnectFailure;
+use crate::global::{LeaseGate, LeaseSlot};
 use crate::health::{CheckStats, HealthChange, HealthConfig, HealthState};
 use crate::model::{AppId, Backend, BackendId, RegionId};
 use crate::score::{self, Placement, Ranked, Tier, WhyNot};
@@ -114,6 +115,10 @@ pub struct Route {
     pub reservation: Reservation,
     /// How the backend was chosen.
     pub kind: DecisionKind,
+    /// For another POP's backend in a fleet with leases: the slot of this
+    /// edge's lease (or fallback) the client holds; given back when
+    /// dropped.
+    pub lease: Option<LeaseSlot>,
 }
 
 impl Route {
@@ -197,6 +202,9 @@ pub struct Router {
     health: HealthConfig,
     /// Active check results by outcome.
     checks: CheckStats,
+    /// Leases of other POPs' backends (a fleet with `--nats`); `None`:
+    /// each backend's hard limit is held by this edge's count alone.
+    leases: Option<Arc<LeaseGate>>,
 }
 
 impl Router {
@@ -210,7 +218,20 @@ impl Router {
             stats: DecisionStats::default(),
             health: HealthConfig::default(),
             checks: CheckStats::default(),
+            leases: None,
         }
+    }
+
+    /// Admits clients to other POPs' backends only within this edge's
+    /// leases of them ([`LeaseGate`]).
+    pub fn with_leases(mut self, gate: Arc<LeaseGate>) -> Self {
+        self.leases = Some(gate);
+        self
+    }
+
+    /// The lease gate, when leases are on.
+    pub fn leases(&self) -> Option<&Arc<LeaseGate>> {
+        self.leases.as_ref()
     }
 
     /// The same router with these health settings.
@@ -309,13 +330,33 @@ impl Router {
         }
         let local = snap.region_index(self.local_region.as_str());
         let placement = Placement::new(&snap, req.location, local);
+        // Backends whose lease is used up, after those already tried;
+        // allocated only when one is.
+        let mut skipped: Vec<BackendId> = Vec::new();
         // A lost race for a backend's last slot just moves on to the next best.
         for _ in 0..=view.candidates.len() {
-            let Some(best) = score::best(&snap, view, &placement, req.exclude, now) else {
+            let exclude = if skipped.is_empty() {
+                req.exclude
+            } else {
+                &skipped
+            };
+            let Some(best) = score::best(&snap, view, &placement, exclude, now) else {
                 break;
             };
             let backend = &snap.backends[best.index as usize];
             if let Some(reservation) = Reservation::try_new(backend) {
+                let lease = match self.lease_for(backend, now) {
+                    Ok(lease) => lease,
+                    Err(()) => {
+                        // This edge's lease of it is used up: the next best.
+                        drop(reservation);
+                        if skipped.is_empty() {
+                            skipped.extend_from_slice(req.exclude);
+                        }
+                        skipped.push(backend.id.clone());
+                        continue;
+                    }
+                };
                 if !backend.load.health().claim_trial(now) {
                     // Another decision took the trial: the next best, then.
                     drop(reservation);
@@ -324,7 +365,11 @@ impl Router {
                 self.bindings.bind(key, backend.id.clone(), now);
                 let kind = DecisionKind::from(best.tier);
                 self.stats.record(kind);
-                return Ok(Route { reservation, kind });
+                return Ok(Route {
+                    reservation,
+                    kind,
+                    lease,
+                });
             }
         }
         self.stats.record(DecisionKind::None);
@@ -346,10 +391,25 @@ impl Router {
         {
             return None;
         }
-        Reservation::try_new(backend).map(|reservation| Route {
+        let reservation = Reservation::try_new(backend)?;
+        let lease = self.lease_for(backend, now).ok()?;
+        Some(Route {
             reservation,
             kind: DecisionKind::Sticky,
+            lease,
         })
+    }
+
+    /// The lease slot a client of `backend` needs: `Ok(None)` for this
+    /// POP's own backends (or without leases), `Err` when the lease (or
+    /// fallback) of another POP's backend is used up.
+    fn lease_for(&self, backend: &Backend, now: Instant) -> Result<Option<LeaseSlot>, ()> {
+        match &self.leases {
+            Some(gate) if gate.is_remote(backend) => {
+                LeaseSlot::try_new(gate, backend, now).map(Some).ok_or(())
+            }
+            _ => Ok(None),
+        }
     }
 
     /// What a fresh client (no binding) from `req.ip` would get now, with

@@ -252,11 +252,10 @@ fn scan<'a>(
     best: &mut Option<Score>,
 ) {
     for h in members {
-        let own = h.load.active();
-        if own >= h.hard_limit || !h.load.health().admits(now) {
+        if h.load.reserved() >= h.hard_limit || !h.load.health().admits(now) {
             continue;
         }
-        let active = h.load.global(own);
+        let active = h.load.global(h.load.active());
         let over_soft = active >= h.soft_limit;
         let tier = if p.country.is_some() && h.country == p.country {
             Tier::Country
@@ -334,8 +333,7 @@ pub fn rank(
         .iter()
         .map(|&i| {
             let b = &snapshot.backends[i as usize];
-            let own = b.load.active();
-            let active = b.load.global(own);
+            let active = b.load.global(b.load.active());
             let why_not = if !b.healthy {
                 Some(WhyNot::Unhealthy)
             } else if b.deleted {
@@ -346,7 +344,7 @@ pub fn rank(
                 Some(WhyNot::Down)
             } else if b.load.health().is_ejected() {
                 Some(WhyNot::Ejected)
-            } else if own >= b.hard_limit {
+            } else if b.load.reserved() >= b.hard_limit {
                 Some(WhyNot::AtHardLimit)
             } else if exclude.contains(&b.id) {
                 Some(WhyNot::Excluded)

@@ -324,7 +324,7 @@ impl RoutingTable {
     /// Called with the reload lock held. False when the counters are still
     /// there (held).
     fn forget_idle(&self, id: &BackendId) -> bool {
-        if let Some((_, load)) = self.loads.remove_if(id, |_, l| l.active() == 0) {
+        if let Some((_, load)) = self.loads.remove_if(id, |_, l| l.reserved() == 0) {
             load.retire(&self.retired);
         }
         !self.loads.contains_key(id)

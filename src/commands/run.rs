@@ -17,10 +17,11 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use geoedge_geoip::{spawn_reloader, GeoDb, GeoIp, ReloadOptions, ReloaderHandle};
+use geoedge_routing::global::LeaseGate;
 use geoedge_routing::loader::LoadError;
 use geoedge_routing::table::OwnListener;
 use geoedge_routing::watcher::{self, ReloadError, Reloader, WatchOptions};
-use geoedge_routing::{Applied, Router, RoutingTable};
+use geoedge_routing::{Applied, PopId, Router, RoutingTable};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -106,9 +107,17 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
             (Arc::new(GeoIp::with_db(GeoDb::sample())), None)
         }
     };
-    let router = Arc::new(
-        Router::new(table, settings.region.clone(), settings.bindings).with_health(settings.health),
-    );
+    let mut router =
+        Router::new(table, settings.region.clone(), settings.bindings).with_health(settings.health);
+    // In a fleet, other POPs' backends take clients only within this
+    // edge's leases of them (control::fleet::lease).
+    if let Some(fleet) = &settings.fleet {
+        router = router.with_leases(Arc::new(LeaseGate::new(
+            PopId::new(&fleet.pop),
+            fleet.lease_fallback,
+        )));
+    }
+    let router = Arc::new(router);
     let proxy = Arc::new(Proxy {
         router,
         geoip,
@@ -385,22 +394,42 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
         // has whatever NATS does.
         let follower = settings.fleet.clone().map(|fleet| {
             let state = Arc::new(crate::control::fleet::follow::FollowState::default());
-            if let Err(e) = metrics.register_fleet(Arc::clone(&state)) {
+            let gate = edge.proxy.router.leases().cloned();
+            if let Err(e) = metrics.register_fleet(
+                Arc::clone(&state),
+                gate.clone(),
+                Arc::clone(edge.proxy.router.table()),
+            ) {
                 tracing::warn!("{e:#}");
             }
+            let leases = gate.map(|gate| {
+                crate::control::fleet::lease::spawn(
+                    fleet.clone(),
+                    Arc::clone(edge.proxy.router.table()),
+                    gate,
+                    Arc::clone(&state),
+                )
+            });
             tracing::info!(pop = %fleet.pop, servers = %fleet.servers.join(","), "following the fleet's routing table on NATS");
             let load = crate::control::fleet::load::spawn(
                 fleet.clone(),
                 Arc::clone(edge.proxy.router.table()),
                 Arc::clone(&state),
             );
-            (crate::control::fleet::follow::spawn(fleet, routing_db.clone(), state), load)
+            (
+                crate::control::fleet::follow::spawn(fleet, routing_db.clone(), state),
+                load,
+                leases,
+            )
         });
         let listeners = bind(settings)?;
         let served = serve(&edge, listeners, settings, signals, Some(resolve), &health).await;
-        if let Some((follow, load)) = follower {
+        if let Some((follow, load, leases)) = follower {
             follow.abort();
             load.abort();
+            if let Some(l) = leases {
+                l.abort();
+            }
         }
         if let Some(s) = sampler {
             s.abort();

@@ -98,8 +98,11 @@ pub struct FleetSettings {
     pub servers: Vec<String>,
     /// Credentials file, when the servers ask for one.
     pub creds: Option<PathBuf>,
-    /// This POP's name: its status key.
+    /// This POP's name: its status key; the owner of the backends of the
+    /// region of the same name.
     pub pop: String,
+    /// Without a valid lease of another POP's backend.
+    pub lease_fallback: geoedge_routing::global::Fallback,
 }
 
 /// How log lines are written.
@@ -400,10 +403,21 @@ fn fleet(l: &Layer) -> anyhow::Result<Option<FleetSettings>> {
             defaults::POP_NAME_MAX
         );
     }
+    let lease_fallback = match l
+        .lease_fallback
+        .as_deref()
+        .unwrap_or(defaults::LEASE_FALLBACK)
+        .trim()
+    {
+        "strict" => geoedge_routing::global::Fallback::Strict,
+        "share" => geoedge_routing::global::Fallback::Share,
+        other => bail!("lease_fallback {other:?}: expected strict or share"),
+    };
     Ok(Some(FleetSettings {
         servers,
         creds: l.nats_creds.clone(),
         pop,
+        lease_fallback,
     }))
 }
 

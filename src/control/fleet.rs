@@ -17,6 +17,9 @@
 //!   compare-and-swap, the log, the status keys.
 //! - [`follow`]: the task `geoedge run` runs to follow the current
 //!   revision, and the counters its metrics read.
+//! - [`lease`]: the task that lends this POP's backends' slots to the
+//!   other edges and borrows theirs (core NATS `geoedge.lease.POP`), so a
+//!   backend's hard limit holds across the fleet.
 //! - [`load`]: the task that shares backend load with the other edges
 //!   (core NATS subjects `geoedge.load.POP`), so scoring counts the
 //!   fleet's connections against each soft limit.
@@ -33,6 +36,7 @@ pub mod creds;
 pub mod file;
 pub mod follow;
 pub mod follower;
+pub mod lease;
 pub mod load;
 pub mod revision;
 pub mod status;
@@ -47,3 +51,6 @@ pub const STATUS_KEY_PREFIX: &str = "status.";
 /// The prefix of the subjects edges publish their load on
 /// (`geoedge.load.fra`).
 pub const LOAD_SUBJECT_PREFIX: &str = "geoedge.load.";
+/// The prefix of the subjects a POP answers lease requests on
+/// (`geoedge.lease.fra`).
+pub const LEASE_SUBJECT_PREFIX: &str = "geoedge.lease.";

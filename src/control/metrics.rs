@@ -86,9 +86,11 @@ impl Metrics {
     pub fn register_fleet(
         &self,
         state: Arc<crate::control::fleet::follow::FollowState>,
+        leases: Option<Arc<geoedge_routing::global::LeaseGate>>,
+        table: Arc<geoedge_routing::RoutingTable>,
     ) -> anyhow::Result<()> {
         self.registry
-            .register(Box::new(fleet::FleetCollector::new(state)))
+            .register(Box::new(fleet::FleetCollector::new(state, leases, table)))
             .context("registering the fleet collector")
     }
 

@@ -11,6 +11,7 @@
 //!   three lost, a hand edit reported as diverged.
 //! - [`load`]: backend load shared between edges, counted against soft
 //!   limits.
+//! - [`lease`]: hard limits held across edges by lease.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use geoedge_testkit as support;
 use support::*;
 
 mod follow;
+mod lease;
 mod load;
 mod publish;
 

@@ -13,8 +13,9 @@
 //!   is counted from when its request was *sent*, by the holder's clock,
 //!   so the holder stops using it no later than the owner stops counting
 //!   it, whatever the network delay (clocks need not agree, only run at
-//!   the same rate). Without a valid lease it admits only its
-//!   [`Fallback`]: none, or an equal share of the limit.
+//!   the same rate). Without a valid lease (none yet, or its owner
+//!   silent) it admits only its [`Fallback`]: none, or an equal share of
+//!   the limit.
 //!
 //! Neither touches a socket or reads a clock: every input carries `now`.
 
@@ -115,6 +116,20 @@ impl Ledger {
         }
     }
 
+    /// Takes back the lease just recorded for `from` by
+    /// [`Ledger::handle_request`], before it was sent (its slots could not
+    /// be reserved after all).
+    pub fn undo_last(&mut self, backend: &BackendId, from: &PopId) {
+        if let Some(leases) = self.lent.get_mut(backend).and_then(|h| h.get_mut(from)) {
+            leases.pop();
+        }
+    }
+
+    /// The backends with anything lent.
+    pub fn backends(&self) -> impl Iterator<Item = &BackendId> {
+        self.lent.keys()
+    }
+
     /// `from` gave its lease of `backend` back (it stopped using it before
     /// it said so).
     pub fn handle_release(&mut self, backend: &BackendId, from: &PopId) {
@@ -187,6 +202,8 @@ struct Held {
     used: u32,
     /// Requests sent and not answered: id and when sent.
     pending: Vec<(u64, Instant)>,
+    /// A client wanted a slot the lease did not have (ask for one).
+    wanted: bool,
 }
 
 /// A borrowing edge's leases.
@@ -214,12 +231,13 @@ impl Holder {
     pub fn handle_sent(&mut self, backend: &BackendId, now: Instant) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        let pending = &mut self.held.entry(backend.clone()).or_default().pending;
+        let h = self.held.entry(backend.clone()).or_default();
+        h.wanted = false;
         // Requests never answered are not kept for ever.
-        if pending.len() >= MAX_PENDING {
-            pending.remove(0);
+        if h.pending.len() >= MAX_PENDING {
+            h.pending.remove(0);
         }
-        pending.push((id, now));
+        h.pending.push((id, now));
         id
     }
 
@@ -242,6 +260,25 @@ impl Holder {
         h.slots = grant.slots;
         h.until = Some(sent + grant.lasts);
         true
+    }
+
+    /// The owner did not answer request `id` (unreachable, or too slow):
+    /// it is no longer waited for, and the next tick may ask again.
+    pub fn handle_unanswered(&mut self, backend: &BackendId, id: u64) {
+        if let Some(h) = self.held.get_mut(backend) {
+            h.pending.retain(|(p, _)| *p != id);
+            h.wanted = true;
+        }
+    }
+
+    /// Slots of valid leases at `now`, over every backend.
+    pub fn total_slots(&self, now: Instant) -> u32 {
+        self.held.keys().map(|b| self.slots(b, now)).sum()
+    }
+
+    /// The backends a lease is held, used or wanted for.
+    pub fn backends(&self) -> Vec<BackendId> {
+        self.held.keys().cloned().collect()
     }
 
     /// Slots of a valid lease of `backend` at `now` (0: none).
@@ -275,10 +312,12 @@ impl Holder {
                     h.used += 1;
                     Admit::Lease
                 } else {
+                    h.wanted = true;
                     Admit::Full
                 }
             }
             _ => {
+                h.wanted = true;
                 let share = match fallback {
                     Fallback::Strict => 0,
                     Fallback::Share => hard / u32::try_from(pops.max(1)).unwrap_or(u32::MAX),
@@ -309,8 +348,9 @@ impl Holder {
         }
     }
 
-    /// Whether the lease of `backend` should be renewed at `now`: in use,
-    /// and past half its term, expired, or full.
+    /// Whether to ask for a lease of `backend` at `now`: a client wanted a
+    /// slot the lease did not have, or the lease is in use and past half
+    /// its term. An idle lease is left to expire.
     pub fn wants_renewal(&self, backend: &BackendId, lasts: Duration, now: Instant) -> bool {
         let Some(h) = self.held.get(backend) else {
             return false;
@@ -320,10 +360,7 @@ impl Holder {
         if h.pending.iter().any(|(_, sent)| now < *sent + lasts) {
             return false;
         }
-        match h.until {
-            Some(until) => now + lasts / 2 >= until || h.used >= h.slots,
-            None => true,
-        }
+        h.wanted || (h.used > 0 && h.until.is_none_or(|until| now + lasts / 2 >= until))
     }
 
     /// How many slots to ask for: what is in use and half as much again

@@ -41,6 +41,17 @@ pub const LOAD_INTERVAL: Duration = Duration::from_millis(250);
 pub const LOAD_BIG_CHANGE: u32 = 32;
 /// Another edge's load report counts this long (four intervals).
 pub const LOAD_MAX_AGE: Duration = Duration::from_secs(1);
+/// `lease_fallback`
+pub const LEASE_FALLBACK: &str = "share";
+/// How long a lease of another POP's backend lasts (from its request).
+pub const LEASE_TERM: Duration = Duration::from_secs(3);
+/// How often leases are renewed, asked for and expired.
+pub const LEASE_TICK: Duration = Duration::from_millis(250);
+/// The fewest slots a lease request asks for.
+pub const LEASE_MIN_SLOTS: u32 = 4;
+/// A lease request unanswered this long counts as unanswered (the owner
+/// unreachable: the fallback applies).
+pub const LEASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// After a failed follow step, the next try waits this long at first,
 /// doubling up to [`FLEET_RETRY_MAX`].
 pub const FLEET_RETRY: Duration = Duration::from_millis(500);
@@ -129,6 +140,7 @@ pub fn shown() -> Vec<(&'static str, String)> {
     vec![
         ("region", REGION.into()),
         ("pop", "the region".into()),
+        ("lease_fallback", LEASE_FALLBACK.into()),
         ("app", APP.into()),
         ("binding_ttl", d(bindings.ttl)),
         ("binding_ipv4_prefix", bindings.ipv4_prefix.to_string()),

@@ -306,6 +306,15 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_NATS_CREDS", global = true, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,
 
+    /// Without a valid lease of another POP's backend (its owner unreachable): `strict` admits no client there, `share` up to hard_limit / number of POPs.
+    #[arg(
+        long,
+        env = "GEOEDGE_LEASE_FALLBACK",
+        global = true,
+        value_name = "strict|share"
+    )]
+    pub lease_fallback: Option<String>,
+
     /// This POP's name in the fleet (unique; its status key); default: the region.
     #[arg(long, env = "GEOEDGE_POP", global = true, value_name = "NAME")]
     pub pop: Option<String>,
@@ -372,6 +381,7 @@ impl Layer {
             eject_backoff_max,
             nats,
             nats_creds,
+            lease_fallback,
             pop,
         )
     }

@@ -104,6 +104,9 @@ pub struct FollowState {
     pub load_report_age_ms: AtomicU64,
     /// Other edges whose load reports count now.
     pub load_reporters: AtomicU64,
+    /// Lease requests by result ([`super::lease::RequestResult::ALL`]
+    /// order).
+    pub lease_requests: [AtomicU64; 4],
 }
 
 impl Default for FollowState {
@@ -118,6 +121,7 @@ impl Default for FollowState {
             errors: Default::default(),
             load_report_age_ms: AtomicU64::new(u64::MAX),
             load_reporters: AtomicU64::new(0),
+            lease_requests: Default::default(),
         }
     }
 }

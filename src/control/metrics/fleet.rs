@@ -12,7 +12,11 @@ use prometheus::proto::MetricFamily;
 
 use super::family::{desc, Family};
 use super::names::{self as n, Def};
+use geoedge_routing::global::LeaseGate;
+use geoedge_routing::RoutingTable;
+
 use crate::control::fleet::follow::{FollowError, FollowState};
+use crate::control::fleet::lease::RequestResult;
 
 const METRICS: &[Def] = &[
     n::FLEET_REVISION,
@@ -23,21 +27,35 @@ const METRICS: &[Def] = &[
     n::FLEET_DIVERGED,
     n::FLEET_LOAD_REPORT_AGE,
     n::FLEET_LOAD_REPORTERS,
+    n::FLEET_LEASE_SLOTS,
+    n::FLEET_LENT_SLOTS,
+    n::FLEET_LEASE_REQUESTS_TOTAL,
+    n::FLEET_LEASE_ADMISSIONS_TOTAL,
 ];
 
 /// The `edge_fleet_*` metrics.
 pub struct FleetCollector {
     /// What the follower reports.
     state: Arc<FollowState>,
+    /// This edge's leases of other POPs' backends.
+    leases: Option<Arc<LeaseGate>>,
+    /// The backends (what this POP lent of its own).
+    table: Arc<RoutingTable>,
     /// The descriptors announced.
     descs: Vec<Desc>,
 }
 
 impl FleetCollector {
     /// A collector over the follower's state.
-    pub fn new(state: Arc<FollowState>) -> Self {
+    pub fn new(
+        state: Arc<FollowState>,
+        leases: Option<Arc<LeaseGate>>,
+        table: Arc<RoutingTable>,
+    ) -> Self {
         Self {
             state,
+            leases,
+            table,
             descs: METRICS.iter().map(desc).collect(),
         }
     }
@@ -62,7 +80,40 @@ impl Collector for FleetCollector {
         for reason in FollowError::ALL {
             errors.add(&[reason.as_str()], s.errors(reason) as f64);
         }
+        let mut requests = Family::new(n::FLEET_LEASE_REQUESTS_TOTAL);
+        for r in RequestResult::ALL {
+            requests.add(
+                &[r.as_str()],
+                s.lease_requests[r as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
+        let mut admissions = Family::new(n::FLEET_LEASE_ADMISSIONS_TOTAL);
+        let held = match &self.leases {
+            Some(g) => {
+                for (result, count) in [
+                    ("lease", &g.by_lease),
+                    ("fallback", &g.by_fallback),
+                    ("refused", &g.refused),
+                ] {
+                    admissions.add(&[result], count.load(Ordering::Relaxed) as f64);
+                }
+                let now = std::time::Instant::now();
+                g.with_holder(|h| h.total_slots(now))
+            }
+            None => 0,
+        };
+        let lent: u64 = self
+            .table
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| u64::from(b.load.lent()))
+            .sum();
         vec![
+            gauge(n::FLEET_LEASE_SLOTS, f64::from(held)),
+            gauge(n::FLEET_LENT_SLOTS, lent as f64),
+            requests.finish(),
+            admissions.finish(),
             gauge(
                 n::FLEET_REVISION,
                 s.installed.load(Ordering::Relaxed) as f64,

@@ -433,6 +433,34 @@ pub const FLEET_LOAD_REPORTERS: Def = def(
     "Other edges whose load reports count now (received within the last second).",
     &[],
 );
+/// Slots of other POPs' backends this edge holds by lease.
+pub const FLEET_LEASE_SLOTS: Def = def(
+    "edge_fleet_lease_slots",
+    Gauge,
+    "Slots of other POPs' backends this edge holds by unexpired lease (a client takes one while connected).",
+    &[],
+);
+/// Slots of this POP's backends lent to other edges.
+pub const FLEET_LENT_SLOTS: Def = def(
+    "edge_fleet_lent_slots",
+    Gauge,
+    "Slots of this POP's backends lent to other edges now (reserved against their hard limits).",
+    &[],
+);
+/// Lease requests by result.
+pub const FLEET_LEASE_REQUESTS_TOTAL: Def = def(
+    "edge_fleet_lease_requests_total",
+    Counter,
+    "Lease requests this edge sent to the owners of other POPs' backends, by result: granted (all slots asked), partial, refused (no room), unanswered (no answer within 1 s: the fallback applies).",
+    &["result"],
+);
+/// Clients to other POPs' backends by how they were admitted.
+pub const FLEET_LEASE_ADMISSIONS_TOTAL: Def = def(
+    "edge_fleet_lease_admissions_total",
+    Counter,
+    "Clients this edge tried to send to other POPs' backends, by result: lease (within a lease), fallback (no valid lease, the owner silent: lease_fallback share), refused (no slot: the next best backend is tried).",
+    &["result"],
+);
 /// routing.db edited by hand since the install.
 pub const FLEET_DIVERGED: Def = def(
     "edge_fleet_diverged",
@@ -495,6 +523,10 @@ pub const ALL: &[Def] = &[
     FLEET_DIVERGED,
     FLEET_LOAD_REPORT_AGE,
     FLEET_LOAD_REPORTERS,
+    FLEET_LEASE_SLOTS,
+    FLEET_LENT_SLOTS,
+    FLEET_LEASE_REQUESTS_TOTAL,
+    FLEET_LEASE_ADMISSIONS_TOTAL,
     METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,
 ];

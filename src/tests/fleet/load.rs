@@ -8,7 +8,7 @@ use super::*;
 
 /// The `n`th address of the sample's German network (a /24): a new
 /// client for each `n`, with no binding yet.
-fn german(n: u8) -> IpAddr {
+pub(super) fn german(n: u8) -> IpAddr {
     match sample_address("DE") {
         IpAddr::V4(a) => {
             let [o1, o2, o3, _] = a.octets();

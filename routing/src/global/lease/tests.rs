@@ -58,7 +58,7 @@ fn a_holder_admits_within_its_lease_counted_from_its_request() {
     assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Lease);
     assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Lease);
     assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Full);
-    assert!(h.wants_renewal(&b, term, t1), "full");
+    assert!(h.wants_renewal(&b, term, t1), "full: more wanted");
     h.release(&b);
     assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Lease);
     assert_eq!(h.slots(&b, t0 + term), 0);
@@ -99,16 +99,33 @@ fn a_holder_admits_within_its_lease_counted_from_its_request() {
 fn without_a_lease_share_admits_an_equal_part_of_the_limit() {
     let (b, _, _) = ids();
     let t0 = Instant::now();
+    let term = Duration::from_secs(5);
     let mut h = Holder::new(Fallback::Share);
     let admitted = (0..10)
         .filter(|_| h.try_admit(&b, 10, 3, t0) == Admit::Fallback)
         .count();
     assert_eq!(admitted, 3, "10 / 3 POPs");
-    // An unanswered request is taken as lost after a term: ask again.
-    let term = Duration::from_secs(5);
+    assert!(h.wants_renewal(&b, term, t0), "a lease is wanted");
+    let id = h.handle_sent(&b, t0);
+    assert!(!h.wants_renewal(&b, term, t0 + Duration::from_secs(1)));
+    // Unanswered: asked again at the next look.
+    h.handle_unanswered(&b, id);
+    assert!(h.wants_renewal(&b, term, t0 + Duration::from_secs(1)));
+    // A request lost without a word is asked again after a term.
     h.handle_sent(&b, t0);
     assert!(!h.wants_renewal(&b, term, t0 + Duration::from_secs(1)));
     assert!(h.wants_renewal(&b, term, t0 + term));
+    // A lease ends the fallback.
+    let id = h.handle_sent(&b, t0 + term);
+    assert!(h.handle_grant(
+        &b,
+        id,
+        Grant {
+            slots: 4,
+            lasts: term
+        }
+    ));
+    assert_eq!(h.total_slots(t0 + term), 4);
 }
 
 /// One step of the simulated fleet: a holder sends a request, the owner

@@ -1,0 +1,89 @@
+//! Hard limits across edges by lease (`geoedge run --nats`): another POP's
+//! backend takes clients from an edge only within the slots its owner
+//! lent, so the fleet never holds more than its `hard_limit`; with the
+//! owner gone, `--lease-fallback strict` sends no more clients there.
+
+use tokio::io::AsyncWriteExt;
+
+use super::load::german;
+use super::*;
+
+/// A German client `n` through `edge`, held open; the backend it got.
+async fn hold(edge: &Edge, n: u8) -> (Option<String>, tokio::io::BufReader<tokio::net::TcpStream>) {
+    let mut c = connect_as(edge.addr, german(n)).await;
+    let got = greeting(&mut c).await;
+    c.get_mut().write_all(b"hold\n").await.unwrap();
+    (got, c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_never_holds_more_than_its_hard_limit_across_the_fleet() {
+    if skipped() {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path(), "");
+    let url = nats.url();
+    let (x, y) = (Backend::start("x").await, Backend::start("y").await);
+    let m = master(dir.path(), "master", &[]);
+    // x is POP eu's (its region), hard limit 3; y is POP us's.
+    add_backend(&m, "x", "eu", "DE", x.addr, 3, 3);
+    add_backend(&m, "y", "us", "US", y.addr, 100, 100);
+    assert_eq!(publish(&url, None, &m, "x and y"), 1);
+    // Both edges place unlocated clients in eu; what makes x eu's is
+    // the POP name.
+    let (eu, _) = follower(dir.path(), "eu", &url, &m, &[]);
+    let (us, _) = follower(dir.path(), "us", &url, &m, &["--lease-fallback", "strict"]);
+    installed(&eu, 1).await;
+    installed(&us, 1).await;
+
+    // The owner's own two clients.
+    let (a, _a) = hold(&eu, 10).await;
+    let (b, _b) = hold(&eu, 11).await;
+    assert_eq!((a.as_deref(), b.as_deref()), (Some("x"), Some("x")));
+    // us has no lease yet: its first German client goes to y, and it asks
+    // eu for slots of x; eu has one left.
+    let (first, _f) = hold(&us, 20).await;
+    assert_eq!(first.as_deref(), Some("y"), "{}", us.log().join("\n"));
+    until(
+        || format!("no lease: {}", scrape(us.metrics.unwrap())),
+        Duration::from_secs(30),
+        || metric_of(&us, "edge_fleet_lease_slots") == 1.0,
+    )
+    .await;
+    assert_eq!(metric_of(&eu, "edge_fleet_lent_slots"), 1.0);
+    let (second, _s) = hold(&us, 21).await;
+    assert_eq!(second.as_deref(), Some("x"), "within the lease");
+    let (third, _t) = hold(&us, 22).await;
+    assert_eq!(third.as_deref(), Some("y"), "the lease is used up");
+    // Nor does the owner go past the limit: 2 of its own and 1 lent.
+    let (owners, _o) = hold(&eu, 12).await;
+    assert_eq!(owners.as_deref(), Some("y"));
+    let series = "edge_backend_connections_current{backend=\"x\",region=\"eu\"}";
+    assert_eq!(metric_of(&eu, series) + metric_of(&us, series), 3.0);
+    assert!(metric_of(&us, "edge_fleet_lease_requests_total{result=\"partial\"}") >= 1.0);
+
+    // The owner goes: the lease runs out and, strict, us sends no one to x.
+    drop(eu);
+    until(
+        || format!("lease still held: {}", scrape(us.metrics.unwrap())),
+        Duration::from_secs(30),
+        || metric_of(&us, "edge_fleet_lease_slots") == 0.0,
+    )
+    .await;
+    drop(_s);
+    let (after, _) = hold(&us, 23).await;
+    assert_eq!(after.as_deref(), Some("y"));
+    until(
+        || "no unanswered request counted".into(),
+        Duration::from_secs(30),
+        || {
+            metric_of(
+                &us,
+                "edge_fleet_lease_requests_total{result=\"unanswered\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+}
