@@ -17,6 +17,12 @@
 //! Every call is non-blocking and meant to run inside tokio's `async_io`,
 //! which waits for readiness and clears it on `WouldBlock`. Nothing here
 //! allocates after construction.
+//!
+//! With the feature `quinn-udp`, the system calls (`recvmmsg`, the sends
+//! with their GSO control message, the GSO and GRO socket options) are
+//! quinn-udp's instead ([`quinn`]): the crate alternative measured against
+//! this code (docs/benchmarks.md). The batches, their grouping into GSO
+//! messages and the socket's buffers are the same in both.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -52,6 +58,10 @@ const CMSG_ROOM: usize = 4;
 /// The UDP socket and what the kernel lets it do.
 #[derive(Debug)]
 pub(crate) struct Udp {
+    /// quinn-udp's view of the socket (what the kernel offers, its GSO
+    /// fallback).
+    #[cfg(feature = "quinn-udp")]
+    pub(crate) state: quinn_udp::UdpSocketState,
     /// The socket, non-blocking.
     pub(crate) socket: tokio::net::UdpSocket,
     /// Whether it is IPv6 (dual-stack): IPv4 peers are addressed as
@@ -86,16 +96,23 @@ pub(crate) fn open(port: u16) -> io::Result<Udp> {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
     };
     socket.bind(&addr.into())?;
-    let fd = socket.as_raw_fd();
-    // UDP GSO is there when the kernel knows the option (4.18+).
-    let gso = getsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
-    let gro = setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
-    Ok(Udp {
-        socket: tokio::net::UdpSocket::from_std(socket.into())?,
-        v6,
-        gso: AtomicBool::new(gso),
-        gro,
-    })
+    #[cfg(feature = "quinn-udp")]
+    {
+        quinn::open(socket, v6)
+    }
+    #[cfg(not(feature = "quinn-udp"))]
+    {
+        let fd = socket.as_raw_fd();
+        // UDP GSO is there when the kernel knows the option (4.18+).
+        let gso = getsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
+        let gro = setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        Ok(Udp {
+            socket: tokio::net::UdpSocket::from_std(socket.into())?,
+            v6,
+            gso: AtomicBool::new(gso),
+            gro,
+        })
+    }
 }
 
 fn setsockopt_int(
@@ -121,6 +138,7 @@ fn setsockopt_int(
     }
 }
 
+#[cfg_attr(feature = "quinn-udp", allow(dead_code))]
 fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
@@ -172,7 +190,7 @@ pub(crate) fn on_wire(to: SocketAddr, v6: bool) -> SocketAddr {
 
 /// Buffers for one `recvmmsg`.
 pub(crate) struct RecvBatch {
-    bufs: Vec<Vec<u8>>,
+    bufs: [Vec<u8>; RECV_BATCH],
     lens: [usize; RECV_BATCH],
     /// The GRO segment size of each buffer (its length when not coalesced).
     segments: [usize; RECV_BATCH],
@@ -191,7 +209,7 @@ impl RecvBatch {
     /// [`RECV_BATCH`] buffers of [`MAX_DATAGRAM`] bytes.
     pub(crate) fn new() -> Self {
         Self {
-            bufs: (0..RECV_BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            bufs: std::array::from_fn(|_| vec![0u8; MAX_DATAGRAM]),
             lens: [0; RECV_BATCH],
             segments: [0; RECV_BATCH],
             addrs: [None; RECV_BATCH],
@@ -199,9 +217,22 @@ impl RecvBatch {
         }
     }
 
-    /// Receives up to [`RECV_BATCH`] buffers from `fd` without blocking;
+    /// Receives up to [`RECV_BATCH`] buffers from `udp` without blocking;
     /// returns how many (`WouldBlock` when none is waiting).
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, udp: &Udp) -> io::Result<usize> {
+        #[cfg(feature = "quinn-udp")]
+        {
+            quinn::recv(self, udp)
+        }
+        #[cfg(not(feature = "quinn-udp"))]
+        {
+            self.recvmmsg(udp.socket.as_raw_fd())
+        }
+    }
+
+    /// [`RecvBatch::recv`] with one `recvmmsg` on `fd`.
+    #[cfg_attr(feature = "quinn-udp", allow(dead_code))]
+    fn recvmmsg(&mut self, fd: RawFd) -> io::Result<usize> {
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut names: [libc::sockaddr_storage; RECV_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
@@ -274,6 +305,7 @@ impl RecvBatch {
 }
 
 /// The segment size of a GRO-coalesced receive, from its control message.
+#[cfg_attr(feature = "quinn-udp", allow(dead_code))]
 fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
     // SAFETY: the header's control buffer was filled by the kernel, and
     // the CMSG macros stay within `msg_controllen`.
@@ -413,6 +445,20 @@ impl SendBatch {
         if self.groups.is_empty() && !self.items.is_empty() {
             self.group(udp.gso.load(Ordering::Relaxed));
         }
+        #[cfg(feature = "quinn-udp")]
+        {
+            quinn::send(self, udp, failed)
+        }
+        #[cfg(not(feature = "quinn-udp"))]
+        {
+            self.sendmmsg(udp, failed)
+        }
+    }
+
+    /// [`SendBatch::send`] with `sendmmsg`, a GSO control message on each
+    /// message of more than one datagram.
+    #[cfg_attr(feature = "quinn-udp", allow(dead_code))]
+    fn sendmmsg(&mut self, udp: &Udp, failed: &mut u64) -> io::Result<()> {
         let fd = udp.socket.as_raw_fd();
         while self.sent < self.groups.len() {
             let count = (self.groups.len() - self.sent).min(SEND_MESSAGES);
@@ -511,5 +557,7 @@ impl SendBatch {
     }
 }
 
+#[cfg(feature = "quinn-udp")]
+mod quinn;
 #[cfg(test)]
 mod tests;

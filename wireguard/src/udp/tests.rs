@@ -111,12 +111,11 @@ async fn a_coalesced_receive_comes_apart_into_its_datagrams() {
     assert_eq!(send_all(&mut batch, &tx), 0);
     let mut got = Vec::new();
     let mut recv = RecvBatch::new();
-    let fd = rx.socket.as_raw_fd();
     let mut spins = 0u64;
     let mut buffers = 0;
     while got.len() < sizes.len() && spins < 10_000_000 {
         spins += 1;
-        match recv.recv(fd) {
+        match recv.recv(&rx) {
             Ok(n) => {
                 buffers += n;
                 let mut cursor = Cursor::default();
