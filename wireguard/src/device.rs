@@ -7,8 +7,8 @@
 //!   TCP super-packet of up to 64 KiB that tun-rs splits into MTU-sized
 //!   segments; more reads are drained while the TUN has packets, up to
 //!   [`TUN_BATCH`] segments. All are encrypted under one lock of the engine
-//!   into one [`SendBatch`], which goes out as one `sendmmsg` of UDP GSO
-//!   messages.
+//!   into one [`SendBatch`], which goes out as UDP GSO messages (one
+//!   `sendmsg` each, through quinn-udp).
 //! - UDP → TUN: one `recvmmsg` of up to 32 buffers (UDP GRO coalesces a
 //!   sender's burst into one buffer); the datagrams are decrypted under one
 //!   lock into [`TUN_BATCH`] packet buffers, which [`Coalescer`] merges
@@ -519,9 +519,6 @@ async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
                         break;
                     };
                     more = true;
-                    let Some(from) = from else {
-                        continue;
-                    };
                     let from = udp::canonical(from);
                     let buf = &mut packets[written];
                     buf.clear();
