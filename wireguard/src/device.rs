@@ -7,8 +7,8 @@
 //!   TCP super-packet of up to 64 KiB that tun-rs splits into MTU-sized
 //!   segments; more reads are drained while the TUN has packets, up to
 //!   [`TUN_BATCH`] segments. All are encrypted under one lock of the engine
-//!   into one [`SendBatch`], which goes out as one `sendmmsg` of UDP GSO
-//!   messages.
+//!   into one [`SendBatch`], which goes out as UDP GSO messages (one
+//!   `sendmsg` each, through quinn-udp).
 //! - UDP → TUN: one `recvmmsg` of up to 32 buffers (UDP GRO coalesces a
 //!   sender's burst into one buffer); the datagrams are decrypted under one
 //!   lock into [`TUN_BATCH`] packet buffers, which [`Coalescer`] merges
@@ -30,7 +30,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +41,7 @@ use tokio::task::JoinHandle;
 use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 
 use crate::engine::{Action, Engine, EngineStats, MAX_BUFFER, MIN_BUFFER, OVERHEAD};
+#[cfg(not(feature = "tun-rs-gro"))]
 use crate::gro::Coalescer;
 use crate::peer::{InterfaceConfig, PeerConfig};
 use crate::peers::{ConfigError, Peers, Reconciled};
@@ -481,20 +481,24 @@ async fn tun_to_udp(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
 /// queued behind a handshake.
 #[allow(clippy::disallowed_methods)] // adapter: stamps each batch with the monotonic clock
 async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
-    let offload = tun.tcp_gso();
     let mut rx = RecvBatch::new();
     let mut packets: Vec<Vec<u8>> = (0..TUN_BATCH)
         .map(|_| Vec::with_capacity(TUN_HEADROOM + MAX_BUFFER))
         .collect();
-    let mut gro = Coalescer::new();
-    let mut write = Vec::with_capacity(TUN_BATCH);
+    #[cfg(not(feature = "tun-rs-gro"))]
+    let (offload, mut gro, mut write) = (
+        tun.tcp_gso(),
+        Coalescer::new(),
+        Vec::with_capacity(TUN_BATCH),
+    );
     let mut replies = SendBatch::new(SEND_BATCH_BYTES, TUN_BATCH);
-    let fd = shared.udp.socket.as_raw_fd();
+    #[cfg(feature = "tun-rs-gro")]
+    let mut gro_table = tun_rs::GROTable::new();
     loop {
         if let Err(e) = shared
             .udp
             .socket
-            .async_io(Interest::READABLE, || rx.recv(fd))
+            .async_io(Interest::READABLE, || rx.recv(&shared.udp))
             .await
         {
             // ICMP errors surface here (ECONNREFUSED); nothing is wrong
@@ -515,9 +519,6 @@ async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
                         break;
                     };
                     more = true;
-                    let Some(from) = from else {
-                        continue;
-                    };
                     let from = udp::canonical(from);
                     let buf = &mut packets[written];
                     buf.clear();
@@ -543,6 +544,18 @@ async fn udp_to_tun(tun: Arc<AsyncDevice>, shared: Arc<Shared>) {
                     more = engine.has_pending_flush();
                 }
             }
+            #[cfg(feature = "tun-rs-gro")]
+            if written > 0 {
+                // tun-rs's GRO table merges and writes (the crate
+                // alternative to `Coalescer`, docs/benchmarks.md).
+                if let Err(e) = tun
+                    .send_multiple(&mut gro_table, &mut packets[..written], TUN_HEADROOM)
+                    .await
+                {
+                    tracing::debug!(error = %e, "wireguard: TUN write failed");
+                }
+            }
+            #[cfg(not(feature = "tun-rs-gro"))]
             if written > 0 {
                 if offload {
                     gro.coalesce(&mut packets[..written], &mut write);
@@ -572,6 +585,7 @@ fn flush_into(engine: &mut Engine, batch: &mut SendBatch) {
 /// Writes the packets at indices `write` to the TUN: with offload each
 /// buffer starts with its virtio header (a super-packet's, or an empty
 /// one), without it the packet after the headroom goes alone.
+#[cfg_attr(feature = "tun-rs-gro", allow(dead_code))]
 async fn write_tun(tun: &AsyncDevice, offload: bool, packets: &[Vec<u8>], write: &[usize]) {
     let from = if offload { 0 } else { TUN_HEADROOM };
     for &i in write {

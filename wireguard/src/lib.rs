@@ -17,7 +17,8 @@
 //! and the configuration socket `wg show` talks to, on tokio.
 //!
 //! Unsafe code lives only in the `io` adapters that call the C library
-//! directly (the batched UDP socket and the configuration socket's umask),
+//! directly (the UDP socket's forced buffer sizes and the configuration
+//! socket's umask),
 //! each allowed it by name where this file declares it; `unsafe_code` is denied everywhere
 //! else, the cores included.
 
@@ -36,7 +37,7 @@ pub mod peers;
 pub mod ratelimit;
 pub mod uapi;
 #[cfg(feature = "io")]
-#[allow(unsafe_code)] // sendmmsg/recvmmsg, socket options and control messages
+#[allow(unsafe_code)] // setsockopt: SO_RCVBUFFORCE and SO_SNDBUFFORCE
 mod udp;
 
 pub use allowed_ips::AllowedIps;

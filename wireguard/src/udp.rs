@@ -1,43 +1,48 @@
 //! The device's UDP socket (feature `io`, Linux): large buffers, batched
-//! receive with UDP GRO, batched send with UDP GSO.
+//! receive with UDP GRO, batched send with UDP GSO, the system calls
+//! through quinn-udp.
 //!
-//! - [`open`] binds a dual-stack socket with 4 MiB buffers and turns on
-//!   UDP GRO where the kernel has it, so that a burst of datagrams from one
-//!   sender arrives as one coalesced buffer.
+//! - [`open`] binds a dual-stack socket with 4 MiB buffers and hands it to
+//!   quinn-udp, which turns on UDP GRO where the kernel has it (a burst of
+//!   datagrams from one sender arrives as one coalesced buffer) and finds
+//!   out whether it offers UDP GSO.
 //! - [`RecvBatch`] takes up to [`RECV_BATCH`] buffers per `recvmmsg` and
 //!   hands them back one datagram at a time, splitting coalesced buffers by
 //!   their segment size.
-//! - [`SendBatch`] collects datagrams back to back in one buffer and sends
-//!   them with one `sendmmsg`: runs of equal-sized datagrams to the same
-//!   endpoint go out as one UDP GSO message each (the kernel segments them
-//!   late, or not at all when the receiver takes GRO). Where the kernel or
-//!   the route refuses GSO, it falls back to one message per datagram for
-//!   good.
+//! - [`SendBatch`] collects datagrams back to back in one buffer; runs of
+//!   equal-sized datagrams to the same endpoint go out as one UDP GSO
+//!   message each (one `sendmsg`; the kernel segments them late, or not at
+//!   all when the receiver takes GRO). Where the kernel or the route
+//!   refuses GSO, it falls back to one message per datagram for good.
 //!
 //! Every call is non-blocking and meant to run inside tokio's `async_io`,
 //! which waits for readiness and clears it on `WouldBlock`. Nothing here
 //! allocates after construction.
+//!
+//! quinn-udp replaced hand-written `recvmmsg`/`sendmmsg` and control
+//! messages that were no faster (docs/benchmarks.md, "Hand-written UDP
+//! batching and GRO against quinn-udp and tun-rs"). The one system call
+//! left here is `setsockopt` for `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, which
+//! neither socket2 nor quinn-udp offers.
 
-use std::io;
-use std::mem::{size_of, zeroed};
+use std::io::{self, IoSliceMut};
+use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// The UDP socket's send and receive buffer size.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Buffers per `recvmmsg`.
-pub(crate) const RECV_BATCH: usize = 32;
+/// Buffers per `recvmmsg` (quinn-udp's batch size on Linux).
+pub(crate) const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 
 /// A receive buffer: the largest UDP payload (a GRO-coalesced buffer can
 /// fill it).
 pub(crate) const MAX_DATAGRAM: usize = 65_536;
-
-/// Messages per `sendmmsg`.
-const SEND_MESSAGES: usize = 64;
 
 /// Datagrams in one GSO message (the kernel's `UDP_MAX_SEGMENTS`).
 const GSO_MAX_SEGMENTS: usize = 64;
@@ -46,14 +51,13 @@ const GSO_MAX_SEGMENTS: usize = 64;
 /// headers).
 const GSO_MAX_BYTES: usize = 65_000;
 
-/// Room for one `cmsghdr` carrying an `int`, 8-byte aligned.
-const CMSG_ROOM: usize = 4;
-
 /// The UDP socket and what the kernel lets it do.
 #[derive(Debug)]
 pub(crate) struct Udp {
     /// The socket, non-blocking.
     pub(crate) socket: tokio::net::UdpSocket,
+    /// quinn-udp's view of the socket.
+    state: UdpSocketState,
     /// Whether it is IPv6 (dual-stack): IPv4 peers are addressed as
     /// IPv4-mapped IPv6 addresses on the wire.
     pub(crate) v6: bool,
@@ -86,12 +90,12 @@ pub(crate) fn open(port: u16) -> io::Result<Udp> {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
     };
     socket.bind(&addr.into())?;
-    let fd = socket.as_raw_fd();
-    // UDP GSO is there when the kernel knows the option (4.18+).
-    let gso = getsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
-    let gro = setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+    let state = UdpSocketState::new((&socket).into())?;
+    let gso = state.max_gso_segments() > 1;
+    let gro = state.gro_segments() > 1;
     Ok(Udp {
         socket: tokio::net::UdpSocket::from_std(socket.into())?,
+        state,
         v6,
         gso: AtomicBool::new(gso),
         gro,
@@ -116,26 +120,6 @@ fn setsockopt_int(
     };
     if rc == 0 {
         Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt on a live descriptor into a c_int of the size given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::addr_of_mut!(value).cast(),
-            std::ptr::addr_of_mut!(len),
-        )
-    };
-    if rc == 0 {
-        Ok(value)
     } else {
         Err(io::Error::last_os_error())
     }
@@ -172,11 +156,8 @@ pub(crate) fn on_wire(to: SocketAddr, v6: bool) -> SocketAddr {
 
 /// Buffers for one `recvmmsg`.
 pub(crate) struct RecvBatch {
-    bufs: Vec<Vec<u8>>,
-    lens: [usize; RECV_BATCH],
-    /// The GRO segment size of each buffer (its length when not coalesced).
-    segments: [usize; RECV_BATCH],
-    addrs: [Option<SocketAddr>; RECV_BATCH],
+    bufs: [Vec<u8>; RECV_BATCH],
+    meta: [RecvMeta; RECV_BATCH],
     count: usize,
 }
 
@@ -191,80 +172,36 @@ impl RecvBatch {
     /// [`RECV_BATCH`] buffers of [`MAX_DATAGRAM`] bytes.
     pub(crate) fn new() -> Self {
         Self {
-            bufs: (0..RECV_BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
-            lens: [0; RECV_BATCH],
-            segments: [0; RECV_BATCH],
-            addrs: [None; RECV_BATCH],
+            bufs: std::array::from_fn(|_| vec![0u8; MAX_DATAGRAM]),
+            meta: [RecvMeta::default(); RECV_BATCH],
             count: 0,
         }
     }
 
-    /// Receives up to [`RECV_BATCH`] buffers from `fd` without blocking;
+    /// Receives up to [`RECV_BATCH`] buffers from `udp` without blocking;
     /// returns how many (`WouldBlock` when none is waiting).
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut names: [libc::sockaddr_storage; RECV_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { zeroed() };
-        let mut controls = [[0u64; CMSG_ROOM]; RECV_BATCH];
-        for (i, buf) in self.bufs.iter_mut().enumerate() {
-            iovs[i].iov_base = buf.as_mut_ptr().cast();
-            iovs[i].iov_len = buf.len();
-            let hdr = &mut hdrs[i].msg_hdr;
-            hdr.msg_name = std::ptr::addr_of_mut!(names[i]).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = std::ptr::addr_of_mut!(iovs[i]);
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = controls[i].as_mut_ptr().cast();
-            hdr.msg_controllen = size_of::<[u64; CMSG_ROOM]>() as _;
-        }
-        // SAFETY: every header points at a live buffer, iovec, address slot
-        // and control buffer of the sizes given, all outliving the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                RECV_BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            self.count = 0;
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        for i in 0..n {
-            let len = (hdrs[i].msg_len as usize).min(MAX_DATAGRAM);
-            self.lens[i] = len;
-            self.segments[i] = gro_segment(&hdrs[i].msg_hdr).unwrap_or(len).max(1);
-            let mut storage = SockAddrStorage::zeroed();
-            // SAFETY: the storage is a sockaddr_storage, and the kernel filled
-            // `names[i]` with `msg_namelen` bytes of an address.
-            let addr = unsafe {
-                *storage.view_as::<libc::sockaddr_storage>() = names[i];
-                SockAddr::new(storage, hdrs[i].msg_hdr.msg_namelen)
-            };
-            self.addrs[i] = addr.as_socket();
-        }
-        self.count = n;
-        Ok(n)
+    pub(crate) fn recv(&mut self, udp: &Udp) -> io::Result<usize> {
+        let mut slices = self.bufs.each_mut().map(|b| IoSliceMut::new(b));
+        let result = udp
+            .state
+            .recv((&udp.socket).into(), &mut slices, &mut self.meta);
+        self.count = *result.as_ref().unwrap_or(&0);
+        result
     }
 
     /// The next datagram of the last [`RecvBatch::recv`] after `cursor`,
-    /// with its sender (`None` for a sender that is not an IP address);
-    /// coalesced buffers come apart into their datagrams.
-    pub(crate) fn next(&self, cursor: &mut Cursor) -> Option<(Option<SocketAddr>, &[u8])> {
+    /// with its sender; coalesced buffers come apart into their datagrams.
+    pub(crate) fn next(&self, cursor: &mut Cursor) -> Option<(SocketAddr, &[u8])> {
         while cursor.buf < self.count {
             let i = cursor.buf;
-            let len = self.lens[i];
+            let meta = &self.meta[i];
+            let len = meta.len.min(MAX_DATAGRAM);
             if cursor.at < len {
-                let end = (cursor.at + self.segments[i]).min(len);
+                let segment = if meta.stride == 0 { len } else { meta.stride };
+                let end = (cursor.at + segment.max(1)).min(len);
                 let datagram = &self.bufs[i][cursor.at..end];
                 cursor.at = end;
-                return Some((self.addrs[i], datagram));
+                return Some((meta.addr, datagram));
             }
             cursor.buf += 1;
             cursor.at = 0;
@@ -272,24 +209,6 @@ impl RecvBatch {
         None
     }
 }
-
-/// The segment size of a GRO-coalesced receive, from its control message.
-fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
-    // SAFETY: the header's control buffer was filled by the kernel, and
-    // the CMSG macros stay within `msg_controllen`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
-                let value: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                return usize::try_from(value).ok().filter(|v| *v > 0);
-            }
-            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
-        }
-    }
-    None
-}
-
 /// One datagram in a [`SendBatch`].
 #[derive(Debug, Clone, Copy)]
 struct Item {
@@ -405,90 +324,44 @@ impl SendBatch {
         self.sent = 0;
     }
 
-    /// Sends what is left of the batch on `udp` without blocking: `Ok` when
-    /// all of it went (or was given up on: a datagram the kernel refuses
-    /// for its destination is skipped and counted in `failed`),
-    /// `WouldBlock` when the socket is full.
+    /// Sends what is left of the batch on `udp` without blocking, one
+    /// `sendmsg` per message: `Ok` when all of it went (or was given up on:
+    /// a datagram the kernel refuses for its destination is skipped and
+    /// counted in `failed`), `WouldBlock` when the socket is full.
     pub(crate) fn send(&mut self, udp: &Udp, failed: &mut u64) -> io::Result<()> {
         if self.groups.is_empty() && !self.items.is_empty() {
             self.group(udp.gso.load(Ordering::Relaxed));
         }
-        let fd = udp.socket.as_raw_fd();
         while self.sent < self.groups.len() {
-            let count = (self.groups.len() - self.sent).min(SEND_MESSAGES);
-            // SAFETY: all-zero is a valid value for these plain C structs.
-            let mut names: [libc::sockaddr_storage; SEND_MESSAGES] = unsafe { zeroed() };
-            // SAFETY: as above.
-            let mut iovs: [libc::iovec; SEND_MESSAGES] = unsafe { zeroed() };
-            // SAFETY: as above.
-            let mut hdrs: [libc::mmsghdr; SEND_MESSAGES] = unsafe { zeroed() };
-            let mut controls = [[0u64; CMSG_ROOM]; SEND_MESSAGES];
-            for k in 0..count {
-                let g = self.groups[self.sent + k];
-                let first = self.items[g.first];
-                let to = SockAddr::from(on_wire(first.to, udp.v6));
-                // SAFETY: a SockAddr's storage holds `len` valid bytes, and
-                // sockaddr_storage is large enough for any address.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        to.as_ptr().cast::<u8>(),
-                        std::ptr::addr_of_mut!(names[k]).cast::<u8>(),
-                        to.len() as usize,
-                    );
-                }
-                iovs[k].iov_base = self.buf[first.start..].as_mut_ptr().cast();
-                iovs[k].iov_len = g.bytes;
-                let hdr = &mut hdrs[k].msg_hdr;
-                hdr.msg_name = std::ptr::addr_of_mut!(names[k]).cast();
-                hdr.msg_namelen = to.len();
-                hdr.msg_iov = std::ptr::addr_of_mut!(iovs[k]);
-                hdr.msg_iovlen = 1;
-                if g.count > 1 {
-                    hdr.msg_control = controls[k].as_mut_ptr().cast();
-                    // SAFETY: CMSG_SPACE is a size computation.
-                    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
-                    // SAFETY: the control buffer holds CMSG_SPACE(2) bytes,
-                    // 8-byte aligned, and is owned by this frame.
-                    unsafe {
-                        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-                        (*cmsg).cmsg_level = libc::SOL_UDP;
-                        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                        std::ptr::write_unaligned(
-                            libc::CMSG_DATA(cmsg).cast::<u16>(),
-                            g.segment as u16,
-                        );
-                    }
-                }
-            }
-            // SAFETY: every header points at a live address, iovec, control
-            // buffer and datagram bytes of the sizes given, all outliving
-            // the call.
-            let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
-            if n > 0 {
-                self.sent += n as usize;
+            let g = self.groups[self.sent];
+            let first = self.items[g.first];
+            let transmit = Transmit {
+                destination: on_wire(first.to, udp.v6),
+                ecn: None,
+                contents: &self.buf[first.start..first.start + g.bytes],
+                segment_size: (g.count > 1).then_some(g.segment),
+                src_ip: None,
+            };
+            // quinn-udp retries EINTR itself.
+            let Err(err) = udp.state.try_send((&udp.socket).into(), &transmit) else {
+                self.sent += 1;
                 continue;
-            }
-            let err = io::Error::last_os_error();
+            };
             match err.raw_os_error() {
-                Some(libc::EAGAIN) => return Err(err),
-                Some(libc::EINTR) => continue,
-                Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
-                    if self.groups[self.sent].count > 1 =>
-                {
+                _ if err.kind() == io::ErrorKind::WouldBlock => return Err(err),
+                Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE) if g.count > 1 => {
                     // The kernel or the route will not segment for us:
                     // one datagram per message from now on.
                     if udp.gso.swap(false, Ordering::Relaxed) {
                         tracing::info!(error = %err, "wireguard: UDP GSO refused; sending datagrams one by one");
                     }
-                    let rest = self.groups[self.sent].first;
-                    self.regroup_from(rest);
+                    self.regroup_from(g.first);
                 }
                 _ => {
                     // This message's destination is refused (unreachable,
                     // an ICMP error surfacing); the others still go.
                     tracing::debug!(error = %err, "wireguard: UDP send failed");
-                    *failed += self.groups[self.sent].count as u64;
+                    *failed += g.count as u64;
                     self.sent += 1;
                 }
             }
