@@ -31,6 +31,10 @@ pub const FLEET_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const FLEET_SILENT_AFTER: Duration = Duration::from_secs(30);
 /// How long a connect to the NATS servers, and each request, may take.
 pub const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The NATS client pings its server this often and leaves it for another
+/// after three pings go unanswered: a server cut off (its TCP connection
+/// silently dead) is left within about 10 s instead of 3 minutes.
+pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(3);
 /// After a failed follow step, the next try waits this long at first,
 /// doubling up to [`FLEET_RETRY_MAX`].
 pub const FLEET_RETRY: Duration = Duration::from_millis(500);
