@@ -247,9 +247,10 @@ fn published(out: &str) -> u64 {
 fn generation(lab: &Lab, pop: &str) -> u64 {
     let log = std::fs::read_to_string(lab.dir.join(pop).join("geoedge.log")).unwrap();
     log.lines()
+        .rev()
         .map(plain)
         .filter(|l| l.contains("routing.db reloaded"))
-        .filter_map(|l| {
+        .find_map(|l| {
             l.split_once("generation=")?
                 .1
                 .split_whitespace()
@@ -257,7 +258,6 @@ fn generation(lab: &Lab, pop: &str) -> u64 {
                 .parse()
                 .ok()
         })
-        .last()
         .unwrap_or(1)
 }
 
