@@ -690,7 +690,11 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     let _heavy = HEAVY.lock().await;
     let started = Instant::now();
     let lab = Lab::new("n");
+    let mut phases = Vec::new();
+    let t = Instant::now();
     lab.ok(&["up"]);
+    phases.push(("up", t.elapsed()));
+    let t = Instant::now();
     let master = lab.master();
     let mut gb = Clients(20);
     // The region GB clients are served in at `pop`, with a fresh client.
@@ -720,6 +724,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
         assert_eq!(copy_of(&lab, pop), drained_sha, "{pop}'s copy");
     }
 
+    phases.push(("a publish", t.elapsed()));
+    let t = Instant::now();
     // One NATS node stopped: publish and follow still work.
     lab.ok(&["nats", "stop", "eu"]);
     sqlite3(&master, undo);
@@ -730,6 +736,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     }
     lab.ok(&["nats", "start", "eu"]);
 
+    phases.push(("eu's node stopped", t.elapsed()));
+    let t = Instant::now();
     // sa cut off during three publishes: eu and us follow each; sa, healed,
     // catches up to the latest and installs nothing after it.
     lab.ok(&["cut", "sa"]);
@@ -765,6 +773,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     );
     assert_eq!(limit.trim(), "70");
 
+    phases.push(("sa cut off during three publishes, healed", t.elapsed()));
+    let t = Instant::now();
     // A rollback to the drain reaches every POP: a new revision with the
     // drain's file.
     let out = lab.ok(&["rollback", &drained.to_string()]);
@@ -786,6 +796,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
         "{log}"
     );
 
+    phases.push(("rollback", t.elapsed()));
+    let t = Instant::now();
     // Every NATS node down: every POP keeps serving; publishing fails and
     // says why; a POP restarted meanwhile serves its last installed table.
     for pop in POPS {
@@ -804,6 +816,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     assert_eq!(served("us"), "us", "GB at us restarted with NATS down");
     assert_eq!(copy_of(&lab, "us"), drained_sha);
 
+    phases.push(("every node down, a POP restarted", t.elapsed()));
+    let t = Instant::now();
     // The nodes return: the next publish arrives everywhere (the cluster
     // takes a few seconds to elect its leaders: publish until it takes).
     for pop in POPS {
@@ -815,11 +829,12 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
         assert_eq!(served(pop), "eu", "GB at {pop} once NATS returned");
     }
 
+    phases.push(("the nodes back, the next publish", t.elapsed()));
     lab.ok(&["down"]);
     let left = lab.leftovers();
     assert!(left.is_empty(), "left behind: {left:#?}");
     eprintln!(
-        "publish/follow through node loss, partition, rollback and outage in {:?}",
+        "publish/follow through node loss, partition, rollback and outage in {:?}: {phases:?}",
         started.elapsed()
     );
 }
