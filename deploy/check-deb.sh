@@ -55,6 +55,9 @@ for f in \
   ./usr/bin/geoedge \
   ./lib/systemd/system/geoedge.service \
   ./lib/systemd/system/geoedge-wg.service \
+  ./lib/systemd/system/geoedge-nats.service \
+  ./usr/share/doc/geoedge/examples/nats-server.conf \
+  ./usr/share/doc/geoedge/multi-pop.md \
   ./usr/lib/sysusers.d/geoedge.conf \
   ./usr/lib/tmpfiles.d/geoedge.conf \
   ./usr/lib/sysctl.d/90-geoedge.conf \

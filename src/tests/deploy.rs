@@ -260,3 +260,87 @@ fn example_settings_and_three_region_sql_work_together() {
     let decision = route("backend.toml", &db, &mmdb, "US");
     assert!(decision["backend"].is_string(), "{decision:#}");
 }
+
+/// Where `nats-server` is on the PATH.
+fn nats_server() -> Option<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", "command -v nats-server"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !path.is_empty()).then(|| path.into())
+}
+
+#[test]
+fn nats_unit_and_example_settings_hold_together() {
+    let unit = unit_text("geoedge-nats.service");
+    // Its own user, made at each start; JetStream's files in its state
+    // directory, which the example settings name; the settings file as a
+    // credential; the usual sandbox.
+    assert_eq!(one(&unit, "DynamicUser"), "yes");
+    assert_eq!(one(&unit, "NoNewPrivileges"), "yes");
+    assert_eq!(one(&unit, "ProtectSystem"), "strict");
+    assert_eq!(one(&unit, "CapabilityBoundingSet"), "");
+    let state = one(&unit, "StateDirectory");
+    assert_eq!(
+        one(&unit, "LoadCredential"),
+        "nats-server.conf:/etc/geoedge/nats-server.conf"
+    );
+    assert_eq!(
+        one(&unit, "ExecStart"),
+        "/usr/local/bin/nats-server --config ${CREDENTIALS_DIRECTORY}/nats-server.conf"
+    );
+    let example = std::fs::read_to_string(repo().join("deploy/examples/nats-server.conf")).unwrap();
+    assert!(
+        example.contains(&format!("store_dir: \"/var/lib/{state}\"")),
+        "{example}"
+    );
+    // Clients, monitoring and routes listen on the overlay address only.
+    for key in ["listen: ", "http: "] {
+        let lines: Vec<&str> = example
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(key))
+            .collect();
+        assert!(!lines.is_empty(), "{key}");
+        for l in lines {
+            assert!(l.contains("\"10.99.0.1:"), "{l}");
+        }
+    }
+
+    let Some(nats) = nats_server() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI this test must run: nats-server is not installed"
+        );
+        eprintln!("skipping the rest: nats-server is not installed");
+        return;
+    };
+    // The example settings are valid as shipped.
+    let out = Command::new(&nats)
+        .args(["-t", "-c"])
+        .arg(repo().join("deploy/examples/nats-server.conf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    // The unit passes `systemd-analyze verify` with nats-server where it
+    // is here, and its exposure stays low.
+    let dir = tempfile::tempdir().unwrap();
+    if skipped(verify_skip_reason(dir.path())) {
+        return;
+    }
+    let copy = dir.path().join("geoedge-nats.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/nats-server", &nats.display().to_string()),
+    )
+    .unwrap();
+    let out = verify(std::slice::from_ref(&copy));
+    assert!(clean(&out), "{}", describe_output(&out));
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+}

@@ -16,7 +16,9 @@ use tokio::io::AsyncReadExt;
 use super::revision::{Revision, RevisionInfo, Sha256Digest};
 use super::status::PopStatus;
 use super::{creds, CURRENT_KEY, REVISION_KEY_PREFIX, STATUS_KEY_PREFIX};
-use crate::control::config::defaults::{BUCKET_CREATE_TIMEOUT, FLEET_BUCKET, NATS_TIMEOUT};
+use crate::control::config::defaults::{
+    BUCKET_CREATE_TIMEOUT, FLEET_BUCKET, NATS_PING_INTERVAL, NATS_TIMEOUT,
+};
 use crate::control::config::FleetSettings;
 
 /// The last error a server sent this client (a permissions violation
@@ -56,7 +58,8 @@ pub async fn connect(
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(NATS_TIMEOUT)
-        .request_timeout(Some(NATS_TIMEOUT));
+        .request_timeout(Some(NATS_TIMEOUT))
+        .ping_interval(NATS_PING_INTERVAL);
     if let Some(path) = &fleet.creds {
         options = creds::apply(options, &creds::load(path)?)?;
     }
