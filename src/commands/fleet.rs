@@ -15,7 +15,7 @@ use crate::control::fleet::creds::{self, Role};
 use crate::control::fleet::file;
 use crate::control::fleet::revision::{object_name, Revision, RevisionInfo};
 use crate::control::fleet::status;
-use crate::control::fleet::store::{self, Published, Store};
+use crate::control::fleet::store::{self, NothingPublished, Published, Store};
 
 /// Exit status of a publish that lost the compare-and-swap.
 pub const EXIT_CAS_LOST: u8 = 3;
@@ -76,6 +76,16 @@ async fn open(settings: &Settings, create: bool) -> anyhow::Result<Store> {
     Store::open(&client, errors, create).await
 }
 
+/// The fleet's store, or `None` when nothing has been published yet
+/// (the buckets are made by the first publish, not by reading).
+async fn open_existing(settings: &Settings) -> anyhow::Result<Option<Store>> {
+    match open(settings, false).await {
+        Ok(store) => Ok(Some(store)),
+        Err(e) if e.downcast_ref::<NothingPublished>().is_some() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `geoedge db publish`.
 pub fn publish(settings: &Settings, args: PublishArgs<'_>) -> anyhow::Result<ExitCode> {
     fleet(settings)?;
@@ -93,8 +103,17 @@ pub fn publish(settings: &Settings, args: PublishArgs<'_>) -> anyhow::Result<Exi
         None => None,
     };
     runtime()?.block_on(async {
-        let store = open(settings, !args.dry_run).await?;
-        let base = store.current().await?;
+        // A dry run reads only: before the first publish there is no
+        // bucket, and the diff is against an empty table.
+        let store = if args.dry_run {
+            open_existing(settings).await?
+        } else {
+            Some(open(settings, true).await?)
+        };
+        let base = match &store {
+            Some(store) => store.current().await?,
+            None => None,
+        };
         let base_revision = base.as_ref().map(|(i, _)| i.revision);
         if let Some(expect) = args.expect {
             if base_revision != Some(Revision(expect)) {
@@ -116,7 +135,11 @@ pub fn publish(settings: &Settings, args: PublishArgs<'_>) -> anyhow::Result<Exi
                 restores: None,
             },
             (None, Some(n)) => {
-                let old = store.revision(Revision(n)).await?.with_context(|| {
+                let old = match &store {
+                    Some(store) => store.revision(Revision(n)).await?,
+                    None => None,
+                }
+                .with_context(|| {
                     format!("no revision {n} in the log (geoedge db log lists them)")
                 })?;
                 RevisionInfo {
@@ -137,13 +160,14 @@ pub fn publish(settings: &Settings, args: PublishArgs<'_>) -> anyhow::Result<Exi
         };
         if args.dry_run {
             return dry_run(
-                &store,
+                store.as_ref(),
                 base.as_ref().map(|(i, _)| i),
                 &info,
                 prepared.as_ref(),
             )
             .await;
         }
+        let store = store.context("the fleet's store was opened to publish")?;
         if let Some((current, _)) = &base {
             if current.sha256 == info.sha256 {
                 println!(
@@ -203,21 +227,22 @@ fn lost(winner: Option<RevisionInfo>, based_on: Option<Revision>) -> anyhow::Res
 }
 
 async fn dry_run(
-    store: &Store,
+    store: Option<&Store>,
     current: Option<&RevisionInfo>,
     info: &RevisionInfo,
     prepared: Option<&file::Prepared>,
 ) -> anyhow::Result<ExitCode> {
-    let old = match current {
-        Some(c) => {
+    let old = match (current, store) {
+        (Some(c), Some(store)) => {
             let bytes = store.fetch(c).await?;
             Some(tokio::task::spawn_blocking(move || file::check_bytes(&bytes)).await??)
         }
-        None => None,
+        _ => None,
     };
-    let new = match prepared {
-        Some(p) => p.raw.clone(),
-        None => {
+    let new = match (prepared, store) {
+        (Some(p), _) => p.raw.clone(),
+        (None, None) => bail!("nothing has been published yet"),
+        (None, Some(store)) => {
             let bytes = store.fetch(info).await?;
             tokio::task::spawn_blocking(move || file::check_bytes(&bytes)).await??
         }
@@ -243,7 +268,14 @@ async fn dry_run(
 /// `geoedge db log`.
 pub fn log(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let store = open(settings, false).await?;
+        let Some(store) = open_existing(settings).await? else {
+            if json {
+                println!("[]");
+            } else {
+                eprintln!("nothing published yet");
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
         let current = store.current().await?.map(|(i, _)| i.revision);
         let log = store.log().await?;
         if json {
@@ -282,9 +314,14 @@ pub fn log(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
 /// `geoedge db status`.
 pub fn status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let store = open(settings, false).await?;
-        let current = store.current().await?.map(|(i, _)| i.revision);
-        let rows = status::rows(current, &store.statuses().await?, now(), FLEET_SILENT_AFTER);
+        let (current, statuses) = match open_existing(settings).await? {
+            Some(store) => (
+                store.current().await?.map(|(i, _)| i.revision),
+                store.statuses().await?,
+            ),
+            None => (None, Vec::new()),
+        };
+        let rows = status::rows(current, &statuses, now(), FLEET_SILENT_AFTER);
         if json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {

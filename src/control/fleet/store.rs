@@ -21,6 +21,17 @@ use crate::control::config::defaults::{
 };
 use crate::control::config::FleetSettings;
 
+/// The fleet's buckets do not exist: nothing has been published yet.
+/// [`Store::open`] without `create` returns it (inside its error), so
+/// callers that can go on without a store (a dry run, the log) tell it
+/// from a server that cannot be reached.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the fleet's {what} {FLEET_BUCKET} does not exist: nothing has been published yet")]
+pub struct NothingPublished {
+    /// "bucket" or "object store".
+    pub what: &'static str,
+}
+
 /// The last error a server sent this client (a permissions violation
 /// above all: the request it refused only times out), for error messages.
 #[derive(Debug, Clone, Default)]
@@ -156,9 +167,7 @@ impl Store {
         };
         if missing(format!("KV_{FLEET_BUCKET}")).await? {
             if !create {
-                anyhow::bail!(
-                    "the fleet's bucket {FLEET_BUCKET} does not exist: nothing has been published yet"
-                );
+                return Err(NothingPublished { what: "bucket" }.into());
             }
             slow.create_key_value(kv::Config {
                 bucket: FLEET_BUCKET.to_owned(),
@@ -175,9 +184,10 @@ impl Store {
         }
         if missing(format!("OBJ_{FLEET_BUCKET}")).await? {
             if !create {
-                anyhow::bail!(
-                    "the fleet's object store {FLEET_BUCKET} does not exist: nothing has been published yet"
-                );
+                return Err(NothingPublished {
+                    what: "object store",
+                }
+                .into());
             }
             slow.create_object_store(object_store::Config {
                 bucket: FLEET_BUCKET.to_owned(),

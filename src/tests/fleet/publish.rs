@@ -32,6 +32,23 @@ fn revisions_are_published_logged_compared_and_rolled_back() {
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
     assert!(stderr(&out).contains("port") && stderr(&out).contains("nothing published"));
 
+    // Before the first publish: a dry run diffs against an empty table,
+    // the log is empty, and neither makes the fleet's buckets.
+    let dry = db(&url, None, &["publish", "--dry-run", m.to_str().unwrap()]);
+    assert!(dry.status.success(), "{}", describe_output(&dry));
+    let text = stdout(&dry);
+    for want in [
+        "nothing published yet; against an empty table",
+        "+ eu-lhr-1",
+        "it would be revision 1",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert!(log(&url).is_empty());
+    let status = db(&url, None, &["status"]);
+    assert!(status.status.success(), "{}", describe_output(&status));
+    assert!(stderr(&status).contains("nothing published yet"));
+
     assert_eq!(publish(&url, None, &m, "first"), 1);
     // The same content again is no new revision.
     let again = db(&url, None, &["publish", m.to_str().unwrap()]);
