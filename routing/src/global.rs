@@ -11,6 +11,6 @@ pub mod load_board;
 pub mod shared;
 pub mod spill;
 
-pub use lease::{Admit, Fallback, Grant, Holder, Ledger};
+pub use lease::{Admit, Fallback, Grant, Holder, LeaseView, Ledger};
 pub use load_board::{LoadBoard, RemoteLoad};
 pub use shared::{LeaseGate, LeaseOwner, LeaseSlot};

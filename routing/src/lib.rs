@@ -55,6 +55,7 @@ pub use peer_key::{PeerKey, PeerKeyError};
 pub use raw::RawTable;
 pub use router::{
     Candidate, DecisionKind, DecisionStats, Explanation, NoRoute, Request, Route, Router,
+    SpreadShare,
 };
 pub use score::{Placement, Tier, WhyNot};
 pub use snapshot::{InvalidTable, RowError, Snapshot};

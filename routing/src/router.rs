@@ -19,7 +19,7 @@ use geoedge_geoip::Location;
 
 use crate::bindings::{BindingConfig, BindingKey, Bindings};
 use crate::connect::ConnectFailure;
-use crate::global::{LeaseGate, LeaseSlot};
+use crate::global::{spill, LeaseGate, LeaseSlot};
 use crate::health::{CheckStats, HealthChange, HealthConfig, HealthState};
 use crate::model::{AppId, Backend, BackendId, RegionId};
 use crate::score::{self, Placement, Ranked, Tier, WhyNot};
@@ -184,6 +184,20 @@ pub struct Explanation {
     pub reason: String,
     /// Every backend of the app, best first, ineligible ones last.
     pub candidates: Vec<Candidate>,
+    /// In a fleet, when the choice is a spill: the backends it is spread
+    /// over and each one's share; empty otherwise.
+    pub spread: Vec<SpreadShare>,
+}
+
+/// One backend a spill is spread over.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpreadShare {
+    /// Backend id.
+    pub id: BackendId,
+    /// Room left under its soft limit, by the fleet's load.
+    pub headroom: u32,
+    /// The fraction of spilled clients it gets.
+    pub share: f64,
 }
 
 /// Chooses backends for clients: the routing table, the binding table and
@@ -205,6 +219,36 @@ pub struct Router {
     /// Leases of other POPs' backends (a fleet with `--nats`); `None`:
     /// each backend's hard limit is held by this edge's count alone.
     leases: Option<Arc<LeaseGate>>,
+    /// In a fleet, spills are spread over the next backends with room
+    /// ([`score::spill_window`]); the draws come from this sequence.
+    spread: Option<Draws>,
+}
+
+/// A sequence of draws in `[0, 1)` for spreading spills: a counter
+/// through SplitMix64, seeded by the caller. Deterministic for a seed (so
+/// tests can count shares), shared by every worker without a lock.
+#[derive(Debug)]
+struct Draws {
+    /// The seed.
+    seed: u64,
+    /// Draws taken.
+    next: AtomicU64,
+    /// Decisions spread.
+    spread: AtomicU64,
+}
+
+impl Draws {
+    fn draw(&self) -> f64 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits as a fraction.
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 impl Router {
@@ -219,6 +263,54 @@ impl Router {
             health: HealthConfig::default(),
             checks: CheckStats::default(),
             leases: None,
+            spread: None,
+        }
+    }
+
+    /// Spreads spills over the next backends with room, in proportion to
+    /// their headroom (a fleet: several edges act on the same figures);
+    /// `seed` starts the sequence of draws.
+    pub fn with_spill_spread(mut self, seed: u64) -> Self {
+        self.spread = Some(Draws {
+            seed,
+            next: AtomicU64::new(0),
+            spread: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// Decisions that spread a spill (0 without spreading).
+    pub fn spills_spread(&self) -> u64 {
+        self.spread
+            .as_ref()
+            .map_or(0, |d| d.spread.load(Ordering::Relaxed))
+    }
+
+    /// In a fleet, a spill's choice among the next backends with room.
+    fn spread_spill(
+        &self,
+        snap: &crate::snapshot::Snapshot,
+        view: &crate::snapshot::AppView,
+        placement: &Placement,
+        exclude: &[BackendId],
+        best: score::Score,
+        now: Instant,
+    ) -> score::Score {
+        let Some(draws) = &self.spread else {
+            return best;
+        };
+        if best.over_soft || best.tier == Tier::Country {
+            return best;
+        }
+        let Some(window) = score::spill_window(snap, view, placement, exclude, now) else {
+            return best;
+        };
+        match spill::choose(&window.headroom[..window.len], window.len, draws.draw()) {
+            Some(i) => {
+                draws.spread.fetch_add(1, Ordering::Relaxed);
+                window.scores[i]
+            }
+            None => best,
         }
     }
 
@@ -343,6 +435,7 @@ impl Router {
             let Some(best) = score::best(&snap, view, &placement, exclude, now) else {
                 break;
             };
+            let best = self.spread_spill(&snap, view, &placement, exclude, best, now);
             let backend = &snap.backends[best.index as usize];
             if let Some(reservation) = Reservation::try_new(backend) {
                 let lease = match self.lease_for(backend, now) {
@@ -430,6 +523,7 @@ impl Router {
                 kind: DecisionKind::None,
                 reason: format!("no backend is configured for app {:?}", req.app.as_str()),
                 candidates: Vec::new(),
+                spread: Vec::new(),
             };
         };
         let ranked = score::rank(&snap, view, &placement, req.exclude);
@@ -454,7 +548,7 @@ impl Router {
             })
             .collect();
         let chosen = ranked.first().filter(|r| r.why_not.is_none());
-        let reason = reason(
+        let mut reason = reason(
             &snap,
             &placement,
             &self.local_region,
@@ -462,6 +556,20 @@ impl Router {
             chosen,
             req.app,
         );
+        let spread = match chosen {
+            Some(c) if self.spread.is_some() => spread_of(&snap, &ranked, c),
+            _ => Vec::new(),
+        };
+        if !spread.is_empty() {
+            let names: Vec<String> = spread
+                .iter()
+                .map(|s| format!("{} ({:.0}%)", s.id, s.share * 100.0))
+                .collect();
+            reason.push_str(&format!(
+                "; in the fleet, spilled clients are spread by headroom over {}",
+                names.join(", ")
+            ));
+        }
         Explanation {
             placement,
             region,
@@ -469,8 +577,49 @@ impl Router {
             kind: chosen.map_or(DecisionKind::None, |r| r.score.tier.into()),
             reason,
             candidates,
+            spread,
         }
     }
+}
+
+/// The spread of a spill, as [`Router::decide`] makes it: the first
+/// [`score::SPILL_WIDTH`] eligible backends under their soft limit, when
+/// an eligible backend nearer than the first is at or over its own.
+fn spread_of(
+    snap: &crate::snapshot::Snapshot,
+    ranked: &[Ranked],
+    chosen: &Ranked,
+) -> Vec<SpreadShare> {
+    if chosen.score.over_soft || chosen.score.tier == Tier::Country {
+        return Vec::new();
+    }
+    let spilled = ranked.iter().any(|r| {
+        r.why_not.is_none() && r.score.over_soft && r.score.proximity(&chosen.score).is_lt()
+    });
+    if !spilled {
+        return Vec::new();
+    }
+    let window: Vec<(BackendId, u32)> = ranked
+        .iter()
+        .filter(|r| r.why_not.is_none() && !r.score.over_soft)
+        .take(score::SPILL_WIDTH)
+        .map(|r| {
+            let b = &snap.backends[r.score.index as usize];
+            (b.id.clone(), b.soft_limit.saturating_sub(r.score.active))
+        })
+        .collect();
+    let total: u64 = window.iter().map(|(_, h)| u64::from(*h)).sum();
+    if window.len() < 2 || total == 0 {
+        return Vec::new();
+    }
+    window
+        .into_iter()
+        .map(|(id, headroom)| SpreadShare {
+            id,
+            headroom,
+            share: f64::from(headroom) / total as f64,
+        })
+        .collect()
 }
 
 fn reason(

@@ -257,13 +257,7 @@ fn scan<'a>(
         }
         let active = h.load.global(h.load.active());
         let over_soft = active >= h.soft_limit;
-        let tier = if p.country.is_some() && h.country == p.country {
-            Tier::Country
-        } else if p.region == Some(h.region_idx) {
-            Tier::Region
-        } else {
-            Tier::Distance
-        };
+        let tier = hot_tier(h, p);
         if let Some(cur) = best {
             if (over_soft, tier) > (cur.over_soft, cur.tier) {
                 continue;
@@ -272,23 +266,125 @@ fn scan<'a>(
         if !exclude.is_empty() && exclude.contains(&snapshot.backends[h.index as usize].id) {
             continue;
         }
-        let v = &h.site_vec;
-        let s = Score {
-            index: h.index,
-            active,
-            over_soft,
-            tier,
-            closeness: if tier == Tier::Distance {
-                pv[0] * v[0] + pv[1] * v[1] + pv[2] * v[2]
-            } else {
-                0.0
-            },
-            capacity: h.capacity,
-        };
+        let s = hot_score(h, active, tier, pv);
         if best.is_none_or(|cur| s.order(&cur) == Ordering::Less) {
             *best = Some(s);
         }
     }
+}
+
+fn hot_tier(h: &HotBackend, p: &Placement) -> Tier {
+    if p.country.is_some() && h.country == p.country {
+        Tier::Country
+    } else if p.region == Some(h.region_idx) {
+        Tier::Region
+    } else {
+        Tier::Distance
+    }
+}
+
+fn hot_score(h: &HotBackend, active: u32, tier: Tier, pv: &[f64; 3]) -> Score {
+    let v = &h.site_vec;
+    Score {
+        index: h.index,
+        active,
+        over_soft: active >= h.soft_limit,
+        tier,
+        closeness: if tier == Tier::Distance {
+            pv[0] * v[0] + pv[1] * v[1] + pv[2] * v[2]
+        } else {
+            0.0
+        },
+        capacity: h.capacity,
+    }
+}
+
+/// How many next-nearest backends with room a spill is spread over.
+pub const SPILL_WIDTH: usize = 3;
+
+/// The backends a spill is spread over: the first [`SPILL_WIDTH`]
+/// eligible backends under their soft limit, in scoring order, each with
+/// its headroom (soft limit minus the fleet's load).
+#[derive(Debug, Clone, Copy)]
+pub struct SpillWindow {
+    /// Best first; the first `len` are set.
+    pub scores: [Score; SPILL_WIDTH],
+    /// Room left under each one's soft limit.
+    pub headroom: [u32; SPILL_WIDTH],
+    /// How many are set (2 or more).
+    pub len: usize,
+}
+
+/// When the best backend under its soft limit is a spill (an eligible
+/// backend strictly nearer the client is at or over its soft limit), the
+/// window of next backends to spread it over; `None` when it is no spill
+/// or only one backend has room. Scans every backend of the app: called
+/// only in a fleet, and only when the best choice is outside the client's
+/// country (within it, every backend is equally near and nothing spills).
+pub fn spill_window(
+    snapshot: &Snapshot,
+    view: &AppView,
+    p: &Placement,
+    exclude: &[BackendId],
+    now: Instant,
+) -> Option<SpillWindow> {
+    let pv = p.vector();
+    let mut top: [Option<Score>; SPILL_WIDTH] = [None; SPILL_WIDTH];
+    let mut nearest_full: Option<Score> = None;
+    for h in &view.hot {
+        if h.load.reserved() >= h.hard_limit || !h.load.health().admits(now) {
+            continue;
+        }
+        if !exclude.is_empty() && exclude.contains(&snapshot.backends[h.index as usize].id) {
+            continue;
+        }
+        let active = h.load.global(h.load.active());
+        let s = hot_score(h, active, hot_tier(h, p), &pv);
+        if s.over_soft {
+            if nearest_full.is_none_or(|n| s.proximity(&n).is_lt()) {
+                nearest_full = Some(s);
+            }
+            continue;
+        }
+        // Insertion into the few best, in scoring order.
+        let mut carry = Some(s);
+        for slot in top.iter_mut() {
+            match (*slot, carry) {
+                (_, None) => break,
+                (None, c) => {
+                    *slot = c;
+                    carry = None;
+                }
+                (Some(held), Some(c)) if c.order(&held).is_lt() => {
+                    *slot = Some(c);
+                    carry = Some(held);
+                }
+                _ => {}
+            }
+        }
+    }
+    let first = top[0]?;
+    if !nearest_full.is_some_and(|n| n.proximity(&first).is_lt()) {
+        return None;
+    }
+    let len = top.iter().filter(|s| s.is_some()).count();
+    if len < 2 {
+        return None;
+    }
+    let mut scores = [first; SPILL_WIDTH];
+    let mut headroom = [0u32; SPILL_WIDTH];
+    for (i, s) in top.iter().take(len).enumerate() {
+        let s = s.unwrap_or(first);
+        scores[i] = s;
+        headroom[i] = snapshot.backends[s.index as usize]
+            .soft_limit
+            .saturating_sub(s.active);
+    }
+    Some(SpillWindow {
+        scores,
+        headroom,
+        len,
+    })
 }
 
 /// Why a backend cannot take a new client.

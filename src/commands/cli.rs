@@ -237,7 +237,15 @@ fn reads(path: &str, id: &str) -> bool {
         "route" => {
             matches!(
                 id,
-                "config" | "routing_db" | "geoip" | "region" | "app" | "log_format"
+                "config"
+                    | "routing_db"
+                    | "geoip"
+                    | "region"
+                    | "app"
+                    | "log_format"
+                    | "nats"
+                    | "nats_creds"
+                    | "pop"
             ) || id.starts_with("binding_")
         }
         "wg up" => wg || matches!(id, "config" | "routing_db" | "log_format"),

@@ -112,10 +112,12 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
     // In a fleet, other POPs' backends take clients only within this
     // edge's leases of them (control::fleet::lease).
     if let Some(fleet) = &settings.fleet {
-        router = router.with_leases(Arc::new(LeaseGate::new(
-            PopId::new(&fleet.pop),
-            fleet.lease_fallback,
-        )));
+        router = router
+            .with_leases(Arc::new(LeaseGate::new(
+                PopId::new(&fleet.pop),
+                fleet.lease_fallback,
+            )))
+            .with_spill_spread(spill_seed());
     }
     let router = Arc::new(router);
     let proxy = Arc::new(Proxy {
@@ -395,14 +397,11 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
         let follower = settings.fleet.clone().map(|fleet| {
             let state = Arc::new(crate::control::fleet::follow::FollowState::default());
             let gate = edge.proxy.router.leases().cloned();
-            if let Err(e) = metrics.register_fleet(
-                Arc::clone(&state),
-                gate.clone(),
-                Arc::clone(edge.proxy.router.table()),
-            ) {
+            if let Err(e) = metrics.register_fleet(Arc::clone(&state), Arc::clone(&edge.proxy.router))
+            {
                 tracing::warn!("{e:#}");
             }
-            let leases = gate.map(|gate| {
+            let leases = gate.clone().map(|gate| {
                 crate::control::fleet::lease::spawn(
                     fleet.clone(),
                     Arc::clone(edge.proxy.router.table()),
@@ -414,6 +413,7 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
             let load = crate::control::fleet::load::spawn(
                 fleet.clone(),
                 Arc::clone(edge.proxy.router.table()),
+                gate.clone(),
                 Arc::clone(&state),
             );
             (
@@ -441,4 +441,14 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
         served
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A seed of its own for each edge, so that edges spreading the same
+/// spill draw different sequences (the standard library's per-process
+/// random hash keys).
+fn spill_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }

@@ -86,11 +86,10 @@ impl Metrics {
     pub fn register_fleet(
         &self,
         state: Arc<crate::control::fleet::follow::FollowState>,
-        leases: Option<Arc<geoedge_routing::global::LeaseGate>>,
-        table: Arc<geoedge_routing::RoutingTable>,
+        router: Arc<geoedge_routing::Router>,
     ) -> anyhow::Result<()> {
         self.registry
-            .register(Box::new(fleet::FleetCollector::new(state, leases, table)))
+            .register(Box::new(fleet::FleetCollector::new(state, router)))
             .context("registering the fleet collector")
     }
 

@@ -186,6 +186,19 @@ pub enum Admit {
     Full,
 }
 
+/// What a borrowing edge holds of one backend, for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseView {
+    /// `true` while a lease is valid; `false`: the fallback applies.
+    pub valid: bool,
+    /// Slots of the lease, or of the fallback share without one.
+    pub slots: u32,
+    /// Clients admitted and not yet released.
+    pub used: u32,
+    /// Milliseconds until the lease runs out (0 without one).
+    pub expires_in_ms: u64,
+}
+
 /// Unanswered requests kept per backend (the oldest goes first).
 const MAX_PENDING: usize = 8;
 
@@ -289,6 +302,39 @@ impl Holder {
         })
     }
 
+    /// What is held of `backend` at `now` (limit `hard`, `pops` POPs),
+    /// `None` when nothing was ever asked or admitted there.
+    pub fn view(
+        &self,
+        backend: &BackendId,
+        hard: u32,
+        pops: usize,
+        now: Instant,
+    ) -> Option<LeaseView> {
+        let h = self.held.get(backend)?;
+        Some(match h.until {
+            Some(until) if now < until => LeaseView {
+                valid: true,
+                slots: h.slots,
+                used: h.used,
+                expires_in_ms: u64::try_from((until - now).as_millis()).unwrap_or(u64::MAX),
+            },
+            _ => LeaseView {
+                valid: false,
+                slots: self.fallback_share(hard, pops),
+                used: h.used,
+                expires_in_ms: 0,
+            },
+        })
+    }
+
+    fn fallback_share(&self, hard: u32, pops: usize) -> u32 {
+        match self.fallback {
+            Fallback::Strict => 0,
+            Fallback::Share => hard / u32::try_from(pops.max(1)).unwrap_or(u32::MAX),
+        }
+    }
+
     /// Clients admitted to `backend` and not released.
     pub fn used(&self, backend: &BackendId) -> u32 {
         self.held.get(backend).map_or(0, |h| h.used)
@@ -304,7 +350,7 @@ impl Holder {
         pops: usize,
         now: Instant,
     ) -> Admit {
-        let fallback = self.fallback;
+        let share = self.fallback_share(hard, pops);
         let h = self.held.entry(backend.clone()).or_default();
         match h.until {
             Some(until) if now < until => {
@@ -318,10 +364,6 @@ impl Holder {
             }
             _ => {
                 h.wanted = true;
-                let share = match fallback {
-                    Fallback::Strict => 0,
-                    Fallback::Share => hard / u32::try_from(pops.max(1)).unwrap_or(u32::MAX),
-                };
                 if h.used < share {
                     h.used += 1;
                     Admit::Fallback

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::lease::{Admit, Fallback, Grant, Holder, Ledger};
+use super::lease::{Admit, Fallback, Grant, Holder, LeaseView, Ledger};
 use crate::model::{Backend, BackendId, PopId};
 
 /// The owning POP's leases.
@@ -180,6 +180,14 @@ impl LeaseGate {
     /// A client admitted to `backend` is gone.
     pub fn release(&self, backend: &BackendId) {
         self.holder.lock().release(backend);
+    }
+
+    /// What this edge holds of the remote `backend` at `now` (`None`:
+    /// never asked for).
+    pub fn view(&self, backend: &Backend, now: Instant) -> Option<LeaseView> {
+        self.holder
+            .lock()
+            .view(&backend.id, backend.hard_limit, self.pops(), now)
     }
 
     /// Runs `f` on the holder (for the lease task: requests, grants,

@@ -9,6 +9,7 @@ use super::*;
 use crate::raw::RawTable;
 use crate::testutil::{backend, table};
 use geoedge_geoip::{CountryCode, GeoPoint, Location};
+use std::collections::HashMap;
 use std::time::Duration;
 
 fn london() -> Location {
@@ -507,4 +508,91 @@ fn a_flood_of_new_clients_leaves_returning_clients_sticky() {
         let (got, kind) = decide(i as u32, t0 + Duration::from_secs(3));
         assert_eq!((&got, kind), (backend, DecisionKind::Sticky), "client {i}");
     }
+}
+
+/// London's own backend full by the fleet's load, three others with room
+/// 10, 30 and 60 below their soft limits.
+fn spilling_fleet(r: &Router) {
+    let snap = r.table().snapshot();
+    for (id, remote) in [("lhr", 10), ("fra", 0), ("iad", 10), ("gru", 40)] {
+        snap.backend(id).unwrap().load.set_remote(remote);
+    }
+}
+
+fn spill_table() -> RawTable {
+    table(vec![
+        backend("lhr", "eu", Some("GB"), 10, 100),
+        backend("fra", "eu", Some("DE"), 10, 100),
+        backend("iad", "us", Some("US"), 40, 100),
+        backend("gru", "sa", Some("BR"), 100, 200),
+    ])
+}
+
+/// Where `n` new clients from `net`.0.0.0/8 go.
+fn shares(r: &Router, net: u8, n: usize) -> HashMap<String, usize> {
+    let app = AppId::default_app();
+    let l = london();
+    let now = Instant::now();
+    let mut got = HashMap::new();
+    for i in 0..n {
+        let ip = format!("{net}.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256);
+        let route = r.decide(&req(&app, &ip, Some(&l)), now).unwrap();
+        *got.entry(route.backend().id.to_string()).or_default() += 1;
+    }
+    got
+}
+
+#[test]
+fn a_fleets_spill_is_spread_over_the_next_backends_by_headroom() {
+    // One edge alone goes to the best backend with room, every time.
+    let alone = router(&spill_table());
+    spilling_fleet(&alone);
+    assert_eq!(
+        shares(&alone, 10, 200),
+        HashMap::from([("fra".into(), 200)])
+    );
+    assert_eq!(alone.spills_spread(), 0);
+
+    // In a fleet, spilled clients go 10% / 30% / 60% (the headroom).
+    let fleet = router(&spill_table()).with_spill_spread(7);
+    spilling_fleet(&fleet);
+    let got = shares(&fleet, 10, 2000);
+    let near = |id: &str, want: usize| {
+        let n = got.get(id).copied().unwrap_or(0);
+        assert!(
+            n.abs_diff(want) <= 60,
+            "{id}: {n} of 2000, want about {want}: {got:?}"
+        );
+    };
+    near("fra", 200);
+    near("iad", 600);
+    near("gru", 1200);
+    assert!(!got.contains_key("lhr"));
+    assert_eq!(fleet.spills_spread(), 2000);
+    let e = fleet.explain(&req(&AppId::default_app(), "2001:db8::1", Some(&london())));
+    let spread: Vec<(&str, u32)> = e
+        .spread
+        .iter()
+        .map(|s| (s.id.as_str(), s.headroom))
+        .collect();
+    assert_eq!(spread, [("fra", 10), ("iad", 30), ("gru", 60)]);
+    assert!(e.reason.contains("spread by headroom"), "{}", e.reason);
+
+    // With room at London again, nothing spills and nothing is spread.
+    fleet
+        .table()
+        .snapshot()
+        .backend("lhr")
+        .unwrap()
+        .load
+        .set_remote(0);
+    assert_eq!(
+        shares(&fleet, 11, 100),
+        HashMap::from([("lhr".into(), 100)])
+    );
+    assert_eq!(fleet.spills_spread(), 2000);
+    assert!(fleet
+        .explain(&req(&AppId::default_app(), "2001:db8::1", Some(&london())))
+        .spread
+        .is_empty());
 }

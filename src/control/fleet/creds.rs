@@ -69,7 +69,8 @@ pub fn apply(
 /// Whom a user is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// The operator: publishes revisions (and makes the buckets).
+    /// The operator: publishes revisions (and makes the buckets), and
+    /// reads the edges' load reports (`geoedge route`).
     Publisher,
     /// A POP's edge: reads the buckets, writes its own status key.
     Pop(String),
@@ -85,7 +86,7 @@ pub fn permissions(role: &Role, bucket: &str) -> String {
     let obj = format!("OBJ_{bucket}");
     match role {
         Role::Publisher => format!(
-            r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.CREATE.{kv}", "$JS.API.STREAM.CREATE.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$JS.API.STREAM.PURGE.{obj}", "$KV.{bucket}.>", "$O.{bucket}.>", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}"#
+            r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.CREATE.{kv}", "$JS.API.STREAM.CREATE.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$JS.API.STREAM.PURGE.{obj}", "$KV.{bucket}.>", "$O.{bucket}.>", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>", "geoedge.load.*"] }} }}"#
         ),
         Role::Pop(pop) => format!(
             r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$KV.{bucket}.status.{pop}", "geoedge.load.{pop}", "geoedge.lease.*", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>", "geoedge.load.*", "geoedge.lease.{pop}"] }}, allow_responses: true }}"#

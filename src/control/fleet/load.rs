@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use geoedge_routing::global::{LoadBoard, RemoteLoad};
+use geoedge_routing::global::{LeaseGate, LeaseView, LoadBoard, RemoteLoad};
 use geoedge_routing::{BackendId, PopId, RoutingTable};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -38,12 +38,20 @@ pub struct LoadReport {
     pub seq: u64,
     /// By backend id: live connections and accepts per second.
     pub backends: HashMap<String, (u32, f32)>,
+    /// By backend id: what this POP holds of other POPs' backends (a
+    /// lease, or the fallback without one). For display (`geoedge route`).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub leases: HashMap<String, LeaseView>,
+    /// By backend id: slots of this POP's backends lent to the others.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub lent: HashMap<String, u32>,
 }
 
 /// Starts sharing load; abort the task to stop.
 pub fn spawn(
     fleet: FleetSettings,
     table: Arc<RoutingTable>,
+    leases: Option<Arc<LeaseGate>>,
     state: Arc<FollowState>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -63,6 +71,7 @@ pub fn spawn(
             own: PopId::new(&fleet.pop),
             board: LoadBoard::new(PopId::new(&fleet.pop), LOAD_MAX_AGE),
             table,
+            leases,
             state,
             seq: 0,
             sent: HashMap::new(),
@@ -86,6 +95,8 @@ struct Sharing {
     board: LoadBoard,
     /// The backends.
     table: Arc<RoutingTable>,
+    /// This edge's leases, reported beside the load.
+    leases: Option<Arc<LeaseGate>>,
     /// What the metrics read.
     state: Arc<FollowState>,
     /// The last report number sent.
@@ -183,7 +194,20 @@ impl Sharing {
         let mut backends = HashMap::new();
         let mut sent = HashMap::new();
         let mut successes = HashMap::new();
+        let mut leases = HashMap::new();
+        let mut lent = HashMap::new();
         for b in &snap.backends {
+            match &self.leases {
+                Some(gate) if gate.is_remote(b) => {
+                    if let Some(v) = gate.view(b, now) {
+                        leases.insert(b.id.to_string(), v);
+                    }
+                }
+                _ if b.load.lent() > 0 => {
+                    lent.insert(b.id.to_string(), b.load.lent());
+                }
+                _ => {}
+            }
             let live = b.active();
             let ok = b.load.connect_stats().successes();
             let rate = match (self.successes.get(&b.id), elapsed > 0.0) {
@@ -208,6 +232,41 @@ impl Sharing {
             pop: self.own.to_string(),
             seq: self.seq,
             backends,
+            leases,
+            lent,
         })
     }
+}
+
+/// The fleet's load reports heard within `wait` (at least one report
+/// interval): the last one of each POP, by POP. For `geoedge route`.
+pub async fn listen(
+    fleet: &FleetSettings,
+    wait: std::time::Duration,
+) -> anyhow::Result<HashMap<String, LoadReport>> {
+    let (client, errors) = store::connect(fleet, "geoedge route", None).await?;
+    let mut reports = client
+        .subscribe(format!("{LOAD_SUBJECT_PREFIX}*"))
+        .await
+        .map_err(|e| errors.explain(anyhow::anyhow!("subscribing to load reports: {e}")))?;
+    let mut heard: HashMap<String, LoadReport> = HashMap::new();
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            msg = reports.next() => {
+                let Some(msg) = msg else { break };
+                if let Ok(r) = serde_json::from_slice::<LoadReport>(&msg.payload) {
+                    if heard.get(&r.pop).is_none_or(|held| held.seq < r.seq) {
+                        heard.insert(r.pop.clone(), r);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(said) = errors.take() {
+        anyhow::bail!("listening for load reports: the NATS server said: {said}");
+    }
+    Ok(heard)
 }

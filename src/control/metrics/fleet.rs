@@ -12,8 +12,7 @@ use prometheus::proto::MetricFamily;
 
 use super::family::{desc, Family};
 use super::names::{self as n, Def};
-use geoedge_routing::global::LeaseGate;
-use geoedge_routing::RoutingTable;
+use geoedge_routing::Router;
 
 use crate::control::fleet::follow::{FollowError, FollowState};
 use crate::control::fleet::lease::RequestResult;
@@ -31,31 +30,26 @@ const METRICS: &[Def] = &[
     n::FLEET_LENT_SLOTS,
     n::FLEET_LEASE_REQUESTS_TOTAL,
     n::FLEET_LEASE_ADMISSIONS_TOTAL,
+    n::FLEET_SPILLS_SPREAD_TOTAL,
 ];
 
 /// The `edge_fleet_*` metrics.
 pub struct FleetCollector {
     /// What the follower reports.
     state: Arc<FollowState>,
-    /// This edge's leases of other POPs' backends.
-    leases: Option<Arc<LeaseGate>>,
-    /// The backends (what this POP lent of its own).
-    table: Arc<RoutingTable>,
+    /// The router: the backends (what this POP lent of its own), this
+    /// edge's leases of other POPs' backends, the spills spread.
+    router: Arc<Router>,
     /// The descriptors announced.
     descs: Vec<Desc>,
 }
 
 impl FleetCollector {
     /// A collector over the follower's state.
-    pub fn new(
-        state: Arc<FollowState>,
-        leases: Option<Arc<LeaseGate>>,
-        table: Arc<RoutingTable>,
-    ) -> Self {
+    pub fn new(state: Arc<FollowState>, router: Arc<Router>) -> Self {
         Self {
             state,
-            leases,
-            table,
+            router,
             descs: METRICS.iter().map(desc).collect(),
         }
     }
@@ -88,7 +82,7 @@ impl Collector for FleetCollector {
             );
         }
         let mut admissions = Family::new(n::FLEET_LEASE_ADMISSIONS_TOTAL);
-        let held = match &self.leases {
+        let held = match self.router.leases() {
             Some(g) => {
                 for (result, count) in [
                     ("lease", &g.by_lease),
@@ -103,7 +97,8 @@ impl Collector for FleetCollector {
             None => 0,
         };
         let lent: u64 = self
-            .table
+            .router
+            .table()
             .snapshot()
             .backends
             .iter()
@@ -112,6 +107,10 @@ impl Collector for FleetCollector {
         vec![
             gauge(n::FLEET_LEASE_SLOTS, f64::from(held)),
             gauge(n::FLEET_LENT_SLOTS, lent as f64),
+            gauge(
+                n::FLEET_SPILLS_SPREAD_TOTAL,
+                self.router.spills_spread() as f64,
+            ),
             requests.finish(),
             admissions.finish(),
             gauge(

@@ -461,6 +461,13 @@ pub const FLEET_LEASE_ADMISSIONS_TOTAL: Def = def(
     "Clients this edge tried to send to other POPs' backends, by result: lease (within a lease), fallback (no valid lease, the owner silent: lease_fallback share), refused (no slot: the next best backend is tried).",
     &["result"],
 );
+/// Spills spread over the next backends with room.
+pub const FLEET_SPILLS_SPREAD_TOTAL: Def = def(
+    "edge_fleet_spills_spread_total",
+    Counter,
+    "Decisions that spilled (a nearer backend at its soft limit by the fleet's load) and were spread over the next backends with room in proportion to their headroom.",
+    &[],
+);
 /// routing.db edited by hand since the install.
 pub const FLEET_DIVERGED: Def = def(
     "edge_fleet_diverged",
@@ -527,6 +534,7 @@ pub const ALL: &[Def] = &[
     FLEET_LENT_SLOTS,
     FLEET_LEASE_REQUESTS_TOTAL,
     FLEET_LEASE_ADMISSIONS_TOTAL,
+    FLEET_SPILLS_SPREAD_TOTAL,
     METRICS_CONNECTIONS_CLOSED_TOTAL,
     READY,
 ];

@@ -5,7 +5,7 @@
 
 use tokio::io::AsyncWriteExt;
 
-use super::load::german;
+use super::load::{candidate, german, route_in_fleet};
 use super::*;
 
 /// A German client `n` through `edge`, held open; the backend it got.
@@ -63,6 +63,31 @@ async fn a_backend_never_holds_more_than_its_hard_limit_across_the_fleet() {
     let series = "edge_backend_connections_current{backend=\"x\",region=\"eu\"}";
     assert_eq!(metric_of(&eu, series) + metric_of(&us, series), 3.0);
     assert!(metric_of(&us, "edge_fleet_lease_requests_total{result=\"partial\"}") >= 1.0);
+    // geoedge route shows each POP's side: us holds 1 of x by lease, eu
+    // lent it, and both see 3 connections to x in the fleet.
+    let at_us = route_in_fleet(&url, "us", &m, 30);
+    let x_at_us = candidate(&at_us, "x");
+    assert_eq!(x_at_us["global"], 3, "{at_us:#}");
+    assert_eq!(
+        (x_at_us["own"].as_u64(), x_at_us["remote"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(x_at_us["lease"]["valid"], true, "{at_us:#}");
+    assert_eq!(
+        (
+            x_at_us["lease"]["slots"].as_u64(),
+            x_at_us["lease"]["used"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let at_eu = route_in_fleet(&url, "eu", &m, 31);
+    let x_at_eu = candidate(&at_eu, "x");
+    assert_eq!(
+        (x_at_eu["own"].as_u64(), x_at_eu["lent"].as_u64()),
+        (Some(2), Some(1)),
+        "{at_eu:#}"
+    );
+    assert!(x_at_eu["lease"].is_null());
 
     // The owner goes: the lease runs out and, strict, us sends no one to x.
     drop(eu);

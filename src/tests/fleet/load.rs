@@ -1,5 +1,7 @@
 //! Load shared across edges (`geoedge run --nats`): a backend held by one
-//! edge counts against its soft limit at the others.
+//! edge counts against its soft limit at the others, the spill is spread
+//! over the next backends with room, and `geoedge route` shows where the
+//! figures come from.
 
 use geoedge_geoip::sample::sample_address;
 use tokio::io::AsyncWriteExt;
@@ -18,6 +20,29 @@ pub(super) fn german(n: u8) -> IpAddr {
     }
 }
 
+/// `geoedge route` for German client `n` as POP `pop` of the fleet on
+/// `nats`, over the table `db`.
+pub(super) fn route_in_fleet(nats: &str, pop: &str, db: &Path, n: u8) -> serde_json::Value {
+    let out = geoedge()
+        .args(["route", "--nats", nats, "--pop", pop, "--routing-db"])
+        .arg(db)
+        .arg(german(n).to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The candidate `id` of a `geoedge route` answer.
+pub(super) fn candidate<'a>(route: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    route["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {route:#}"))
+}
+
 /// The backend a new German client (`n`) gets through `edge`.
 async fn chosen(edge: &Edge, n: u8) -> Option<String> {
     let mut c = connect_as(edge.addr, german(n)).await;
@@ -33,12 +58,17 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(dir.path(), "");
     let url = nats.url();
-    let (x, y) = (Backend::start("x").await, Backend::start("y").await);
+    let (x, y, z) = (
+        Backend::start("x").await,
+        Backend::start("y").await,
+        Backend::start("z").await,
+    );
     let m = master(dir.path(), "master", &[]);
-    // x is in Germany (soft limit 2), y elsewhere in the region.
+    // x is in Germany (soft limit 2), y and z elsewhere in the region.
     add_backend(&m, "x", "eu", "DE", x.addr, 2, 100);
     add_backend(&m, "y", "eu", "FR", y.addr, 100, 200);
-    assert_eq!(publish(&url, None, &m, "x and y"), 1);
+    add_backend(&m, "z", "eu", "GB", z.addr, 100, 200);
+    assert_eq!(publish(&url, None, &m, "x, y and z"), 1);
     let (a, _) = follower(dir.path(), "a", &url, &m, &[]);
     let (b, _) = follower(dir.path(), "b", &url, &m, &[]);
     installed(&a, 1).await;
@@ -68,8 +98,34 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
     );
     assert_eq!(metric_of(&b, "edge_fleet_load_reporters"), 1.0);
     assert!(metric_of(&b, "edge_fleet_load_report_age_seconds") < 1.5);
-    // At b, x is at its soft limit by the fleet's count: the client spills.
-    assert_eq!(chosen(&b, 2).await.as_deref(), Some("y"));
+    // At b, x is at its soft limit by the fleet's count: the clients
+    // spill, spread over y and z by their headroom.
+    for n in 2..6 {
+        let got = chosen(&b, n).await;
+        assert!(matches!(got.as_deref(), Some("y" | "z")), "{got:?}");
+    }
+    assert_eq!(metric_of(&b, "edge_fleet_spills_spread_total"), 4.0);
+    // geoedge route, as POP b, shows where x's figures come from.
+    let route = route_in_fleet(&url, "b", &m, 6);
+    let x = candidate(&route, "x");
+    assert_eq!(
+        (
+            x["own"].as_u64(),
+            x["remote"].as_u64(),
+            x["global"].as_u64()
+        ),
+        (Some(0), Some(2), Some(2)),
+        "{route:#}"
+    );
+    assert_eq!(x["active"], 2, "scored by the global count");
+    let spread: Vec<&str> = route["spread"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(spread, ["y", "z"], "{route:#}");
+    assert_eq!(route["fleet"]["reporting"], serde_json::json!(["a", "b"]));
 
     // a's clients leave: b sends Germans to x again.
     drop(held);
@@ -79,7 +135,7 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
         || metric_of(&b, "edge_backend_global_connections{backend=\"x\"}") == 0.0,
     )
     .await;
-    assert_eq!(chosen(&b, 3).await.as_deref(), Some("x"));
+    assert_eq!(chosen(&b, 7).await.as_deref(), Some("x"));
 
     // a stops: its last report fades within a second or so.
     drop(a);

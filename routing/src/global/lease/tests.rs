@@ -143,6 +143,35 @@ enum Step {
     Wait { ms: u64 },
 }
 
+#[test]
+fn the_view_says_lease_or_fallback_and_what_is_used() {
+    let (b, _, _) = ids();
+    let t0 = Instant::now();
+    let mut h = Holder::new(Fallback::Share);
+    assert_eq!(h.view(&b, 30, 3, t0), None);
+    assert_eq!(h.try_admit(&b, 30, 3, t0), Admit::Fallback);
+    let fallback = h.view(&b, 30, 3, t0).unwrap();
+    assert_eq!(
+        (fallback.valid, fallback.slots, fallback.used),
+        (false, 10, 1)
+    );
+    let id = h.handle_sent(&b, t0);
+    let lasts = Duration::from_secs(3);
+    assert!(h.handle_grant(&b, id, Grant { slots: 6, lasts }));
+    let t1 = t0 + Duration::from_secs(1);
+    let lease = h.view(&b, 30, 3, t1).unwrap();
+    assert_eq!(
+        lease,
+        LeaseView {
+            valid: true,
+            slots: 6,
+            used: 1,
+            expires_in_ms: 2000
+        }
+    );
+    assert!(!h.view(&b, 30, 3, t0 + lasts).unwrap().valid);
+}
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0..3usize, 0..8u32).prop_map(|(holder, want)| Step::Send { holder, want }),
