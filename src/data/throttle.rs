@@ -145,13 +145,15 @@ mod tests {
     fn many_threads_at_once_log_one_line() {
         let t = Throttle::new(Duration::from_secs(3600));
         let now = Instant::now();
-        let logged: usize = std::thread::scope(|s| {
+        let lines: Vec<u64> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..1000).filter(|_| t.check(now).is_some()).count()))
+                .map(|_| s.spawn(|| (0..1000).filter_map(|_| t.check(now)).collect::<Vec<u64>>()))
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).sum()
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(logged, 1);
-        assert_eq!(t.suppressed.load(Ordering::Relaxed), 3999);
+        assert_eq!(lines.len(), 1);
+        // Occurrences counted by a racing thread before the one line took
+        // the count are reported by that line; none is lost.
+        assert_eq!(lines[0] + t.suppressed.load(Ordering::Relaxed), 3999);
     }
 }
