@@ -637,18 +637,21 @@ async fn until_applied(lab: &Lab, pops: &[&str], revision: u64, why: &str) {
 /// `lab.sh push -m message`, run again while it fails (the cluster
 /// electing leaders after losing or regaining nodes); its output.
 async fn publish_until_it_takes(lab: &Lab, message: &str) -> String {
+    until_it_answers(lab, &["push", "-m", message]).await
+}
+
+/// `lab.sh ARGS` (a command that reads or writes the fleet's buckets), run
+/// again while it fails: right after a node is lost or cut off, the
+/// cluster may still be electing leaders and a request times out. Its
+/// output.
+async fn until_it_answers(lab: &Lab, args: &[&str]) -> String {
     let mut out = None;
     let failures = std::cell::RefCell::new(Vec::new());
     until(
-        || {
-            format!(
-                "no publish of {message:?} succeeded: {:?}",
-                failures.borrow()
-            )
-        },
+        || format!("lab.sh {args:?} never succeeded: {:?}", failures.borrow()),
         Duration::from_secs(90),
         || {
-            let o = lab.run(&["push", "-m", message]);
+            let o = lab.run(args);
             if o.status.success() {
                 out = Some(String::from_utf8_lossy(&o.stdout).into_owned());
                 return true;
@@ -664,7 +667,7 @@ async fn publish_until_it_takes(lab: &Lab, message: &str) -> String {
     let failures = failures.into_inner();
     if !failures.is_empty() {
         eprintln!(
-            "publish {message:?} took after {} failures: {failures:?}",
+            "lab.sh {args:?} succeeded after {} failures: {failures:?}",
             failures.len()
         );
     }
@@ -729,7 +732,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     // One NATS node stopped: publish and follow still work.
     lab.ok(&["nats", "stop", "eu"]);
     sqlite3(&master, undo);
-    let rev = published(&lab.ok(&["push", "-m", "undo, eu's node down"]));
+    // The cluster may be electing leaders in place of eu's node.
+    let rev = published(&publish_until_it_takes(&lab, "undo, eu's node down").await);
     until_applied(&lab, &POPS, rev, "with eu's NATS node down").await;
     for pop in POPS {
         assert_eq!(served(pop), "eu", "GB at {pop} after the undo");
@@ -753,7 +757,7 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
         latest =
             published(&publish_until_it_takes(&lab, &format!("sa-2 soft_limit {limit}")).await);
     }
-    let latest_sha = revision_sha(&lab, latest);
+    let latest_sha = revision_sha(&lab, latest).await;
     until_applied(&lab, &["eu", "us"], latest, "while sa is cut off").await;
     assert!(!applied(&lab, "sa", latest), "sa installed while cut off");
     lab.ok(&["heal", "sa"]);
@@ -777,7 +781,8 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     let t = Instant::now();
     // A rollback to the drain reaches every POP: a new revision with the
     // drain's file.
-    let out = lab.ok(&["rollback", &drained.to_string()]);
+    // Just after the heal sa's node may still be catching up.
+    let out = until_it_answers(&lab, &["rollback", &drained.to_string()]).await;
     let rolled = published(&out);
     assert!(rolled > latest, "{out}");
     until_applied(&lab, &POPS, rolled, "a rollback").await;
@@ -840,8 +845,9 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
 }
 
 /// The sha256 of `revision` as `db log --json` lists it.
-fn revision_sha(lab: &Lab, revision: u64) -> String {
-    let log: serde_json::Value = serde_json::from_str(&lab.ok(&["db", "log", "--json"])).unwrap();
+async fn revision_sha(lab: &Lab, revision: u64) -> String {
+    let log: serde_json::Value =
+        serde_json::from_str(&until_it_answers(lab, &["db", "log", "--json"]).await).unwrap();
     log.as_array()
         .unwrap()
         .iter()
