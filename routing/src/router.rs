@@ -495,11 +495,22 @@ impl Router {
 
     /// The lease slot a client of `backend` needs: `Ok(None)` for this
     /// POP's own backends (or without leases), `Err` when the lease (or
-    /// fallback) of another POP's backend is used up.
+    /// fallback) of another POP's backend is used up, or the fallback share
+    /// of its own while it is quiet after a restart.
     fn lease_for(&self, backend: &Backend, now: Instant) -> Result<Option<LeaseSlot>, ()> {
         match &self.leases {
             Some(gate) if gate.is_remote(backend) => {
                 LeaseSlot::try_new(gate, backend, now).map(Some).ok_or(())
+            }
+            // Just restarted: what this edge lent before may still be in
+            // use; until those leases have run out its own backends take
+            // what the fallback would give a borrower.
+            Some(gate) if gate.quiet(now) => {
+                if gate.admits_own_while_quiet(backend, backend.load.active()) {
+                    Ok(None)
+                } else {
+                    Err(())
+                }
             }
             _ => Ok(None),
         }

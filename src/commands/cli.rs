@@ -117,6 +117,9 @@ pub enum DbCommand {
         /// A POP's user (reads the routing buckets, writes only its own status); without it, the publisher's.
         #[arg(long = "for-pop", value_name = "NAME")]
         for_pop: Option<String>,
+        /// The POP's region (its `--region`; default: NAME): its user answers lease requests for that region's backends.
+        #[arg(long = "pop-region", value_name = "REGION", requires = "for_pop")]
+        pop_region: Option<String>,
     },
 }
 
@@ -347,8 +350,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Status { json }) => {
             crate::commands::fleet::status(&settings()?, *json)
         }
-        Command::Db(DbCommand::NatsUser { seed_file, for_pop }) => {
-            crate::commands::fleet::nats_user(for_pop.as_deref(), seed_file)
+        Command::Db(DbCommand::NatsUser {
+            seed_file,
+            for_pop,
+            pop_region,
+        }) => {
+            crate::commands::fleet::nats_user(for_pop.as_deref(), pop_region.as_deref(), seed_file)
         }
         Command::Run => {
             let (layer, config) = (cli.settings.clone(), cli.config.clone());

@@ -335,10 +335,18 @@ pub fn status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `geoedge db nats-user`.
-pub fn nats_user(pop: Option<&str>, seed_file: &Path) -> anyhow::Result<ExitCode> {
+/// `geoedge db nats-user`: a POP's user (its region defaults to its
+/// name), or the publisher's.
+pub fn nats_user(
+    pop: Option<&str>,
+    region: Option<&str>,
+    seed_file: &Path,
+) -> anyhow::Result<ExitCode> {
     let role = match pop {
-        Some(p) => Role::Pop(p.to_owned()),
+        Some(p) => Role::Pop {
+            name: p.to_owned(),
+            region: region.unwrap_or(p).to_owned(),
+        },
         None => Role::Publisher,
     };
     print!("{}", creds::new_user(&role, FLEET_BUCKET, seed_file)?);

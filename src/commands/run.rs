@@ -112,11 +112,25 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
     // In a fleet, other POPs' backends take clients only within this
     // edge's leases of them (control::fleet::lease).
     if let Some(fleet) = &settings.fleet {
+        let mut gate = LeaseGate::new(
+            PopId::new(&fleet.pop),
+            settings.region.clone(),
+            fleet.lease_fallback,
+        );
+        // An edge that followed the fleet before this start may have lent
+        // its backends' slots in its previous run: they stay quiet until
+        // those leases have run out (one term).
+        if crate::control::fleet::file::record_path(routing_db).exists() {
+            tracing::info!(
+                "restarted in a fleet: for {:?}, until the leases of the previous run have run out, this region's backends take only the lease fallback's share of clients",
+                crate::control::config::defaults::LEASE_TERM
+            );
+            gate = gate.with_quiet_until(
+                std::time::Instant::now() + crate::control::config::defaults::LEASE_TERM,
+            );
+        }
         router = router
-            .with_leases(Arc::new(LeaseGate::new(
-                PopId::new(&fleet.pop),
-                fleet.lease_fallback,
-            )))
+            .with_leases(Arc::new(gate))
             .with_spill_spread(spill_seed());
     }
     let router = Arc::new(router);

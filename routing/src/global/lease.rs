@@ -41,6 +41,9 @@ pub struct Ledger {
     /// By backend, by holder: its leases (slots, until), the newest last;
     /// an older one is kept until it expires.
     lent: HashMap<BackendId, HashMap<PopId, Vec<(u32, Instant)>>>,
+    /// After a restart, until when this owner lends nothing and admits
+    /// none of its own: what its previous run lent is unknown until then.
+    quiet_until: Option<Instant>,
 }
 
 impl Ledger {
@@ -49,7 +52,30 @@ impl Ledger {
         Ledger {
             lease_for,
             lent: HashMap::new(),
+            quiet_until: None,
         }
+    }
+
+    /// The ledger of an owner that may have lent in a previous run (a
+    /// restart at `now`): the leases that run granted are not known, but
+    /// none outlives one term from `now`. Until then this ledger lends
+    /// nothing and admits none of the owner's own clients.
+    pub fn restarted(lease_for: Duration, now: Instant) -> Self {
+        Ledger {
+            quiet_until: Some(now + lease_for),
+            ..Ledger::new(lease_for)
+        }
+    }
+
+    /// The same ledger, quiet until `until` (see [`Ledger::restarted`]).
+    pub fn with_quiet_until(mut self, until: Option<Instant>) -> Self {
+        self.quiet_until = until;
+        self
+    }
+
+    /// Whether it is still quiet after a restart at `now`.
+    pub fn quiet(&self, now: Instant) -> bool {
+        self.quiet_until.is_some_and(|until| now < until)
     }
 
     fn holder_slots(leases: &[(u32, Instant)], now: Instant) -> u32 {
@@ -98,7 +124,11 @@ impl Ledger {
         now: Instant,
     ) -> Grant {
         let others = self.lent_except(backend, Some(from), now);
-        let room = hard.saturating_sub(own).saturating_sub(others);
+        let room = if self.quiet(now) {
+            0
+        } else {
+            hard.saturating_sub(own).saturating_sub(others)
+        };
         let slots = want.min(room);
         let leases = self
             .lent
@@ -141,7 +171,8 @@ impl Ledger {
     /// Whether this POP may admit one more client of its own to `backend`
     /// (limit `hard`) while it holds `own`.
     pub fn may_admit_own(&self, backend: &BackendId, own: u32, hard: u32, now: Instant) -> bool {
-        u64::from(own) + 1 + u64::from(self.lent(backend, now)) <= u64::from(hard)
+        !self.quiet(now)
+            && u64::from(own) + 1 + u64::from(self.lent(backend, now)) <= u64::from(hard)
     }
 
     /// Forgets expired leases.

@@ -7,7 +7,8 @@
 //!   expired leases, keeps [`BackendLoad::lent`] equal to what the ledger
 //!   counts.
 //! - [`LeaseGate`]: a borrowing edge's side: which backends are another
-//!   POP's (the owner of a backend is the POP named after its region), and
+//!   POP's (the owner of a backend is the edge whose region is the
+//!   backend's), and
 //!   the admission of a client to one of them within the lease (or the
 //!   fallback), released when the connection ends.
 //!
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::lease::{Admit, Fallback, Grant, Holder, LeaseView, Ledger};
-use crate::model::{Backend, BackendId, PopId};
+use crate::model::{Backend, BackendId, PopId, RegionId};
 
 /// The owning POP's leases.
 #[derive(Debug)]
@@ -35,10 +36,11 @@ pub struct LeaseOwner {
 }
 
 impl LeaseOwner {
-    /// Lends for `lease_for` at a time.
-    pub fn new(lease_for: Duration) -> Self {
+    /// Lends for `lease_for` at a time; after a restart, nothing until
+    /// `quiet_until` ([`Ledger::restarted`]).
+    pub fn new(lease_for: Duration, quiet_until: Option<Instant>) -> Self {
         LeaseOwner {
-            ledger: Mutex::new(Ledger::new(lease_for)),
+            ledger: Mutex::new(Ledger::new(lease_for).with_quiet_until(quiet_until)),
             lease_for,
         }
     }
@@ -109,8 +111,16 @@ impl LeaseOwner {
 /// A borrowing edge's leases and the admissions they allow.
 #[derive(Debug)]
 pub struct LeaseGate {
-    /// This POP.
+    /// This POP (what its lease requests are signed with).
     own: PopId,
+    /// This edge's region: it owns the backends of this region.
+    region: RegionId,
+    /// After a restart, until when this edge admits clients to its own
+    /// backends only within the fallback (what it lent before is unknown
+    /// until every such lease has run out).
+    quiet_until: Option<Instant>,
+    /// Without a valid lease (or, quiet, to its own backends).
+    fallback: Fallback,
     /// The leases held.
     holder: Mutex<Holder>,
     /// POPs in the fleet (for the fallback share).
@@ -124,10 +134,14 @@ pub struct LeaseGate {
 }
 
 impl LeaseGate {
-    /// The gate of POP `own`, with `fallback` without a valid lease.
-    pub fn new(own: PopId, fallback: Fallback) -> Self {
+    /// The gate of POP `own` in `region`, with `fallback` without a valid
+    /// lease.
+    pub fn new(own: PopId, region: RegionId, fallback: Fallback) -> Self {
         LeaseGate {
             own,
+            region,
+            quiet_until: None,
+            fallback,
             holder: Mutex::new(Holder::new(fallback)),
             pops: AtomicUsize::new(1),
             by_lease: AtomicU64::new(0),
@@ -141,14 +155,53 @@ impl LeaseGate {
         &self.own
     }
 
-    /// The POP that owns `backend`: the one named after its region.
-    pub fn owner_of(backend: &Backend) -> PopId {
-        PopId::new(backend.region.as_str())
+    /// The same gate for an edge that may have lent in a previous run:
+    /// until `until` (one lease term after its start) it admits clients to
+    /// its own backends as if it held no lease of them (`strict`: none;
+    /// `share`: `hard_limit / POPs`).
+    pub fn with_quiet_until(mut self, until: Instant) -> Self {
+        self.quiet_until = Some(until);
+        self
     }
 
-    /// Whether `backend` is another POP's.
+    /// Until when it is quiet after a restart, if it is.
+    pub fn quiet_until(&self) -> Option<Instant> {
+        self.quiet_until
+    }
+
+    /// Whether this edge's own backends are limited to the fallback at
+    /// `now` (quiet after a restart).
+    pub fn quiet(&self, now: Instant) -> bool {
+        self.quiet_until.is_some_and(|until| now < until)
+    }
+
+    /// While quiet, whether one of this edge's own backends may take one
+    /// more client, `own` counted with it: within the fallback share.
+    pub fn admits_own_while_quiet(&self, backend: &Backend, own: u32) -> bool {
+        let share = match self.fallback {
+            Fallback::Strict => 0,
+            Fallback::Share => {
+                backend.hard_limit / u32::try_from(self.pops().max(1)).unwrap_or(u32::MAX)
+            }
+        };
+        own <= share
+    }
+
+    /// This edge's region.
+    pub fn region(&self) -> &RegionId {
+        &self.region
+    }
+
+    /// Whom `backend` belongs to: the edge whose region is the backend's
+    /// (lease requests for it go to that region's subject).
+    pub fn owner_of(backend: &Backend) -> &RegionId {
+        &backend.region
+    }
+
+    /// Whether `backend` is another POP's (of another region than this
+    /// edge's).
     pub fn is_remote(&self, backend: &Backend) -> bool {
-        Self::owner_of(backend) != self.own
+        *Self::owner_of(backend) != self.region
     }
 
     /// Sets how many POPs the fleet has now (this one included).

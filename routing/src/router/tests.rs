@@ -596,3 +596,45 @@ fn a_fleets_spill_is_spread_over_the_next_backends_by_headroom() {
         .spread
         .is_empty());
 }
+
+#[test]
+fn a_restarted_owner_admits_only_the_fallback_to_its_own_backends_for_a_term() {
+    use crate::global::{Fallback, LeaseGate};
+    use crate::model::PopId;
+    let raw = table(vec![
+        backend("own", "eu", Some("GB"), 4, 4),
+        backend("far", "us", Some("US"), 10, 100),
+    ]);
+    let app = AppId::default_app();
+    let l = london();
+    let now = Instant::now();
+    let until = now + Duration::from_secs(3);
+    let gate = |fallback| {
+        let g = LeaseGate::new(PopId::new("lon"), RegionId::new("eu"), fallback)
+            .with_quiet_until(until);
+        g.set_pops(2);
+        Arc::new(g)
+    };
+    // strict: none of its own while quiet; the clients go elsewhere
+    // (here to the fallback of us's backend: strict, none either).
+    let r = router(&raw).with_leases(gate(Fallback::Strict));
+    assert!(r.decide(&req(&app, "198.51.100.1", Some(&l)), now).is_err());
+    // share: hard_limit 4 / 2 POPs = 2 of its own, then the next best.
+    let r = router(&raw).with_leases(gate(Fallback::Share));
+    let held: Vec<Route> = (1..=3)
+        .map(|i| {
+            r.decide(&req(&app, &format!("198.51.100.{i}"), Some(&l)), now)
+                .unwrap()
+        })
+        .collect();
+    let got: Vec<&str> = held.iter().map(|h| h.backend().id.as_str()).collect();
+    assert_eq!(got, ["own", "own", "far"]);
+    // A term later, its own backend takes clients up to its hard limit.
+    let later: Vec<Route> = (4..=5)
+        .map(|i| {
+            r.decide(&req(&app, &format!("198.51.100.{i}"), Some(&l)), until)
+                .unwrap()
+        })
+        .collect();
+    assert!(later.iter().all(|h| h.backend().id.as_str() == "own"));
+}

@@ -72,8 +72,15 @@ pub enum Role {
     /// The operator: publishes revisions (and makes the buckets), and
     /// reads the edges' load reports (`geoedge route`).
     Publisher,
-    /// A POP's edge: reads the buckets, writes its own status key.
-    Pop(String),
+    /// A POP's edge: reads the buckets, writes its own status key and
+    /// load, asks for leases, and answers the lease requests of its
+    /// region's backends.
+    Pop {
+        /// The POP's name (`--pop`).
+        name: String,
+        /// Its region (`--region`).
+        region: String,
+    },
 }
 
 /// The `permissions` block of a user of `role`, for the fleet's `bucket`.
@@ -88,8 +95,8 @@ pub fn permissions(role: &Role, bucket: &str) -> String {
         Role::Publisher => format!(
             r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.CREATE.{kv}", "$JS.API.STREAM.CREATE.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$JS.API.STREAM.PURGE.{obj}", "$KV.{bucket}.>", "$O.{bucket}.>", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>", "geoedge.load.*"] }} }}"#
         ),
-        Role::Pop(pop) => format!(
-            r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$KV.{bucket}.status.{pop}", "geoedge.load.{pop}", "geoedge.lease.*", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>", "geoedge.load.*", "geoedge.lease.{pop}"] }}, allow_responses: true }}"#
+        Role::Pop { name: pop, region } => format!(
+            r#"{{ publish: {{ allow: ["$JS.API.INFO", "$JS.API.STREAM.INFO.{kv}", "$JS.API.STREAM.INFO.{obj}", "$JS.API.STREAM.MSG.GET.{kv}", "$JS.API.STREAM.MSG.GET.{obj}", "$JS.API.DIRECT.GET.{kv}", "$JS.API.DIRECT.GET.{kv}.>", "$JS.API.DIRECT.GET.{obj}", "$JS.API.DIRECT.GET.{obj}.>", "$JS.API.CONSUMER.CREATE.{kv}", "$JS.API.CONSUMER.CREATE.{kv}.>", "$JS.API.CONSUMER.CREATE.{obj}", "$JS.API.CONSUMER.CREATE.{obj}.>", "$JS.API.CONSUMER.DELETE.{kv}.>", "$JS.API.CONSUMER.DELETE.{obj}.>", "$KV.{bucket}.status.{pop}", "geoedge.load.{pop}", "geoedge.lease.*", "$JS.FC.{kv}.>", "$JS.FC.{obj}.>", "$JS.ACK.{kv}.>", "$JS.ACK.{obj}.>"] }}, subscribe: {{ allow: ["_INBOX.>", "geoedge.load.*", "geoedge.lease.{region}"] }}, allow_responses: true }}"#
         ),
     }
 }
@@ -112,7 +119,7 @@ pub fn new_user(role: &Role, bucket: &str, seed_file: &Path) -> anyhow::Result<S
         .with_context(|| format!("writing {}", seed_file.display()))?;
     let who = match role {
         Role::Publisher => "the fleet's publisher".to_owned(),
-        Role::Pop(pop) => format!("POP {pop}"),
+        Role::Pop { name, region } => format!("POP {name} (region {region})"),
     };
     Ok(format!(
         "# {who}: seed in {}\n{{ nkey: \"{}\", permissions: {} }}\n",
@@ -130,7 +137,15 @@ mod tests {
     fn a_new_user_is_a_private_seed_file_and_a_config_entry() {
         let dir = tempfile::tempdir().unwrap();
         let seed = dir.path().join("fra.nk");
-        let entry = new_user(&Role::Pop("fra".into()), "geoedge_routing", &seed).unwrap();
+        let entry = new_user(
+            &Role::Pop {
+                name: "fra".into(),
+                region: "eu".into(),
+            },
+            "geoedge_routing",
+            &seed,
+        )
+        .unwrap();
         let mode = std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(load(&seed).unwrap(), Credentials::Seed(_)));
@@ -143,6 +158,10 @@ mod tests {
             "{entry}"
         );
         assert!(!entry.contains("$KV.geoedge_routing.>"), "{entry}");
+        // Its own load; lease requests for its region's backends.
+        assert!(entry.contains("\"geoedge.load.fra\""), "{entry}");
+        assert!(entry.contains("\"geoedge.lease.eu\""), "{entry}");
+        assert!(!entry.contains("\"geoedge.lease.fra\""), "{entry}");
         // Never overwritten.
         assert!(new_user(&Role::Publisher, "geoedge_routing", &seed).is_err());
     }

@@ -1,7 +1,8 @@
 //! Hard limits across the fleet by lease (`geoedge run --nats`): the NATS
 //! side of [`LeaseOwner`] and [`LeaseGate`]. The owner of a backend is the
-//! POP named after its region; it answers lease requests on core NATS
-//! subject `geoedge.lease.POP` (request and reply), lending what fits
+//! edge whose `--region` is the backend's region; it answers lease
+//! requests on core NATS subject `geoedge.lease.REGION` (request and
+//! reply), lending what fits
 //! beside its own connections. This edge asks the owners of the other
 //! POPs' backends its clients want for slots every [`LEASE_TICK`] while it
 //! uses them (a lease lasts [`LEASE_TERM`] from its request), and admits
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use geoedge_routing::global::{Grant, LeaseGate, LeaseOwner};
-use geoedge_routing::{BackendId, PopId, RoutingTable};
+use geoedge_routing::{BackendId, PopId, RegionId, RoutingTable};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -107,7 +108,7 @@ pub fn spawn(
                 }
             }
         };
-        let owner = Arc::new(LeaseOwner::new(LEASE_TERM));
+        let owner = Arc::new(LeaseOwner::new(LEASE_TERM, gate.quiet_until()));
         loop {
             if let Err(e) = serve(&client, &table, &gate, &owner, &state).await {
                 tracing::warn!("leases: {e:#}");
@@ -124,9 +125,8 @@ async fn serve(
     owner: &Arc<LeaseOwner>,
     state: &Arc<FollowState>,
 ) -> anyhow::Result<()> {
-    let own = gate.own().clone();
     let mut requests = client
-        .subscribe(format!("{LEASE_SUBJECT_PREFIX}{own}"))
+        .subscribe(format!("{LEASE_SUBJECT_PREFIX}{}", gate.region()))
         .await
         .map_err(|e| anyhow::anyhow!("subscribing to lease requests: {e}"))?;
     let mut tick = tokio::time::interval(LEASE_TICK);
@@ -137,7 +137,7 @@ async fn serve(
                 let Some(msg) = msg else { anyhow::bail!("the lease subscription ended") };
                 let Some(reply) = msg.reply else { continue };
                 let answer = match serde_json::from_slice::<LeaseRequest>(&msg.payload) {
-                    Ok(r) => lend(table, owner, &own, &r, Instant::now()),
+                    Ok(r) => lend(table, owner, gate, &r, Instant::now()),
                     Err(e) => {
                         tracing::debug!("ignoring a lease request that does not parse: {e}");
                         continue;
@@ -169,14 +169,14 @@ async fn serve(
 fn lend(
     table: &RoutingTable,
     owner: &LeaseOwner,
-    own: &PopId,
+    gate: &LeaseGate,
     r: &LeaseRequest,
     now: Instant,
 ) -> LeaseReply {
     let snap = table.snapshot();
     let lasts_ms = u64::try_from(LEASE_TERM.as_millis()).unwrap_or(u64::MAX);
     match snap.backend(&r.backend) {
-        Some(b) if LeaseGate::owner_of(b) == *own && r.from != own.as_str() => {
+        Some(b) if !gate.is_remote(b) && r.from != gate.own().as_str() => {
             let g = owner.handle_request(b, &PopId::new(&r.from), r.want, now);
             LeaseReply {
                 slots: g.slots,
@@ -198,7 +198,7 @@ fn ask(
     now: Instant,
 ) {
     let snap = table.snapshot();
-    let due: Vec<(BackendId, u64, u32, PopId)> = gate.with_holder(|h| {
+    let due: Vec<(BackendId, u64, u32, RegionId)> = gate.with_holder(|h| {
         let mut due = Vec::new();
         for id in h.backends() {
             if !h.wants_renewal(&id, LEASE_TERM, now) {
@@ -209,7 +209,7 @@ fn ask(
             };
             let want = h.want(&id, LEASE_MIN_SLOTS);
             let req = h.handle_sent(&id, now);
-            due.push((id, req, want, LeaseGate::owner_of(b)));
+            due.push((id, req, want, LeaseGate::owner_of(b).clone()));
         }
         due
     });

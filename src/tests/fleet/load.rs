@@ -146,3 +146,66 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
     )
     .await;
 }
+
+/// `n` German clients sent at once through `edge` (addresses from
+/// `first`), held open; the backends they got.
+async fn burst(
+    edge: &Edge,
+    first: u8,
+    n: u8,
+) -> (
+    Vec<String>,
+    Vec<tokio::io::BufReader<tokio::net::TcpStream>>,
+) {
+    let conns = futures_util::future::join_all((first..first + n).map(|i| async move {
+        let mut c = connect_as(edge.addr, german(i)).await;
+        let got = greeting(&mut c).await;
+        c.get_mut().write_all(b"hold\n").await.unwrap();
+        (got, c)
+    }))
+    .await;
+    let got = conns
+        .iter()
+        .map(|(g, _)| g.clone().unwrap_or_else(|| "none".into()))
+        .collect();
+    (got, conns.into_iter().map(|(_, c)| c).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_edges_spilling_at_once_split_between_the_next_backends() {
+    if skipped() {
+        return;
+    }
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path(), "");
+    let url = nats.url();
+    let (x, y, z) = (
+        Backend::start("x").await,
+        Backend::start("y").await,
+        Backend::start("z").await,
+    );
+    let m = master(dir.path(), "master", &[]);
+    // For Germans: x in Germany, full (soft limit 0); then y in the
+    // region (France), then z farther (in the US); each with room for 10
+    // under its soft limit.
+    add_backend(&m, "x", "eu", "DE", x.addr, 0, 100);
+    add_backend(&m, "y", "eu", "FR", y.addr, 10, 100);
+    add_backend(&m, "z", "us", "US", z.addr, 10, 100);
+    assert_eq!(publish(&url, None, &m, "x full, y and z"), 1);
+    let (a, _) = follower(dir.path(), "a", &url, &m, &[]);
+    let (b, _) = follower(dir.path(), "b", &url, &m, &[]);
+    installed(&a, 1).await;
+    installed(&b, 1).await;
+
+    // Eight spilled clients at each edge at once. Alone, each edge would
+    // send all of its eight to y (the nearer), 16 for a room of 10; spread
+    // by headroom, y and z share them.
+    let ((got_a, _held_a), (got_b, _held_b)) = tokio::join!(burst(&a, 100, 8), burst(&b, 120, 8));
+    let all: Vec<&String> = got_a.iter().chain(&got_b).collect();
+    let at = |id: &str| all.iter().filter(|g| g.as_str() == id).count();
+    assert_eq!(at("y") + at("z"), 16, "{all:?}");
+    assert!(at("y") >= 1 && at("z") >= 1, "not split: {all:?}");
+    assert_eq!(metric_of(&a, "edge_fleet_spills_spread_total"), 8.0);
+    assert_eq!(metric_of(&b, "edge_fleet_spills_spread_total"), 8.0);
+}

@@ -22,7 +22,7 @@ fn one(region: &str, hard: u32) -> Arc<Backend> {
 fn the_owners_own_clients_and_its_loans_share_the_hard_limit() {
     let x = one("eu", 5);
     let t0 = Instant::now();
-    let owner = LeaseOwner::new(Duration::from_secs(5));
+    let owner = LeaseOwner::new(Duration::from_secs(5), None);
     let (us, sa) = (PopId::new("us"), PopId::new("sa"));
     let mine: Vec<_> = (0..2).map(|_| Reservation::try_new(&x).unwrap()).collect();
     assert_eq!(owner.handle_request(&x, &us, 2, t0).slots, 2);
@@ -51,9 +51,15 @@ fn the_owners_own_clients_and_its_loans_share_the_hard_limit() {
 fn a_remote_backend_admits_within_the_lease_and_its_slots_come_back() {
     let x = one("eu", 10);
     let t0 = Instant::now();
-    let gate = Arc::new(LeaseGate::new(PopId::new("us"), Fallback::Share));
+    let gate = Arc::new(LeaseGate::new(
+        PopId::new("us-a"),
+        RegionId::new("us"),
+        Fallback::Share,
+    ));
     assert!(gate.is_remote(&x));
-    assert!(!LeaseGate::new(PopId::new("eu"), Fallback::Strict).is_remote(&x));
+    assert!(
+        !LeaseGate::new(PopId::new("fra"), RegionId::new("eu"), Fallback::Strict).is_remote(&x)
+    );
     gate.set_pops(3);
     // No lease: the share, 10 / 3.
     let held: Vec<_> = (0..5)

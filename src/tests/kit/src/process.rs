@@ -241,9 +241,9 @@ impl Drop for Edge {
     }
 }
 
-/// `geoedge run` on 127.0.0.1:0 for the routing.db `db`, in region `eu`,
-/// trusting PROXY headers from loopback and sending PROXY v1 to backends,
-/// then `extra`.
+/// `geoedge run` on 127.0.0.1:0 for the routing.db `db`, in region `eu`
+/// (unless `extra` gives `--region`), trusting PROXY headers from loopback
+/// and sending PROXY v1 to backends, then `extra`.
 pub fn edge_args<'a>(db: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
@@ -251,15 +251,18 @@ pub fn edge_args<'a>(db: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         "127.0.0.1:0",
         "--routing-db",
         db.to_str().unwrap(),
-        "--region",
-        "eu",
+    ];
+    if !extra.contains(&"--region") {
+        args.extend_from_slice(&["--region", "eu"]);
+    }
+    args.extend_from_slice(&[
         "--proxy-protocol-from",
         "127.0.0.0/8",
         "--send-proxy-protocol",
         "v1",
         "--metrics-listen",
         "127.0.0.1:0",
-    ];
+    ]);
     args.extend_from_slice(extra);
     args
 }
