@@ -5,7 +5,7 @@
 
 use tokio::io::AsyncWriteExt;
 
-use super::load::{candidate, german, route_in_fleet};
+use super::load::{candidate, german, route_in_fleet, Fleet};
 use super::*;
 
 /// A German client `n` through `edge`, held open; the backend it got.
@@ -22,27 +22,15 @@ async fn a_backend_never_holds_more_than_its_hard_limit_across_the_fleet() {
         return;
     }
     let _heavy = HEAVY.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path(), "");
-    let url = nats.url();
-    let (x, y) = (Backend::start("x").await, Backend::start("y").await);
-    let m = master(dir.path(), "master", &[]);
     // x is in region eu, hard limit 3: the eu edge's; y is in us.
-    add_backend(&m, "x", "eu", "DE", x.addr, 3, 3);
-    add_backend(&m, "y", "us", "US", y.addr, 100, 100);
-    assert_eq!(publish(&url, None, &m, "x and y"), 1);
+    let fleet = Fleet::start(&[("x", "eu", "DE", 3, 3), ("y", "us", "US", 100, 100)]).await;
+    let (url, m) = (&fleet.url, &fleet.master);
     // The POPs are named apart from their regions: what makes x the
     // first edge's is its --region. (Both place Germans in eu.)
-    let (eu, _) = follower(dir.path(), "fra", &url, &m, &[]);
-    let (us, _) = follower(
-        dir.path(),
-        "iad",
-        &url,
-        &m,
-        &["--region", "us", "--lease-fallback", "strict"],
-    );
-    installed(&eu, 1).await;
-    installed(&us, 1).await;
+    let eu = fleet.edge("fra", &[]).await;
+    let us = fleet
+        .edge("iad", &["--region", "us", "--lease-fallback", "strict"])
+        .await;
 
     // The owner's own two clients.
     let (a, _a) = hold(&eu, 10).await;
@@ -71,7 +59,7 @@ async fn a_backend_never_holds_more_than_its_hard_limit_across_the_fleet() {
     assert!(metric_of(&us, "edge_fleet_lease_requests_total{result=\"partial\"}") >= 1.0);
     // geoedge route shows each POP's side: us holds 1 of x by lease, eu
     // lent it, and both see 3 connections to x in the fleet.
-    let at_us = route_in_fleet(&url, "iad", &m, 30);
+    let at_us = route_in_fleet(url, "iad", m, 30);
     let x_at_us = candidate(&at_us, "x");
     assert_eq!(x_at_us["global"], 3, "{at_us:#}");
     assert_eq!(
@@ -86,7 +74,7 @@ async fn a_backend_never_holds_more_than_its_hard_limit_across_the_fleet() {
         ),
         (Some(1), Some(1))
     );
-    let at_eu = route_in_fleet(&url, "fra", &m, 31);
+    let at_eu = route_in_fleet(url, "fra", m, 31);
     let x_at_eu = candidate(&at_eu, "x");
     assert_eq!(
         (x_at_eu["own"].as_u64(), x_at_eu["lent"].as_u64()),

@@ -43,6 +43,55 @@ pub(super) fn candidate<'a>(route: &'a serde_json::Value, id: &str) -> &'a serde
         .unwrap_or_else(|| panic!("no {id} in {route:#}"))
 }
 
+/// A backend of a [`Fleet`]: id, region, country, soft and hard limits.
+pub(super) type BackendSpec = (&'static str, &'static str, &'static str, u32, u32);
+
+/// A fleet on one nats-server: its backends started and published as
+/// revision 1 of the master table.
+pub(super) struct Fleet {
+    /// The NATS server's URL.
+    pub url: String,
+    /// The master routing.db.
+    pub master: PathBuf,
+    /// The backends, kept running.
+    _backends: Vec<Backend>,
+    /// The server.
+    _nats: NatsServer,
+    /// Everything on disk (removed last).
+    pub dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub(super) async fn start(backends: &[BackendSpec]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsServer::start(dir.path(), "");
+        let url = nats.url();
+        let master = master(dir.path(), "master", &[]);
+        let mut running = Vec::new();
+        for (id, region, country, soft, hard) in backends {
+            let b = Backend::start(id).await;
+            add_backend(&master, id, region, country, b.addr, *soft, *hard);
+            running.push(b);
+        }
+        assert_eq!(publish(&url, None, &master, "the fleet's backends"), 1);
+        Fleet {
+            url,
+            master,
+            _backends: running,
+            _nats: nats,
+            dir,
+        }
+    }
+
+    /// An edge of POP `pop` (with `extra` settings) that installed
+    /// revision 1.
+    pub(super) async fn edge(&self, pop: &str, extra: &[&str]) -> Edge {
+        let (edge, _) = follower(self.dir.path(), pop, &self.url, &self.master, extra);
+        installed(&edge, 1).await;
+        edge
+    }
+}
+
 /// The backend a new German client (`n`) gets through `edge`.
 async fn chosen(edge: &Edge, n: u8) -> Option<String> {
     let mut c = connect_as(edge.addr, german(n)).await;
@@ -55,24 +104,16 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
         return;
     }
     let _heavy = HEAVY.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path(), "");
-    let url = nats.url();
-    let (x, y, z) = (
-        Backend::start("x").await,
-        Backend::start("y").await,
-        Backend::start("z").await,
-    );
-    let m = master(dir.path(), "master", &[]);
     // x is in Germany (soft limit 2), y and z elsewhere in the region.
-    add_backend(&m, "x", "eu", "DE", x.addr, 2, 100);
-    add_backend(&m, "y", "eu", "FR", y.addr, 100, 200);
-    add_backend(&m, "z", "eu", "GB", z.addr, 100, 200);
-    assert_eq!(publish(&url, None, &m, "x, y and z"), 1);
-    let (a, _) = follower(dir.path(), "a", &url, &m, &[]);
-    let (b, _) = follower(dir.path(), "b", &url, &m, &[]);
-    installed(&a, 1).await;
-    installed(&b, 1).await;
+    let fleet = Fleet::start(&[
+        ("x", "eu", "DE", 2, 100),
+        ("y", "eu", "FR", 100, 200),
+        ("z", "eu", "GB", 100, 200),
+    ])
+    .await;
+    let (url, m) = (&fleet.url, &fleet.master);
+    let a = fleet.edge("a", &[]).await;
+    let b = fleet.edge("b", &[]).await;
     assert_eq!(chosen(&b, 1).await.as_deref(), Some("x"));
 
     // Two clients held on x through edge a.
@@ -106,7 +147,7 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
     }
     assert_eq!(metric_of(&b, "edge_fleet_spills_spread_total"), 4.0);
     // geoedge route, as POP b, shows where x's figures come from.
-    let route = route_in_fleet(&url, "b", &m, 6);
+    let route = route_in_fleet(url, "b", m, 6);
     let x = candidate(&route, "x");
     assert_eq!(
         (
@@ -177,26 +218,17 @@ async fn two_edges_spilling_at_once_split_between_the_next_backends() {
         return;
     }
     let _heavy = HEAVY.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path(), "");
-    let url = nats.url();
-    let (x, y, z) = (
-        Backend::start("x").await,
-        Backend::start("y").await,
-        Backend::start("z").await,
-    );
-    let m = master(dir.path(), "master", &[]);
     // For Germans: x in Germany, full (soft limit 0); then y in the
     // region (France), then z farther (in the US); each with room for 10
     // under its soft limit.
-    add_backend(&m, "x", "eu", "DE", x.addr, 0, 100);
-    add_backend(&m, "y", "eu", "FR", y.addr, 10, 100);
-    add_backend(&m, "z", "us", "US", z.addr, 10, 100);
-    assert_eq!(publish(&url, None, &m, "x full, y and z"), 1);
-    let (a, _) = follower(dir.path(), "a", &url, &m, &[]);
-    let (b, _) = follower(dir.path(), "b", &url, &m, &[]);
-    installed(&a, 1).await;
-    installed(&b, 1).await;
+    let fleet = Fleet::start(&[
+        ("x", "eu", "DE", 0, 100),
+        ("y", "eu", "FR", 10, 100),
+        ("z", "us", "US", 10, 100),
+    ])
+    .await;
+    let a = fleet.edge("a", &[]).await;
+    let b = fleet.edge("b", &[]).await;
 
     // Eight spilled clients at each edge at once. Alone, each edge would
     // send all of its eight to y (the nearer), 16 for a room of 10; spread
