@@ -203,12 +203,31 @@ impl BackendLoad {
         &self.connect
     }
 
-    /// Takes one slot if fewer than `hard_limit` are held. Atomic, so a
-    /// burst of concurrent callers never exceeds the limit.
+    /// The other edges' reported connections beyond the slots this edge
+    /// lent them (0 without a fleet): connections no lease of this edge's
+    /// accounts for, such as those a cut-off edge admitted within its
+    /// fallback, or, at a borrowing edge, the owner's own and the other
+    /// borrowers'.
+    pub fn unlent_remote(&self) -> u32 {
+        self.remote().saturating_sub(self.lent())
+    }
+
+    /// What counts against the hard limit here: this edge's reservations
+    /// (its connections and the slots it lent) and the other edges'
+    /// connections beyond those slots ([`Self::unlent_remote`]).
+    pub fn held(&self) -> u32 {
+        self.reserved().saturating_add(self.unlent_remote())
+    }
+
+    /// Takes one slot if fewer than `hard_limit` are held, the other
+    /// edges' unlent connections counted ([`Self::held`]). Atomic on this
+    /// edge's count, so a burst of concurrent callers never exceeds the
+    /// limit.
     pub fn try_acquire(&self, hard_limit: u32) -> bool {
+        let others = u64::from(self.unlent_remote());
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
-                (a < hard_limit).then_some(a + 1)
+                (u64::from(a) + others < u64::from(hard_limit)).then_some(a + 1)
             })
             .is_ok()
     }

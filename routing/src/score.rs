@@ -252,7 +252,7 @@ fn scan<'a>(
     best: &mut Option<Score>,
 ) {
     for h in members {
-        if h.load.reserved() >= h.hard_limit || !h.load.health().admits(now) {
+        if h.load.held() >= h.hard_limit || !h.load.health().admits(now) {
             continue;
         }
         let active = h.load.global(h.load.active());
@@ -332,7 +332,7 @@ pub fn spill_window(
     let mut top: [Option<Score>; SPILL_WIDTH] = [None; SPILL_WIDTH];
     let mut nearest_full: Option<Score> = None;
     for h in &view.hot {
-        if h.load.reserved() >= h.hard_limit || !h.load.health().admits(now) {
+        if h.load.held() >= h.hard_limit || !h.load.health().admits(now) {
             continue;
         }
         if !exclude.is_empty() && exclude.contains(&snapshot.backends[h.index as usize].id) {
@@ -440,7 +440,7 @@ pub fn rank(
                 Some(WhyNot::Down)
             } else if b.load.health().is_ejected() {
                 Some(WhyNot::Ejected)
-            } else if b.load.reserved() >= b.hard_limit {
+            } else if b.load.held() >= b.hard_limit {
                 Some(WhyNot::AtHardLimit)
             } else if exclude.contains(&b.id) {
                 Some(WhyNot::Excluded)

@@ -315,7 +315,7 @@ proptest! {
 }
 
 #[test]
-fn the_fleets_load_reaches_the_soft_limit_and_only_own_connections_the_hard_one() {
+fn the_fleets_load_reaches_the_soft_limit_and_unlent_remote_connections_the_hard_one() {
     let s = snap(vec![
         backend("gb", "eu", Some("GB"), 10, 20),
         backend("de", "eu", Some("DE"), 10, 20),
@@ -326,14 +326,25 @@ fn the_fleets_load_reaches_the_soft_limit_and_only_own_connections_the_hard_one(
     s.backend("gb").unwrap().load.set_remote(10);
     assert_eq!(pick(&s, Some(&london()), "eu").as_deref(), Some("de"));
     // de over soft by the fleet too: proximity decides again.
-    s.backend("de").unwrap().load.set_remote(30);
+    s.backend("de").unwrap().load.set_remote(15);
     assert_eq!(pick(&s, Some(&london()), "eu").as_deref(), Some("gb"));
     let view = s.app("default").unwrap();
     let p = Placement::new(&s, Some(&london()), s.region_index("eu"));
     let ranked = rank(&s, view, &p, &[]);
-    assert!(
-        ranked.iter().all(|r| r.why_not.is_none()),
-        "remote load is no hard limit"
-    );
+    assert!(ranked.iter().all(|r| r.why_not.is_none()));
     assert_eq!(ranked[0].score.active, 10);
+    // The others' connections that no slot lent by this edge accounts for
+    // count against the hard limit: at 20, gb takes no more clients.
+    let gb = &s.backend("gb").unwrap().load;
+    gb.set_remote(20);
+    assert_eq!(pick(&s, Some(&london()), "eu").as_deref(), Some("de"));
+    assert!(!gb.try_acquire(20));
+    // Those within slots it lent do not count twice.
+    assert!(gb.lend(5, 20));
+    gb.set_remote(20);
+    assert_eq!((gb.unlent_remote(), gb.held()), (15, 20));
+    gb.unlend(5);
+    gb.set_remote(19);
+    assert!(gb.try_acquire(20));
+    assert!(!gb.try_acquire(20));
 }

@@ -229,6 +229,19 @@ async fn two_edges_spilling_at_once_split_between_the_next_backends() {
     .await;
     let a = fleet.edge("a", &[]).await;
     let b = fleet.edge("b", &[]).await;
+    // z's owner, and a lease of z at a and b: a spilled client that
+    // draws z asks for one (and meanwhile goes to y).
+    let _us = fleet.edge("us", &["--region", "us"]).await;
+    for (edge, from) in [(&a, 140u8), (&b, 190u8)] {
+        let mut n = from;
+        while metric_of(edge, "edge_fleet_lease_slots") < 1.0 {
+            assert!(n < from + 50, "no lease of z: {}", edge.log().join("\n"));
+            let got = chosen(edge, n).await;
+            assert!(matches!(got.as_deref(), Some("y" | "z")), "{got:?}");
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 
     // Eight spilled clients at each edge at once. Alone, each edge would
     // send all of its eight to y (the nearer), 16 for a room of 10; spread
@@ -238,6 +251,6 @@ async fn two_edges_spilling_at_once_split_between_the_next_backends() {
     let at = |id: &str| all.iter().filter(|g| g.as_str() == id).count();
     assert_eq!(at("y") + at("z"), 16, "{all:?}");
     assert!(at("y") >= 1 && at("z") >= 1, "not split: {all:?}");
-    assert_eq!(metric_of(&a, "edge_fleet_spills_spread_total"), 8.0);
-    assert_eq!(metric_of(&b, "edge_fleet_spills_spread_total"), 8.0);
+    assert!(metric_of(&a, "edge_fleet_spills_spread_total") >= 8.0);
+    assert!(metric_of(&b, "edge_fleet_spills_spread_total") >= 8.0);
 }

@@ -603,6 +603,11 @@ async fn leases_hold_a_backend_to_its_hard_limit_across_three_pops() {
     for pop in ["us", "sa"] {
         until_up(&lab, pop).await;
     }
+    // Restarted with a revision installed, each owner gives its own
+    // backends only the fallback (with strict: none) for one lease term
+    // (3 s from its start), until what it lent before has run out
+    // (docs/routing.md): its clients would find no backend yet.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     backend.mark();
     held.extend(send(
         &lab,
