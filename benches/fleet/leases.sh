@@ -31,7 +31,7 @@ make_db "$work/master.db" "
     ('eu-lhr-1', 'eu', 'GB', ${BACKEND_PORT[eu-lhr-1]}, 1000, 1000),
     ('us-iad-1', 'us', 'US', ${BACKEND_PORT[us-iad-1]}, 1000, 1000),
     ('sa-gru-1', 'sa', 'BR', ${BACKEND_PORT[sa-gru-1]}, 1000, 1000)"
-"$GEOEDGE" db publish --nats "$NATS_URL" "$work/master.db" >/dev/null 2>&1
+publish "$work/master.db"
 start_edges "$work/master.db" --nats "$NATS_URL"
 wait_fleet
 

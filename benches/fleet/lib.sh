@@ -5,7 +5,8 @@
 # of every process started here on exit, failure or Ctrl-C.
 #
 # Needs nats-server (2.10 or later) on the PATH, sqlite3, curl, python3.
-# GEOEDGE=/path/to/geoedge uses that build instead of building one.
+# GEOEDGE=/path/to/geoedge uses that build instead of building one;
+# KEEP_WORK=1 keeps the temporary directory (logs, routing.db) on exit.
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -94,6 +95,12 @@ make_db() {
         SELECT column1, column2, column3, '127.0.0.1', column4, column5, column6
         FROM (VALUES $rows);"
     "$GEOEDGE" db check "$db" >/dev/null
+}
+
+# publish DB: `geoedge db publish` of DB to the NATS server.
+publish() {
+    "$GEOEDGE" db publish --nats "$NATS_URL" "$1" >"$work/publish.log" 2>&1 ||
+        { cat "$work/publish.log" >&2; return 1; }
 }
 
 # start_edges MASTER [ARGS...]: the three edges (stop_edges stops them),

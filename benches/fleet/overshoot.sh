@@ -47,7 +47,7 @@ make_db "$work/master.db" "
     ('eu-fra-1', 'eu', 'DE', ${BACKEND_PORT[eu-fra-1]}, 1000, 1000),
     ('us-iad-1', 'us', 'US', ${BACKEND_PORT[us-iad-1]}, 1000, 1000),
     ('sa-gru-1', 'sa', 'BR', ${BACKEND_PORT[sa-gru-1]}, 1000, 1000)"
-"$GEOEDGE" db publish --nats "$NATS_URL" "$work/master.db" >/dev/null 2>&1
+publish "$work/master.db"
 
 # Every client's connection closed at the backends.
 backends_idle() {
