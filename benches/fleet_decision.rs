@@ -86,7 +86,11 @@ fn cases(n: usize, london: Location) -> Vec<Case> {
     // A gate of POP `pop` holding a valid lease of every other POP's
     // backend.
     let leased = |t: &Arc<RoutingTable>, pop: &str, now: Instant| {
-        let gate = Arc::new(LeaseGate::new(PopId::new(pop), Fallback::Share));
+        let gate = Arc::new(LeaseGate::new(
+            PopId::new(pop),
+            RegionId::new(pop),
+            Fallback::Share,
+        ));
         gate.set_pops(4);
         for b in t.snapshot().backends.iter() {
             if gate.is_remote(b) {
