@@ -19,7 +19,7 @@ use geoedge_geoip::Location;
 
 use crate::bindings::{BindingConfig, BindingKey, Bindings};
 use crate::connect::ConnectFailure;
-use crate::global::{spill, LeaseGate, LeaseSlot};
+use crate::global::{spill, Admit, LeaseGate, LeaseSlot};
 use crate::health::{CheckStats, HealthChange, HealthConfig, HealthState};
 use crate::model::{AppId, Backend, BackendId, RegionId};
 use crate::score::{self, Placement, Ranked, Tier, WhyNot};
@@ -119,6 +119,10 @@ pub struct Route {
     /// edge's lease (or fallback) the client holds; given back when
     /// dropped.
     pub lease: Option<LeaseSlot>,
+    /// A better backend was left out because this edge is still asking
+    /// its owner for a lease of it: the caller may give the route back,
+    /// wait a moment for the lease, and decide again.
+    pub lease_pending: bool,
 }
 
 impl Route {
@@ -422,26 +426,38 @@ impl Router {
         }
         let local = snap.region_index(self.local_region.as_str());
         let placement = Placement::new(&snap, req.location, local);
-        // Backends whose lease is used up, after those already tried;
-        // allocated only when one is.
-        let mut skipped: Vec<BackendId> = Vec::new();
-        // A lost race for a backend's last slot just moves on to the next best.
-        for _ in 0..=view.candidates.len() {
-            let exclude = if skipped.is_empty() {
-                req.exclude
-            } else {
-                &skipped
-            };
-            let Some(best) = score::best(&snap, view, &placement, exclude, now) else {
+        // A first pass leaves out other POPs' backends this edge is still
+        // asking a lease of; when nothing else takes the client, a second
+        // admits it there within the fallback.
+        let mut waiting = false;
+        for last_resort in [false, true] {
+            if last_resort && !waiting {
                 break;
-            };
-            let best = self.spread_spill(&snap, view, &placement, exclude, best, now);
-            let backend = &snap.backends[best.index as usize];
-            if let Some(reservation) = Reservation::try_new(backend) {
-                let lease = match self.lease_for(backend, now) {
+            }
+            // Backends whose lease is used up, after those already tried;
+            // allocated only when one is.
+            let mut skipped: Vec<BackendId> = Vec::new();
+            // A lost race for a backend's last slot just moves on to the
+            // next best.
+            for _ in 0..=view.candidates.len() {
+                let exclude = if skipped.is_empty() {
+                    req.exclude
+                } else {
+                    &skipped
+                };
+                let Some(best) = score::best(&snap, view, &placement, exclude, now) else {
+                    break;
+                };
+                let best = self.spread_spill(&snap, view, &placement, exclude, best, now);
+                let backend = &snap.backends[best.index as usize];
+                let Some(reservation) = Reservation::try_new(backend) else {
+                    continue;
+                };
+                let lease = match self.lease_for(backend, now, last_resort) {
                     Ok(lease) => lease,
-                    Err(()) => {
-                        // This edge's lease of it is used up: the next best.
+                    Err(why) => {
+                        // No slot of it for this edge now: the next best.
+                        waiting |= why == Admit::Waiting;
                         drop(reservation);
                         if skipped.is_empty() {
                             skipped.extend_from_slice(req.exclude);
@@ -455,13 +471,19 @@ impl Router {
                     drop(reservation);
                     continue;
                 }
-                self.bindings.bind(key, backend.id.clone(), now);
+                // A client that had to leave out a better backend for want
+                // of its lease is not bound to this one: once the lease is
+                // there, it goes to the better one.
+                if !waiting {
+                    self.bindings.bind(key, backend.id.clone(), now);
+                }
                 let kind = DecisionKind::from(best.tier);
                 self.stats.record(kind);
                 return Ok(Route {
                     reservation,
                     kind,
                     lease,
+                    lease_pending: waiting,
                 });
             }
         }
@@ -485,22 +507,30 @@ impl Router {
             return None;
         }
         let reservation = Reservation::try_new(backend)?;
-        let lease = self.lease_for(backend, now).ok()?;
+        let lease = self.lease_for(backend, now, false).ok()?;
         Some(Route {
             reservation,
             kind: DecisionKind::Sticky,
             lease,
+            lease_pending: false,
         })
     }
 
     /// The lease slot a client of `backend` needs: `Ok(None)` for this
-    /// POP's own backends (or without leases), `Err` when the lease (or
-    /// fallback) of another POP's backend is used up, or the fallback share
-    /// of its own while it is quiet after a restart.
-    fn lease_for(&self, backend: &Backend, now: Instant) -> Result<Option<LeaseSlot>, ()> {
+    /// POP's own backends (or without leases); for another POP's, a slot
+    /// of the lease, or of the fallback when its owner is silent (or, as a
+    /// `last_resort`, while it is asked); refused when there is no room
+    /// or a lease is being asked for ([`Admit::Waiting`]), and for its own
+    /// beyond the fallback share while it is quiet after a restart.
+    fn lease_for(
+        &self,
+        backend: &Backend,
+        now: Instant,
+        last_resort: bool,
+    ) -> Result<Option<LeaseSlot>, Admit> {
         match &self.leases {
             Some(gate) if gate.is_remote(backend) => {
-                LeaseSlot::try_new(gate, backend, now).map(Some).ok_or(())
+                LeaseSlot::try_new(gate, backend, now, last_resort).map(Some)
             }
             // Just restarted: what this edge lent before may still be in
             // use; until those leases have run out its own backends take
@@ -509,7 +539,7 @@ impl Router {
                 if gate.admits_own_while_quiet(backend, backend.load.active()) {
                     Ok(None)
                 } else {
-                    Err(())
+                    Err(Admit::Full)
                 }
             }
             _ => Ok(None),

@@ -145,6 +145,9 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         conns: Default::default(),
         failures: FailureLog::default(),
         limit: Arc::new(ConnLimit::new(max_connections)),
+        lease_wait: Arc::new(crate::data::lease_wait::LeaseWait::new(
+            crate::control::config::defaults::LEASE_WAIT,
+        )),
     });
     Ok(Edge {
         proxy,
@@ -420,6 +423,7 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
                     fleet.clone(),
                     Arc::clone(edge.proxy.router.table()),
                     gate,
+                    Arc::clone(&edge.proxy.lease_wait),
                     Arc::clone(&state),
                 )
             });

@@ -162,6 +162,9 @@ pub struct Proxy<D, P = Relay> {
     /// The global connection limit (shared by every worker) and the
     /// accept error counts.
     pub limit: Arc<ConnLimit>,
+    /// A client's short wait for a lease of another POP's backend (a
+    /// fleet); unused without one.
+    pub lease_wait: Arc<crate::data::lease_wait::LeaseWait>,
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {

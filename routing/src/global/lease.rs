@@ -215,14 +215,19 @@ pub enum Admit {
     Fallback,
     /// Refused: the lease (or the fallback) is used up.
     Full,
+    /// Refused for now: no valid lease, and the owner, not known to be
+    /// unreachable, is being asked for one.
+    Waiting,
 }
 
 /// What a borrowing edge holds of one backend, for display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseView {
-    /// `true` while a lease is valid; `false`: the fallback applies.
+    /// `true` while a lease is valid; `false`: none (the fallback applies
+    /// once the owner is silent).
     pub valid: bool,
-    /// Slots of the lease, or of the fallback share without one.
+    /// Slots of the lease; without one, of the fallback share when the
+    /// owner is silent, else 0 (a lease is being asked for).
     pub slots: u32,
     /// Clients admitted and not yet released.
     pub used: u32,
@@ -248,6 +253,10 @@ struct Held {
     pending: Vec<(u64, Instant)>,
     /// A client wanted a slot the lease did not have (ask for one).
     wanted: bool,
+    /// The owner left the last request unanswered (or none could be
+    /// sent): it is unreachable, and without a lease the fallback applies.
+    /// Until then a client without a lease waits for the owner's answer.
+    silent: bool,
 }
 
 /// A borrowing edge's leases.
@@ -301,6 +310,7 @@ impl Holder {
             return false;
         }
         h.answered = id;
+        h.silent = false;
         h.slots = grant.slots;
         h.until = Some(sent + grant.lasts);
         true
@@ -312,6 +322,7 @@ impl Holder {
         if let Some(h) = self.held.get_mut(backend) {
             h.pending.retain(|(p, _)| *p != id);
             h.wanted = true;
+            h.silent = true;
         }
     }
 
@@ -352,7 +363,11 @@ impl Holder {
             },
             _ => LeaseView {
                 valid: false,
-                slots: self.fallback_share(hard, pops),
+                slots: if h.silent {
+                    self.fallback_share(hard, pops)
+                } else {
+                    0
+                },
                 used: h.used,
                 expires_in_ms: 0,
             },
@@ -372,14 +387,18 @@ impl Holder {
     }
 
     /// Admits one client to `backend` (limit `hard`, `pops` POPs in the
-    /// fleet) at `now` if the lease, or without one the fallback, has
-    /// room.
+    /// fleet) at `now` if the lease has room, or, without a valid lease and
+    /// the owner silent, the fallback. Without a lease from an owner not
+    /// known to be silent, the client waits ([`Admit::Waiting`]: a lease
+    /// is wanted) unless it is a `last_resort` (no other backend would
+    /// take it): then the fallback applies as well.
     pub fn try_admit(
         &mut self,
         backend: &BackendId,
         hard: u32,
         pops: usize,
         now: Instant,
+        last_resort: bool,
     ) -> Admit {
         let share = self.fallback_share(hard, pops);
         let h = self.held.entry(backend.clone()).or_default();
@@ -395,11 +414,13 @@ impl Holder {
             }
             _ => {
                 h.wanted = true;
-                if h.used < share {
+                if (h.silent || last_resort) && h.used < share {
                     h.used += 1;
                     Admit::Fallback
-                } else {
+                } else if h.silent || last_resort {
                     Admit::Full
+                } else {
+                    Admit::Waiting
                 }
             }
         }

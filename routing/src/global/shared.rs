@@ -131,6 +131,8 @@ pub struct LeaseGate {
     pub by_fallback: AtomicU64,
     /// Clients refused for want of a slot.
     pub refused: AtomicU64,
+    /// Clients that found no lease yet, its owner being asked.
+    pub waiting: AtomicU64,
 }
 
 impl LeaseGate {
@@ -147,6 +149,7 @@ impl LeaseGate {
             by_lease: AtomicU64::new(0),
             by_fallback: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
         }
     }
 
@@ -215,16 +218,21 @@ impl LeaseGate {
     }
 
     /// Admits one client to the remote `backend` within the lease or the
-    /// fallback; the slot goes back with [`LeaseGate::release`].
-    pub fn try_admit(&self, backend: &Backend, now: Instant) -> Admit {
-        let admit = self
-            .holder
-            .lock()
-            .try_admit(&backend.id, backend.hard_limit, self.pops(), now);
+    /// fallback ([`Holder::try_admit`]); the slot goes back with
+    /// [`LeaseGate::release`].
+    pub fn try_admit(&self, backend: &Backend, now: Instant, last_resort: bool) -> Admit {
+        let admit = self.holder.lock().try_admit(
+            &backend.id,
+            backend.hard_limit,
+            self.pops(),
+            now,
+            last_resort,
+        );
         match admit {
             Admit::Lease => &self.by_lease,
             Admit::Fallback => &self.by_fallback,
             Admit::Full => &self.refused,
+            Admit::Waiting => &self.waiting,
         }
         .fetch_add(1, Ordering::Relaxed);
         admit
@@ -260,12 +268,18 @@ pub struct LeaseSlot {
 }
 
 impl LeaseSlot {
-    /// Admits a client to the remote `backend` through `gate`; `None` when
-    /// the lease (or the fallback) is full.
-    pub fn try_new(gate: &Arc<LeaseGate>, backend: &Backend, now: Instant) -> Option<Self> {
-        match gate.try_admit(backend, now) {
-            Admit::Full => None,
-            Admit::Lease | Admit::Fallback => Some(LeaseSlot {
+    /// Admits a client to the remote `backend` through `gate`
+    /// ([`LeaseGate::try_admit`]); the refusal when the lease (or the
+    /// fallback) has no room or a lease is being waited for.
+    pub fn try_new(
+        gate: &Arc<LeaseGate>,
+        backend: &Backend,
+        now: Instant,
+        last_resort: bool,
+    ) -> Result<Self, Admit> {
+        match gate.try_admit(backend, now, last_resort) {
+            refused @ (Admit::Full | Admit::Waiting) => Err(refused),
+            Admit::Lease | Admit::Fallback => Ok(LeaseSlot {
                 gate: Arc::clone(gate),
                 backend: backend.id.clone(),
             }),

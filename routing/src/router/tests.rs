@@ -613,6 +613,10 @@ fn a_restarted_owner_admits_only_the_fallback_to_its_own_backends_for_a_term() {
         let g = LeaseGate::new(PopId::new("lon"), RegionId::new("eu"), fallback)
             .with_quiet_until(until);
         g.set_pops(2);
+        // us's edge does not answer: its backend takes the fallback too.
+        let far = BackendId::new("far");
+        let id = g.with_holder(|h| h.handle_sent(&far, now));
+        g.with_holder(|h| h.handle_unanswered(&far, id));
         Arc::new(g)
     };
     // strict: none of its own while quiet; the clients go elsewhere
@@ -637,4 +641,58 @@ fn a_restarted_owner_admits_only_the_fallback_to_its_own_backends_for_a_term() {
         })
         .collect();
     assert!(later.iter().all(|h| h.backend().id.as_str() == "own"));
+}
+
+#[test]
+fn a_backend_whose_lease_is_asked_for_is_left_out_unless_nothing_else_takes_the_client() {
+    use crate::global::{Fallback, Grant, LeaseGate};
+    use crate::model::PopId;
+    let raw = table(vec![
+        backend("far", "us", Some("US"), 10, 30),
+        backend("own", "eu", Some("FR"), 10, 30),
+    ]);
+    let app = AppId::default_app();
+    let ny = Location {
+        country: Some(CountryCode::parse("US").unwrap()),
+        continent: None,
+        subdivision: None,
+        point: GeoPoint::new(40.7, -74.0),
+    };
+    let now = Instant::now();
+    let gate = Arc::new(LeaseGate::new(
+        PopId::new("lon"),
+        RegionId::new("eu"),
+        Fallback::Share,
+    ));
+    gate.set_pops(2);
+    let r = router(&raw).with_leases(Arc::clone(&gate));
+    // No lease of far yet: the client goes to the next best, and the route
+    // says a better one waits for its lease.
+    let first = r
+        .decide(&req(&app, "198.51.100.1", Some(&ny)), now)
+        .unwrap();
+    assert_eq!(first.backend().id.as_str(), "own");
+    assert!(first.lease_pending);
+    drop(first);
+    // The lease arrives: far, within it.
+    let far = BackendId::new("far");
+    let id = gate.with_holder(|h| h.handle_sent(&far, now));
+    let lasts = Duration::from_secs(3);
+    gate.with_holder(|h| h.handle_grant(&far, id, Grant { slots: 2, lasts }));
+    let second = r
+        .decide(&req(&app, "198.51.100.2", Some(&ny)), now)
+        .unwrap();
+    assert_eq!(second.backend().id.as_str(), "far");
+    assert!(!second.lease_pending);
+    // With nothing else and no lease of far: far within the share, as a
+    // last resort.
+    let only =
+        router(&table(vec![backend("far", "us", Some("US"), 10, 30)])).with_leases(Arc::new(
+            LeaseGate::new(PopId::new("lon"), RegionId::new("eu"), Fallback::Share),
+        ));
+    let last = only
+        .decide(&req(&app, "198.51.100.3", Some(&ny)), now)
+        .unwrap();
+    assert_eq!(last.backend().id.as_str(), "far");
+    assert!(last.lease_pending);
 }

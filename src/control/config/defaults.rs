@@ -47,6 +47,11 @@ pub const LEASE_FALLBACK: &str = "share";
 pub const LEASE_TERM: Duration = Duration::from_secs(3);
 /// How often leases are renewed, asked for and expired.
 pub const LEASE_TICK: Duration = Duration::from_millis(250);
+/// How long a client waits for a lease of the backend that would serve
+/// it (another POP's, asked for at once) before it goes to the next best:
+/// as long as a request may take ([`LEASE_REQUEST_TIMEOUT`]), so that it
+/// decides on the owner's answer, or on the owner being unreachable.
+pub const LEASE_WAIT: Duration = LEASE_REQUEST_TIMEOUT;
 /// The fewest slots a lease request asks for.
 pub const LEASE_MIN_SLOTS: u32 = 4;
 /// A lease request unanswered this long counts as unanswered (the owner

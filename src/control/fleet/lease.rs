@@ -7,7 +7,9 @@
 //! POPs' backends its clients want for slots every [`LEASE_TICK`] while it
 //! uses them (a lease lasts [`LEASE_TERM`] from its request), and admits
 //! clients there only within them; an owner that does not answer within
-//! [`LEASE_REQUEST_TIMEOUT`] leaves the edge to its fallback.
+//! [`LEASE_REQUEST_TIMEOUT`] leaves the edge to its fallback. A client
+//! that finds no lease yet has it asked for at once and waits a moment for
+//! the answer ([`LeaseWait`]).
 //!
 //! [`LEASE_TICK`]: crate::control::config::defaults::LEASE_TICK
 //! [`LEASE_TERM`]: crate::control::config::defaults::LEASE_TERM
@@ -29,6 +31,7 @@ use crate::control::config::defaults::{
     FLEET_RETRY, FLEET_RETRY_MAX, LEASE_MIN_SLOTS, LEASE_REQUEST_TIMEOUT, LEASE_TERM, LEASE_TICK,
 };
 use crate::control::config::FleetSettings;
+use crate::data::lease_wait::LeaseWait;
 
 /// A lease request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,27 +93,44 @@ pub fn spawn(
     fleet: FleetSettings,
     table: Arc<RoutingTable>,
     gate: Arc<LeaseGate>,
+    wait: Arc<LeaseWait>,
     state: Arc<FollowState>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let name = format!("geoedge {} leases", fleet.pop);
         let mut backoff = FLEET_RETRY;
+        // Until connected, every request goes unanswered at once (the
+        // fallback applies), also for the clients that wait for one.
+        let unanswered = || ask(None, &table, &gate, &wait, &state, Instant::now());
         let client = loop {
-            match store::connect(&fleet, &name, None).await {
+            let connecting = store::connect(&fleet, &name, None);
+            tokio::pin!(connecting);
+            let connected = loop {
+                tokio::select! {
+                    r = &mut connecting => break r,
+                    _ = wait.wanted() => unanswered(),
+                }
+            };
+            match connected {
                 Ok((c, _)) => break c,
                 Err(e) => {
                     tracing::debug!("leases: {e:#}");
-                    // Meanwhile every request goes unanswered: the
-                    // fallback applies.
-                    ask(None, &table, &gate, &state, Instant::now());
-                    tokio::time::sleep(backoff).await;
+                    unanswered();
+                    let pause = tokio::time::sleep(backoff);
+                    tokio::pin!(pause);
+                    loop {
+                        tokio::select! {
+                            _ = &mut pause => break,
+                            _ = wait.wanted() => unanswered(),
+                        }
+                    }
                     backoff = (backoff * 2).min(FLEET_RETRY_MAX);
                 }
             }
         };
         let owner = Arc::new(LeaseOwner::new(LEASE_TERM, gate.quiet_until()));
         loop {
-            if let Err(e) = serve(&client, &table, &gate, &owner, &state).await {
+            if let Err(e) = serve(&client, &table, &gate, &owner, &wait, &state).await {
                 tracing::warn!("leases: {e:#}");
                 tokio::time::sleep(FLEET_RETRY).await;
             }
@@ -123,6 +143,7 @@ async fn serve(
     table: &Arc<RoutingTable>,
     gate: &Arc<LeaseGate>,
     owner: &Arc<LeaseOwner>,
+    wait: &Arc<LeaseWait>,
     state: &Arc<FollowState>,
 ) -> anyhow::Result<()> {
     let mut requests = client
@@ -159,7 +180,11 @@ async fn serve(
                     snap.backends.iter().map(|b| b.region.as_str()).collect();
                 let heard = 1 + state.load_reporters.load(Ordering::Relaxed) as usize;
                 gate.set_pops(regions.len().max(heard));
-                ask(Some(client), table, gate, state, now);
+                ask(connected(client), table, gate, wait, state, now);
+            }
+            // A client waits for a lease: ask now, not at the next tick.
+            _ = wait.wanted() => {
+                ask(connected(client), table, gate, wait, state, Instant::now());
             }
         }
     }
@@ -188,12 +213,19 @@ fn lend(
     }
 }
 
+/// The client while it is connected: while it is not, a request could
+/// only time out, and the owners count as unreachable at once.
+fn connected(client: &async_nats::Client) -> Option<&async_nats::Client> {
+    (client.connection_state() == async_nats::connection::State::Connected).then_some(client)
+}
+
 /// Sends the lease requests due at `now` (each on a task of its own);
 /// without a client, each counts as unanswered at once.
 fn ask(
     client: Option<&async_nats::Client>,
     table: &RoutingTable,
     gate: &Arc<LeaseGate>,
+    wait: &Arc<LeaseWait>,
     state: &Arc<FollowState>,
     now: Instant,
 ) {
@@ -217,10 +249,12 @@ fn ask(
         let Some(client) = client else {
             gate.with_holder(|h| h.handle_unanswered(&backend, id));
             count(state, RequestResult::Unanswered);
+            wait.answered();
             continue;
         };
         let client = client.clone();
         let gate = Arc::clone(gate);
+        let wait = Arc::clone(wait);
         let state = Arc::clone(state);
         let request = LeaseRequest {
             from: gate.own().to_string(),
@@ -262,6 +296,8 @@ fn ask(
                     count(&state, RequestResult::Unanswered);
                 }
             }
+            // Clients waiting for it decide again.
+            wait.answered();
         });
     }
 }

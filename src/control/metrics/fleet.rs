@@ -88,6 +88,7 @@ impl Collector for FleetCollector {
                     ("lease", &g.by_lease),
                     ("fallback", &g.by_fallback),
                     ("refused", &g.refused),
+                    ("waiting", &g.waiting),
                 ] {
                     admissions.add(&[result], count.load(Ordering::Relaxed) as f64);
                 }

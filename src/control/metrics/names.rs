@@ -458,7 +458,7 @@ pub const FLEET_LEASE_REQUESTS_TOTAL: Def = def(
 pub const FLEET_LEASE_ADMISSIONS_TOTAL: Def = def(
     "edge_fleet_lease_admissions_total",
     Counter,
-    "Clients this edge tried to send to other POPs' backends, by result: lease (within a lease), fallback (no valid lease, the owner silent: lease_fallback share), refused (no slot: the next best backend is tried).",
+    "Clients this edge tried to send to other POPs' backends, by result: lease (within a lease), fallback (no valid lease and the owner silent, or no other backend: lease_fallback share), refused (no slot: the next best backend is tried), waiting (no lease yet, asked for at once: the client waits for the answer, at most 1 s).",
     &["result"],
 );
 /// Spills spread over the next backends with room.

@@ -225,18 +225,43 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         let options = &conn.options;
         let mut tried: Vec<BackendId> = Vec::new();
         let mut result = ConnResult::NoBackend;
+        // Once per client, a better backend whose lease is being asked for
+        // is waited for a moment (each answer, decided again) instead of
+        // given up at once.
+        let mut may_wait = true;
         for _ in 0..options.connect_attempts {
+            let decide = |at: Instant| {
+                self.router.decide(
+                    &Request {
+                        app,
+                        ip: identity.ip,
+                        location: identity.lookup.location(),
+                        exclude: &tried,
+                    },
+                    at,
+                )
+            };
+            let mut answer = std::pin::pin!(self.lease_wait.next_answer());
+            answer.as_mut().enable();
             // The decision's clock also starts the connect's.
-            let started = Instant::now();
-            let route = match self.router.decide(
-                &Request {
-                    app,
-                    ip: identity.ip,
-                    location: identity.lookup.location(),
-                    exclude: &tried,
-                },
-                started,
-            ) {
+            let mut started = Instant::now();
+            let mut decided = decide(started);
+            if may_wait {
+                may_wait = false;
+                let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
+                while decided.as_ref().is_ok_and(|r| r.lease_pending)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    drop(decided);
+                    self.lease_wait.want();
+                    self.lease_wait.granted(answer.as_mut(), deadline).await;
+                    answer.set(self.lease_wait.next_answer());
+                    answer.as_mut().enable();
+                    started = Instant::now();
+                    decided = decide(started);
+                }
+            }
+            let route = match decided {
                 Ok(route) => route,
                 Err(e) => {
                     if result == ConnResult::NoBackend {

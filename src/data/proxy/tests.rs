@@ -103,6 +103,9 @@ fn proxy<D: Dialer, P: DataPath>(router: Arc<Router>, dialer: D, data_path: P) -
         conns: Default::default(),
         failures: FailureLog::default(),
         limit: Arc::new(ConnLimit::new(100)),
+        lease_wait: Arc::new(crate::data::lease_wait::LeaseWait::new(
+            std::time::Duration::from_millis(250),
+        )),
     })
 }
 

@@ -42,8 +42,9 @@ fn a_holder_admits_within_its_lease_counted_from_its_request() {
     let t0 = Instant::now();
     let term = Duration::from_secs(5);
     let mut h = Holder::new(Fallback::Strict);
-    // No lease, strict: nobody.
-    assert_eq!(h.try_admit(&b, 10, 3, t0), Admit::Full);
+    // No lease: waiting for one; strict, not even as a last resort.
+    assert_eq!(h.try_admit(&b, 10, 3, t0, false), Admit::Waiting);
+    assert_eq!(h.try_admit(&b, 10, 3, t0, true), Admit::Full);
     let id = h.handle_sent(&b, t0);
     // The grant arrives 2 s later: the lease still ends 5 s after the send.
     assert!(h.handle_grant(
@@ -55,12 +56,12 @@ fn a_holder_admits_within_its_lease_counted_from_its_request() {
         }
     ));
     let t1 = t0 + Duration::from_secs(2);
-    assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Lease);
-    assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Lease);
-    assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Full);
+    assert_eq!(h.try_admit(&b, 10, 3, t1, false), Admit::Lease);
+    assert_eq!(h.try_admit(&b, 10, 3, t1, false), Admit::Lease);
+    assert_eq!(h.try_admit(&b, 10, 3, t1, false), Admit::Full);
     assert!(h.wants_renewal(&b, term, t1), "full: more wanted");
     h.release(&b);
-    assert_eq!(h.try_admit(&b, 10, 3, t1), Admit::Lease);
+    assert_eq!(h.try_admit(&b, 10, 3, t1, false), Admit::Lease);
     assert_eq!(h.slots(&b, t0 + term), 0);
     // A grant for an unknown or older request is ignored.
     assert!(!h.handle_grant(
@@ -101,15 +102,22 @@ fn without_a_lease_share_admits_an_equal_part_of_the_limit() {
     let t0 = Instant::now();
     let term = Duration::from_secs(5);
     let mut h = Holder::new(Fallback::Share);
-    let admitted = (0..10)
-        .filter(|_| h.try_admit(&b, 10, 3, t0) == Admit::Fallback)
-        .count();
-    assert_eq!(admitted, 3, "10 / 3 POPs");
+    // Before the owner is known to be silent, a client without a lease
+    // waits for one (a lease is wanted), unless nothing else would take
+    // it: then the share applies already.
+    assert_eq!(h.try_admit(&b, 10, 3, t0, false), Admit::Waiting);
+    assert_eq!(h.try_admit(&b, 10, 3, t0, true), Admit::Fallback);
+    h.release(&b);
     assert!(h.wants_renewal(&b, term, t0), "a lease is wanted");
     let id = h.handle_sent(&b, t0);
     assert!(!h.wants_renewal(&b, term, t0 + Duration::from_secs(1)));
-    // Unanswered: asked again at the next look.
+    // Unanswered: the owner is silent; the share applies, and a lease is
+    // asked for again at the next look.
     h.handle_unanswered(&b, id);
+    let admitted = (0..10)
+        .filter(|_| h.try_admit(&b, 10, 3, t0, false) == Admit::Fallback)
+        .count();
+    assert_eq!(admitted, 3, "10 / 3 POPs");
     assert!(h.wants_renewal(&b, term, t0 + Duration::from_secs(1)));
     // A request lost without a word is asked again after a term.
     h.handle_sent(&b, t0);
@@ -145,6 +153,7 @@ enum Step {
     },
     Admit {
         holder: usize,
+        last_resort: bool,
     },
     Release {
         holder: usize,
@@ -165,7 +174,12 @@ fn the_view_says_lease_or_fallback_and_what_is_used() {
     let t0 = Instant::now();
     let mut h = Holder::new(Fallback::Share);
     assert_eq!(h.view(&b, 30, 3, t0), None);
-    assert_eq!(h.try_admit(&b, 30, 3, t0), Admit::Fallback);
+    assert_eq!(h.try_admit(&b, 30, 3, t0, false), Admit::Waiting);
+    let waiting = h.view(&b, 30, 3, t0).unwrap();
+    assert_eq!((waiting.valid, waiting.slots), (false, 0));
+    let unanswered = h.handle_sent(&b, t0);
+    h.handle_unanswered(&b, unanswered);
+    assert_eq!(h.try_admit(&b, 30, 3, t0, false), Admit::Fallback);
     let fallback = h.view(&b, 30, 3, t0).unwrap();
     assert_eq!(
         (fallback.valid, fallback.slots, fallback.used),
@@ -193,7 +207,10 @@ fn step() -> impl Strategy<Value = Step> {
         (0..3usize, 0..8u32).prop_map(|(holder, want)| Step::Send { holder, want }),
         (0..8usize).prop_map(|which| Step::Answer { which }),
         (0..8usize).prop_map(|which| Step::Deliver { which }),
-        (0..3usize).prop_map(|holder| Step::Admit { holder }),
+        (0..3usize, any::<bool>()).prop_map(|(holder, last_resort)| Step::Admit {
+            holder,
+            last_resort
+        }),
         (0..3usize).prop_map(|holder| Step::Release { holder }),
         Just(Step::OwnAdmit),
         Just(Step::OwnRelease),
@@ -239,8 +256,11 @@ proptest! {
                     let (holder, id, g) = answers.remove(which % answers.len());
                     holders[holder].handle_grant(&b, id, g);
                 }
-                Step::Admit { holder } => {
-                    if holders[holder].try_admit(&b, hard, 3, now) == Admit::Lease {
+                Step::Admit {
+                    holder,
+                    last_resort,
+                } => {
+                    if holders[holder].try_admit(&b, hard, 3, now, last_resort) == Admit::Lease {
                         leased[holder] += 1;
                     }
                 }

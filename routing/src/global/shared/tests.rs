@@ -61,9 +61,11 @@ fn a_remote_backend_admits_within_the_lease_and_its_slots_come_back() {
         !LeaseGate::new(PopId::new("fra"), RegionId::new("eu"), Fallback::Strict).is_remote(&x)
     );
     gate.set_pops(3);
-    // No lease: the share, 10 / 3.
+    // No lease and the owner silent: the share, 10 / 3.
+    let silent = gate.with_holder(|h| h.handle_sent(&x.id, t0));
+    gate.with_holder(|h| h.handle_unanswered(&x.id, silent));
     let held: Vec<_> = (0..5)
-        .filter_map(|_| LeaseSlot::try_new(&gate, &x, t0))
+        .filter_map(|_| LeaseSlot::try_new(&gate, &x, t0, false).ok())
         .collect();
     assert_eq!(held.len(), 3);
     assert_eq!(gate.by_fallback.load(Ordering::Relaxed), 3);
@@ -81,8 +83,8 @@ fn a_remote_backend_admits_within_the_lease_and_its_slots_come_back() {
             },
         )
     });
-    let a = LeaseSlot::try_new(&gate, &x, t0).unwrap();
-    assert!(LeaseSlot::try_new(&gate, &x, t0).is_none());
+    let a = LeaseSlot::try_new(&gate, &x, t0, false).unwrap();
+    assert!(LeaseSlot::try_new(&gate, &x, t0, false).is_err());
     drop(a);
-    assert!(LeaseSlot::try_new(&gate, &x, t0).is_some());
+    assert!(LeaseSlot::try_new(&gate, &x, t0, false).is_ok());
 }

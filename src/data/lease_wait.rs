@@ -1,0 +1,101 @@
+//! A client's short wait for a lease (a fleet with `--nats`): when the
+//! backend that would serve it is another POP's and this edge is still
+//! asking the owner for slots of it, the connection asks for the request
+//! to go out at once ([`LeaseWait::want`]), waits up to
+//! [`LeaseWait::patience`] for an answer ([`LeaseWait::granted`]), and
+//! decides again, instead of going at once to the next best backend. The
+//! lease task of the control plane is on the other side of both signals.
+
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// The two signals between connections waiting for a lease and the task
+/// that asks for leases.
+#[derive(Debug)]
+pub struct LeaseWait {
+    /// A connection wants a lease asked for now.
+    wanted: Notify,
+    /// A lease answer arrived.
+    answered: Notify,
+    /// How long a connection waits for one.
+    patience: Duration,
+}
+
+impl LeaseWait {
+    /// Connections wait up to `patience` for a lease.
+    pub fn new(patience: Duration) -> Self {
+        LeaseWait {
+            wanted: Notify::new(),
+            answered: Notify::new(),
+            patience,
+        }
+    }
+
+    /// How long a connection waits.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    /// A connection wants the leases wanted asked for now.
+    pub fn want(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// Completes when a connection wants leases asked for (the lease task).
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// An answer to a lease request arrived: every waiting connection
+    /// decides again.
+    pub fn answered(&self) {
+        self.answered.notify_waiters();
+    }
+
+    /// Waits for the next answer, at most until `deadline`; `armed` is
+    /// taken before the decision that found the lease missing, so that an
+    /// answer arriving in between is not missed.
+    pub async fn granted(
+        &self,
+        armed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        deadline: tokio::time::Instant,
+    ) {
+        let _ = tokio::time::timeout_at(deadline, armed).await;
+    }
+
+    /// A future completing at the next answer, to arm before deciding.
+    pub fn next_answer(&self) -> tokio::sync::futures::Notified<'_> {
+        self.answered.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_wakes_the_waiting_and_patience_bounds_the_wait() {
+        let w = LeaseWait::new(Duration::from_millis(250));
+        // An answer between arming and waiting is not missed.
+        let armed = w.next_answer();
+        tokio::pin!(armed);
+        armed.as_mut().enable();
+        w.answered();
+        let t = tokio::time::Instant::now();
+        let deadline = t + w.patience();
+        w.granted(armed.as_mut(), deadline).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        // No answer: back at the deadline.
+        let armed = w.next_answer();
+        tokio::pin!(armed);
+        armed.as_mut().enable();
+        w.granted(armed.as_mut(), deadline).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(250));
+        // A want reaches the lease task even when it is not waiting yet.
+        w.want();
+        tokio::time::timeout(Duration::from_secs(1), w.wanted())
+            .await
+            .unwrap();
+    }
+}
