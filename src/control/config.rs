@@ -369,34 +369,23 @@ impl Settings {
     }
 }
 
-/// The fleet settings: `None` without a NATS server.
+/// The fleet settings: `None` without a NATS server. A `pop` or
+/// `lease_fallback` given is checked either way: a bad value is an error
+/// even on an edge that does not use it yet (the region, which `pop`
+/// defaults to, is checked as a POP name only in a fleet).
 fn fleet(l: &Layer) -> anyhow::Result<Option<FleetSettings>> {
-    let servers: Vec<String> = l
-        .nats
-        .iter()
-        .flatten()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if servers.is_empty() {
-        return Ok(None);
-    }
-    for s in &servers {
-        let hostport = s.split_once("://").map_or(s.as_str(), |(_, rest)| rest);
-        if hostport.is_empty() || hostport.contains(char::is_whitespace) {
-            bail!("nats {s:?}: expected nats://HOST:PORT");
-        }
-    }
+    let in_fleet = l.nats.iter().flatten().any(|s| !s.trim().is_empty());
     let pop = l
         .pop
         .clone()
         .or_else(|| l.region.clone())
         .unwrap_or_else(|| defaults::REGION.to_owned());
-    if pop.is_empty()
-        || pop.len() > defaults::POP_NAME_MAX
-        || !pop
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    if (in_fleet || l.pop.is_some())
+        && (pop.is_empty()
+            || pop.len() > defaults::POP_NAME_MAX
+            || !pop
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
     {
         bail!(
             "pop {pop:?}: 1 to {} letters, digits, '-' or '_' (it names the POP's status key)",
@@ -413,6 +402,22 @@ fn fleet(l: &Layer) -> anyhow::Result<Option<FleetSettings>> {
         "share" => geoedge_routing::global::Fallback::Share,
         other => bail!("lease_fallback {other:?}: expected strict or share"),
     };
+    let servers: Vec<String> = l
+        .nats
+        .iter()
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    for s in &servers {
+        let hostport = s.split_once("://").map_or(s.as_str(), |(_, rest)| rest);
+        if hostport.is_empty() || hostport.contains(char::is_whitespace) {
+            bail!("nats {s:?}: expected nats://HOST:PORT");
+        }
+    }
     Ok(Some(FleetSettings {
         servers,
         creds: l.nats_creds.clone(),
@@ -437,6 +442,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_lease_fallback_or_pop_is_refused_with_or_without_nats() {
+        for nats in [None, Some(vec!["nats://127.0.0.1:4222".to_owned()])] {
+            let layer = |fallback: &str, pop: &str| Layer {
+                nats: nats.clone(),
+                lease_fallback: Some(fallback.into()),
+                pop: Some(pop.into()),
+                ..Layer::default()
+            };
+            let e = fleet(&layer("bogus", "eu")).unwrap_err().to_string();
+            assert!(e.contains("expected strict or share"), "{e}");
+            let e = fleet(&layer("share", "e u")).unwrap_err().to_string();
+            assert!(e.contains("pop \"e u\""), "{e}");
+            let ok = fleet(&layer(" strict ", "fra")).unwrap();
+            assert_eq!(ok.is_some(), nats.is_some());
+            if let Some(f) = ok {
+                assert_eq!(f.lease_fallback, geoedge_routing::global::Fallback::Strict);
+                assert_eq!(f.pop, "fra");
+            }
+        }
     }
 
     #[test]

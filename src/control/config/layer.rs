@@ -306,7 +306,7 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_NATS_CREDS", global = true, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,
 
-    /// Without a valid lease of another POP's backend (its owner unreachable): `strict` admits no client there, `share` up to hard_limit / number of POPs.
+    /// With no valid lease of another POP's backend while its owner is unreachable (or no other backend takes the client): `strict` admits no client there, `share` up to hard_limit / number of POPs.
     #[arg(
         long,
         env = "GEOEDGE_LEASE_FALLBACK",

@@ -241,26 +241,32 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                     at,
                 )
             };
-            let mut answer = std::pin::pin!(self.lease_wait.next_answer());
-            answer.as_mut().enable();
             // The decision's clock also starts the connect's.
             let mut started = Instant::now();
             let mut decided = decide(started);
-            if may_wait {
-                may_wait = false;
+            let pending = |d: &Result<Route, _>| d.as_ref().is_ok_and(|r| r.lease_pending);
+            if may_wait && pending(&decided) {
+                // Only a client that found its lease missing waits: signed
+                // up for the next answer, it decides again (an answer that
+                // came in between is not missed), asks for the lease at
+                // once, and waits; again at each answer, up to a deadline.
+                // No slot is held while it waits.
+                drop(decided);
                 let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
-                while decided.as_ref().is_ok_and(|r| r.lease_pending)
-                    && tokio::time::Instant::now() < deadline
-                {
-                    drop(decided);
-                    self.lease_wait.want();
-                    self.lease_wait.granted(answer.as_mut(), deadline).await;
-                    answer.set(self.lease_wait.next_answer());
+                decided = loop {
+                    let mut answer = std::pin::pin!(self.lease_wait.next_answer());
                     answer.as_mut().enable();
                     started = Instant::now();
-                    decided = decide(started);
-                }
+                    let again = decide(started);
+                    if !pending(&again) || tokio::time::Instant::now() >= deadline {
+                        break again;
+                    }
+                    drop(again);
+                    self.lease_wait.want();
+                    self.lease_wait.granted(answer.as_mut(), deadline).await;
+                };
             }
+            may_wait = false;
             let route = match decided {
                 Ok(route) => route,
                 Err(e) => {
