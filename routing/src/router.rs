@@ -303,7 +303,10 @@ impl Router {
         let Some(draws) = &self.spread else {
             return best;
         };
-        if best.over_soft || best.tier == Tier::Country {
+        if best.over_soft
+            || best.tier == Tier::Country
+            || (best.tier == Tier::Region && !score::country_is_full(view, placement, now))
+        {
             return best;
         }
         let Some(window) = score::spill_window(snap, view, placement, exclude, now) else {

@@ -299,6 +299,23 @@ fn hot_score(h: &HotBackend, active: u32, tier: Tier, pv: &[f64; 3]) -> Score {
     }
 }
 
+/// Whether a backend in the client's country can take clients but is at
+/// or over its soft limit by the fleet's load: the only way a best choice
+/// in the client's region is a spill. A look at the country's few
+/// backends, so that region-tier decisions that do not spill skip
+/// [`spill_window`]'s scan of every backend.
+pub fn country_is_full(view: &AppView, p: &Placement, now: Instant) -> bool {
+    let Some(members) = p.country.and_then(|c| view.hot_by_country.get(&c)) else {
+        return false;
+    };
+    members.iter().any(|&i| {
+        let h = &view.hot[i as usize];
+        h.load.held() < h.hard_limit
+            && h.load.health().admits(now)
+            && h.load.global(h.load.active()) >= h.soft_limit
+    })
+}
+
 /// How many next-nearest backends with room a spill is spread over.
 pub const SPILL_WIDTH: usize = 3;
 
@@ -320,7 +337,8 @@ pub struct SpillWindow {
 /// window of next backends to spread it over; `None` when it is no spill
 /// or only one backend has room. Scans every backend of the app: called
 /// only in a fleet, and only when the best choice is outside the client's
-/// country (within it, every backend is equally near and nothing spills).
+/// country (within it, every backend is equally near and nothing spills)
+/// and, for one in the client's region, when [`country_is_full`].
 pub fn spill_window(
     snapshot: &Snapshot,
     view: &AppView,
