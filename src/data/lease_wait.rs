@@ -6,6 +6,7 @@
 //! decides again, instead of going at once to the next best backend. The
 //! lease task of the control plane is on the other side of both signals.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -18,6 +19,9 @@ pub struct LeaseWait {
     wanted: Notify,
     /// A lease answer arrived.
     answered: Notify,
+    /// Answers so far: read before a decision, so that one arriving before
+    /// the connection signs up for the next is not waited for in vain.
+    answers: AtomicU64,
     /// How long a connection waits for one.
     patience: Duration,
 }
@@ -28,6 +32,7 @@ impl LeaseWait {
         LeaseWait {
             wanted: Notify::new(),
             answered: Notify::new(),
+            answers: AtomicU64::new(0),
             patience,
         }
     }
@@ -50,12 +55,17 @@ impl LeaseWait {
     /// An answer to a lease request arrived: every waiting connection
     /// decides again.
     pub fn answered(&self) {
+        self.answers.fetch_add(1, Ordering::Release);
         self.answered.notify_waiters();
     }
 
-    /// Waits for the next answer, at most until `deadline`; `armed` is
-    /// taken before the decision that found the lease missing, so that an
-    /// answer arriving in between is not missed.
+    /// Answers so far (a connection reads it before deciding).
+    pub fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Acquire)
+    }
+
+    /// Waits for the next answer, at most until `deadline`; `armed`, taken
+    /// before this is called, catches an answer arriving in between.
     pub async fn granted(
         &self,
         armed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
@@ -77,11 +87,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_wakes_the_waiting_and_patience_bounds_the_wait() {
         let w = LeaseWait::new(Duration::from_millis(250));
-        // An answer between arming and waiting is not missed.
+        // An answer between arming and waiting is not missed, and counted.
         let armed = w.next_answer();
         tokio::pin!(armed);
         armed.as_mut().enable();
+        let before = w.answers();
         w.answered();
+        assert_eq!(w.answers(), before + 1);
         let t = tokio::time::Instant::now();
         let deadline = t + w.patience();
         w.granted(armed.as_mut(), deadline).await;

@@ -243,27 +243,30 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             };
             // The decision's clock also starts the connect's.
             let mut started = Instant::now();
+            let mut seen = self.lease_wait.answers();
             let mut decided = decide(started);
             let pending = |d: &Result<Route, _>| d.as_ref().is_ok_and(|r| r.lease_pending);
             if may_wait && pending(&decided) {
-                // Only a client that found its lease missing waits: signed
-                // up for the next answer, it decides again (an answer that
-                // came in between is not missed), asks for the lease at
-                // once, and waits; again at each answer, up to a deadline.
-                // No slot is held while it waits.
+                // Only a client that found its lease missing waits, holding
+                // no slot: signed up for the next answer (unless one came
+                // since it decided), it asks for the lease at once, waits,
+                // and decides again; so at each answer, up to a deadline.
                 drop(decided);
                 let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
                 decided = loop {
                     let mut answer = std::pin::pin!(self.lease_wait.next_answer());
                     answer.as_mut().enable();
+                    if self.lease_wait.answers() == seen {
+                        self.lease_wait.want();
+                        self.lease_wait.granted(answer.as_mut(), deadline).await;
+                    }
+                    seen = self.lease_wait.answers();
                     started = Instant::now();
                     let again = decide(started);
                     if !pending(&again) || tokio::time::Instant::now() >= deadline {
                         break again;
                     }
                     drop(again);
-                    self.lease_wait.want();
-                    self.lease_wait.granted(answer.as_mut(), deadline).await;
                 };
             }
             may_wait = false;
