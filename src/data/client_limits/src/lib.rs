@@ -49,6 +49,9 @@
 //! have passed through (the churn makes each shard's hash table double
 //! once, after which it rehashes in place and grows no more).
 //!
+//! `tests/timing.rs` (ignored by default) measures the cost of an admission
+//! and its guard's drop.
+//!
 //! # The limits
 //!
 //! [`Limits`] come with every call (they come from a hot-reloaded table),
