@@ -58,6 +58,6 @@ pub use router::{
     SpreadShare,
 };
 pub use score::{Placement, Tier, WhyNot};
-pub use snapshot::{InvalidTable, RowError, Snapshot};
+pub use snapshot::{AppLimits, InvalidTable, RowError, Snapshot};
 pub use table::{Applied, RejectReason, Rejected, ReloadStats, Reservation, RoutingTable};
 pub use wg_peers::{Endpoint, WgPeer};
