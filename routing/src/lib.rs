@@ -6,7 +6,8 @@
 //! locations, results and `now` as arguments, so they are unit-tested, property-tested and
 //! fuzzed without a runtime. The adapters sit at the edge behind the
 //! `sqlite` feature: [`loader`] reads and creates routing.db files with
-//! rusqlite, and [`watcher`] reloads one when it changes.
+//! rusqlite, [`migrate`] upgrades older ones to the current schema, and
+//! [`watcher`] reloads one when it changes.
 //!
 //! The edge proxy calls [`Router::decide`] for every connection; the returned
 //! [`Reservation`] counts the connection against its backend until dropped.
@@ -43,6 +44,8 @@ pub(crate) mod testutil;
 #[cfg(feature = "sqlite")]
 #[allow(unsafe_code)] // SQLite's VFS hook (see the module)
 pub mod loader;
+#[cfg(feature = "sqlite")]
+pub mod migrate;
 #[cfg(feature = "sqlite")]
 pub mod watcher;
 

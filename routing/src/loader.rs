@@ -94,7 +94,7 @@ impl LoadError {
         }
     }
 
-    fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
+    pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
         let busy = matches!(
             source.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
