@@ -95,6 +95,8 @@ pub fn table(n: usize) -> RawTable {
                 .collect(),
         ),
         wg_peers: Vec::new(),
+        apps: Vec::new(),
+        sni_routes: Vec::new(),
     }
 }
 

@@ -1,4 +1,4 @@
--- geoedge routing.db schema, version 1 (PRAGMA user_version = 1).
+-- geoedge routing.db schema, version 2 (PRAGMA user_version = 2).
 --
 -- Operators edit this database with the sqlite3 CLI while geoedge runs; every
 -- committed change is validated whole and applied within a second, and an
@@ -45,4 +45,27 @@ CREATE TABLE IF NOT EXISTS wg_peers (
   region               TEXT               -- the POP region the peer serves (regions.id), or NULL
 );
 
-PRAGMA user_version = 1;
+-- Per-app overrides of the per-client limits (--client-max-connections,
+-- --client-rate). Optional: without this table, or for an app without a
+-- row, every app gets the settings. NULL: the setting applies; 0 for a
+-- count: no limit for this app. client_rate_period_seconds (1..=86400)
+-- with client_rate NULL changes the period of the setting's count; NULL
+-- with client_rate set: the setting's period, or 60 s when it has none.
+CREATE TABLE IF NOT EXISTS apps (
+  app                        TEXT PRIMARY KEY,  -- as in backends.app
+  client_max_connections     INTEGER,           -- connections per client IP; 0: no limit
+  client_rate                INTEGER,           -- new connections per client IP per period; 0: no limit
+  client_rate_period_seconds INTEGER            -- the rate's period, 1..=86400
+);
+
+-- TLS server names (SNI) routed to an app. Optional: without this table no
+-- name is routed by SNI. hostname is lower-case: an exact name
+-- ('api.example.com') or a wildcard ('*.example.com': any name ending in
+-- '.example.com', at any depth, not 'example.com' itself). An exact name
+-- wins, then the longest wildcard. app must be a backends.app or apps.app.
+CREATE TABLE IF NOT EXISTS sni_routes (
+  hostname TEXT PRIMARY KEY,
+  app      TEXT NOT NULL
+);
+
+PRAGMA user_version = 2;

@@ -1,7 +1,9 @@
 //! What changed between two snapshots: a pure comparison used to log each
 //! reload and to refuse edits that would empty a working table.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use crate::model::BackendId;
@@ -22,6 +24,73 @@ pub struct SnapshotDiff {
     pub countries_changed: bool,
     /// The WireGuard peers differ.
     pub peers_changed: bool,
+    /// The `apps` rows (per-app limits) added, removed and changed, by app.
+    pub apps: KeyCounts,
+    /// The `sni_routes` rows added, removed and changed, by hostname.
+    pub sni_routes: KeyCounts,
+}
+
+/// How many keys of a small keyed table were added, removed and changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Keys only in the new table.
+    pub added: usize,
+    /// Keys only in the old table.
+    pub removed: usize,
+    /// Keys in both whose value differs.
+    pub changed: usize,
+}
+
+impl KeyCounts {
+    /// Compares two maps by key.
+    pub fn between<K: Eq + Hash, V: PartialEq, S: BuildHasher>(
+        old: &HashMap<K, V, S>,
+        new: &HashMap<K, V, S>,
+    ) -> Self {
+        let mut c = KeyCounts::default();
+        for (k, v) in old {
+            match new.get(k) {
+                None => c.removed += 1,
+                Some(w) if w != v => c.changed += 1,
+                Some(_) => {}
+            }
+        }
+        c.added = new.keys().filter(|k| !old.contains_key(*k)).count();
+        c
+    }
+
+    /// Nothing added, removed or changed.
+    pub fn is_empty(&self) -> bool {
+        *self == KeyCounts::default()
+    }
+
+    fn add(self, o: KeyCounts) -> KeyCounts {
+        KeyCounts {
+            added: self.added + o.added,
+            removed: self.removed + o.removed,
+            changed: self.changed + o.changed,
+        }
+    }
+}
+
+impl fmt::Display for KeyCounts {
+    /// The non-zero counts: `1 added, 2 changed` (`no change` when none).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = [
+            (self.added, "added"),
+            (self.removed, "removed"),
+            (self.changed, "changed"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if parts.is_empty() {
+            f.write_str("no change")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
 }
 
 impl SnapshotDiff {
@@ -64,6 +133,14 @@ impl SnapshotDiff {
         d.regions_changed = old.regions != new.regions;
         d.countries_changed = old.country_map != new.country_map;
         d.peers_changed = old.wg_peers != new.wg_peers;
+        if !Arc::ptr_eq(&old.app_limits, &new.app_limits) {
+            d.apps = KeyCounts::between(&old.app_limits, &new.app_limits);
+        }
+        if !Arc::ptr_eq(&old.sni_routes, &new.sni_routes) {
+            let (a, b) = (&old.sni_routes, &new.sni_routes);
+            d.sni_routes = KeyCounts::between(&a.exact, &b.exact)
+                .add(KeyCounts::between(&a.wildcard, &b.wildcard));
+        }
         d
     }
 
@@ -75,6 +152,8 @@ impl SnapshotDiff {
             && !self.regions_changed
             && !self.countries_changed
             && !self.peers_changed
+            && self.apps.is_empty()
+            && self.sni_routes.is_empty()
     }
 }
 
@@ -115,6 +194,12 @@ impl fmt::Display for SnapshotDiff {
         }
         if self.peers_changed {
             f.write_str(" wireguard peers changed")?;
+        }
+        if !self.apps.is_empty() {
+            write!(f, " apps: {}", self.apps)?;
+        }
+        if !self.sni_routes.is_empty() {
+            write!(f, " sni_routes: {}", self.sni_routes)?;
         }
         Ok(())
     }

@@ -6,7 +6,8 @@
 //! locations, results and `now` as arguments, so they are unit-tested, property-tested and
 //! fuzzed without a runtime. The adapters sit at the edge behind the
 //! `sqlite` feature: [`loader`] reads and creates routing.db files with
-//! rusqlite, and [`watcher`] reloads one when it changes.
+//! rusqlite, [`migrate`] upgrades older ones to the current schema, and
+//! [`watcher`] reloads one when it changes.
 //!
 //! The edge proxy calls [`Router::decide`] for every connection; the returned
 //! [`Reservation`] counts the connection against its backend until dropped.
@@ -44,6 +45,8 @@ pub(crate) mod testutil;
 #[allow(unsafe_code)] // SQLite's VFS hook (see the module)
 pub mod loader;
 #[cfg(feature = "sqlite")]
+pub mod migrate;
+#[cfg(feature = "sqlite")]
 pub mod watcher;
 
 pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings};
@@ -58,6 +61,6 @@ pub use router::{
     SpreadShare,
 };
 pub use score::{Placement, Tier, WhyNot};
-pub use snapshot::{InvalidTable, RowError, Snapshot};
+pub use snapshot::{AppLimits, InvalidTable, RowError, Snapshot};
 pub use table::{Applied, RejectReason, Rejected, ReloadStats, Reservation, RoutingTable};
 pub use wg_peers::{Endpoint, WgPeer};

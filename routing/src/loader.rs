@@ -22,7 +22,9 @@ use std::time::Duration;
 use geoedge_geoip::regular::{self, NotRegular};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::raw::{BackendRow, CountryRegionRow, RawTable, RegionRow, Value, WgPeerRow};
+use crate::raw::{
+    AppRow, BackendRow, CountryRegionRow, RawTable, RegionRow, SniRouteRow, Value, WgPeerRow,
+};
 use crate::snapshot::{self, RowError};
 use crate::table::RejectReason;
 
@@ -92,7 +94,7 @@ impl LoadError {
         }
     }
 
-    fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
+    pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
         let busy = matches!(
             source.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
@@ -275,7 +277,7 @@ fn select(
     Ok(rows)
 }
 
-/// Reads every table in one read transaction, so the three tables are seen
+/// Reads every table in one read transaction, so the tables are seen
 /// at the same commit.
 pub fn read(conn: &Connection, path: &Path) -> Result<RawTable, LoadError> {
     let tx = conn
@@ -413,6 +415,47 @@ pub fn read(conn: &Connection, path: &Path) -> Result<RawTable, LoadError> {
     } else {
         Vec::new()
     };
+    let apps = if has("apps") {
+        let cols = &[
+            ("app", true),
+            ("client_max_connections", false),
+            ("client_rate", false),
+            ("client_rate_period_seconds", false),
+        ];
+        select(&tx, path, "apps", cols)?
+            .into_iter()
+            .map(|(rowid, c)| {
+                let mut c = c.into_iter();
+                let mut next = || c.next().unwrap_or(Value::Null);
+                AppRow {
+                    rowid,
+                    app: next(),
+                    client_max_connections: next(),
+                    client_rate: next(),
+                    client_rate_period_seconds: next(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sni_routes = if has("sni_routes") {
+        let cols = &[("hostname", true), ("app", true)];
+        select(&tx, path, "sni_routes", cols)?
+            .into_iter()
+            .map(|(rowid, c)| {
+                let mut c = c.into_iter();
+                let mut next = || c.next().unwrap_or(Value::Null);
+                SniRouteRow {
+                    rowid,
+                    hostname: next(),
+                    app: next(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     tx.finish().map_err(|e| LoadError::sqlite(path, e))?;
     Ok(RawTable {
         schema_version,
@@ -420,6 +463,8 @@ pub fn read(conn: &Connection, path: &Path) -> Result<RawTable, LoadError> {
         regions,
         country_regions,
         wg_peers,
+        apps,
+        sni_routes,
     })
 }
 

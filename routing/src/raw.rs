@@ -155,6 +155,32 @@ pub struct WgPeerRow {
     pub region: Value,
 }
 
+/// One `apps` row: per-app overrides of the per-client limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRow {
+    /// SQLite rowid, for error messages.
+    pub rowid: i64,
+    /// `app`
+    pub app: Value,
+    /// `client_max_connections`
+    pub client_max_connections: Value,
+    /// `client_rate`
+    pub client_rate: Value,
+    /// `client_rate_period_seconds`
+    pub client_rate_period_seconds: Value,
+}
+
+/// One `sni_routes` row: a TLS server name (or `*.` wildcard) and its app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRouteRow {
+    /// SQLite rowid, for error messages.
+    pub rowid: i64,
+    /// `hostname`
+    pub hostname: Value,
+    /// `app`
+    pub app: Value,
+}
+
 /// Everything read from one routing.db in one read transaction.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawTable {
@@ -170,4 +196,8 @@ pub struct RawTable {
     pub country_regions: Option<Vec<CountryRegionRow>>,
     /// The `wg_peers` rows (none when the table does not exist).
     pub wg_peers: Vec<WgPeerRow>,
+    /// The `apps` rows (none when the table does not exist).
+    pub apps: Vec<AppRow>,
+    /// The `sni_routes` rows (none when the table does not exist).
+    pub sni_routes: Vec<SniRouteRow>,
 }

@@ -1,6 +1,7 @@
 //! What changed between two routing.db files, row by row: rows added,
 //! removed and changed in each table, by the table's key (`backends.id`,
-//! `regions.id`, `country_regions.country`, `wg_peers.public_key`). A
+//! `regions.id`, `country_regions.country`, `wg_peers.public_key`,
+//! `apps.app`, `sni_routes.hostname`). A
 //! pure comparison of two [`RawTable`]s, for `geoedge db publish
 //! --dry-run`; the SQLite rowid is not part of a row's content.
 
@@ -184,6 +185,27 @@ pub fn diff(old: &RawTable, new: &RawTable) -> RowDiff {
                         r.region.clone(),
                     ]
                 },
+            ),
+            table(
+                "apps",
+                &old.apps,
+                &new.apps,
+                |r| key(&r.app),
+                |r| {
+                    vec![
+                        r.app.clone(),
+                        r.client_max_connections.clone(),
+                        r.client_rate.clone(),
+                        r.client_rate_period_seconds.clone(),
+                    ]
+                },
+            ),
+            table(
+                "sni_routes",
+                &old.sni_routes,
+                &new.sni_routes,
+                |r| key(&r.hostname),
+                |r| vec![r.hostname.clone(), r.app.clone()],
             ),
         ],
     }

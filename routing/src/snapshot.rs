@@ -21,13 +21,18 @@ use crate::raw::{RawTable, Value};
 pub use crate::row_error::RowError;
 use crate::wg_peers::WgPeer;
 
+mod apps;
 mod assemble;
 mod cells;
 mod rows;
+mod sni;
+pub use apps::{AppLimits, MAX_RATE_PERIOD_SECONDS};
 use cells::Cells;
+pub(crate) use sni::SniRoutes;
+pub use sni::{MAX_HOSTNAME, MAX_LABEL};
 
 /// The newest routing.db schema version this build understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Largest accepted limit or weight; keeps `active × soft × weight` in `u64`.
 pub const MAX_LIMIT: i64 = 1 << 24;
@@ -235,6 +240,12 @@ pub struct Snapshot {
     pub builtin_countries: bool,
     /// WireGuard peers (`wg_peers`), sorted by public key.
     pub wg_peers: Vec<WgPeer>,
+    /// Per-app limits (`apps`), shared with the previous snapshot when the
+    /// same.
+    pub(crate) app_limits: Arc<FastMap<AppId, AppLimits>>,
+    /// Server name routes (`sni_routes`), shared with the previous snapshot
+    /// when the same.
+    pub(crate) sni_routes: Arc<SniRoutes>,
 }
 
 impl Snapshot {
@@ -283,6 +294,29 @@ impl Snapshot {
     /// Number of backends that are not soft-deleted.
     pub fn live_len(&self) -> usize {
         self.live
+    }
+
+    /// The `apps` row of an app (its overrides of the per-client limits),
+    /// if it has one.
+    pub fn app_limits(&self, app: &str) -> Option<&AppLimits> {
+        self.app_limits.get(app)
+    }
+
+    /// Number of `apps` rows.
+    pub fn app_limits_len(&self) -> usize {
+        self.app_limits.len()
+    }
+
+    /// The app a TLS server name is routed to by `sni_routes`: the exact
+    /// name, else the longest matching `*.` wildcard. `server_name` must be
+    /// lower-case already (as the table's hostnames are); no allocation.
+    pub fn sni_route(&self, server_name: &str) -> Option<&AppId> {
+        self.sni_routes.route(server_name)
+    }
+
+    /// Number of `sni_routes` rows.
+    pub fn sni_routes_len(&self) -> usize {
+        self.sni_routes.len()
     }
 }
 
@@ -438,6 +472,32 @@ fn make(
     let wg_peers =
         crate::wg_peers::validate(&raw.wg_peers, |r| region_index.contains_key(r), &mut errors);
 
+    let app_limits = apps::validate(&raw.apps, &mut errors);
+    let sni_routes = if raw.sni_routes.is_empty() {
+        SniRoutes::default()
+    } else {
+        // The apps the table knows: of every backend row (deleted or not)
+        // and of every `apps` row.
+        // A route to an app whose `apps` row has an error of its own is
+        // not reported unknown as well.
+        fn text(v: &Value) -> Option<&str> {
+            match v {
+                Value::Text(s) if !s.trim().is_empty() => Some(s.trim()),
+                _ => None,
+            }
+        }
+        let known: std::collections::HashSet<&str, foldhash::fast::RandomState> = raw
+            .backends
+            .iter()
+            .filter_map(|r| match &r.app {
+                Value::Null => Some("default"),
+                v => text(v),
+            })
+            .chain(raw.apps.iter().filter_map(|r| text(&r.app)))
+            .collect();
+        sni::validate(&raw.sni_routes, |a| known.contains(a), &mut errors)
+    };
+
     if !errors.is_empty() {
         return Err(InvalidTable { errors });
     }
@@ -448,6 +508,14 @@ fn make(
         apps,
         live,
     } = assemble::assemble(valid, &regions, prev, load_for);
+    let app_limits = match prev {
+        Some(p) if *p.app_limits == app_limits => Arc::clone(&p.app_limits),
+        _ => Arc::new(app_limits),
+    };
+    let sni_routes = match prev {
+        Some(p) if *p.sni_routes == sni_routes => Arc::clone(&p.sni_routes),
+        _ => Arc::new(sni_routes),
+    };
     Ok(Snapshot {
         schema_version: raw.schema_version,
         backends,
@@ -460,6 +528,8 @@ fn make(
         builtin_regions,
         builtin_countries,
         wg_peers,
+        app_limits,
+        sni_routes,
     })
 }
 

@@ -50,6 +50,8 @@ pub fn table(backends: Vec<BackendRow>) -> RawTable {
                 .collect(),
         ),
         wg_peers: Vec::new(),
+        apps: Vec::new(),
+        sni_routes: Vec::new(),
     }
 }
 

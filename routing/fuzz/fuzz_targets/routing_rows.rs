@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Result, Unstructured};
 use geoedge_geoip::{ContinentCode, CountryCode, GeoPoint, Location};
-use geoedge_routing::raw::{BackendRow, CountryRegionRow, RegionRow, Value, WgPeerRow};
+use geoedge_routing::raw::{
+    AppRow, BackendRow, CountryRegionRow, RegionRow, SniRouteRow, Value, WgPeerRow,
+};
 use geoedge_routing::snapshot;
 use geoedge_routing::{
     AppId, BackendId, BindingConfig, RawTable, RegionId, Rejected, Request, Router, RoutingTable,
@@ -115,6 +117,15 @@ const NETS: &[&str] = &[
 
 /// Backend ids the clients exclude and bind to.
 const BACKEND_IDS: &[&str] = &["a", "b", "c", "api-1"];
+const HOSTS: &[&str] = &[
+    "api.example.com",
+    "*.example.com",
+    "*.b.example.com",
+    "API.example.com",
+    "*",
+    "a..b",
+    " x.example.com ",
+];
 
 fn pick<T: Copy>(u: &mut Unstructured<'_>, from: &[T]) -> Result<T> {
     Ok(*u.choose(from)?)
@@ -223,6 +234,24 @@ fn wg_peer(u: &mut Unstructured<'_>) -> Result<WgPeerRow> {
     })
 }
 
+fn app_row(u: &mut Unstructured<'_>) -> Result<AppRow> {
+    Ok(AppRow {
+        rowid: u.arbitrary()?,
+        app: cell(u, APPS)?,
+        client_max_connections: number(u, &[0, 1, 10])?,
+        client_rate: number(u, &[0, 1, 100])?,
+        client_rate_period_seconds: number(u, &[0, 1, 60, 86_401])?,
+    })
+}
+
+fn sni_route(u: &mut Unstructured<'_>) -> Result<SniRouteRow> {
+    Ok(SniRouteRow {
+        rowid: u.arbitrary()?,
+        hostname: cell(u, HOSTS)?,
+        app: cell(u, APPS)?,
+    })
+}
+
 fn rows<T>(
     u: &mut Unstructured<'_>,
     max: usize,
@@ -256,6 +285,8 @@ fn table(u: &mut Unstructured<'_>) -> Result<RawTable> {
         } else {
             Vec::new()
         },
+        apps: rows(u, 3, app_row)?,
+        sni_routes: rows(u, 4, sni_route)?,
     })
 }
 
@@ -266,7 +297,7 @@ fn edit(u: &mut Unstructured<'_>, old: &RawTable) -> Result<RawTable> {
     }
     let mut new = old.clone();
     for _ in 0..u.int_in_range(0..=4)? {
-        match u.int_in_range(0u8..=5)? {
+        match u.int_in_range(0u8..=6)? {
             0 if !new.backends.is_empty() => {
                 let i = u.choose_index(new.backends.len())?;
                 new.backends.remove(i);
@@ -284,10 +315,15 @@ fn edit(u: &mut Unstructured<'_>, old: &RawTable) -> Result<RawTable> {
                     _ => b.hard_limit = number(u, &[0, 1, 5])?,
                 }
             }
-            3 => new.schema_version = u.int_in_range(0..=2)?,
+            3 => new.schema_version = u.int_in_range(0..=3)?,
             4 if !new.wg_peers.is_empty() => {
                 new.wg_peers.pop();
             }
+            4 => new.apps.push(app_row(u)?),
+            5 if !new.sni_routes.is_empty() => {
+                new.sni_routes.pop();
+            }
+            5 => new.sni_routes.push(sni_route(u)?),
             _ => new.wg_peers.push(wg_peer(u)?),
         }
     }

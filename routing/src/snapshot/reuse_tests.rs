@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::raw::{BackendRow, RawTable, RegionRow, Value};
+use crate::raw::{AppRow, BackendRow, RawTable, RegionRow, SniRouteRow, Value};
 use crate::testutil::{backend, table};
 
 fn bits(v: &[f64; 3]) -> [u64; 3] {
@@ -74,6 +74,8 @@ pub(crate) fn assert_same(
         (b.builtin_regions, b.builtin_countries)
     );
     assert_eq!(a.wg_peers, b.wg_peers);
+    assert_eq!(*a.app_limits, *b.app_limits);
+    assert_eq!(*a.sni_routes, *b.sni_routes);
 }
 
 /// One backend row drawn from small sets, so that edits collide: 40 ids, three apps, four regions (now and then `af`, which only one
@@ -152,6 +154,47 @@ pub(crate) fn regions(rows: Vec<BackendRow>, variant: u8) -> RawTable {
     raw
 }
 
+/// The `apps` rows of a table: 0 none, 1 one app, 2 that app changed and
+/// another added, 3 an invalid row.
+pub(crate) fn app_rows(variant: u8) -> Vec<AppRow> {
+    let row = |rowid, app: &str, max: Value, rate: Value, period: Value| AppRow {
+        rowid,
+        app: app.into(),
+        client_max_connections: max,
+        client_rate: rate,
+        client_rate_period_seconds: period,
+    };
+    match variant {
+        1 => vec![row(1, "api", 5.into(), Value::Null, Value::Null)],
+        2 => vec![
+            row(1, "api", 6.into(), Value::Null, Value::Null),
+            row(2, "web", Value::Null, 10.into(), 1.into()),
+        ],
+        3 => vec![row(1, "api", (-1).into(), Value::Null, Value::Null)],
+        _ => Vec::new(),
+    }
+}
+
+/// The `sni_routes` rows of a table: 0 none, 1 a wildcard to `default`
+/// (unknown when no backend has that app), 2 that and an exact name to
+/// `api` (an app of the backends, or of [`app_rows`]), 3 an invalid row.
+pub(crate) fn sni_rows(variant: u8) -> Vec<SniRouteRow> {
+    let row = |rowid, host: &str, app: &str| SniRouteRow {
+        rowid,
+        hostname: host.into(),
+        app: app.into(),
+    };
+    match variant {
+        1 => vec![row(1, "*.example.com", "default")],
+        2 => vec![
+            row(1, "*.example.com", "default"),
+            row(2, "api.example.com", "api"),
+        ],
+        3 => vec![row(1, "API.example.com", "default")],
+        _ => Vec::new(),
+    }
+}
+
 /// One edit of a table.
 #[derive(Debug, Clone)]
 pub(crate) enum Edit {
@@ -167,6 +210,10 @@ pub(crate) enum Edit {
     Add(BackendRow),
     /// Takes the regions of this variant (see [`regions`]).
     Regions(u8),
+    /// Takes the `apps` rows of this variant (see [`app_rows`]).
+    Apps(u8),
+    /// Takes the `sni_routes` rows of this variant (see [`sni_rows`]).
+    Sni(u8),
 }
 
 pub(crate) fn arb_edit() -> impl Strategy<Value = Edit> {
@@ -176,6 +223,8 @@ pub(crate) fn arb_edit() -> impl Strategy<Value = Edit> {
         2 => any::<usize>().prop_map(Edit::Remove),
         2 => arb_row().prop_map(Edit::Add),
         1 => (0..4u8).prop_map(Edit::Regions),
+        1 => (0..4u8).prop_map(Edit::Apps),
+        1 => (0..4u8).prop_map(Edit::Sni),
     ]
 }
 
@@ -184,6 +233,8 @@ pub(crate) fn arb_edit() -> impl Strategy<Value = Edit> {
 pub(crate) struct Spec {
     pub rows: Vec<BackendRow>,
     pub regions: u8,
+    pub apps: u8,
+    pub sni: u8,
 }
 
 impl Spec {
@@ -220,6 +271,8 @@ impl Spec {
             Edit::Set(_, r, _) | Edit::Add(r) => self.rows.push(r.clone()),
             Edit::Cell(..) | Edit::Remove(_) => {}
             Edit::Regions(v) => self.regions = *v,
+            Edit::Apps(v) => self.apps = *v,
+            Edit::Sni(v) => self.sni = *v,
         }
     }
 
@@ -230,7 +283,10 @@ impl Spec {
                 r
             })
             .collect();
-        regions(rows, self.regions)
+        let mut raw = regions(rows, self.regions);
+        raw.apps = app_rows(self.apps);
+        raw.sni_routes = sni_rows(self.sni);
+        raw
     }
 }
 
@@ -239,7 +295,12 @@ pub(crate) fn arb_spec() -> impl Strategy<Value = Spec> {
         // Distinct ids to start with (edits may still add a duplicate).
         let mut seen = std::collections::HashSet::new();
         rows.retain(|r| seen.insert(format!("{:?}", r.id)));
-        Spec { rows, regions }
+        Spec {
+            rows,
+            regions,
+            apps: 0,
+            sni: 0,
+        }
     })
 }
 
@@ -291,6 +352,11 @@ proptest! {
                             prop_assert_eq!(Arc::ptr_eq(p, b), row_same, "{}", b.id);
                         }
                     }
+                    // So are the apps and server name routes.
+                    let same = *prev.app_limits == *i.app_limits;
+                    prop_assert_eq!(Arc::ptr_eq(&prev.app_limits, &i.app_limits), same);
+                    let same = *prev.sni_routes == *i.sni_routes;
+                    prop_assert_eq!(Arc::ptr_eq(&prev.sni_routes, &i.sni_routes), same);
                     prev = i;
                 }
                 (f, i) => prop_assert!(false, "full {:?}, incremental {:?}", f.err(), i.err()),

@@ -39,6 +39,8 @@ fn edgeproxy_table_uses_builtin_regions_and_country_map() {
         regions: None,
         country_regions: None,
         wg_peers: Vec::new(),
+        apps: Vec::new(),
+        sni_routes: Vec::new(),
     };
     let s = build(&raw, |_| Arc::default()).unwrap();
     assert!(s.builtin_regions && s.builtin_countries);

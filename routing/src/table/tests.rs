@@ -252,3 +252,120 @@ fn subscribers_hear_every_change_in_order_and_nothing_else() {
     );
     assert_eq!(once.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn an_edit_of_only_apps_or_sni_routes_is_applied_and_reported() {
+    use crate::raw::{AppRow, SniRouteRow, Value};
+    use crate::snapshot::AppLimits;
+
+    let t = RoutingTable::new();
+    let base = rows(&["a", "b"]);
+    t.apply(&base, 0).unwrap();
+    assert_eq!(t.generation(), 1);
+    let before = t.snapshot();
+
+    // apps only.
+    let mut raw = base.clone();
+    raw.apps.push(AppRow {
+        rowid: 1,
+        app: "default".into(),
+        client_max_connections: 3.into(),
+        client_rate: Value::Null,
+        client_rate_period_seconds: 30.into(),
+    });
+    let applied = t.apply(&raw, 1).unwrap();
+    assert_eq!(applied.generation, 2);
+    assert_eq!(applied.diff.apps.added, 1);
+    assert_eq!(applied.diff.to_string(), "+0 [] -0 [] ~0 [] apps: 1 added");
+    let s = t.snapshot();
+    assert_eq!(
+        s.app_limits("default"),
+        Some(&AppLimits {
+            client_max_connections: Some(3),
+            client_rate: None,
+            client_rate_period: Some(Duration::from_secs(30)),
+        })
+    );
+    assert_eq!(s.app_limits("other"), None);
+    // The backends are kept as they were.
+    assert!(Arc::ptr_eq(&s.backends[0], &before.backends[0]));
+
+    // The same again: no change.
+    assert_eq!(t.apply(&raw, 2).unwrap().generation, 2);
+
+    // sni_routes only.
+    raw.sni_routes = vec![
+        SniRouteRow {
+            rowid: 1,
+            hostname: "*.example.com".into(),
+            app: "default".into(),
+        },
+        SniRouteRow {
+            rowid: 2,
+            hostname: "api.example.com".into(),
+            app: "default".into(),
+        },
+    ];
+    let applied = t.apply(&raw, 3).unwrap();
+    assert_eq!(applied.generation, 3);
+    assert_eq!(
+        applied.diff.to_string(),
+        "+0 [] -0 [] ~0 [] sni_routes: 2 added"
+    );
+    let s = t.snapshot();
+    assert_eq!(s.sni_routes_len(), 2);
+    assert_eq!(
+        s.sni_route("x.example.com").map(|a| a.as_str()),
+        Some("default")
+    );
+
+    // A changed limit.
+    raw.apps[0].client_max_connections = 0.into();
+    let applied = t.apply(&raw, 4).unwrap();
+    assert_eq!(
+        applied.diff.to_string(),
+        "+0 [] -0 [] ~0 [] apps: 1 changed"
+    );
+    assert_eq!(
+        t.snapshot()
+            .app_limits("default")
+            .unwrap()
+            .client_max_connections,
+        Some(0)
+    );
+
+    // An invalid edit of either table is refused whole.
+    let good = t.snapshot();
+    let mut bad = raw.clone();
+    bad.apps[0].client_rate_period_seconds = 0.into();
+    bad.backends[0].weight = 7.into();
+    let e = t.apply(&bad, 5).unwrap_err();
+    assert_eq!(
+        e.row_errors()[0].to_string(),
+        "apps \"default\" column client_rate_period_seconds: 0 is outside 1..=86400"
+    );
+    let mut bad = raw.clone();
+    bad.sni_routes[0].app = "ghost".into();
+    bad.sni_routes[1].hostname = "API.example.com".into();
+    let e = t.apply(&bad, 6).unwrap_err();
+    let text: Vec<String> = e.row_errors().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "sni_routes \"*.example.com\" column app: unknown app \"ghost\"",
+            "sni_routes \"API.example.com\" column hostname: \"API.example.com\" has upper-case letters: write it lower-case (\"api.example.com\")",
+        ]
+    );
+    assert!(Arc::ptr_eq(&t.snapshot(), &good));
+    assert_eq!(t.generation(), 4);
+
+    // Removing the tables' rows is a change too.
+    raw.apps.clear();
+    raw.sni_routes.remove(0);
+    let applied = t.apply(&raw, 7).unwrap();
+    assert_eq!(
+        applied.diff.to_string(),
+        "+0 [] -0 [] ~0 [] apps: 1 removed sni_routes: 1 removed"
+    );
+    assert_eq!(t.snapshot().sni_route("x.example.com"), None);
+}
