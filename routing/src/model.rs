@@ -24,6 +24,11 @@ macro_rules! string_id {
                 Self(Arc::from(s))
             }
 
+            /// The id as a shared string (no copy).
+            pub fn as_arc(&self) -> Arc<str> {
+                Arc::clone(&self.0)
+            }
+
             /// The id as a `&str`.
             pub fn as_str(&self) -> &str {
                 &self.0

@@ -34,11 +34,21 @@ pub enum ConnResult {
     /// Reset at once: the client was this edge itself, come back through a
     /// backend (a connection loop); the backend is ejected.
     Loop,
+    /// Closed before any backend was dialed: the client (its address,
+    /// masked to the client prefix) had as many connections open as the
+    /// per-client cap allows.
+    ClientLimit,
+    /// Closed before any backend was dialed: the client opened connections
+    /// faster than the per-client rate allows.
+    ClientRate,
+    /// Closed without a backend: a listener that reads the TLS ClientHello
+    /// (`sni_listen`) got something else (or nothing complete in time).
+    NotTls,
 }
 
 impl ConnResult {
     /// Every result, for pre-registering metric series.
-    pub const ALL: [ConnResult; 8] = [
+    pub const ALL: [ConnResult; 11] = [
         ConnResult::Ok,
         ConnResult::NoBackend,
         ConnResult::ConnectFailed,
@@ -47,6 +57,9 @@ impl ConnResult {
         ConnResult::OverLimit,
         ConnResult::LocalError,
         ConnResult::Loop,
+        ConnResult::ClientLimit,
+        ConnResult::ClientRate,
+        ConnResult::NotTls,
     ];
 
     /// Lower-case label.
@@ -60,6 +73,9 @@ impl ConnResult {
             ConnResult::OverLimit => "over_limit",
             ConnResult::LocalError => "local_error",
             ConnResult::Loop => "loop",
+            ConnResult::ClientLimit => "client_limit",
+            ConnResult::ClientRate => "client_rate",
+            ConnResult::NotTls => "not_tls",
         }
     }
 }
@@ -78,43 +94,68 @@ pub struct ConnStats {
     /// ([`slot`]), then bytes up ([`BYTES_UP`]) and down ([`BYTES_DOWN`]):
     /// eight counters, one cache line per shard.
     counters: Sharded<SLOTS>,
-    /// [`ConnResult::Loop`]: rare enough (a configuration error, and the
-    /// backend is ejected at once) to keep off the sharded line.
-    loops: AtomicU64,
+    /// [`ConnResult::Loop`] and the results after it, in that order:
+    /// refusals that cost the connection nothing else (a configuration
+    /// error, a client over its limit, not TLS), kept off the sharded line.
+    rare: [AtomicU64; RARE],
 }
 
+/// The results counted apart, in [`ConnStats::rare`]: `Loop` and after.
+const RARE: usize = ConnResult::ALL.len() - ConnResult::Loop as usize;
+
 /// Where the client-to-backend payload bytes are counted: after the
-/// results other than `Ok` and `Loop`.
-const BYTES_UP: usize = ConnResult::ALL.len() - 2;
+/// results other than `Ok` and the rare ones.
+const BYTES_UP: usize = ConnResult::Loop as usize - 1;
 /// Where the backend-to-client payload bytes are counted.
 const BYTES_DOWN: usize = BYTES_UP + 1;
 /// Counters in all: one per result, then the two byte counts.
 const SLOTS: usize = BYTES_DOWN + 1;
 
 /// Where a result is counted in [`ConnStats`]'s shards; `Ok` is not
-/// counted (see there), `Loop` is counted apart.
+/// counted (see there), `Loop` and after are counted apart.
 #[inline]
 fn slot(result: ConnResult) -> Option<usize> {
-    if result == ConnResult::Loop {
+    if result as usize >= ConnResult::Loop as usize {
         return None;
     }
     (result as usize).checked_sub(1)
 }
 
+/// Where a result is counted in [`ConnStats::rare`], if it is one of those.
+#[inline]
+fn rare(result: ConnResult) -> Option<usize> {
+    (result as usize).checked_sub(ConnResult::Loop as usize)
+}
+
 const _: () = assert!(SLOTS == 8, "one cache line of counters per shard");
 
-/// Adds payload bytes of one direction to a [`ConnStats`].
+/// Adds payload bytes of one direction to a [`ConnStats`] (and, when the
+/// connection keeps its own tally for its access-log line, to that too).
 #[derive(Debug, Clone, Copy)]
 pub struct ByteCounter<'a> {
     stats: &'a ConnStats,
     at: usize,
+    /// The connection's own count of this direction, when kept.
+    tally: Option<&'a AtomicU64>,
 }
 
-impl ByteCounter<'_> {
+impl<'a> ByteCounter<'a> {
     /// Counts `n` bytes passed on.
     #[inline]
     pub fn add(&self, n: u64) {
         self.stats.counters.add(self.at, n);
+        if let Some(tally) = self.tally {
+            // One writer (this direction): no locked instruction needed.
+            tally.store(tally.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        }
+    }
+
+    /// This counter, also adding to the connection's own `tally`.
+    pub fn with_tally(self, tally: &'a AtomicU64) -> ByteCounter<'a> {
+        ByteCounter {
+            tally: Some(tally),
+            ..self
+        }
     }
 }
 
@@ -126,16 +167,17 @@ impl ConnStats {
         debug_assert_ne!(result, ConnResult::Ok, "counted as a successful connect");
         if let Some(at) = slot(result) {
             self.counters.add(at, 1);
-        } else if result == ConnResult::Loop {
-            self.loops.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(at) = rare(result) {
+            self.rare[at].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Connections with this outcome so far (0 for [`ConnResult::Ok`]).
     pub fn count(&self, result: ConnResult) -> u64 {
-        match result {
-            ConnResult::Loop => self.loops.load(Ordering::Relaxed),
-            _ => slot(result).map_or(0, |at| self.counters.get(at)),
+        match (slot(result), rare(result)) {
+            (Some(at), _) => self.counters.get(at),
+            (None, Some(at)) => self.rare[at].load(Ordering::Relaxed),
+            (None, None) => 0,
         }
     }
 
@@ -144,6 +186,7 @@ impl ConnStats {
         ByteCounter {
             stats: self,
             at: BYTES_UP,
+            tally: None,
         }
     }
 
@@ -152,6 +195,7 @@ impl ConnStats {
         ByteCounter {
             stats: self,
             at: BYTES_DOWN,
+            tally: None,
         }
     }
 

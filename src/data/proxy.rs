@@ -42,6 +42,7 @@ use crate::data::proxy_protocol::Version;
 use crate::data::throttle::Throttle;
 
 pub mod data_path;
+pub mod log_line;
 pub mod loops;
 pub mod stages;
 
@@ -123,8 +124,23 @@ pub struct ProxyOptions {
     /// Whether bulk transfers are spliced (true) or copied (false) (see
     /// [`crate::data::relay::Policy::splice`]).
     pub splice: bool,
-    /// Deadline for a trusted source's PROXY header.
+    /// Deadline for a trusted source's PROXY header, and for the
+    /// ClientHello on a listener that reads it.
     pub proxy_header_timeout: Duration,
+    /// Connections one client may have open at once, per app (`None`: no
+    /// cap), unless routing.db's `apps` says otherwise.
+    pub client_max_connections: Option<u32>,
+    /// New connections one client may open per period, per app (`None`:
+    /// no limit), unless routing.db's `apps` says otherwise.
+    #[serde(serialize_with = "as_debug")]
+    pub client_rate: Option<geoedge_client_limits::Rate>,
+    /// Clients never held to the per-client limits.
+    #[serde(serialize_with = "as_debug")]
+    pub client_limit_exempt: Vec<IpNet>,
+    /// IPv4 clients share their limits per network of this prefix.
+    pub client_ipv4_prefix: u8,
+    /// IPv6 clients share their limits per network of this prefix.
+    pub client_ipv6_prefix: u8,
 }
 
 /// Serializes a value as its `Debug` text (enough to compare two of them;
@@ -165,16 +181,80 @@ pub struct Proxy<D, P = Relay> {
     /// A client's short wait for a lease of another POP's backend (a
     /// fleet); unused without one.
     pub lease_wait: Arc<crate::data::lease_wait::LeaseWait>,
+    /// Open connections and recent connects per client, for the
+    /// per-client limits.
+    pub clients: crate::data::per_client::PerClient,
+    /// Server names read on listeners that read the ClientHello.
+    pub sni: SniStats,
+    /// Where each connection's line goes when it ends (`None`: the access
+    /// log is off).
+    pub access_log: Option<geoedge_access_log::AccessLog>,
+}
+
+/// What the ClientHellos read on `sni_listen` listeners named, for the
+/// metrics.
+#[derive(Debug, Default)]
+pub struct SniStats {
+    /// A server name that `sni_routes` routes.
+    routed: std::sync::atomic::AtomicU64,
+    /// A server name that no route matches: the listener's app.
+    unmatched: std::sync::atomic::AtomicU64,
+    /// No server name: the listener's app.
+    missing: std::sync::atomic::AtomicU64,
+}
+
+impl SniStats {
+    /// Counts one hello: whether it named a server, and whether a route
+    /// matched the name.
+    pub fn count(&self, named: bool, routed: bool) {
+        let counter = match (named, routed) {
+            (_, true) => &self.routed,
+            (true, false) => &self.unmatched,
+            (false, false) => &self.missing,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Hellos so far: routed by their name, named but unmatched, without a
+    /// name.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.routed.load(Relaxed),
+            self.unmatched.load(Relaxed),
+            self.missing.load(Relaxed),
+        )
+    }
+}
+
+/// What a listener serves: one app, or, reading the TLS ClientHello, the
+/// app its server name routes to.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The app served (for a listener that reads the ClientHello, the app
+    /// of names no route matches and of hellos without one).
+    pub app: AppId,
+    /// The listener reads the ClientHello.
+    pub sni: bool,
+}
+
+impl Service {
+    /// A listener of one app.
+    pub fn app(app: AppId) -> Self {
+        Service { app, sni: false }
+    }
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
-    /// Accepts clients for `app` on `listener` until `shutdown` turns true.
+    /// Accepts clients for `service` on `listener` until `shutdown` turns
+    /// true.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        app: AppId,
+        service: Service,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let app = &service;
         let local = listener.local_addr().ok();
         loop {
             let accepted = tokio::select! {
@@ -183,7 +263,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    self.admit(stream, peer, local, &app);
+                    self.admit(stream, peer, local, app);
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of
@@ -205,7 +285,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                 }
             }
         }
-        let taken = self.take_queued(listener, local, &app);
+        let taken = self.take_queued(listener, local, app);
         tracing::info!(listener = ?local, taken, "stopped accepting");
     }
 
@@ -218,7 +298,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         self: &Arc<Self>,
         listener: TcpListener,
         local: Option<SocketAddr>,
-        app: &AppId,
+        app: &Service,
     ) -> usize {
         let Ok(listener) = listener.into_std() else {
             return 0;
@@ -250,7 +330,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         stream: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
-        app: &AppId,
+        service: &Service,
     ) {
         let Some(slot) = self.limit.try_admit() else {
             // A reset, not a FIN: the descriptor and the kernel's state for
@@ -266,8 +346,13 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             client: stream,
             peer,
             listener: local,
-            app: app.clone(),
+            app: service.app.clone(),
             options: self.options.load_full(),
+            sni: service.sni,
+            log: self
+                .access_log
+                .as_ref()
+                .map(|_| log_line::LogLine::new(peer, local, service.app.as_arc())),
         };
         let this = Arc::clone(self);
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
@@ -277,4 +362,4 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -100,6 +100,10 @@ pub struct Moved {
     pub up: u64,
     /// Backend to client.
     pub down: u64,
+    /// The backend ended its side first (the client did, or both were
+    /// seen ending at the same time, when false): who closed the
+    /// connection, for its access-log line.
+    pub backend_first: bool,
 }
 
 /// Where a relay counts the bytes it passes on (one add per chunk).
@@ -219,6 +223,8 @@ async fn relay_pair(
     let mut last = Instant::now();
     let sleep = tokio::time::sleep_until(last + idle);
     tokio::pin!(sleep);
+    // Which side ended first, once one has.
+    let mut backend_first = None;
     poll_fn(|cx| {
         let mut moved = false;
         let up_done = match up.poll(cx, client, backend, meter.up, &mut moved) {
@@ -231,6 +237,9 @@ async fn relay_pair(
             Poll::Ready(Err(e)) => return Poll::Ready(Ended::Error(e)),
             Poll::Pending => false,
         };
+        if backend_first.is_none() && (up_done || down_done) {
+            backend_first = Some(!up_done);
+        }
         if down_done && (up_done || !policy.half_close) {
             // Both sockets are closed when the relay returns, and closing
             // sends the FIN a write shutdown would (both receive queues are
@@ -241,6 +250,7 @@ async fn relay_pair(
             return Poll::Ready(Ended::Closed(Moved {
                 up: up.moved + first_up.len() as u64,
                 down: down.moved,
+                backend_first: backend_first == Some(true),
             }));
         }
         // One direction is done while the other still flows: pass its

@@ -2,18 +2,25 @@
 //!
 //! 1. [`Proxy::identify`]: who the client is — a trusted source's PROXY
 //!    header, or the TCP peer — and where it is (GeoIP);
-//! 2. [`Proxy::admit_client`]: whether this client may go on (today: it
-//!    is not this edge itself, looping through a backend; see [`super::loops`]);
-//! 3. [`Proxy::classify`]: which app it came for (today: the listener's);
-//! 4. [`Proxy::route_and_dial`]: the routing core's decision and the
+//! 2. [`Proxy::admit_client`]: whether this client may go on at all: it is
+//!    not this edge itself, looping through a backend (see [`super::loops`]);
+//! 3. [`Proxy::classify`]: which app it came for: the listener's, or, on a
+//!    listener that reads the TLS ClientHello, the app routing.db's
+//!    `sni_routes` gives its server name;
+//! 4. [`Proxy::limit_client`]: whether the client is within its
+//!    per-client limits for that app (see [`crate::data::per_client`]);
+//! 5. [`Proxy::route_and_dial`]: the routing core's decision and the
 //!    connect, failing over to the next backend;
-//! 5. [`Proxy::relay_conn`]: the PROXY header for the backend, then the
-//!    bytes, through the [`DataPath`] seam.
+//! 6. [`Proxy::relay_conn`]: the PROXY header for the backend, the bytes
+//!    read so far (a ClientHello, unchanged), then the relay, through the
+//!    [`DataPath`] seam.
 //!
 //! Every stage reads the one settings snapshot the connection took when it
 //! was accepted ([`Conn::options`]), so a reload in the middle of a
 //! connection never gives it a mix of old and new settings. A stage that
-//! ends the connection says how, as the [`ConnResult`] it is counted under.
+//! ends the connection says how, as the [`ConnResult`] it is counted under;
+//! with the access log on, each stage also fills in its part of the
+//! connection's line ([`LogLine`]).
 
 use std::future::Future;
 use std::io;
@@ -28,13 +35,16 @@ use tokio::net::TcpStream;
 use tracing::field::display;
 
 use super::data_path::DataPath;
+use super::log_line::{LogLine, Relayed};
 use super::loops::Registered;
 use super::{classify, Proxy, ProxyOptions};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::ConnResult;
 use crate::data::dialer::Dialer;
+use crate::data::per_client::ClientKey;
 use crate::data::proxy_protocol::{self, Header, Parse, ProxyHeaderError};
 use crate::data::relay::{Ended, Meter, Policy};
+use geoedge_client_limits::{ClientGuard, Refused};
 
 /// An accepted client connection, carried through the stages.
 #[derive(Debug)]
@@ -51,6 +61,12 @@ pub struct Conn {
     /// The settings snapshot taken when the connection was accepted: every
     /// stage reads this one, the relay included.
     pub options: Arc<ProxyOptions>,
+    /// The listener reads the TLS ClientHello and picks the app from its
+    /// server name; [`Conn::app`] is then the app of names no route
+    /// matches.
+    pub sni: bool,
+    /// The connection's access-log line, when the access log is on.
+    pub log: Option<Box<LogLine>>,
 }
 
 /// Who the client is and where, as [`Proxy::identify`] found out.
@@ -80,6 +96,9 @@ pub struct Dialed {
     pub route: Route,
     /// The connection's entry among the edge's own, until it drops.
     pub registered: Option<Registered>,
+    /// The client's place under its per-client connection cap, until it
+    /// drops (boxed: only clients held to a limit have one).
+    pub client: Option<Box<ClientGuard<ClientKey>>>,
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
@@ -98,18 +117,25 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         let prepared = self.prepare(&mut conn).await;
         match prepared {
             Ok((identity, dialed)) => self.relay_conn(conn, identity, dialed).await,
-            Err(result) => self.conns.record(result),
+            Err(result) => {
+                self.conns.record(result);
+                if let (Some(line), Some(log)) = (conn.log.take(), &self.access_log) {
+                    line.refused(log, result);
+                }
+            }
         }
         drop(slot);
     }
 
-    /// The stages up to the relay: identify, admit, classify, route and
-    /// dial.
+    /// The stages up to the relay: identify, admit, classify, limit, route
+    /// and dial.
     async fn prepare(&self, conn: &mut Conn) -> Result<(Identity, Dialed), ConnResult> {
-        let identity = self.identify(conn).await?;
+        let mut identity = self.identify(conn).await?;
         self.admit_client(conn, &identity)?;
-        let app = self.classify(conn, &identity);
-        let dialed = self.route_and_dial(conn, &identity, &app).await?;
+        let app = self.classify(conn, &mut identity).await?;
+        let client = self.limit_client(conn, &identity, &app)?;
+        let mut dialed = self.route_and_dial(conn, &identity, &app).await?;
+        dialed.client = client;
         Ok((identity, dialed))
     }
 
@@ -166,6 +192,12 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         if let Some(country) = lookup.country() {
             span.record("country", display(country));
         }
+        if let Some(line) = conn.log.as_deref_mut() {
+            line.record.client = source;
+            line.record.country = lookup
+                .country()
+                .and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
+        }
         Ok(Identity {
             source,
             destination,
@@ -204,13 +236,90 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         Err(ConnResult::Loop)
     }
 
-    /// Stage 3: the app the client came for. Today every listener serves
-    /// one app, so it is the listener's.
-    pub(crate) fn classify(&self, conn: &Conn, _identity: &Identity) -> AppId {
-        conn.app.clone()
+    /// Stage 3: the app the client came for. A plain listener serves one
+    /// app. A listener that reads the ClientHello reads it (within the
+    /// PROXY header timeout, at most [`geoedge_client_hello::MAX_CLIENT_HELLO`]
+    /// bytes; they are owed to the backend unchanged) and looks its server
+    /// name up in routing.db's `sni_routes`: a name no route matches, and
+    /// a hello without one, go to the listener's app. Anything but a
+    /// ClientHello is refused, never dialed.
+    pub(crate) async fn classify(
+        &self,
+        conn: &mut Conn,
+        identity: &mut Identity,
+    ) -> Result<AppId, ConnResult> {
+        if !conn.sni {
+            return Ok(conn.app.clone());
+        }
+        let timeout = conn.options.proxy_header_timeout;
+        let hello = tokio::time::timeout(
+            timeout,
+            read_client_hello(&mut conn.client, &mut identity.early),
+        )
+        .await;
+        let name = match hello {
+            Ok(Ok(hello)) => hello.server_name,
+            Ok(Err(e)) => {
+                tracing::debug!(reason = e.reason(), "not a TLS ClientHello: {e}");
+                return Err(ConnResult::NotTls);
+            }
+            Err(_) => {
+                tracing::debug!("no complete ClientHello within {timeout:?}");
+                return Err(ConnResult::NotTls);
+            }
+        };
+        let routed = name.as_deref().and_then(|name| {
+            self.router
+                .table()
+                .snapshot_guard()
+                .sni_route(name)
+                .cloned()
+        });
+        self.sni.count(name.is_some(), routed.is_some());
+        let app = routed.unwrap_or_else(|| conn.app.clone());
+        if let Some(line) = conn.log.as_deref_mut() {
+            line.record.sni = name.map(String::into_boxed_str);
+            line.record.app = app.as_arc();
+        }
+        Ok(app)
     }
 
-    /// Stage 4: asks the routing core for a backend and connects to it, up
+    /// Stage 4: whether the client is within its per-client limits for
+    /// `app`: the settings', or the app's row in routing.db's `apps`. A
+    /// client over one is closed before any backend is dialed; one within
+    /// them holds its place under the connection cap until it ends.
+    pub(crate) fn limit_client(
+        &self,
+        conn: &Conn,
+        identity: &Identity,
+        app: &AppId,
+    ) -> Result<Option<Box<ClientGuard<ClientKey>>>, ConnResult> {
+        let options = &conn.options;
+        let snapshot = self.router.table().snapshot_guard();
+        let app_limits = snapshot.app_limits(app.as_str());
+        if app_limits.is_none()
+            && options.client_max_connections.is_none()
+            && options.client_rate.is_none()
+        {
+            return Ok(None);
+        }
+        match self
+            .clients
+            .admit(options, app, app_limits, identity.ip, Instant::now())
+        {
+            Ok(guard) => Ok(guard.map(Box::new)),
+            Err(refused) => {
+                // A reset: a client over its limit costs no TIME_WAIT.
+                let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
+                Err(match refused {
+                    Refused::Connections => ConnResult::ClientLimit,
+                    Refused::Rate => ConnResult::ClientRate,
+                })
+            }
+        }
+    }
+
+    /// Stage 5: asks the routing core for a backend and connects to it, up
     /// to `connect_attempts` backends, each within `connect_timeout`. A
     /// failed connect counts against the backend's health and the next
     /// decision excludes it; an error of this host (out of descriptors and
@@ -218,7 +327,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     /// backend's health alone.
     pub(crate) async fn route_and_dial(
         &self,
-        conn: &Conn,
+        conn: &mut Conn,
         identity: &Identity,
         app: &AppId,
     ) -> Result<Dialed, ConnResult> {
@@ -303,10 +412,14 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                     // Counted as `ok` by the connect just observed.
                     tracing::Span::current().record("backend", display(&backend.id));
                     let registered = self.own.register(&stream, backend.addr, &backend.id);
+                    if let Some(line) = conn.log.as_deref_mut() {
+                        self.log_decision(line, identity, &route, tried.len() + 1, Some(took));
+                    }
                     return Ok(Dialed {
                         stream,
                         route,
                         registered,
+                        client: None,
                     });
                 }
                 Ok(Err(e)) => (classify(&e), Some(e)),
@@ -345,6 +458,9 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             }
             tried.push(backend.id.clone());
             result = ConnResult::ConnectFailed;
+            if let Some(line) = conn.log.as_deref_mut() {
+                self.log_decision(line, identity, &route, tried.len(), None);
+            }
             // `route` drops here: the slot is released.
         }
         tracing::debug!(
@@ -355,7 +471,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         Err(result)
     }
 
-    /// Stage 5: sends the backend its PROXY header (when the connection's
+    /// Stage 6: sends the backend its PROXY header (when the connection's
     /// settings ask for one) and the client's early bytes, then relays
     /// through the data path with the connection's policy. The route, and
     /// with it the backend's slot, is released exactly once, when the
@@ -381,31 +497,137 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         }
         first.extend_from_slice(&identity.early);
         self.conns.up().add(identity.early.len() as u64);
+        let early = identity.early.len() as u64;
         let client = conn.client;
+        let line = conn.log;
         let Dialed {
             stream,
             route,
             registered,
+            client: limited,
         } = dialed;
         tracing::debug!(kind = route.kind.as_str(), "relaying");
         async move {
-            let meter = Meter {
-                up: self.conns.up(),
-                down: self.conns.down(),
+            // With the access log on, the connection counts its own bytes
+            // too, and its line is written however the relay ends.
+            let mut logged = match (line, &self.access_log) {
+                (Some(line), Some(log)) => Some(Relayed::new(line, log, early)),
+                _ => None,
             };
-            match self
+            let (up, down) = match &logged {
+                Some(l) => (
+                    self.conns.up().with_tally(&l.up),
+                    self.conns.down().with_tally(&l.down),
+                ),
+                None => (self.conns.up(), self.conns.down()),
+            };
+            let ended = self
                 .data_path
-                .relay(client, stream, &first, policy, meter)
-                .await
-            {
+                .relay(client, stream, &first, policy, Meter { up, down })
+                .await;
+            if let Some(logged) = logged.as_mut() {
+                logged.ended(&ended);
+            }
+            match ended {
                 Ended::Closed(moved) => {
                     tracing::debug!(up = moved.up, down = moved.down, "closed")
                 }
                 Ended::Idle => tracing::debug!("idle timeout"),
                 Ended::Error(e) => tracing::debug!("relay ended: {e}"),
             }
+            drop(limited);
             drop(registered);
             drop(route);
+        }
+    }
+}
+
+impl<D: Dialer, P: DataPath> Proxy<D, P> {
+    /// Fills in the decision's part of a connection's access-log line:
+    /// the backend, how it was chosen, the client's region, the connect
+    /// attempts so far and the last connect's time.
+    fn log_decision(
+        &self,
+        line: &mut LogLine,
+        identity: &Identity,
+        route: &Route,
+        attempts: usize,
+        connect_time: Option<Duration>,
+    ) {
+        let backend = route.backend();
+        let snapshot = self.router.table().snapshot_guard();
+        let location = identity.lookup.location();
+        let client_region = location
+            .and_then(|l| snapshot.country_map.region_of(l.country, l.continent))
+            .and_then(|i| snapshot.region(i));
+        let country = location.and_then(|l| l.country);
+        let tier = if country.is_some() && backend.country == country {
+            "country"
+        } else if client_region.is_some_and(|r| r.id == backend.region) {
+            "region"
+        } else {
+            "distance"
+        };
+        let r = &mut line.record;
+        r.backend = Some(backend.id.as_arc());
+        r.region = client_region.map(|r| r.id.as_arc());
+        r.reason = Some(route.kind.as_str());
+        r.tier = Some(tier);
+        r.attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+        r.connect_time = connect_time;
+    }
+}
+
+/// Reads until `buf` (what the client sent so far, from its first byte)
+/// holds a whole TLS ClientHello, and returns it; every byte read stays in
+/// `buf`, owed to the backend. Fails on anything else, on a hello past
+/// [`geoedge_client_hello::MAX_CLIENT_HELLO`], and on a close inside it.
+pub(crate) async fn read_client_hello(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<geoedge_client_hello::ClientHello, HelloError> {
+    use geoedge_client_hello::{parse, Parse, MAX_CLIENT_HELLO};
+    loop {
+        if !buf.is_empty() {
+            if let Parse::Complete(hello) = parse(buf)? {
+                return Ok(hello);
+            }
+        }
+        if buf.len() >= MAX_CLIENT_HELLO {
+            return Err(geoedge_client_hello::ClientHelloError::TooLong.into());
+        }
+        // Most hellos fit in one read of this; a post-quantum key share
+        // makes one about 1.8 KB.
+        buf.reserve(2048.min(MAX_CLIENT_HELLO - buf.len()));
+        let room = (MAX_CLIENT_HELLO - buf.len()).min(buf.capacity() - buf.len());
+        let n = (&mut *client).take(room as u64).read_buf(buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed inside the ClientHello",
+            )
+            .into());
+        }
+    }
+}
+
+/// Why a listener that reads the ClientHello refused a client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HelloError {
+    /// The socket failed or closed inside the hello.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The bytes are not a ClientHello.
+    #[error(transparent)]
+    NotHello(#[from] geoedge_client_hello::ClientHelloError),
+}
+
+impl HelloError {
+    /// A short label for logs.
+    fn reason(&self) -> &'static str {
+        match self {
+            HelloError::Io(_) => "io",
+            HelloError::NotHello(e) => e.reason(),
         }
     }
 }

@@ -78,7 +78,7 @@ fn router(backends: Vec<BackendRow>) -> Arc<Router> {
 }
 
 /// Settings that trust loopback's PROXY headers and send none.
-fn options() -> ProxyOptions {
+pub(crate) fn options() -> ProxyOptions {
     ProxyOptions {
         proxy_protocol_from: vec!["127.0.0.0/8".parse().unwrap()],
         send_proxy_protocol: None,
@@ -88,6 +88,11 @@ fn options() -> ProxyOptions {
         half_close: true,
         splice: false,
         proxy_header_timeout: Duration::from_secs(10),
+        client_max_connections: None,
+        client_rate: None,
+        client_limit_exempt: Vec::new(),
+        client_ipv4_prefix: 32,
+        client_ipv6_prefix: 64,
     }
 }
 
@@ -106,6 +111,9 @@ fn proxy<D: Dialer, P: DataPath>(router: Arc<Router>, dialer: D, data_path: P) -
         lease_wait: Arc::new(crate::data::lease_wait::LeaseWait::new(
             std::time::Duration::from_millis(250),
         )),
+        clients: crate::data::per_client::PerClient::new(1000),
+        sni: Default::default(),
+        access_log: None,
     })
 }
 
@@ -123,6 +131,8 @@ async fn accepted(options: ProxyOptions) -> (TcpStream, Conn) {
         listener: listener.local_addr().ok(),
         app: AppId::default_app(),
         options: Arc::new(options),
+        sni: false,
+        log: None,
     };
     (client, conn)
 }
@@ -191,8 +201,8 @@ async fn classify_gives_the_listeners_app() {
     let p = proxy(router(Vec::new()), TcpDialer, Relay);
     let (_client, mut conn) = accepted(options()).await;
     conn.app = AppId::new("shop");
-    let id = identity(&conn);
-    assert_eq!(p.classify(&conn, &id), AppId::new("shop"));
+    let mut id = identity(&conn);
+    assert_eq!(p.classify(&mut conn, &mut id).await, Ok(AppId::new("shop")));
 }
 
 /// The identity of a client that sent no header.
@@ -216,10 +226,10 @@ async fn route_and_dial_fails_over_to_the_next_backend() {
         row("up", "us", up.local_addr().unwrap()),
     ]);
     let p = proxy(Arc::clone(&router), TcpDialer, Relay);
-    let (_client, conn) = accepted(options()).await;
+    let (_client, mut conn) = accepted(options()).await;
     let id = identity(&conn);
     let dialed = p
-        .route_and_dial(&conn, &id, &AppId::default_app())
+        .route_and_dial(&mut conn, &id, &AppId::default_app())
         .await
         .expect("the second backend answers");
     assert_eq!(dialed.route.backend().id.as_str(), "up");
@@ -233,7 +243,7 @@ async fn route_and_dial_fails_over_to_the_next_backend() {
 
 #[tokio::test]
 async fn route_and_dial_says_why_no_backend_took_the_client() {
-    let (_client, conn) = accepted(options()).await;
+    let (_client, mut conn) = accepted(options()).await;
     let id = identity(&conn);
     // Every backend refuses: as many tried as attempts allow.
     let all_down = router(vec![
@@ -242,13 +252,13 @@ async fn route_and_dial_says_why_no_backend_took_the_client() {
     ]);
     let p = proxy(all_down, TcpDialer, Relay);
     let err = p
-        .route_and_dial(&conn, &id, &AppId::default_app())
+        .route_and_dial(&mut conn, &id, &AppId::default_app())
         .await
         .unwrap_err();
     assert_eq!(err, ConnResult::ConnectFailed);
     // No backend for the app at all.
     let err = p
-        .route_and_dial(&conn, &id, &AppId::new("nothing-here"))
+        .route_and_dial(&mut conn, &id, &AppId::new("nothing-here"))
         .await
         .unwrap_err();
     assert_eq!(err, ConnResult::NoBackend);
@@ -269,12 +279,12 @@ async fn route_and_dial_refuses_on_a_local_error_and_leaves_the_backend_alone() 
     let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = router(vec![row("up", "eu", up.local_addr().unwrap())]);
     let p = proxy(Arc::clone(&router), OutOfDescriptors, Relay);
-    let (_client, conn) = accepted(options()).await;
+    let (_client, mut conn) = accepted(options()).await;
     let id = identity(&conn);
     // Many more times than failed connects would take to eject it.
     for _ in 0..20 {
         let err = p
-            .route_and_dial(&conn, &id, &AppId::default_app())
+            .route_and_dial(&mut conn, &id, &AppId::default_app())
             .await
             .unwrap_err();
         assert_eq!(err, ConnResult::LocalError);
@@ -334,9 +344,9 @@ async fn the_relay_seam_gets_the_header_the_early_bytes_and_the_connections_poli
         .write_all(b"PROXY TCP4 81.2.69.142 10.0.0.1 40000 443\r\n")
         .await
         .unwrap();
-    let id = p.identify(&mut conn).await.unwrap();
-    let app = p.classify(&conn, &id);
-    let dialed = p.route_and_dial(&conn, &id, &app).await.unwrap();
+    let mut id = p.identify(&mut conn).await.unwrap();
+    let app = p.classify(&mut conn, &mut id).await.unwrap();
+    let dialed = p.route_and_dial(&mut conn, &id, &app).await.unwrap();
     p.relay_conn(conn, id, dialed).await;
     let handed = p.data_path.0.lock().unwrap().clone();
     assert_eq!(handed.len(), 1);
@@ -354,7 +364,11 @@ fn serve<D: Dialer, P: DataPath>(
     listener: TcpListener,
 ) -> tokio::sync::watch::Sender<bool> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(Arc::clone(p).serve(listener, AppId::default_app(), shutdown));
+    tokio::spawn(Arc::clone(p).serve(
+        listener,
+        super::Service::app(AppId::default_app()),
+        shutdown,
+    ));
     stop
 }
 

@@ -1,0 +1,140 @@
+//! A connection's access-log line, filled in by the stages as they learn
+//! its parts and written once, when the connection ends
+//! ([`geoedge_access_log`]). Only connections of an edge with the access
+//! log on carry one ([`LogLine`] is boxed in [`super::Conn`]), so the log
+//! costs nothing when it is off.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use geoedge_access_log::{AccessLog, End, Record};
+
+use crate::data::conn_stats::ConnResult;
+use crate::data::relay::Ended;
+
+/// The line of one connection, while it is open.
+#[derive(Debug)]
+pub struct LogLine {
+    /// What is known so far; `end`, `duration` and the byte counts are set
+    /// when it is written.
+    pub record: Record,
+    /// When the connection was accepted, for its duration.
+    pub started: Instant,
+}
+
+impl LogLine {
+    /// The line of a connection accepted now from `client` on `listener`,
+    /// for `app` (the listener's, until the ClientHello names another).
+    pub fn new(
+        client: std::net::SocketAddr,
+        listener: Option<std::net::SocketAddr>,
+        app: std::sync::Arc<str>,
+    ) -> Box<Self> {
+        Box::new(LogLine {
+            record: Record {
+                start: SystemTime::now(),
+                duration: std::time::Duration::ZERO,
+                client,
+                country: None,
+                region: None,
+                app,
+                sni: None,
+                listener,
+                backend: None,
+                reason: None,
+                tier: None,
+                attempts: 0,
+                connect_time: None,
+                bytes_up: 0,
+                bytes_down: 0,
+                end: End::Error,
+            },
+            started: Instant::now(),
+        })
+    }
+
+    /// Writes the line of a connection that ended before its relay.
+    pub fn refused(mut self: Box<Self>, log: &AccessLog, result: ConnResult) {
+        self.record.end = end_of(result);
+        self.record.bytes_up = 0;
+        self.write(log);
+    }
+
+    /// Sets the duration and queues the line.
+    fn write(mut self: Box<Self>, log: &AccessLog) {
+        self.record.duration = self.started.elapsed();
+        log.log(self.record);
+    }
+}
+
+/// The termination reason of a connection that ended with `result`
+/// before its relay.
+pub fn end_of(result: ConnResult) -> End {
+    match result {
+        ConnResult::NoBackend => End::NoBackend,
+        ConnResult::ConnectFailed => End::ConnectFailed,
+        ConnResult::BadProxyHeader | ConnResult::ProxyHeaderTimeout => End::BadHeader,
+        ConnResult::ClientLimit => End::ClientLimit,
+        ConnResult::ClientRate => End::ClientRate,
+        ConnResult::NotTls => End::NotTls,
+        ConnResult::Ok | ConnResult::OverLimit | ConnResult::LocalError | ConnResult::Loop => {
+            End::Error
+        }
+    }
+}
+
+/// A relayed connection's line: its own byte counts as they flow, and
+/// the line written when the relay ends, or, if the relay is dropped
+/// before (shutdown's drain timeout cutting it), written as `draining`.
+#[derive(Debug)]
+pub struct Relayed<'a> {
+    /// The line, until written.
+    line: Option<Box<LogLine>>,
+    /// Where it goes.
+    log: &'a AccessLog,
+    /// Client-to-backend bytes, counted by the relay.
+    pub up: AtomicU64,
+    /// Backend-to-client bytes, counted by the relay.
+    pub down: AtomicU64,
+}
+
+impl<'a> Relayed<'a> {
+    /// Starts counting for `line`; `first_up` bytes (the client's, read
+    /// before the relay) are counted already.
+    pub fn new(line: Box<LogLine>, log: &'a AccessLog, first_up: u64) -> Self {
+        Relayed {
+            line: Some(line),
+            log,
+            up: AtomicU64::new(first_up),
+            down: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes the line of a relay that ended this way.
+    pub fn ended(&mut self, ended: &Ended) {
+        let end = match ended {
+            Ended::Closed(moved) if moved.backend_first => End::BackendClosed,
+            Ended::Closed(_) => End::ClientClosed,
+            Ended::Idle => End::IdleTimeout,
+            Ended::Error(_) => End::Error,
+        };
+        self.finish(end);
+    }
+
+    fn finish(&mut self, end: End) {
+        if let Some(mut line) = self.line.take() {
+            line.record.end = end;
+            line.record.bytes_up = self.up.load(Ordering::Relaxed);
+            line.record.bytes_down = self.down.load(Ordering::Relaxed);
+            line.write(self.log);
+        }
+    }
+}
+
+impl Drop for Relayed<'_> {
+    fn drop(&mut self) {
+        // Not ended: the relay was cut (the drain timeout, the worker's
+        // runtime going away).
+        self.finish(End::Draining);
+    }
+}
