@@ -57,8 +57,10 @@ pub struct Edge {
     pub reloads: Arc<ConfigReloads>,
     /// Per-backend metric series up to this many backends.
     pub backend_series: usize,
-    /// The apps the client listeners serve (the backends worth checking).
-    pub apps: Vec<geoedge_routing::AppId>,
+    /// The apps the client listeners serve (the backends worth checking);
+    /// `None`: every app (a listener reads the ClientHello, whose server
+    /// name may route to any app).
+    pub apps: Option<Vec<geoedge_routing::AppId>>,
 }
 
 /// Loads the routing table and GeoIP database named by the settings and
@@ -134,6 +136,17 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
             .with_spill_spread(spill_seed());
     }
     let router = Arc::new(router);
+    let access_log = match &settings.access_log {
+        None => None,
+        Some(a) => Some(
+            geoedge_access_log::AccessLog::start(
+                a.sink.clone(),
+                a.format,
+                crate::control::config::defaults::ACCESS_LOG_QUEUE,
+            )
+            .with_context(|| format!("starting the access log ({:?})", a.sink))?,
+        ),
+    };
     let proxy = Arc::new(Proxy {
         router,
         geoip,
@@ -148,6 +161,9 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         lease_wait: Arc::new(crate::data::lease_wait::LeaseWait::new(
             crate::control::config::defaults::LEASE_WAIT,
         )),
+        clients: crate::data::per_client::PerClient::new(settings.client_table_size),
+        sni: Default::default(),
+        access_log,
     });
     Ok(Edge {
         proxy,
@@ -157,11 +173,13 @@ pub fn start(settings: &Settings, routing_db: &Path) -> anyhow::Result<Edge> {
         default_max_connections,
         reloads: Arc::default(),
         backend_series: settings.metrics_backend_series,
-        apps: {
+        apps: if settings.listen.iter().any(|l| l.sni) {
+            None
+        } else {
             let mut apps: Vec<_> = settings.listen.iter().map(|l| l.app.clone()).collect();
             apps.sort();
             apps.dedup();
-            apps
+            Some(apps)
         },
     })
 }
@@ -310,7 +328,9 @@ pub async fn serve(
         tokio::select! {
             asked = signals.next() => match (asked, &resolve) {
                 (Asked::Stop, _) => break,
+                (Asked::Reopen, _) => reopen_access_log(edge, "SIGUSR1"),
                 (Asked::Reload, None) => {
+                    reopen_access_log(edge, "SIGHUP");
                     notifier.reloading();
                     tracing::info!("SIGHUP: no config to re-read here");
                     notifier.reloaded("serving");
@@ -320,6 +340,7 @@ pub async fn serve(
                     again = true;
                 }
                 (Asked::Reload, Some(r)) => {
+                    reopen_access_log(edge, "SIGHUP");
                     notifier.reloading();
                     pending = Some(lifecycle::read_in_background(r));
                 }
@@ -359,8 +380,22 @@ pub async fn serve(
         );
     }
     workers.finish().await;
+    if let Some(log) = edge.proxy.access_log.clone() {
+        // The lines of the connections just ended (drained or cut).
+        let flush = crate::control::config::defaults::ACCESS_LOG_FLUSH;
+        let _ = tokio::task::spawn_blocking(move || log.close(flush)).await;
+    }
     watchdog.abort();
     Ok(())
+}
+
+/// Asks the access log's writer to reopen its file (logrotate's rename,
+/// then signal); the writer does it before its next line, never a worker.
+fn reopen_access_log(edge: &Edge, signal: &str) {
+    if let Some(log) = &edge.proxy.access_log {
+        tracing::info!("{signal}: reopening the access log");
+        log.reopen();
+    }
 }
 
 /// The `run` command; `resolve` reads the settings again on SIGHUP.
@@ -397,6 +432,7 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
     let edge = start(settings, &routing_db)?;
     metrics.register_edge(metric_sources(&edge))?;
     metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
+    metrics.register_features(Arc::clone(&edge.proxy))?;
     runtime.block_on(async {
         // The backhaul comes up first: backends in other POPs are dialed through it.
         let backhaul = match &settings.wireguard {

@@ -11,7 +11,9 @@
 //! is closed at once, nothing is sent. No lock is held across an await.
 //!
 //! Only backends this edge can route to are checked (those of the apps its
-//! listeners serve), spread evenly over the period, and the period grows
+//! listeners serve; every app's when a listener reads the ClientHello,
+//! since routing.db's `sni_routes` may name any app and change with any
+//! edit), spread evenly over the period, and the period grows
 //! with the table so that the checks never exceed
 //! `--health-check-max-rate` per second: a table of 100,000 backends costs
 //! the same connects per second as one of 2,000 (each backend is checked
@@ -33,9 +35,14 @@ use crate::control::table_events;
 use crate::data::health_log::{more, CHANGE_LINES};
 use crate::data::throttle::Throttle;
 
-/// Starts checking the backends of `apps` in `router`'s table, following
+/// Starts checking the backends of `apps` (`None`: every app) in
+/// `router`'s table, following
 /// reloads. Aborting the returned task stops every check.
-pub fn spawn(router: Arc<Router>, options: CheckOptions, apps: Vec<AppId>) -> JoinHandle<()> {
+pub fn spawn(
+    router: Arc<Router>,
+    options: CheckOptions,
+    apps: Option<Vec<AppId>>,
+) -> JoinHandle<()> {
     tokio::spawn(supervise(router, options, apps))
 }
 
@@ -65,13 +72,14 @@ impl Drop for Checkers {
     }
 }
 
-async fn supervise(router: Arc<Router>, options: CheckOptions, apps: Vec<AppId>) {
+async fn supervise(router: Arc<Router>, options: CheckOptions, apps: Option<Vec<AppId>>) {
     let mut checkers = Checkers::default();
     // Subscribed before the first look, so no change falls in between.
     let mut changes = table_events::subscribe(router.table());
     loop {
         let snap = router.table().snapshot();
-        let checked = |b: &Backend| !b.deleted && apps.contains(&b.app);
+        let checked =
+            |b: &Backend| !b.deleted && apps.as_ref().is_none_or(|apps| apps.contains(&b.app));
         let count = snap.backends.iter().filter(|b| checked(b)).count();
         let period = options.period(count);
         checkers.0.retain(|id, c| {

@@ -88,6 +88,11 @@ pub struct Settings {
     /// is only read from disk).
     #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub fleet: Option<FleetSettings>,
+    /// Clients tracked at once for the per-client limits.
+    pub client_table_size: usize,
+    /// The access log (`None`: off).
+    #[serde(serialize_with = "crate::data::proxy::as_debug")]
+    pub access_log: Option<AccessLogSettings>,
 }
 
 /// Where the fleet's routing table is published and followed
@@ -188,28 +193,95 @@ pub struct WgSettings {
 /// A client listener: an address, and the app it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
-    /// The app whose backends serve this listener's clients.
+    /// The app whose backends serve this listener's clients; for a
+    /// listener that reads the ClientHello, the app of server names that
+    /// no route matches and of hellos without one.
     pub app: AppId,
     /// Where to listen.
     pub addr: SocketAddr,
+    /// The listener reads the TLS ClientHello and picks the app from its
+    /// server name (`sni_listen`).
+    pub sni: bool,
 }
 
-impl FromStr for ListenSpec {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+impl ListenSpec {
+    /// Parses `[APP=]ADDR` as the setting `key` gives it.
+    fn parse(s: &str, key: &str, sni: bool) -> anyhow::Result<Self> {
         let (app, addr) = match s.split_once('=') {
             Some((app, addr)) if !app.trim().is_empty() => (app.trim(), addr),
-            Some(_) => bail!("listen {s:?}: empty app name"),
+            Some(_) => bail!("{key} {s:?}: empty app name"),
             None => ("default", s),
         };
         let addr = addr
             .trim()
             .parse()
-            .with_context(|| format!("listen {s:?}: not an ADDR:PORT"))?;
+            .with_context(|| format!("{key} {s:?}: not an ADDR:PORT"))?;
         Ok(ListenSpec {
             app: AppId::new(app),
             addr,
+            sni,
         })
+    }
+}
+
+impl FromStr for ListenSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        ListenSpec::parse(s, "listen", false)
+    }
+}
+
+/// Where access-log lines go, and how they look (`access_log`,
+/// `access_log_format`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// stdout, journald or a file.
+    pub sink: geoedge_access_log::Sink,
+    /// text or json.
+    pub format: geoedge_access_log::Format,
+}
+
+/// The access log: `None` when off. The format is checked even when off.
+fn access_log(l: &Layer) -> anyhow::Result<Option<AccessLogSettings>> {
+    let format = l
+        .access_log_format
+        .as_deref()
+        .unwrap_or(defaults::ACCESS_LOG_FORMAT)
+        .trim();
+    let format = match format {
+        "text" => geoedge_access_log::Format::Text,
+        "json" => geoedge_access_log::Format::Json,
+        other => bail!("access_log_format {other:?}: expected text or json"),
+    };
+    let sink = l
+        .access_log
+        .as_deref()
+        .unwrap_or(defaults::ACCESS_LOG)
+        .trim();
+    if sink == "off" {
+        return Ok(None);
+    }
+    if sink.is_empty() {
+        bail!("access_log \"\": expected off, stdout, journald or a file path");
+    }
+    let sink = sink
+        .parse::<geoedge_access_log::Sink>()
+        .map_err(|e| anyhow::anyhow!("access_log {sink:?}: {e}"))?;
+    Ok(Some(AccessLogSettings { sink, format }))
+}
+
+/// The per-client rate: `None` when off.
+fn client_rate(value: Option<&str>) -> anyhow::Result<Option<geoedge_client_limits::Rate>> {
+    match value.unwrap_or(defaults::CLIENT_RATE).trim() {
+        "off" => Ok(None),
+        other => other
+            .parse::<geoedge_client_limits::Rate>()
+            .map(Some)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "client_rate {other:?}: {e} (expected N/DURATION, e.g. 10/60s, or off)"
+                )
+            }),
     }
 }
 
@@ -224,12 +296,42 @@ impl Settings {
         let fleet = fleet(&l)?;
         let bindings = BindingConfig::default();
         let (health, health_checks) = health::settings(&l)?;
-        let listen = l
-            .listen
-            .unwrap_or_else(|| vec![defaults::LISTEN.into()])
+        // Without any listener named, the default one; `sni_listen` adds
+        // listeners that read the ClientHello.
+        let plain = match (&l.listen, &l.sni_listen) {
+            (Some(listen), _) => listen.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => vec![defaults::LISTEN.into()],
+        };
+        let mut listen = plain
             .iter()
-            .map(|s| s.parse())
+            .map(|s| ListenSpec::parse(s, "listen", false))
             .collect::<anyhow::Result<Vec<ListenSpec>>>()?;
+        for s in l.sni_listen.iter().flatten() {
+            listen.push(ListenSpec::parse(s, "sni_listen", true)?);
+        }
+        for (i, a) in listen.iter().enumerate() {
+            if let Some(b) = listen[..i]
+                .iter()
+                .find(|b| b.addr == a.addr && a.addr.port() != 0)
+            {
+                bail!(
+                    "{} is named twice (as {} and {}): one listener per address",
+                    a.addr,
+                    if b.sni { "sni_listen" } else { "listen" },
+                    if a.sni { "sni_listen" } else { "listen" }
+                );
+            }
+        }
+        let client_limit_exempt = l
+            .client_limit_exempt
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| parse_cidr(s))
+            .collect::<anyhow::Result<Vec<IpNet>>>()?;
+        let client_rate = client_rate(l.client_rate.as_deref())?;
+        let access_log = access_log(&l)?;
         let proxy_protocol_from = l
             .proxy_protocol_from
             .unwrap_or_default()
@@ -343,6 +445,34 @@ impl Settings {
                         l.proxy_header_timeout,
                         defaults::PROXY_HEADER_TIMEOUT,
                     ),
+                    client_max_connections: l
+                        .client_max_connections
+                        .map(|n| {
+                            defaults::bounded(
+                                "client_max_connections",
+                                n,
+                                &defaults::CLIENT_MAX_CONNECTIONS_RANGE,
+                            )
+                        })
+                        .transpose()?,
+                    client_rate,
+                    client_limit_exempt,
+                    client_ipv4_prefix: match l.client_ipv4_prefix {
+                        None => defaults::CLIENT_IPV4_PREFIX,
+                        Some(p) => defaults::bounded(
+                            "client_ipv4_prefix",
+                            p,
+                            &defaults::BINDING_IPV4_PREFIX_RANGE,
+                        )?,
+                    },
+                    client_ipv6_prefix: match l.client_ipv6_prefix {
+                        None => defaults::CLIENT_IPV6_PREFIX,
+                        Some(p) => defaults::bounded(
+                            "client_ipv6_prefix",
+                            p,
+                            &defaults::BINDING_IPV6_PREFIX_RANGE,
+                        )?,
+                    },
                 },
                 drain_timeout: or(l.drain_timeout, defaults::DRAIN_TIMEOUT),
                 max_connections: match l.max_connections {
@@ -365,6 +495,13 @@ impl Settings {
             health,
             health_checks,
             fleet,
+            client_table_size: match l.client_table_size {
+                None => defaults::CLIENT_TABLE_SIZE,
+                Some(n) => {
+                    defaults::bounded("client_table_size", n, &defaults::CLIENT_TABLE_SIZE_RANGE)?
+                }
+            },
+            access_log,
         })
     }
 }

@@ -67,8 +67,10 @@ pub fn read_result(
 pub enum Asked {
     /// SIGTERM or SIGINT: stop accepting and drain.
     Stop,
-    /// SIGHUP: re-read the config.
+    /// SIGHUP: re-read the config (and reopen the access log's file).
     Reload,
+    /// SIGUSR1: reopen the access log's file (logrotate moved it).
+    Reopen,
 }
 
 /// The signal handlers, installed once (from then on SIGHUP no longer
@@ -80,6 +82,8 @@ pub struct Signals {
     int: Signal,
     /// SIGHUP.
     hup: Signal,
+    /// SIGUSR1.
+    usr1: Signal,
 }
 
 impl Signals {
@@ -89,6 +93,7 @@ impl Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            usr1: signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?,
         })
     }
 
@@ -98,6 +103,7 @@ impl Signals {
             _ = self.term.recv() => Asked::Stop,
             _ = self.int.recv() => Asked::Stop,
             _ = self.hup.recv() => Asked::Reload,
+            _ = self.usr1.recv() => Asked::Reopen,
         }
     }
 }
@@ -337,7 +343,12 @@ half_close = false
 splice = false
 proxy_header_timeout = '9s'
 drain_timeout = '2s'
-max_connections = 7";
+max_connections = 7
+client_max_connections = 3
+client_rate = '10/60s'
+client_limit_exempt = ['192.0.2.0/24']
+client_ipv4_prefix = 24
+client_ipv6_prefix = 48";
 
     #[test]
     fn every_live_setting_is_reported_and_applied_by_a_reload() {

@@ -10,6 +10,7 @@
 
 pub mod collectors;
 pub mod family;
+pub mod features;
 pub mod fleet;
 pub mod names;
 pub mod runtime;
@@ -80,6 +81,16 @@ impl Metrics {
         self.registry
             .register(Box::new(runtime::RuntimeCollector::new(limit, reloads)))
             .context("registering the lifecycle collector")
+    }
+
+    /// Adds the per-client limits', SNI and access-log counters.
+    pub fn register_features(
+        &self,
+        proxy: Arc<crate::data::proxy::Proxy<crate::data::dialer::TcpDialer>>,
+    ) -> anyhow::Result<()> {
+        self.registry
+            .register(Box::new(features::FeaturesCollector::new(proxy)))
+            .context("registering the features collector")
     }
 
     /// Registers the fleet follower's metrics (`edge_fleet_*`).

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::control::config::Settings;
 use crate::control::sd_notify::Heartbeats;
 use crate::data::dialer::TcpDialer;
-use crate::data::proxy::Proxy;
+use crate::data::proxy::{Proxy, Service};
 
 pub use crate::data::admission::BACKLOG;
 
@@ -34,7 +34,7 @@ pub use crate::data::admission::BACKLOG;
 #[derive(Debug)]
 pub struct Listeners {
     /// `per_worker[i]`: worker `i`'s listener for each client address.
-    per_worker: Vec<Vec<(AppId, std::net::TcpListener)>>,
+    per_worker: Vec<Vec<(Service, std::net::TcpListener)>>,
 }
 
 impl Listeners {
@@ -49,7 +49,7 @@ impl Listeners {
             .first()
             .map(|ls| {
                 ls.iter()
-                    .filter_map(|(app, l)| Some((app.clone(), l.local_addr().ok()?)))
+                    .filter_map(|(s, l)| Some((s.app.clone(), l.local_addr().ok()?)))
                     .collect()
             })
             .unwrap_or_default()
@@ -73,19 +73,28 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 /// on stdout for each address.
 pub fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
     let workers = settings.workers.max(1);
-    let mut per_worker: Vec<Vec<(AppId, std::net::TcpListener)>> =
+    let mut per_worker: Vec<Vec<(Service, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     for spec in &settings.listen {
         let first =
             reuseport_listener(spec.addr).with_context(|| format!("binding {}", spec.addr))?;
         let addr = first.local_addr()?;
-        println!("listening {} {addr}", spec.app);
-        tracing::info!(app = %spec.app, %addr, workers, "listening");
-        per_worker[0].push((spec.app.clone(), first));
+        let service = Service {
+            app: spec.app.clone(),
+            sni: spec.sni,
+        };
+        if spec.sni {
+            println!("listening sni {} {addr}", spec.app);
+            tracing::info!(default_app = %spec.app, %addr, workers, "listening, routing by the ClientHello's server name");
+        } else {
+            println!("listening {} {addr}", spec.app);
+            tracing::info!(app = %spec.app, %addr, workers, "listening");
+        }
+        per_worker[0].push((service.clone(), first));
         for listeners in per_worker.iter_mut().skip(1) {
             let more = reuseport_listener(addr)
                 .with_context(|| format!("binding {addr} again for another worker"))?;
-            listeners.push((spec.app.clone(), more));
+            listeners.push((service.clone(), more));
         }
     }
     Ok(Listeners { per_worker })

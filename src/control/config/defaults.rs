@@ -88,6 +88,30 @@ pub const SPLICE: bool = true;
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// `drain_timeout`
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `client_max_connections`' bounds (unset: no cap).
+pub const CLIENT_MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 1..=(1 << 24);
+/// `client_rate`
+pub const CLIENT_RATE: &str = "off";
+/// The period of a rate that routing.db's `apps` gives a count and no
+/// period, when the `client_rate` setting has none either.
+pub const CLIENT_RATE_PERIOD: Duration = Duration::from_secs(60);
+/// `client_ipv4_prefix`
+pub const CLIENT_IPV4_PREFIX: u8 = 32;
+/// `client_ipv6_prefix`
+pub const CLIENT_IPV6_PREFIX: u8 = 64;
+/// `client_table_size`: at about 100 bytes a client, 10 MB.
+pub const CLIENT_TABLE_SIZE: usize = 100_000;
+/// `client_table_size`'s bounds.
+pub const CLIENT_TABLE_SIZE_RANGE: RangeInclusive<usize> = 1..=100_000_000;
+/// `access_log`
+pub const ACCESS_LOG: &str = "off";
+/// `access_log_format`
+pub const ACCESS_LOG_FORMAT: &str = "text";
+/// Access-log lines waiting for the writer at most; past it, lines are
+/// dropped (and counted) rather than a worker waiting.
+pub const ACCESS_LOG_QUEUE: usize = 64 * 1024;
+/// How long shutdown waits for the access log's queued lines to be written.
+pub const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 /// `workers`' bounds (the default is one per CPU).
 pub const WORKERS_RANGE: RangeInclusive<usize> = 1..=1024;
 /// `binding_ipv4_prefix`' bounds.
@@ -165,6 +189,13 @@ pub fn shown() -> Vec<(&'static str, String)> {
         ("proxy_header_timeout", d(PROXY_HEADER_TIMEOUT)),
         ("drain_timeout", d(DRAIN_TIMEOUT)),
         ("workers", "one per CPU".into()),
+        ("client_max_connections", "no cap".into()),
+        ("client_rate", CLIENT_RATE.into()),
+        ("client_ipv4_prefix", CLIENT_IPV4_PREFIX.to_string()),
+        ("client_ipv6_prefix", CLIENT_IPV6_PREFIX.to_string()),
+        ("client_table_size", CLIENT_TABLE_SIZE.to_string()),
+        ("access_log", ACCESS_LOG.into()),
+        ("access_log_format", ACCESS_LOG_FORMAT.into()),
         ("wg_listen_port", WG_LISTEN_PORT.to_string()),
         ("wg_attach", on(WG_ATTACH)),
         ("wg_mtu", WG_MTU.to_string()),

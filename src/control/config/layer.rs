@@ -319,6 +319,89 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_POP", global = true, value_name = "NAME")]
     pub pop: Option<String>,
 
+    /// Listener that reads the TLS ClientHello and picks the app from its server name (routing.db's sni_routes), `ADDR` or `DEFAULT_APP=ADDR` for names no route matches and hellos without one (repeatable; comma-separated in the variable).
+    #[arg(
+        long,
+        env = "GEOEDGE_SNI_LISTEN",
+        global = true,
+        value_name = "[DEFAULT_APP=]ADDR",
+        value_delimiter = ','
+    )]
+    pub sni_listen: Option<Vec<String>>,
+
+    /// Connections one client (its address masked to the client prefix) may have open at once, per app; routing.db's apps table overrides it per app.
+    #[arg(
+        long,
+        env = "GEOEDGE_CLIENT_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub client_max_connections: Option<u32>,
+
+    /// New connections one client may open per period, per app, e.g. 10/60s (sliding window), or `off`; routing.db's apps table overrides it per app.
+    #[arg(
+        long,
+        env = "GEOEDGE_CLIENT_RATE",
+        global = true,
+        value_name = "N/DURATION|off"
+    )]
+    pub client_rate: Option<String>,
+
+    /// Clients never held to the per-client limits (repeatable CIDR; comma-separated in the variable).
+    #[arg(
+        long,
+        env = "GEOEDGE_CLIENT_LIMIT_EXEMPT",
+        global = true,
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub client_limit_exempt: Option<Vec<String>>,
+
+    /// IPv4 clients share their per-client limits per network of this prefix length.
+    #[arg(
+        long,
+        env = "GEOEDGE_CLIENT_IPV4_PREFIX",
+        global = true,
+        value_name = "BITS"
+    )]
+    pub client_ipv4_prefix: Option<u8>,
+
+    /// IPv6 clients share their per-client limits per network of this prefix length.
+    #[arg(
+        long,
+        env = "GEOEDGE_CLIENT_IPV6_PREFIX",
+        global = true,
+        value_name = "BITS"
+    )]
+    pub client_ipv6_prefix: Option<u8>,
+
+    /// Clients tracked at once for the per-client limits; when full, the least recently seen is forgotten.
+    #[arg(
+        long,
+        env = "GEOEDGE_CLIENT_TABLE_SIZE",
+        global = true,
+        value_name = "N"
+    )]
+    pub client_table_size: Option<usize>,
+
+    /// One line per connection when it ends: off, stdout, journald or a file PATH (reopened on SIGUSR1 and SIGHUP, for logrotate).
+    #[arg(
+        long,
+        env = "GEOEDGE_ACCESS_LOG",
+        global = true,
+        value_name = "off|stdout|journald|PATH"
+    )]
+    pub access_log: Option<String>,
+
+    /// Access log lines as text (one line, HAProxy-like order) or json (one object per line).
+    #[arg(
+        long,
+        env = "GEOEDGE_ACCESS_LOG_FORMAT",
+        global = true,
+        value_name = "text|json"
+    )]
+    pub access_log_format: Option<String>,
+
     /// The longest backoff of an ejected backend.
     #[arg(
         long,
@@ -383,6 +466,15 @@ impl Layer {
             nats_creds,
             lease_fallback,
             pop,
+            sni_listen,
+            client_max_connections,
+            client_rate,
+            client_limit_exempt,
+            client_ipv4_prefix,
+            client_ipv6_prefix,
+            client_table_size,
+            access_log,
+            access_log_format,
         )
     }
 

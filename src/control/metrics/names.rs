@@ -51,7 +51,7 @@ use Kind::{Counter, Gauge, Histogram};
 pub const CONNECTIONS_TOTAL: Def = def(
     "edge_connections_total",
     Counter,
-    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout, over_limit (closed at once at the connection limit), local_error (refused at once: this host could not open a backend socket).",
+    "Client connections by outcome: ok (relayed to a backend), no_backend, connect_failed, bad_proxy_header, proxy_header_timeout, over_limit (closed at once at the connection limit), local_error (refused at once: this host could not open a backend socket), loop (the edge itself, come back through a backend), client_limit and client_rate (a client over its per-client cap or rate, closed before any backend is dialed), not_tls (an sni_listen listener got no TLS ClientHello).",
     &["result"],
 );
 /// Client connections open now.
@@ -82,6 +82,35 @@ pub const ACCEPT_ERRORS_TOTAL: Def = def(
     Counter,
     "Failed accepts on the client listeners by reason: out_of_fds (EMFILE/ENFILE, accepting pauses 100 ms), aborted (skipped at once), no_memory, other.",
     &["reason"],
+);
+
+/// Clients the per-client limits track now.
+pub const CLIENT_TABLE_ENTRIES: Def = def(
+    "edge_client_table_entries",
+    Gauge,
+    "Clients (masked addresses, per app) the per-client limits track now; at most --client-table-size.",
+    &[],
+);
+/// Clients forgotten to make room.
+pub const CLIENT_TABLE_EVICTIONS_TOTAL: Def = def(
+    "edge_client_table_evictions_total",
+    Counter,
+    "Clients the per-client limits forgot, least recently seen first, to make room for others (the table was full).",
+    &[],
+);
+/// ClientHellos read on sni_listen listeners, by what their name matched.
+pub const SNI_HELLOS_TOTAL: Def = def(
+    "edge_sni_hellos_total",
+    Counter,
+    "TLS ClientHellos read on sni_listen listeners, by result: routed (sni_routes matched the server name), unmatched (no route: the listener's default app), no_sni (no server name: the default app).",
+    &["result"],
+);
+/// Access-log lines by result.
+pub const ACCESS_LOG_LINES_TOTAL: Def = def(
+    "edge_access_log_lines_total",
+    Counter,
+    "Access-log lines by result: written, dropped (the sink was slower than the traffic and the queue was full; no worker waits), failed (the write failed, e.g. disk full).",
+    &["result"],
 );
 
 // --- Backends (read from the routing table at scrape time) ---
@@ -485,6 +514,10 @@ pub const ALL: &[Def] = &[
     BYTES_TOTAL,
     CONNECTIONS_LIMIT,
     ACCEPT_ERRORS_TOTAL,
+    CLIENT_TABLE_ENTRIES,
+    CLIENT_TABLE_EVICTIONS_TOTAL,
+    SNI_HELLOS_TOTAL,
+    ACCESS_LOG_LINES_TOTAL,
     BACKEND_CONNECTIONS_CURRENT,
     BACKEND_GLOBAL_CONNECTIONS,
     BACKEND_SOFT_LIMIT,
