@@ -12,9 +12,11 @@
 //! criteria) take the kit's `HEAVY` lock, so they run one at a time across
 //! all modules.
 
+mod access_log;
 mod backends;
 mod check_host;
 mod cli;
+mod client_limits;
 mod deploy;
 mod docs;
 mod edge;

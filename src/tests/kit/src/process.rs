@@ -172,6 +172,7 @@ impl Edge {
                 }
             }
             if let Some(rest) = out.iter().find_map(|l| l.strip_prefix("listening ")) {
+                let rest = rest.strip_prefix("sni ").unwrap_or(rest);
                 self.addr = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
             }
             if out.iter().any(|l| l.starts_with(prefix)) {
@@ -226,6 +227,39 @@ impl Edge {
     /// The exit status, if it has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
+    }
+
+    /// Every client listener so far, from its `listening [sni] APP ADDR`
+    /// lines: (app, address, reads the ClientHello), in order.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr, bool)> {
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("listening ")?;
+                let (sni, rest) = match rest.strip_prefix("sni ") {
+                    Some(rest) => (true, rest),
+                    None => (false, rest),
+                };
+                let (app, addr) = rest.split_once(' ')?;
+                Some((app.to_owned(), addr.trim().parse().ok()?, sni))
+            })
+            .collect()
+    }
+
+    /// The address of the listener of `app` (the first one).
+    pub fn listener(&self, app: &str) -> SocketAddr {
+        self.listeners()
+            .into_iter()
+            .find(|(a, _, _)| a == app)
+            .unwrap_or_else(|| panic!("no listener of {app}: {:?}", self.listeners()))
+            .1
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
     }
 
     /// What it logged so far.
