@@ -318,3 +318,108 @@ async fn text_lines_and_a_reopen_after_logrotate_moves_the_file() {
     assert!(!read(&rotated).contains("81.2.69.2"));
     assert!(read(&rotated).contains("81.2.69.1"));
 }
+
+/// The real systemd-journald, started in a mount namespace of its own
+/// (a tmpfs over /run: the host's journal is left alone), geoedge logging
+/// into it with `--access-log journald`, the entries read back with
+/// `journalctl`.
+#[tokio::test]
+async fn journald_receives_each_line_with_its_fields() {
+    const JOURNALD: &str = "/lib/systemd/systemd-journald";
+    let reason = if !is_root() {
+        Some("not root (a mount namespace for a private journald)".to_owned())
+    } else if !Path::new(JOURNALD).exists() || !have("journalctl") || !have("unshare") {
+        let reason = format!("{JOURNALD}, journalctl or unshare missing");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI this test must run: {reason}"
+        );
+        Some(reason)
+    } else {
+        None
+    };
+    if skipped(reason) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let b = Backend::start("b1").await;
+    add_backend(&db, "b1", "eu", "GB", b.addr, 100, 200);
+    let pidfile = dir.path().join("journald.pid");
+    // journald makes its sockets itself when not socket-activated.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         {JOURNALD} & echo $! > {pid}; \
+         for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done; \
+         exec \"$0\" \"$@\"",
+        pid = pidfile.display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(geoedge_path())
+        .args(edge_args(
+            &db,
+            &["--access-log", "journald", "--access-log-format", "json"],
+        ));
+    without_geoedge_env(&mut cmd);
+    cmd.env("RUST_LOG", "geoedge=debug,info");
+    /// Kills the private journald however the test ends.
+    struct Journald(std::path::PathBuf);
+    impl Drop for Journald {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _journald = Journald(pidfile.clone());
+    let edge = Edge::spawn(cmd, "listening ");
+    let mut c = open(edge.addr, "81.2.69.1").await;
+    c.get_mut().write_all(b"echo\nhi").await.unwrap();
+    c.get_mut().shutdown().await.unwrap();
+    drain(&mut c).await;
+    let nothing = connect_as(edge.addr, "81.2.69.2".parse().unwrap()).await;
+    drop(nothing);
+    let entries = || {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &edge.pid().to_string(), "-m", "journalctl"])
+            .args([
+                "-D",
+                "/run/log/journal",
+                "-t",
+                "geoedge",
+                "-o",
+                "json",
+                "--no-pager",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    until(
+        || format!("no journal entry for 81.2.69.1: {:#?}", entries()),
+        Duration::from_secs(20),
+        || {
+            entries()
+                .iter()
+                .any(|e| e["GEOEDGE_CLIENT"] == "81.2.69.1:40000")
+        },
+    )
+    .await;
+    let all = entries();
+    let e = all
+        .iter()
+        .find(|e| e["GEOEDGE_CLIENT"] == "81.2.69.1:40000")
+        .unwrap();
+    assert_eq!(e["GEOEDGE_END"], "client_closed", "{e}");
+    assert_eq!(e["GEOEDGE_APP"], "default", "{e}");
+    assert_eq!(e["GEOEDGE_BACKEND"], "b1", "{e}");
+    assert_eq!(e["PRIORITY"], "6", "{e}");
+    // MESSAGE holds the line in the chosen format.
+    let line: serde_json::Value = serde_json::from_str(e["MESSAGE"].as_str().unwrap()).unwrap();
+    assert_eq!(line["end"], "client_closed");
+    assert_eq!(line["bytes_up"], 7); // "echo\n" + "hi"
+}
