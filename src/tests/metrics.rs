@@ -430,7 +430,19 @@ async fn series_stay_bounded_under_100000_distinct_clients() {
     add_backend(&db, "a", "eu", "GB", a.addr, 100_000, 200_000);
     add_backend(&db, "b", "eu", "DE", b.addr, 100_000, 200_000);
     let edge = Edge::launch(
-        &edge_args(&db, &["--binding-max-entries", "65536"]),
+        &edge_args(
+            &db,
+            &[
+                "--binding-max-entries",
+                "65536",
+                // The per-client limits' table too: a rate keeps each
+                // client's entry (its history) until it is evicted.
+                "--client-rate",
+                "100/60s",
+                "--client-table-size",
+                "10000",
+            ],
+        ),
         &[("RUST_LOG", "warn")],
         "listening ",
     );
@@ -480,6 +492,17 @@ async fn series_stay_bounded_under_100000_distinct_clients() {
     assert_eq!(
         metric(&text, "edge_binding_evictions_total"),
         Some(f64::from(CLIENTS) - 65_536.0)
+    );
+    // The per-client table holds at most its size (rounded up to a whole
+    // number of clients per shard: 64 shards); the rest were evicted.
+    let entries = metric(&text, "edge_client_table_entries").unwrap();
+    assert!(
+        (9_000.0..=10_048.0).contains(&entries),
+        "{entries} clients tracked"
+    );
+    assert_eq!(
+        metric(&text, "edge_client_table_evictions_total"),
+        Some(f64::from(CLIENTS) - entries)
     );
     let n = series(&text);
     assert!(n < 2000, "{n} series");
