@@ -20,6 +20,10 @@ pub struct LogLine {
     pub record: Record,
     /// When the connection was accepted, for its duration.
     pub started: Instant,
+    /// Client-to-backend bytes, counted by the relay.
+    pub up: AtomicU64,
+    /// Backend-to-client bytes, counted by the relay.
+    pub down: AtomicU64,
 }
 
 impl LogLine {
@@ -50,6 +54,8 @@ impl LogLine {
                 end: End::Error,
             },
             started: Instant::now(),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
         })
     }
 
@@ -83,31 +89,33 @@ pub fn end_of(result: ConnResult) -> End {
     }
 }
 
-/// A relayed connection's line: its own byte counts as they flow, and
-/// the line written when the relay ends, or, if the relay is dropped
-/// before (shutdown's drain timeout cutting it), written as `draining`.
+/// A relayed connection's line (its byte counts kept in it as they
+/// flow), written when the relay ends, or, if the relay is dropped before
+/// (shutdown's drain timeout cutting it), written as `draining`. Two words:
+/// an idle connection's relay holds no more for it.
 #[derive(Debug)]
 pub struct Relayed<'a> {
     /// The line, until written.
     line: Option<Box<LogLine>>,
     /// Where it goes.
     log: &'a AccessLog,
-    /// Client-to-backend bytes, counted by the relay.
-    pub up: AtomicU64,
-    /// Backend-to-client bytes, counted by the relay.
-    pub down: AtomicU64,
 }
 
 impl<'a> Relayed<'a> {
     /// Starts counting for `line`; `first_up` bytes (the client's, read
     /// before the relay) are counted already.
     pub fn new(line: Box<LogLine>, log: &'a AccessLog, first_up: u64) -> Self {
+        line.up.store(first_up, Ordering::Relaxed);
         Relayed {
             line: Some(line),
             log,
-            up: AtomicU64::new(first_up),
-            down: AtomicU64::new(0),
         }
+    }
+
+    /// The connection's byte tallies (client to backend, backend to
+    /// client), while the line is not written.
+    pub fn tallies(&self) -> Option<(&AtomicU64, &AtomicU64)> {
+        self.line.as_deref().map(|l| (&l.up, &l.down))
     }
 
     /// Writes the line of a relay that ended this way.
@@ -124,8 +132,8 @@ impl<'a> Relayed<'a> {
     fn finish(&mut self, end: End) {
         if let Some(mut line) = self.line.take() {
             line.record.end = end;
-            line.record.bytes_up = self.up.load(Ordering::Relaxed);
-            line.record.bytes_down = self.down.load(Ordering::Relaxed);
+            line.record.bytes_up = line.up.load(Ordering::Relaxed);
+            line.record.bytes_down = line.down.load(Ordering::Relaxed);
             line.write(self.log);
         }
     }

@@ -497,9 +497,13 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         }
         first.extend_from_slice(&identity.early);
         self.conns.up().add(identity.early.len() as u64);
-        let early = identity.early.len() as u64;
         let client = conn.client;
-        let line = conn.log;
+        // With the access log on, the connection counts its own bytes too,
+        // and its line is written however the relay ends.
+        let mut logged = match (conn.log, &self.access_log) {
+            (Some(line), Some(log)) => Some(Relayed::new(line, log, identity.early.len() as u64)),
+            _ => None,
+        };
         let Dialed {
             stream,
             route,
@@ -508,16 +512,10 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         } = dialed;
         tracing::debug!(kind = route.kind.as_str(), "relaying");
         async move {
-            // With the access log on, the connection counts its own bytes
-            // too, and its line is written however the relay ends.
-            let mut logged = match (line, &self.access_log) {
-                (Some(line), Some(log)) => Some(Relayed::new(line, log, early)),
-                _ => None,
-            };
-            let (up, down) = match &logged {
-                Some(l) => (
-                    self.conns.up().with_tally(&l.up),
-                    self.conns.down().with_tally(&l.down),
+            let (up, down) = match logged.as_ref().and_then(|l| l.tallies()) {
+                Some((up, down)) => (
+                    self.conns.up().with_tally(up),
+                    self.conns.down().with_tally(down),
                 ),
                 None => (self.conns.up(), self.conns.down()),
             };
