@@ -279,10 +279,10 @@ impl fmt::Display for Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The client already holds `max_connections` open connections.
-    #[error("the client holds its most concurrent connections")]
+    #[error("the client already has its maximum number of open connections")]
     Connections,
     /// The client has opened its `rate` of connections.
-    #[error("the client has opened connections at its most rate")]
+    #[error("the client has opened new connections at its maximum rate")]
     Rate,
 }
 
@@ -573,6 +573,9 @@ impl<K: Hash + Eq + Clone + Send + Sync> ClientTable<K> {
     ///
     /// With [`Limits::is_none`] this succeeds at once without touching the
     /// table and gives an inert guard.
+    ///
+    /// It takes the table's [`Arc`] so that a guard may reach the table
+    /// when it is dropped; a guard keeps only its own shard alive.
     pub fn admit(
         self: &Arc<Self>,
         key: K,

@@ -471,6 +471,24 @@ fn capacity_rounds_up_to_the_shards() {
 }
 
 #[test]
+fn clients_spread_over_the_shards() {
+    let table = ClientTable::<IpAddr>::new(1 << 20);
+    let mut per_shard = [0u32; DEFAULT_SHARDS];
+    // Consecutive addresses, the worst case for a weak hash: about 100 each
+    // (a standard deviation of 10; the bounds are 5 of them).
+    for i in 0..6400 {
+        let hash = table.hasher.hash_one(ip(i));
+        let cell = table.shard_of(hash);
+        let index = table.shards.iter().position(|c| Arc::ptr_eq(c, cell));
+        per_shard[index.unwrap()] += 1;
+    }
+    assert!(
+        per_shard.iter().all(|&n| (50..=150).contains(&n)),
+        "{per_shard:?}"
+    );
+}
+
+#[test]
 fn many_distinct_clients_stay_within_capacity() {
     let table = table(1000);
     let start = t0();
