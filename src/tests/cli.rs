@@ -258,11 +258,12 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
 fn db_migrate_upgrades_a_version_1_file_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("routing.db");
-    // A version 1 file, made by the sqlite3 CLI from the version 1 schema.
+    // A version 1 file, made by the sqlite3 CLI from the version 1 schema
+    // (the SQL starts on a new line: a first line "--" is an option).
     sqlite3(
         &db,
         &format!(
-            "{}
+            "\n{}
             INSERT INTO regions VALUES ('eu', 'Europe', 50.1, 8.7);
             INSERT INTO backends (id, app, region, wg_ip, port, soft_limit, hard_limit)
               VALUES ('eu-1', 'web', 'eu', '127.0.0.1', 9101, 10, 20);",
