@@ -15,8 +15,10 @@
 //! operator moves the old backup away. The tables are then created and
 //! `user_version` set in one write transaction, which first checks that
 //! the version is still the one backed up (a concurrent migration makes
-//! this one fail instead of doing the work twice). A file already at
-//! [`SCHEMA_VERSION`] is left alone, without a backup.
+//! this one fail instead of doing the work twice). A migration that fails
+//! after the backup changed nothing and removes the backup it made, so it
+//! can be retried. A file already at [`SCHEMA_VERSION`] is left alone,
+//! without a backup.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -137,10 +139,32 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
     };
     conn.execute("VACUUM INTO ?1", [target]).map_err(sqlite)?;
 
+    // A migration that fails from here changed nothing: the backup it
+    // just made goes too, so that it can be retried.
+    match upgrade(&mut conn, path, from) {
+        Ok(created) => Ok(Migrated {
+            from,
+            to: SCHEMA_VERSION,
+            backup: Some(backup),
+            created,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&backup);
+            Err(e)
+        }
+    }
+}
+
+/// Creates the missing tables and sets `user_version`, in one write
+/// transaction, if the file is still at version `from`.
+fn upgrade(conn: &mut Connection, path: &Path, from: i64) -> Result<Vec<&'static str>, LoadError> {
+    let sqlite = |e: rusqlite::Error| LoadError::sqlite(path, e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite)?;
-    let now = version(&tx)?;
+    let now: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
     if now != from {
         return Err(schema_error(
             path,
@@ -166,12 +190,7 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
         .map_err(sqlite)?;
     tx.commit().map_err(sqlite)?;
-    Ok(Migrated {
-        from,
-        to: SCHEMA_VERSION,
-        backup: Some(backup),
-        created,
-    })
+    Ok(created)
 }
 
 #[cfg(test)]
