@@ -15,8 +15,10 @@
 //! operator moves the old backup away. The tables are then created and
 //! `user_version` set in one write transaction, which first checks that
 //! the version is still the one backed up (a concurrent migration makes
-//! this one fail instead of doing the work twice). A file already at
-//! [`SCHEMA_VERSION`] is left alone, without a backup.
+//! this one fail instead of doing the work twice). A migration that fails
+//! after the backup changed nothing and removes the backup it made, so it
+//! can be retried. A file already at [`SCHEMA_VERSION`] is left alone,
+//! without a backup.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -137,10 +139,32 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
     };
     conn.execute("VACUUM INTO ?1", [target]).map_err(sqlite)?;
 
+    // A migration that fails from here changed nothing: the backup it
+    // just made goes too, so that it can be retried.
+    match upgrade(&mut conn, path, from) {
+        Ok(created) => Ok(Migrated {
+            from,
+            to: SCHEMA_VERSION,
+            backup: Some(backup),
+            created,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&backup);
+            Err(e)
+        }
+    }
+}
+
+/// Creates the missing tables and sets `user_version`, in one write
+/// transaction, if the file is still at version `from`.
+fn upgrade(conn: &mut Connection, path: &Path, from: i64) -> Result<Vec<&'static str>, LoadError> {
+    let sqlite = |e: rusqlite::Error| LoadError::sqlite(path, e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sqlite)?;
-    let now = version(&tx)?;
+    let now: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
     if now != from {
         return Err(schema_error(
             path,
@@ -166,34 +190,25 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
         .map_err(sqlite)?;
     tx.commit().map_err(sqlite)?;
-    Ok(Migrated {
-        from,
-        to: SCHEMA_VERSION,
-        backup: Some(backup),
-        created,
-    })
+    Ok(created)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The version 1 schema, as shipped before `apps` and `sni_routes`.
-    const SCHEMA_V1: &str = "
-        CREATE TABLE backends (id TEXT PRIMARY KEY, app TEXT NOT NULL DEFAULT 'default',
-          region TEXT NOT NULL, country TEXT, latitude REAL, longitude REAL,
-          wg_ip TEXT NOT NULL, port INTEGER NOT NULL, healthy INTEGER NOT NULL DEFAULT 1,
-          weight INTEGER NOT NULL DEFAULT 1, soft_limit INTEGER NOT NULL,
-          hard_limit INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
-        CREATE TABLE regions (id TEXT PRIMARY KEY, name TEXT, latitude REAL NOT NULL, longitude REAL NOT NULL);
-        CREATE TABLE country_regions (country TEXT PRIMARY KEY, region TEXT NOT NULL);
-        CREATE TABLE wg_peers (public_key TEXT PRIMARY KEY, endpoint TEXT, allowed_ips TEXT NOT NULL,
-          persistent_keepalive INTEGER, region TEXT);
-        INSERT INTO regions VALUES ('eu', 'Europe', 50.1, 8.7);
-        INSERT INTO country_regions VALUES ('DE', 'eu');
-        INSERT INTO backends (id, region, wg_ip, port, soft_limit, hard_limit)
-          VALUES ('eu-1', 'eu', '127.0.0.1', 9101, 10, 20);
-        PRAGMA user_version = 1;";
+    /// The version 1 schema, as shipped before `apps` and `sni_routes`,
+    /// and a few rows.
+    fn v1() -> String {
+        format!(
+            "{}
+            INSERT INTO regions VALUES ('eu', 'Europe', 50.1, 8.7);
+            INSERT INTO country_regions VALUES ('DE', 'eu');
+            INSERT INTO backends (id, region, wg_ip, port, soft_limit, hard_limit)
+              VALUES ('eu-1', 'eu', '127.0.0.1', 9101, 10, 20);",
+            include_str!("../schema-v1.sql")
+        )
+    }
 
     /// An edgeProxy routing.db: no country or coordinates, no regions.
     const SCHEMA_V0: &str = "
@@ -240,7 +255,7 @@ mod tests {
     #[test]
     fn a_version_1_file_gains_the_new_tables_and_a_backup() {
         let dir = tempfile::tempdir().unwrap();
-        let p = make(dir.path(), "routing.db", SCHEMA_V1);
+        let p = make(dir.path(), "routing.db", &v1());
         let m = migrate(&p).unwrap();
         assert_eq!(m.from, 1);
         assert_eq!(m.to, SCHEMA_VERSION);
@@ -287,7 +302,7 @@ mod tests {
     #[test]
     fn an_existing_backup_newer_or_foreign_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let p = make(dir.path(), "routing.db", SCHEMA_V1);
+        let p = make(dir.path(), "routing.db", &v1());
         std::fs::write(backup_path(&p, 1), b"keep me").unwrap();
         let e = migrate(&p).unwrap_err();
         assert!(matches!(e, LoadError::Exists(_)), "{e}");
@@ -301,7 +316,7 @@ mod tests {
         let newer = make(
             dir.path(),
             "newer.db",
-            &format!("{SCHEMA_V1} PRAGMA user_version = 9;"),
+            &format!("{} PRAGMA user_version = 9;", v1()),
         );
         let e = migrate(&newer).unwrap_err();
         assert!(

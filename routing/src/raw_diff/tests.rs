@@ -39,3 +39,45 @@ fn rows_added_removed_and_changed_are_named_by_table_and_key() {
     let all = diff(&RawTable::default(), &old);
     assert_eq!(all.tables[0].added.len(), old.backends.len());
 }
+
+#[test]
+fn apps_and_sni_routes_are_diffed_by_app_and_hostname() {
+    use crate::raw::{AppRow, SniRouteRow};
+    let old = loader::sample();
+    let mut new = old.clone();
+    new.apps.push(AppRow {
+        rowid: 1,
+        app: "default".into(),
+        client_max_connections: 5.into(),
+        client_rate: Value::Null,
+        client_rate_period_seconds: Value::Null,
+    });
+    new.sni_routes.push(SniRouteRow {
+        rowid: 1,
+        hostname: "*.example.com".into(),
+        app: "default".into(),
+    });
+    let d = diff(&old, &new);
+    let names: Vec<_> = d.tables.iter().map(|t| t.table).collect();
+    assert_eq!(
+        names,
+        [
+            "backends",
+            "regions",
+            "country_regions",
+            "wg_peers",
+            "apps",
+            "sni_routes"
+        ]
+    );
+    assert_eq!(d.tables[4].added, ["default"]);
+    assert_eq!(d.tables[5].added, ["*.example.com"]);
+    let mut newer = new.clone();
+    newer.apps[0].client_max_connections = 0.into();
+    newer.sni_routes[0].rowid = 7;
+    let text = diff(&new, &newer).render();
+    assert_eq!(
+        text,
+        "  apps: 0 added, 0 removed, 1 changed\n    ~ default\n"
+    );
+}
