@@ -5,6 +5,7 @@
 # The targets (each crate sits beside the code it fuzzes, with its own
 # Cargo.lock, outside the main workspace):
 #   proxy_protocol  src/fuzz        PROXY v1/v2 parser on arbitrary bytes; encode -> parse round trip
+#   client_hello    src/fuzz        TLS ClientHello (SNI) parser on arbitrary bytes; re-framed hellos
 #   routing_rows    routing/fuzz    routing.db row validation, snapshot build, reload diff, decisions
 #   wg_datagram     wireguard/fuzz  WireGuard engine on arbitrary, mangled and replayed datagrams
 #   wg_gro          wireguard/fuzz  GRO coalescer on batches of TCP segments and junk
@@ -50,12 +51,13 @@ export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$out/cargo}"
 # target name -> crate directory
 declare -A crate=(
   [proxy_protocol]=src/fuzz
+  [client_hello]=src/fuzz
   [routing_rows]=routing/fuzz
   [wg_datagram]=wireguard/fuzz
   [wg_gro]=wireguard/fuzz
   [mmdb_load]=geoip/fuzz
 )
-order=(proxy_protocol routing_rows wg_datagram wg_gro mmdb_load)
+order=(proxy_protocol client_hello routing_rows wg_datagram wg_gro mmdb_load)
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${order[@]}")

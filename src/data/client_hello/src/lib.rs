@@ -159,9 +159,10 @@ impl ClientHelloError {
 ///
 /// `Incomplete` only while `buf` is a proper prefix of a valid ClientHello
 /// (records included) of at most [`MAX_CLIENT_HELLO`] bytes, so a reader
-/// that buffers up to that many bytes always gets an answer. An answer
-/// other than `Incomplete` stays the same as more bytes arrive (an error
-/// stays an error). Never panics.
+/// that buffers up to that many bytes always gets an answer. A complete
+/// hello stays the same as more bytes arrive, and an error stays an error
+/// (not always the same one: the records' headers are checked before the
+/// hello's fields). Never panics.
 pub fn parse(buf: &[u8]) -> Result<Parse, ClientHelloError> {
     let gathered = gather(buf)?;
     let hello = match read_hello(&gathered.message) {
