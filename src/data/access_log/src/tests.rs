@@ -635,3 +635,39 @@ async fn journald_json_message_and_a_gone_journal() {
     log.close(GIVE_UP);
     assert_eq!((log.written(), log.errors()), (1, 2));
 }
+
+#[test]
+fn addresses_are_written_as_std_displays_them() {
+    use std::net::{Ipv4Addr, SocketAddrV6};
+    let mut addrs: Vec<SocketAddr> = [
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "10.0.0.1:443",
+        "[::]:0",
+        "[::1]:443",
+        "[2001:db8::7]:40022",
+        "[::ffff:192.0.2.1]:80",
+        "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    // The longest text there is (58 bytes): eight full groups and a scope.
+    addrs.push(SocketAddr::V6(SocketAddrV6::new(
+        "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap(),
+        65535,
+        0,
+        u32::MAX,
+    )));
+    for o in [0u8, 9, 10, 99, 100, 199, 255] {
+        addrs.push(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(o, o, o, o)),
+            u16::from(o) * 257,
+        ));
+    }
+    for a in addrs {
+        assert_eq!(crate::format::AddrText::new(&a).as_str(), a.to_string());
+    }
+}
