@@ -150,16 +150,104 @@ fn push_opt(out: &mut String, s: Option<&str>) {
     }
 }
 
+/// Appends `v` in decimal (what `write!` does, without the formatting
+/// machinery).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+/// A socket address as text (`ip:port`, IPv6 in brackets), on the stack.
+pub(crate) struct AddrText {
+    buf: [u8; 72],
+    len: usize,
+}
+
+impl std::fmt::Write for AddrText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl AddrText {
+    pub(crate) fn new(addr: &SocketAddr) -> AddrText {
+        let mut t = AddrText {
+            buf: [0; 72],
+            len: 0,
+        };
+        match addr {
+            SocketAddr::V4(a) => {
+                // The common case, without the formatting machinery.
+                for (n, o) in a.ip().octets().into_iter().enumerate() {
+                    if n > 0 {
+                        t.push(b'.');
+                    }
+                    t.push_num(u64::from(o));
+                }
+                t.push(b':');
+                t.push_num(u64::from(a.port()));
+            }
+            // The longest, `[` 39 characters `%` 10 digits `]:65535`, is
+            // 58 bytes.
+            SocketAddr::V6(a) => {
+                let _ = write!(t, "{a}");
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_num(&mut self, v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            self.push(d);
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
+    }
+}
+
 /// Appends `r` as one line of the text format to `out`, without a newline
 /// (the writer adds it for stdout and files; a journald entry has none).
 /// The layout is in the crate documentation.
 pub fn format_text(r: &Record, out: &mut String) {
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{} [{}] ", r.client, Rfc3339Millis::new(r.start));
-    match r.listener {
-        Some(l) => {
-            let _ = write!(out, "{l}");
-        }
+    out.push_str(AddrText::new(&r.client).as_str());
+    out.push_str(" [");
+    out.push_str(Rfc3339Millis::new(r.start).as_str());
+    out.push_str("] ");
+    match &r.listener {
+        Some(l) => out.push_str(AddrText::new(l).as_str()),
         None => out.push('-'),
     }
     out.push(' ');
@@ -168,19 +256,18 @@ pub fn format_text(r: &Record, out: &mut String) {
     push_opt(out, r.backend.as_deref());
     out.push(' ');
     match r.connect_time {
-        Some(c) => {
-            let _ = write!(out, "{}", millis(c));
-        }
+        Some(c) => push_u64(out, millis(c)),
         None => out.push('-'),
     }
-    let _ = write!(
-        out,
-        "/{} {} {} {} ",
-        millis(r.duration),
-        r.bytes_up,
-        r.bytes_down,
-        r.end.as_str()
-    );
+    out.push('/');
+    push_u64(out, millis(r.duration));
+    out.push(' ');
+    push_u64(out, r.bytes_up);
+    out.push(' ');
+    push_u64(out, r.bytes_down);
+    out.push(' ');
+    out.push_str(r.end.as_str());
+    out.push(' ');
     push_opt(out, country(&r.country));
     out.push(' ');
     push_opt(out, r.region.as_deref());
@@ -190,7 +277,8 @@ pub fn format_text(r: &Record, out: &mut String) {
     push_opt(out, r.tier);
     out.push(' ');
     push_opt(out, r.sni.as_deref());
-    let _ = write!(out, " attempts={}", r.attempts);
+    out.push_str(" attempts=");
+    push_u64(out, u64::from(r.attempts));
 }
 
 /// One line of the JSON format, in its key order.
@@ -198,12 +286,12 @@ pub fn format_text(r: &Record, out: &mut String) {
 struct JsonLine<'a> {
     start: &'a str,
     duration_ms: u64,
-    client: SocketAddr,
+    client: &'a str,
     country: Option<&'a str>,
     region: Option<&'a str>,
     app: &'a str,
     sni: Option<&'a str>,
-    listener: Option<SocketAddr>,
+    listener: Option<&'a str>,
     backend: Option<&'a str>,
     reason: Option<&'a str>,
     tier: Option<&'a str>,
@@ -214,40 +302,23 @@ struct JsonLine<'a> {
     end: &'a str,
 }
 
-/// Lets serde_json write into a `String`. serde_json hands over whole
-/// UTF-8 sequences (it splits strings only at the ASCII bytes it escapes);
-/// anything else would be replaced rather than corrupt the line.
-struct StringWriter<'a>(&'a mut String);
-
-impl std::io::Write for StringWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match std::str::from_utf8(buf) {
-            Ok(s) => self.0.push_str(s),
-            Err(_) => self.0.push_str(&String::from_utf8_lossy(buf)),
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Appends `r` as one JSON object to `out`, without a newline (the writer
 /// adds it for stdout and files). Every key is always present, `null` when
 /// unknown; strings are escaped by serde_json, so the line holds no raw
 /// control character.
 pub fn format_json(r: &Record, out: &mut String) {
     let start = Rfc3339Millis::new(r.start);
+    let client = AddrText::new(&r.client);
+    let listener = r.listener.as_ref().map(AddrText::new);
     let line = JsonLine {
         start: start.as_str(),
         duration_ms: millis(r.duration),
-        client: r.client,
+        client: client.as_str(),
         country: country(&r.country),
         region: r.region.as_deref(),
         app: &r.app,
         sni: r.sni.as_deref(),
-        listener: r.listener,
+        listener: listener.as_ref().map(AddrText::as_str),
         backend: r.backend.as_deref(),
         reason: r.reason,
         tier: r.tier,
@@ -257,6 +328,14 @@ pub fn format_json(r: &Record, out: &mut String) {
         bytes_down: r.bytes_down,
         end: r.end.as_str(),
     };
-    // Serializing plain strings and numbers into a String cannot fail.
-    let _ = serde_json::to_writer(StringWriter(out), &line);
+    // serde_json writes into the String's own bytes (no copy, no
+    // allocation beyond growing it), which are checked back into a String.
+    let mut bytes = std::mem::take(out).into_bytes();
+    // Serializing strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &line);
+    *out = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        // serde_json writes UTF-8 only; never cut a line over it.
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
 }

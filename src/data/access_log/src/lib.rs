@@ -358,7 +358,7 @@ impl AccessLog {
     /// Opens the sink (a file is created or appended to, mode 0640; a path
     /// that cannot be opened, or a missing journald socket, is an error
     /// naming it) and starts the writer thread with a queue of `queue`
-    /// records (at least 1; each takes about 250 bytes, allocated up front).
+    /// records (at least 1; each takes about 240 bytes, allocated up front).
     pub fn start(sink: Sink, format: Format, queue: usize) -> Result<AccessLog, AccessLogError> {
         let out = match &sink {
             Sink::Stdout => Out::Stdout(std::io::stdout()),

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use geoedge_testkit::until;
@@ -479,6 +480,41 @@ async fn reopen_after_rename_starts_a_new_file() {
     assert_eq!(lines(&path).len(), 1);
 }
 
+/// Warnings about the /dev/full sink, counted by [`WarnCounter`].
+static DEV_FULL_WARNS: AtomicU64 = AtomicU64::new(0);
+
+/// A global tracing subscriber (the writer runs on a thread of its own)
+/// that counts the warnings whose `sink` is /dev/full.
+struct WarnCounter;
+
+impl tracing::Subscriber for WarnCounter {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        *m.level() == tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        struct Sink(bool);
+        impl tracing::field::Visit for Sink {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "sink" && format!("{v:?}").contains("/dev/full") {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut v = Sink(false);
+        e.record(&mut v);
+        if v.0 {
+            DEV_FULL_WARNS.fetch_add(1, Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
 #[tokio::test]
 async fn disk_full_is_counted_and_the_writer_goes_on() {
     let full_dev = Path::new("/dev/full");
@@ -486,6 +522,9 @@ async fn disk_full_is_counted_and_the_writer_goes_on() {
         eprintln!("skipped: no /dev/full");
         return;
     }
+    // The only test that writes to /dev/full, so the only one counted.
+    let _ = tracing::subscriber::set_global_default(WarnCounter);
+    let began = std::time::Instant::now();
     let log = AccessLog::start(Sink::File(full_dev.into()), Format::Text, 64).unwrap();
     for i in 0..10 {
         log.log(numbered(i));
@@ -496,11 +535,26 @@ async fn disk_full_is_counted_and_the_writer_goes_on() {
         || log.errors() == 10,
     )
     .await;
-    for i in 0..10 {
+    // 30 more failed batches, one line each.
+    for i in 0..30 {
         log.log(numbered(i));
+        let want = 11 + i;
+        until(
+            || format!("{want} errors, {log:?}"),
+            GIVE_UP,
+            || log.errors() == want,
+        )
+        .await;
     }
     log.close(GIVE_UP);
-    assert_eq!((log.written(), log.errors(), log.dropped()), (0, 20, 0));
+    assert_eq!((log.written(), log.errors(), log.dropped()), (0, 40, 0));
+    // Warned, but at most once per 10 s, not per failed batch.
+    let warns = DEV_FULL_WARNS.load(Relaxed);
+    let most = 1 + began.elapsed().as_secs() / writer::WARN_EVERY.as_secs();
+    assert!(
+        warns >= 1 && warns <= most,
+        "{warns} warnings, at most {most}"
+    );
 }
 
 #[tokio::test]
@@ -634,4 +688,45 @@ async fn journald_json_message_and_a_gone_journal() {
     .await;
     log.close(GIVE_UP);
     assert_eq!((log.written(), log.errors()), (1, 2));
+}
+
+#[test]
+fn addresses_are_written_as_std_displays_them() {
+    use std::net::{Ipv4Addr, SocketAddrV6};
+    let mut addrs: Vec<SocketAddr> = [
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "10.0.0.1:443",
+        "[::]:0",
+        "[::1]:443",
+        "[2001:db8::7]:40022",
+        "[::ffff:192.0.2.1]:80",
+        "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    // The longest text there is (58 bytes): eight full groups and a scope.
+    addrs.push(SocketAddr::V6(SocketAddrV6::new(
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+        65535,
+        0,
+        u32::MAX,
+    )));
+    for o in [0u8, 9, 10, 99, 100, 199, 255] {
+        addrs.push(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(o, o, o, o)),
+            u16::from(o) * 257,
+        ));
+    }
+    for a in addrs {
+        assert_eq!(crate::format::AddrText::new(&a).as_str(), a.to_string());
+    }
+}
+
+#[test]
+fn a_queue_slot_is_small() {
+    // What `start` documents: a queued record takes about 240 bytes.
+    let size = std::mem::size_of::<crate::writer::Msg>();
+    assert!(size <= 248, "{size}");
 }
