@@ -116,12 +116,35 @@ async fn every_termination_reason_writes_one_json_line() {
     assert_eq!(greeting(&mut second).await, None);
     expected.insert("81.2.69.4", "client_limit");
 
-    // client_rate: a third connection within the minute.
+    // client_rate: a third connection within the minute. (Each waits for
+    // the edge to have seen the last one close, refused meanwhile by the
+    // cap of one: refusals count toward no rate.)
     for _ in 0..2 {
-        let mut c = open(main, "81.2.69.5").await;
+        let mut c = loop {
+            let mut c = connect_as(main, "81.2.69.5".parse().unwrap()).await;
+            if greeting(&mut c).await.is_some() {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         c.get_mut().shutdown().await.unwrap();
         drain(&mut c).await;
     }
+    // Its line is written after the relay and before its place under the
+    // cap is given back, in one go: once both are in the file, the third
+    // can only meet the rate.
+    until(
+        || "the two lines of 81.2.69.5".into(),
+        Duration::from_secs(20),
+        || {
+            json_lines(&log)
+                .iter()
+                .filter(|l| l["client"] == "81.2.69.5:40000" && l["end"] == "client_closed")
+                .count()
+                == 2
+        },
+    )
+    .await;
     let mut third = connect_as(main, "81.2.69.5".parse().unwrap()).await;
     assert_eq!(greeting(&mut third).await, None);
     expected.insert("81.2.69.5", "client_rate");

@@ -294,18 +294,15 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         identity: &Identity,
         app: &AppId,
     ) -> Result<Option<Box<ClientGuard<ClientKey>>>, ConnResult> {
-        let options = &conn.options;
+        let policy = conn.options.client_policy();
         let snapshot = self.router.table().snapshot_guard();
         let app_limits = snapshot.app_limits(app.as_str());
-        if app_limits.is_none()
-            && options.client_max_connections.is_none()
-            && options.client_rate.is_none()
-        {
+        if app_limits.is_none() && policy.is_off() {
             return Ok(None);
         }
         match self
             .clients
-            .admit(options, app, app_limits, identity.ip, Instant::now())
+            .admit(&policy, app, app_limits, identity.ip, Instant::now())
         {
             Ok(guard) => Ok(guard.map(Box::new)),
             Err(refused) => {

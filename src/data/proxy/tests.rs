@@ -78,7 +78,7 @@ fn router(backends: Vec<BackendRow>) -> Arc<Router> {
 }
 
 /// Settings that trust loopback's PROXY headers and send none.
-pub(crate) fn options() -> ProxyOptions {
+fn options() -> ProxyOptions {
     ProxyOptions {
         proxy_protocol_from: vec!["127.0.0.0/8".parse().unwrap()],
         send_proxy_protocol: None,
