@@ -178,22 +178,18 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
 mod tests {
     use super::*;
 
-    /// The version 1 schema, as shipped before `apps` and `sni_routes`.
-    const SCHEMA_V1: &str = "
-        CREATE TABLE backends (id TEXT PRIMARY KEY, app TEXT NOT NULL DEFAULT 'default',
-          region TEXT NOT NULL, country TEXT, latitude REAL, longitude REAL,
-          wg_ip TEXT NOT NULL, port INTEGER NOT NULL, healthy INTEGER NOT NULL DEFAULT 1,
-          weight INTEGER NOT NULL DEFAULT 1, soft_limit INTEGER NOT NULL,
-          hard_limit INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
-        CREATE TABLE regions (id TEXT PRIMARY KEY, name TEXT, latitude REAL NOT NULL, longitude REAL NOT NULL);
-        CREATE TABLE country_regions (country TEXT PRIMARY KEY, region TEXT NOT NULL);
-        CREATE TABLE wg_peers (public_key TEXT PRIMARY KEY, endpoint TEXT, allowed_ips TEXT NOT NULL,
-          persistent_keepalive INTEGER, region TEXT);
-        INSERT INTO regions VALUES ('eu', 'Europe', 50.1, 8.7);
-        INSERT INTO country_regions VALUES ('DE', 'eu');
-        INSERT INTO backends (id, region, wg_ip, port, soft_limit, hard_limit)
-          VALUES ('eu-1', 'eu', '127.0.0.1', 9101, 10, 20);
-        PRAGMA user_version = 1;";
+    /// The version 1 schema, as shipped before `apps` and `sni_routes`,
+    /// and a few rows.
+    fn v1() -> String {
+        format!(
+            "{}
+            INSERT INTO regions VALUES ('eu', 'Europe', 50.1, 8.7);
+            INSERT INTO country_regions VALUES ('DE', 'eu');
+            INSERT INTO backends (id, region, wg_ip, port, soft_limit, hard_limit)
+              VALUES ('eu-1', 'eu', '127.0.0.1', 9101, 10, 20);",
+            include_str!("../schema-v1.sql")
+        )
+    }
 
     /// An edgeProxy routing.db: no country or coordinates, no regions.
     const SCHEMA_V0: &str = "
@@ -240,7 +236,7 @@ mod tests {
     #[test]
     fn a_version_1_file_gains_the_new_tables_and_a_backup() {
         let dir = tempfile::tempdir().unwrap();
-        let p = make(dir.path(), "routing.db", SCHEMA_V1);
+        let p = make(dir.path(), "routing.db", &v1());
         let m = migrate(&p).unwrap();
         assert_eq!(m.from, 1);
         assert_eq!(m.to, SCHEMA_VERSION);
@@ -287,7 +283,7 @@ mod tests {
     #[test]
     fn an_existing_backup_newer_or_foreign_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let p = make(dir.path(), "routing.db", SCHEMA_V1);
+        let p = make(dir.path(), "routing.db", &v1());
         std::fs::write(backup_path(&p, 1), b"keep me").unwrap();
         let e = migrate(&p).unwrap_err();
         assert!(matches!(e, LoadError::Exists(_)), "{e}");
@@ -301,7 +297,7 @@ mod tests {
         let newer = make(
             dir.path(),
             "newer.db",
-            &format!("{SCHEMA_V1} PRAGMA user_version = 9;"),
+            &format!("{} PRAGMA user_version = 9;", v1()),
         );
         let e = migrate(&newer).unwrap_err();
         assert!(

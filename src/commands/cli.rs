@@ -81,6 +81,11 @@ pub enum DbCommand {
         /// The file to check.
         path: PathBuf,
     },
+    /// Upgrade a routing.db in place to the current schema version: a backup PATH.bak-vN first (never overwritten), then the missing optional tables (apps, sni_routes) and user_version in one transaction; then validate it. A no-op on a current file.
+    Migrate {
+        /// The file to upgrade.
+        path: PathBuf,
+    },
     /// Publish a master routing.db to the fleet (NATS): checked, stored as a new revision, made current by compare-and-swap; prints the revision on its last line (exit 3: someone published in between; 1: invalid table).
     Publish {
         /// The master routing.db (a consistent copy is published).
@@ -330,6 +335,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route { ip } => crate::commands::route::run(&settings()?, *ip),
         Command::Db(DbCommand::Init { path, empty }) => crate::commands::db::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::commands::db::check(path),
+        Command::Db(DbCommand::Migrate { path }) => crate::commands::db::migrate(path),
         Command::Db(DbCommand::Publish {
             master,
             message,

@@ -1,10 +1,10 @@
-//! `geoedge db init` and `geoedge db check`.
+//! `geoedge db init`, `geoedge db check` and `geoedge db migrate`.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use geoedge_routing::loader;
+use geoedge_routing::{loader, migrate as migration};
 
 /// Creates a routing.db.
 pub fn init(path: &Path, sample: bool) -> anyhow::Result<ExitCode> {
@@ -28,7 +28,7 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     match geoedge_routing::snapshot::build(&raw, |_| Default::default()) {
         Ok(s) => {
             println!(
-                "{}: ok: schema version {}, {} backends ({} live) in {} apps, {} regions{}, {} countries mapped{}",
+                "{}: ok: schema version {}, {} backends ({} live) in {} apps, {} regions{}, {} countries mapped{}{}",
                 path.display(),
                 s.schema_version,
                 s.len(),
@@ -38,6 +38,7 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 if s.builtin_regions { " (built-in)" } else { "" },
                 s.country_map.len(),
                 if s.builtin_countries { " (built-in)" } else { "" },
+                extra_counts(&s),
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -53,4 +54,43 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The counts of the optional tables that have rows (", 1 app limits, 2
+/// sni routes"), so a table without them reads as before.
+fn extra_counts(s: &geoedge_routing::Snapshot) -> String {
+    let mut out = String::new();
+    if s.app_limits_len() > 0 {
+        out.push_str(&format!(", {} app limits", s.app_limits_len()));
+    }
+    if s.sni_routes_len() > 0 {
+        out.push_str(&format!(", {} sni routes", s.sni_routes_len()));
+    }
+    out
+}
+
+/// Upgrades a routing.db in place to the current schema version, then
+/// validates it (exit 1 when the migrated table is invalid).
+pub fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
+    let m = migration::migrate(path).with_context(|| format!("migrating {}", path.display()))?;
+    match &m.backup {
+        None => println!(
+            "{}: already at schema version {}; nothing to do",
+            path.display(),
+            m.to
+        ),
+        Some(backup) => println!(
+            "{}: migrated from schema version {} to {} (backup: {}); created tables: {}",
+            path.display(),
+            m.from,
+            m.to,
+            backup.display(),
+            if m.created.is_empty() {
+                "none".to_owned()
+            } else {
+                m.created.join(", ")
+            }
+        ),
+    }
+    check(path)
 }

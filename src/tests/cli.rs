@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use geoedge_geoip::sample_address;
 use serde_json::Value;
-use support::{geoedge, real_db, sqlite3};
+use support::{geoedge, real_db, sqlite3, sqlite3_out};
 
 use geoedge_testkit as support;
 
@@ -220,7 +220,8 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let db = sample_db(dir.path());
     let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
-    assert!(out.contains("ok: schema version 1, 6 backends"), "{out}");
+    assert!(out.contains("ok: schema version 2, 6 backends"), "{out}");
+    assert!(out.ends_with("16 countries mapped\n"), "{out}");
     sqlite3(
         &db,
         "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-lhr-1';
@@ -251,6 +252,70 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
         .status()
         .unwrap()
         .success());
+}
+
+#[test]
+fn db_migrate_upgrades_a_version_1_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("routing.db");
+    // A version 1 file, made by the sqlite3 CLI from the version 1 schema
+    // (the SQL starts on a new line: a first line "--" is an option).
+    sqlite3(
+        &db,
+        &format!(
+            "\n{}
+            INSERT INTO regions VALUES ('eu', 'Europe', 50.1, 8.7);
+            INSERT INTO backends (id, app, region, wg_ip, port, soft_limit, hard_limit)
+              VALUES ('eu-1', 'web', 'eu', '127.0.0.1', 9101, 10, 20);",
+            include_str!("../../routing/schema-v1.sql")
+        ),
+    );
+    let version = |p: &Path| sqlite3_out(p, "PRAGMA user_version;").trim().to_owned();
+    assert_eq!(version(&db), "1");
+    let out = ok(geoedge().args(["db", "migrate"]).arg(&db).output().unwrap());
+    let backup = dir.path().join("routing.db.bak-v1");
+    assert!(
+        out.contains(&format!(
+            "migrated from schema version 1 to 2 (backup: {}); created tables: apps, sni_routes",
+            backup.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("ok: schema version 2, 1 backends"), "{out}");
+    assert_eq!(version(&db), "2");
+    assert_eq!(version(&backup), "1");
+    assert_eq!(
+        sqlite3_out(&backup, "SELECT id FROM backends;").trim(),
+        "eu-1"
+    );
+    // The new tables take rows, and `db check` counts them.
+    sqlite3(
+        &db,
+        "INSERT INTO apps (app, client_rate, client_rate_period_seconds) VALUES ('web', 100, 10);
+         INSERT INTO sni_routes VALUES ('*.example.com', 'web'), ('api.example.com', 'web');",
+    );
+    let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
+    assert!(out.ends_with(", 1 app limits, 2 sni routes\n"), "{out}");
+    // Again: nothing to do, and the backup is left as it was.
+    let out = ok(geoedge().args(["db", "migrate"]).arg(&db).output().unwrap());
+    assert!(
+        out.contains("already at schema version 2; nothing to do"),
+        "{out}"
+    );
+    assert_eq!(version(&backup), "1");
+    // A bad route is a row error of `db check`.
+    sqlite3(
+        &db,
+        "INSERT INTO sni_routes VALUES ('Shop.example.com', 'shop');",
+    );
+    let out = geoedge().args(["db", "check"]).arg(&db).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("write it lower-case (\"shop.example.com\")"),
+        "{text}"
+    );
+    assert!(text.contains("unknown app \"shop\""), "{text}");
 }
 
 fn with_stdin(mut cmd: Command, input: &str) -> Output {

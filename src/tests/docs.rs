@@ -309,6 +309,7 @@ const COMMANDS: &[&[&str]] = &[
     &["route"],
     &["db", "init"],
     &["db", "check"],
+    &["db", "migrate"],
     &["db", "publish"],
     &["db", "log"],
     &["db", "status"],
