@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use geoedge_client_limits::{ClientGuard, ClientTable, Limits, Rate, Refused};
 use geoedge_routing::snapshot::AppLimits;
 use geoedge_routing::AppId;
-
-use crate::data::proxy::ProxyOptions;
+use ipnet::IpNet;
 
 /// The period of a rate that routing.db's `apps` gives a count and no
 /// period, when the `client_rate` setting has none either.
@@ -26,28 +25,44 @@ pub const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(60);
 /// A client of an app: the app and the client's masked address.
 pub type ClientKey = (AppId, IpAddr);
 
+/// The per-client settings a connection was accepted under (the proxy's
+/// options lend them: [`crate::data::proxy::ProxyOptions::client_settings`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings<'a> {
+    /// Connections one client may hold open at once (`None`: no cap).
+    pub max_connections: Option<u32>,
+    /// New connections one client may open per period (`None`: no rate).
+    pub rate: Option<Rate>,
+    /// Clients never held to the limits.
+    pub exempt: &'a [IpNet],
+    /// IPv4 clients share their limits per network of this prefix.
+    pub ipv4_prefix: u8,
+    /// IPv6 clients share their limits per network of this prefix.
+    pub ipv6_prefix: u8,
+}
+
 /// The limits a client of an app is held to: the settings', each replaced
 /// by the app's row where it has one (0 there: no limit).
-pub fn limits_for(options: &ProxyOptions, app: Option<&AppLimits>) -> Limits {
+pub fn limits_for(settings: &ClientSettings<'_>, app: Option<&AppLimits>) -> Limits {
     let Some(app) = app else {
         return Limits {
-            max_connections: options.client_max_connections,
-            rate: options.client_rate,
+            max_connections: settings.max_connections,
+            rate: settings.rate,
         };
     };
     let max_connections = match app.client_max_connections {
-        None => options.client_max_connections,
+        None => settings.max_connections,
         Some(0) => None,
         Some(n) => Some(n),
     };
     let count = match app.client_rate {
-        None => options.client_rate.map(|r| r.count),
+        None => settings.rate.map(|r| r.count),
         Some(0) => None,
         Some(n) => Some(n),
     };
     let period = app
         .client_rate_period
-        .or(options.client_rate.map(|r| r.period))
+        .or(settings.rate.map(|r| r.period))
         .unwrap_or(DEFAULT_RATE_PERIOD);
     Limits {
         max_connections,
@@ -96,19 +111,19 @@ impl PerClient {
     /// (none set, or an exempt network), nothing is counted.
     pub fn admit(
         &self,
-        options: &ProxyOptions,
+        settings: &ClientSettings<'_>,
         app: &AppId,
         app_limits: Option<&AppLimits>,
         ip: IpAddr,
         now: Instant,
     ) -> Result<Option<ClientGuard<ClientKey>>, Refused> {
-        let limits = limits_for(options, app_limits);
-        if limits.is_none() || options.client_limit_exempt.iter().any(|n| n.contains(&ip)) {
+        let limits = limits_for(settings, app_limits);
+        if limits.is_none() || settings.exempt.iter().any(|n| n.contains(&ip)) {
             return Ok(None);
         }
         let key = (
             app.clone(),
-            geoedge_client_limits::mask(ip, options.client_ipv4_prefix, options.client_ipv6_prefix),
+            geoedge_client_limits::mask(ip, settings.ipv4_prefix, settings.ipv6_prefix),
         );
         self.table.admit(key, limits, now).map(Some)
     }
@@ -118,11 +133,13 @@ impl PerClient {
 mod tests {
     use super::*;
 
-    fn options(max: Option<u32>, rate: Option<&str>) -> ProxyOptions {
-        ProxyOptions {
-            client_max_connections: max,
-            client_rate: rate.map(|r| r.parse().unwrap()),
-            ..crate::data::proxy::tests::options()
+    fn options(max: Option<u32>, rate: Option<&str>) -> ClientSettings<'static> {
+        ClientSettings {
+            max_connections: max,
+            rate: rate.map(|r| r.parse().unwrap()),
+            exempt: &[],
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
         }
     }
 
@@ -177,8 +194,9 @@ mod tests {
 
     #[test]
     fn exempt_networks_and_no_limits_count_nothing() {
+        let exempt: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut o = options(Some(1), None);
-        o.client_limit_exempt = vec!["10.0.0.0/8".parse().unwrap()];
+        o.exempt = &exempt;
         let t = PerClient::new(16);
         let app = AppId::default_app();
         let now = Instant::now();

@@ -143,6 +143,20 @@ pub struct ProxyOptions {
     pub client_ipv6_prefix: u8,
 }
 
+impl ProxyOptions {
+    /// The per-client limits' settings, as [`crate::data::per_client`]
+    /// reads them.
+    pub fn client_settings(&self) -> crate::data::per_client::ClientSettings<'_> {
+        crate::data::per_client::ClientSettings {
+            max_connections: self.client_max_connections,
+            rate: self.client_rate,
+            exempt: &self.client_limit_exempt,
+            ipv4_prefix: self.client_ipv4_prefix,
+            ipv6_prefix: self.client_ipv6_prefix,
+        }
+    }
+}
+
 /// Serializes a value as its `Debug` text (enough to compare two of them;
 /// the settings' diff uses it for types without a serialized form).
 pub(crate) fn as_debug<T: std::fmt::Debug, S: serde::Serializer>(

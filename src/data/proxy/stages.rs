@@ -303,10 +303,13 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         {
             return Ok(None);
         }
-        match self
-            .clients
-            .admit(options, app, app_limits, identity.ip, Instant::now())
-        {
+        match self.clients.admit(
+            &options.client_settings(),
+            app,
+            app_limits,
+            identity.ip,
+            Instant::now(),
+        ) {
             Ok(guard) => Ok(guard.map(Box::new)),
             Err(refused) => {
                 // A reset: a client over its limit costs no TIME_WAIT.
