@@ -104,7 +104,9 @@ impl Placement {
         self.point.map_or([0.0; 3], |p| p.unit_vector())
     }
 
-    fn tier_of(&self, b: &Backend) -> Tier {
+    /// How near backend `b` is to this client: its country, its region
+    /// (the POP's, for a client GeoIP cannot place), or neither.
+    pub fn tier_of(&self, b: &Backend) -> Tier {
         if self.country.is_some() && b.country == self.country {
             Tier::Country
         } else if self.region == Some(b.region_idx) {

@@ -97,6 +97,12 @@ impl PerClient {
         self.table.len()
     }
 
+    /// Clients it can track at once (the size asked for, rounded up to a
+    /// multiple of the shard count).
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
     /// True when no client is tracked.
     pub fn is_empty(&self) -> bool {
         self.table.len() == 0

@@ -96,6 +96,14 @@ async fn every_termination_reason_writes_one_json_line() {
     assert!(drain(&mut c).await.ends_with(b"hello"));
     expected.insert("81.2.69.1", "client_closed");
 
+    // A client GeoIP cannot place (a documentation address) is placed in
+    // this POP's region: its line's tier says so.
+    let mut c = open(main, "192.0.2.10").await;
+    c.get_mut().write_all(b"echo\nhello").await.unwrap();
+    c.get_mut().shutdown().await.unwrap();
+    assert!(drain(&mut c).await.ends_with(b"hello"));
+    expected.insert("192.0.2.10", "client_closed");
+
     // backend_closed: the backend sends 100 bytes and ends first.
     let mut c = open(main, "81.2.69.2").await;
     c.get_mut().write_all(b"source 100\n").await.unwrap();
@@ -276,6 +284,10 @@ async fn every_termination_reason_writes_one_json_line() {
     assert_eq!(closed["bytes_up"], 10); // "echo\n" + "hello"
     assert!(closed["connect_ms"].as_f64().is_some());
     assert_eq!(closed["listener"], main.to_string());
+    let placed = by_client["192.0.2.10"][0];
+    assert_eq!(placed["country"], serde_json::Value::Null);
+    assert_eq!(placed["reason"], "region");
+    assert_eq!(placed["tier"], "region");
     let source = by_client["81.2.69.2"][0];
     assert_eq!(source["bytes_up"], 11); // "source 100\n"
     assert!(source["bytes_down"].as_u64().unwrap() >= 100);

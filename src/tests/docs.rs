@@ -28,6 +28,8 @@
 //! namespace of the file's own, so examples may use the usual ports (8080,
 //! 9090) without meeting other tests. Processes a block leaves in the
 //! background are killed once the file is done. Each block has 90 s.
+//! `GEOEDGE_TEST_DOCS=sni.md,README.md` runs the examples of those files
+//! only.
 //!
 //! The expected output is compared with stdout and stderr together, line by
 //! line, trailing whitespace ignored. A line that is `...` alone stands for
@@ -73,6 +75,29 @@ fn doc_files() -> Vec<PathBuf> {
     files
 }
 
+/// The files whose examples run: all of [`doc_files`], or, with
+/// `GEOEDGE_TEST_DOCS` set (comma-separated names, e.g.
+/// `sni.md,access-log.md`), those whose file name is one of them.
+fn files_to_run() -> Vec<PathBuf> {
+    let files = doc_files();
+    let Ok(only) = std::env::var("GEOEDGE_TEST_DOCS") else {
+        return files;
+    };
+    let only: Vec<&str> = only.split(',').map(str::trim).collect();
+    let picked: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| only.iter().any(|o| n.to_string_lossy() == *o))
+        })
+        .collect();
+    assert!(
+        !picked.is_empty(),
+        "GEOEDGE_TEST_DOCS={only:?} names no doc file"
+    );
+    picked
+}
+
 fn name(path: &Path) -> String {
     path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
         .unwrap_or(path)
@@ -85,7 +110,7 @@ fn examples_in_the_docs_run_as_written() {
     if !support::tool_or_skip("sqlite3") {
         return;
     }
-    let files = doc_files();
+    let files = files_to_run();
     let results: Vec<(PathBuf, Result<usize, String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .iter()

@@ -15,6 +15,7 @@ use crate::data::proxy::Proxy;
 
 const METRICS: &[Def] = &[
     n::CLIENT_TABLE_ENTRIES,
+    n::CLIENT_TABLE_CAPACITY,
     n::CLIENT_TABLE_EVICTIONS_TOTAL,
     n::SNI_HELLOS_TOTAL,
     n::ACCESS_LOG_LINES_TOTAL,
@@ -48,6 +49,8 @@ impl Collector for FeaturesCollector {
         let p = &self.proxy;
         let mut entries = Family::new(n::CLIENT_TABLE_ENTRIES);
         entries.add(&[], p.clients.len() as f64);
+        let mut capacity = Family::new(n::CLIENT_TABLE_CAPACITY);
+        capacity.add(&[], p.clients.capacity() as f64);
         let mut evictions = Family::new(n::CLIENT_TABLE_EVICTIONS_TOTAL);
         evictions.add(&[], p.clients.evictions() as f64);
         let (routed, unmatched, missing) = p.sni.counts();
@@ -65,6 +68,7 @@ impl Collector for FeaturesCollector {
         log.add(&["failed"], failed as f64);
         vec![
             entries.finish(),
+            capacity.finish(),
             evictions.finish(),
             sni.finish(),
             log.finish(),

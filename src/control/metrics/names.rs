@@ -91,6 +91,13 @@ pub const CLIENT_TABLE_ENTRIES: Def = def(
     "Clients (masked addresses, per app) the per-client limits track now; at most --client-table-size.",
     &[],
 );
+/// Clients the per-client limits can track at once.
+pub const CLIENT_TABLE_CAPACITY: Def = def(
+    "edge_client_table_capacity",
+    Gauge,
+    "Clients the per-client limits can track at once: --client-table-size, rounded up to a multiple of the table's 64 shards.",
+    &[],
+);
 /// Clients forgotten to make room.
 pub const CLIENT_TABLE_EVICTIONS_TOTAL: Def = def(
     "edge_client_table_evictions_total",
@@ -515,6 +522,7 @@ pub const ALL: &[Def] = &[
     CONNECTIONS_LIMIT,
     ACCEPT_ERRORS_TOTAL,
     CLIENT_TABLE_ENTRIES,
+    CLIENT_TABLE_CAPACITY,
     CLIENT_TABLE_EVICTIONS_TOTAL,
     SNI_HELLOS_TOTAL,
     ACCESS_LOG_LINES_TOTAL,

@@ -555,14 +555,12 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         let client_region = location
             .and_then(|l| snapshot.country_map.region_of(l.country, l.continent))
             .and_then(|i| snapshot.region(i));
-        let country = location.and_then(|l| l.country);
-        let tier = if country.is_some() && backend.country == country {
-            "country"
-        } else if client_region.is_some_and(|r| r.id == backend.region) {
-            "region"
-        } else {
-            "distance"
-        };
+        // The tier as the decision saw it: a client GeoIP cannot place is
+        // placed in this POP's region.
+        let local = snapshot.region_index(self.router.local_region().as_str());
+        let tier = geoedge_routing::Placement::new(&snapshot, location, local)
+            .tier_of(backend)
+            .as_str();
         let r = &mut line.record;
         r.backend = Some(backend.id.as_arc());
         r.region = client_region.map(|r| r.id.as_arc());
