@@ -883,3 +883,105 @@ async fn a_hello_that_never_completes_is_closed_after_the_header_timeout() {
         assert_eq!(hellos(&edge, result), 0.0, "{result}");
     }
 }
+
+/// A PROXY v2 header (PROXY command, TCP over IPv4) from `src` to `dst`.
+fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+        panic!("IPv4 only here");
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src.ip().octets());
+    h.extend_from_slice(&dst.ip().octets());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_hello_follows_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let (a, fallback) = (Recorder::start().await, Recorder::start().await);
+    add_app_backend(&db, "a", a.addr);
+    add_app_backend(&db, "fallback", fallback.addr);
+    sqlite3(
+        &db,
+        "INSERT INTO sni_routes (hostname, app) VALUES ('a.example.com', 'a');",
+    );
+    let edge = Edge::start(&[
+        "run",
+        "--routing-db",
+        db.to_str().unwrap(),
+        "--region",
+        "eu",
+        "--sni-listen",
+        "fallback=127.0.0.1:0",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+        "--send-proxy-protocol",
+        "v1",
+        "--proxy-header-timeout",
+        "20s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let sni = edge.addr;
+    let tls13 = fixture("openssl_tls13.bin");
+    let pause = Duration::from_millis(5);
+
+    // A v1 header and the whole hello in one segment: the backend gets
+    // geoedge's header for the client the proxy named, then the hello.
+    let v1 = b"PROXY TCP4 81.2.69.142 192.0.2.1 40000 443\r\n";
+    let mut sent = v1.to_vec();
+    sent.extend_from_slice(&tls13);
+    let c = send_in_pieces(sni, &sent, sent.len(), Duration::ZERO).await;
+    let mut expected = v1.to_vec();
+    expected.extend_from_slice(&tls13);
+    a.expect(0, &expected, "v1 header and hello at once").await;
+    drop(c);
+
+    // A v2 header with the hello's first bytes behind it in one segment,
+    // the rest of the hello a few bytes at a time.
+    let (from, to): (SocketAddr, SocketAddr) = (
+        "81.2.69.143:40001".parse().unwrap(),
+        "192.0.2.1:443".parse().unwrap(),
+    );
+    let mut first = proxy_v2(from, to);
+    first.extend_from_slice(&tls13[..3]);
+    let mut c = send_in_pieces(sni, &first, first.len(), Duration::ZERO).await;
+    tokio::time::sleep(pause).await;
+    for chunk in tls13[3..].chunks(9) {
+        c.write_all(chunk).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    let mut expected = b"PROXY TCP4 81.2.69.143 192.0.2.1 40001 443\r\n".to_vec();
+    expected.extend_from_slice(&tls13);
+    a.expect(1, &expected, "v2 header, then the hello in pieces")
+        .await;
+    drop(c);
+    assert_eq!(hellos(&edge, "routed"), 2.0);
+
+    // A hello declaring more than 16 KiB: refused at once, never dialed.
+    let mut huge = v1.to_vec();
+    huge.extend_from_slice(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x4e, 0x20]);
+    huge.extend_from_slice(&[0u8; 1000]);
+    let mut c = send_in_pieces(sni, &huge, huge.len(), Duration::ZERO).await;
+    assert!(closed_by_edge(&mut c).await, "an oversized hello left open");
+    // Half a hello, then the client's end-of-file.
+    let mut half = v1.to_vec();
+    half.extend_from_slice(&tls13[..100]);
+    let mut c = send_in_pieces(sni, &half, half.len(), Duration::ZERO).await;
+    c.shutdown().await.unwrap();
+    assert!(
+        closed_by_edge(&mut c).await,
+        "a closed half hello left open"
+    );
+    until(
+        || "not_tls not counted twice".into(),
+        GIVE_UP,
+        || conns(&edge, "not_tls") == 2.0,
+    )
+    .await;
+    assert_eq!((a.accepted(), fallback.accepted()), (2, 0), "dialed");
+}
