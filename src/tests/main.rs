@@ -26,5 +26,6 @@ mod health;
 mod lab;
 mod lifecycle;
 mod metrics;
+mod sni;
 mod wireguard;
 mod wireguard_pop;
