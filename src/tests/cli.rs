@@ -398,3 +398,73 @@ fn a_closed_stdout_ends_a_one_shot_command_quietly() {
         out.status
     );
 }
+
+/// The error line of a command that must fail.
+fn failure(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_error_says_each_of_its_causes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let missing = dir.path().join("missing.mmdb");
+    let garbage = dir.path().join("garbage.mmdb");
+    std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
+    let cases = [
+        (
+            // A missing mmdb: the operating system's reason, once.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(&db)
+                    .arg("--geoip")
+                    .arg(&missing)
+                    .arg("81.2.69.1"),
+            ),
+            "No such file or directory",
+        ),
+        (
+            // Not an mmdb: the reader's reason, once.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(&db)
+                    .arg("--geoip")
+                    .arg(&garbage)
+                    .arg("81.2.69.1"),
+            ),
+            "could not find MaxMind DB metadata",
+        ),
+        (
+            // A missing routing.db.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(dir.path().join("missing.db"))
+                    .arg("81.2.69.1"),
+            ),
+            "no such file",
+        ),
+        (
+            // Something other than a database in routing.db's place.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(&garbage)
+                    .arg("81.2.69.1"),
+            ),
+            "not a database",
+        ),
+    ];
+    for (stderr, cause) in cases {
+        assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+        // No part of the chain is printed twice in a row.
+        let parts: Vec<&str> = stderr.trim_end().split(": ").collect();
+        for pair in parts.windows(2) {
+            assert_ne!(pair[0], pair[1], "{stderr}");
+        }
+    }
+}
