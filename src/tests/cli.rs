@@ -468,3 +468,45 @@ fn an_error_says_each_of_its_causes_once() {
         }
     }
 }
+
+#[test]
+fn a_broken_routing_db_is_reported_before_a_busy_metrics_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("routing.db");
+    std::fs::write(&broken, vec![b'x'; 4096]).unwrap();
+    // Another edge's metrics port.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let run = |db: &Path| {
+        geoedge()
+            .args(["run", "--listen", "127.0.0.1:0", "--metrics-listen", &port])
+            .arg("--routing-db")
+            .arg(db)
+            .env("GEOEDGE_HEALTH_CHECK_INTERVAL", "off")
+            .output()
+            .unwrap()
+    };
+    let out = run(&broken);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let db_error = last.find("not a database");
+    let bind_error = last.find("Address already in use");
+    assert!(
+        last.starts_with("geoedge: loading routing table")
+            && matches!((db_error, bind_error), (Some(d), Some(b)) if d < b),
+        "{stderr}"
+    );
+    // With good files, the busy port is the error.
+    let good_dir = dir.path().join("good");
+    std::fs::create_dir(&good_dir).unwrap();
+    let good = sample_db(&good_dir);
+    let out = run(&good);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("binding the metrics listener")
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+}
