@@ -154,7 +154,7 @@ impl Netns {
 fn namespaces_or_skip() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: not root (network and mount namespaces)");
+        support::skip("not root (network and mount namespaces)");
         return false;
     }
     ["ip", "unshare", "prlimit"]

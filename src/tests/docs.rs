@@ -145,7 +145,7 @@ fn run_file(path: &Path) -> Result<usize, String> {
         .collect();
     for tool in needs {
         if !support::tool_or_skip(tool) {
-            eprintln!("{}: skipped: {tool} is not installed", name(path));
+            support::skip(&format!("{}: {tool} is not installed", name(path)));
             return Ok(0);
         }
     }
