@@ -222,6 +222,22 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
     let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
     assert!(out.contains("ok: schema version 2, 6 backends"), "{out}");
     assert!(out.ends_with("16 countries mapped\n"), "{out}");
+    // A drained backend (healthy = 0 or weight = 0) is not counted live.
+    sqlite3(
+        &db,
+        "UPDATE backends SET healthy = 0 WHERE id = 'eu-lhr-1';
+         UPDATE backends SET weight = 0 WHERE id = 'eu-fra-1';
+         UPDATE backends SET deleted = 1 WHERE id = 'ap-sin-1';",
+    );
+    let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
+    assert!(
+        out.contains("6 backends (3 live, 2 drained, 1 deleted)"),
+        "{out}"
+    );
+    sqlite3(
+        &db,
+        "UPDATE backends SET healthy = 1, weight = 1, deleted = 0;",
+    );
     sqlite3(
         &db,
         "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-lhr-1';
