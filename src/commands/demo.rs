@@ -223,7 +223,11 @@ pub fn probe(
             }
         }
         if line.is_empty() {
-            anyhow::bail!("the connection closed without an answer (no backend for {claim}?)");
+            // The edge closes the connection the same way for both; its
+            // log and edge_connections_total{result} tell them apart.
+            anyhow::bail!(
+                "the connection closed without an answer: the edge has no backend for {claim}, or every connect to one failed (its log and edge_connections_total say which)"
+            );
         }
         println!("{}", String::from_utf8_lossy(&line));
         Ok(ExitCode::SUCCESS)

@@ -431,3 +431,28 @@ fn demo_routes_three_countries_and_stops_on_sigint() {
     let status = demo.signal_and_wait("INT", Duration::from_secs(10));
     assert!(status.success(), "{status:?}: {:#?}", demo.log());
 }
+
+#[test]
+fn probe_names_both_reasons_an_edge_closes_without_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    // A backend whose connects are refused: the edge has one for the
+    // client, yet closes the connection as when it has none.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    add_backend(&db, "gone", "eu", "GB", refusing, 100, 200);
+    let edge = Edge::start(&edge_args(&db, &[]));
+    let out = geoedge()
+        .args(["probe", &edge.addr.to_string(), "--as", "81.2.69.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no backend for 81.2.69.1")
+            && stderr.contains("every connect to one failed"),
+        "{stderr}"
+    );
+}
