@@ -47,7 +47,7 @@ fn rows(stdout: &str) -> BTreeMap<String, (String, String)> {
     let mut lines = stdout.lines();
     assert!(lines.next().unwrap().starts_with("key "), "{stdout}");
     lines
-        .filter(|l| !l.contains(" short, "))
+        .take_while(|l| !l.contains(" short, "))
         .map(|l| {
             // The key may hold spaces (the nofile row); the columns are
             // separated by two or more.
