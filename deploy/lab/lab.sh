@@ -7,8 +7,10 @@
 #
 #   lab.sh up                  build the lab (cleans up after itself if a step fails)
 #   lab.sh down                remove everything the lab made (also a half-built lab)
-#   lab.sh push [-m TEXT]      publish the master routing.db (geoedge db publish)
-#   lab.sh rollback N          make revision N current again (db publish --revision N)
+#   lab.sh push [-m TEXT]      publish the master routing.db (geoedge db publish), then wait
+#                              until every running POP not cut off has applied it
+#   lab.sh rollback N          make revision N current again (db publish --revision N), and wait
+#                              as push does
 #   lab.sh log                 the revisions (geoedge db log)
 #   lab.sh status              every POP's revision (geoedge db status), processes, tunnels
 #   lab.sh db ARGS...          any `geoedge db` command as the operator (publisher)
@@ -34,6 +36,8 @@
 #   GELAB_NAME  prefix of every namespace and interface (default gelab, at
 #               most 12 characters: WireGuard interfaces are NAME-eu, ...)
 #   GELAB_DIR   where keys, routing.db copies, settings and logs go
+#   GELAB_APPLY_WAIT  how long push and rollback wait for the POPs to
+#               apply the revision, in seconds (default 10)
 #               (default /run/NAME); removed by `down`
 #
 # Nothing is added to the host's own network namespace: the underlay
@@ -179,6 +183,46 @@ operator_pop() {
 operator() {
   ip netns exec "$(ns "$(operator_pop)")" "$geoedge" "$1" "${@:2:1}" \
     --config "$dir/operator/geoedge.toml" "${@:3}"
+}
+
+# Whether POP $1 has applied revision $2: its log shows the install, then
+# a reload of routing.db.
+applied() {
+  awk -v installed="installed routing.db revision $2 " '
+    index($0, installed) { seen = 1; next }
+    seen && /routing\.db reloaded/ { found = 1; exit }
+    END { exit !found }' "$dir/$1/geoedge.log" 2>/dev/null
+}
+
+# Waits (up to GELAB_APPLY_WAIT seconds) until every POP whose geoedge runs
+# and is not cut off has applied revision $1, so that a client entering
+# once push returns meets the new table; names the POPs that have not.
+wait_applied() {
+  local rev=$1 r waiting deadline=$((SECONDS + ${GELAB_APPLY_WAIT:-10}))
+  while :; do
+    waiting=()
+    for r in "${regions[@]}"; do
+      [ ! -e "$dir/$r/.cut" ] && [ ! -e "$dir/$r/.cut-nats" ] || continue
+      [ -e "$dir/$r/geoedge.pid" ] && kill -0 "$(cat "$dir/$r/geoedge.pid")" 2>/dev/null || continue
+      applied "$r" "$rev" || waiting+=("$r")
+    done
+    [ ${#waiting[@]} -gt 0 ] || return 0
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "revision $rev is not applied yet at POP ${waiting[*]} (lab.sh status)"
+      return 0
+    fi
+    sleep 0.01
+  done
+}
+
+# `geoedge db publish ARGS` as the operator; prints what it prints and,
+# once published, waits for the POPs to apply the revision (its last line).
+publish_and_wait() {
+  local out status=0
+  out=$(operator db publish "$@") || status=$?
+  [ -z "$out" ] || echo "$out"
+  [ "$status" -eq 0 ] || return "$status"
+  wait_applied "$(tail -n 1 <<<"$out")"
 }
 
 # Whether every POP reports the current revision.
@@ -388,13 +432,13 @@ cmd_push() {
     [ $# -ge 2 ] || die "usage: $0 push [-m TEXT]"
     message=$2
   fi
-  operator db publish -m "$message" "$dir/master/routing.db"
+  publish_and_wait -m "$message" "$dir/master/routing.db"
 }
 
 cmd_rollback() {
   lab_arg
   [ $# -eq 1 ] || die "usage: $0 rollback REVISION"
-  operator db publish --revision "$1"
+  publish_and_wait --revision "$1"
 }
 
 cmd_db() {
@@ -516,6 +560,15 @@ cmd_wg() {
   wg show "$(ns "$pop")" "$@"
 }
 
+# `wg show IFACE latest-handshakes` lines (PEER EPOCH) with the handshake's
+# age at epoch $1: "PEER  latest handshake 12 s ago" (or "never").
+handshake_ages() {
+  awk -v now="$1" '{
+    if ($2 == 0) print $1 "  latest handshake: never"
+    else print $1 "  latest handshake: " now - $2 " s ago"
+  }'
+}
+
 cmd_status() {
   lab_arg
   echo "== geoedge db status (as the operator, from POP $(operator_pop))"
@@ -529,7 +582,8 @@ cmd_status() {
       ip netns pids "$(ns "$r")" | xargs -r ps -o pid=,args= -p
       grep -a "routing.db reloaded" "$dir/$r/geoedge.log" | tail -n 1 || true
       if command -v wg >/dev/null; then
-        wg show "$(ns "$r")" latest-handshakes || true
+        # `wg show` prints epoch seconds: shown as an age.
+        wg show "$(ns "$r")" latest-handshakes | handshake_ages "$(date +%s)" || true
       fi
     else
       echo "not running"

@@ -223,9 +223,9 @@ impl GeoDb {
     /// device, a directory) is refused at once as [`GeoIpError::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<GeoDb, GeoIpError> {
         let path = path.as_ref();
-        let io_err = |source| GeoIpError::Io {
+        let io_err = |error| GeoIpError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         // Never blocks on a FIFO or reads a device put in the file's place.
         let buf = crate::regular::read_regular(path).map_err(io_err)?;
@@ -266,7 +266,7 @@ impl GeoDb {
         };
         for address in PROBES {
             db.decode(address)
-                .map_err(|source| GeoIpError::Probe { address, source })?;
+                .map_err(|error| GeoIpError::Probe { address, error })?;
         }
         Ok(db)
     }

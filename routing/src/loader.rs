@@ -37,7 +37,9 @@ pub const SAMPLE_SQL: &str = include_str!("../sample.sql");
 /// How long a read waits for a writer's lock before giving up for this attempt.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Why a routing.db could not be read or created.
+/// Why a routing.db could not be read or created. Each message holds its
+/// cause's text, so the cause is not also its `source()` (anyhow's `{:#}`
+/// would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file does not exist.
@@ -53,20 +55,20 @@ pub enum LoadError {
         what: NotRegular,
     },
     /// The file could not be opened.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The database path.
         path: PathBuf,
         /// What the operating system reported.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// SQLite refused the file or a query on it.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
         /// SQLite's error.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// A writer held the database locked past the busy timeout.
     #[error("{0}: database is locked by a writer")]
@@ -104,7 +106,7 @@ impl LoadError {
         } else {
             LoadError::Sqlite {
                 path: path.to_owned(),
-                source,
+                error: source,
             }
         }
     }
@@ -125,7 +127,7 @@ fn check_regular(path: &Path) -> Result<(), LoadError> {
             }),
             None => Err(LoadError::Io {
                 path: path.to_owned(),
-                source: e,
+                error: e,
             }),
         },
     }

@@ -268,10 +268,61 @@ pub fn render(findings: &[Finding]) -> String {
     let count = |s| findings.iter().filter(|f| f.status == s).count();
     let _ = writeln!(
         out,
-        "{} short, {} ok, {} unavailable (shipped: /usr/lib/sysctl.d/90-geoedge.conf, /etc/security/limits.d/90-geoedge.conf)",
+        "{} short, {} ok, {} unavailable (recommended: sysctl/90-geoedge.conf and sysctl/90-geoedge-nofile.conf in the source tree, installed by the Debian package as /usr/lib/sysctl.d/90-geoedge.conf and /etc/security/limits.d/90-geoedge.conf)",
         count(Status::Short),
         count(Status::Ok),
         count(Status::Unavailable),
+    );
+    out
+}
+
+/// What to do about the short rows (empty when none is): the `sysctl -w`
+/// commands that apply them until the next boot (keeping what the host has
+/// beyond the recommendation), the open-file limit's setting, and how to
+/// keep them (the files of the source tree, which the Debian package
+/// installs).
+pub fn advice(recs: &[Recommendation], findings: &[Finding]) -> String {
+    let mut out = String::new();
+    let short: Vec<(&Recommendation, &Finding)> = recs
+        .iter()
+        .zip(findings)
+        .filter(|(_, f)| f.status == Status::Short)
+        .collect();
+    if short.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "to apply them now (as root, until the next boot):");
+    for (r, f) in short {
+        let live = f
+            .live
+            .as_deref()
+            .and_then(parse_numbers)
+            .unwrap_or_default();
+        if r.key == NOFILE {
+            let _ = writeln!(
+                out,
+                "  LimitNOFILE={v} in geoedge's systemd unit (deploy/systemd's units have it), or ulimit -n {v} in the shell that starts it",
+                v = join(&r.value)
+            );
+            continue;
+        }
+        let value = match r.rule {
+            Rule::BitsSet if live.len() == 1 => vec![live[0] | r.value[0]],
+            Rule::AtLeast if live.len() == r.value.len() => {
+                live.iter().zip(&r.value).map(|(l, w)| *l.max(w)).collect()
+            }
+            _ => r.value.clone(),
+        };
+        let value = join(&value);
+        if value.contains(' ') {
+            let _ = writeln!(out, "  sysctl -w {}=\"{value}\"", r.key);
+        } else {
+            let _ = writeln!(out, "  sysctl -w {}={value}", r.key);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "to keep them: copy sysctl/90-geoedge.conf to /etc/sysctl.d/ (then sysctl --system) and sysctl/90-geoedge-nofile.conf to /etc/security/limits.d/ (the Debian package installs both)"
     );
     out
 }
@@ -317,6 +368,7 @@ pub fn run(strict: bool) -> anyhow::Result<ExitCode> {
         .collect();
     let findings = check(&recs, &live);
     print!("{}", render(&findings));
+    print!("{}", advice(&recs, &findings));
     let short = findings.iter().any(|f| f.status == Status::Short);
     Ok(if strict && short {
         ExitCode::from(1)
@@ -476,8 +528,37 @@ mod tests {
             row("net.ipv4.tcp_fin_timeout"),
             "net.ipv4.tcp_fin_timeout 15 <= 15 ok"
         );
+        let advice = advice(&recs, &findings);
+        assert_eq!(
+            advice.lines().collect::<Vec<_>>()[..2],
+            [
+                "to apply them now (as root, until the next boot):",
+                "  sysctl -w net.core.somaxconn=4096"
+            ],
+            "{advice}"
+        );
+        assert!(advice.contains("sysctl/90-geoedge.conf to /etc/sysctl.d/"));
+        // A short buffer triple keeps what the host has beyond the
+        // recommendation; a bitmask gains the missing bits.
+        let mut live = BTreeMap::new();
+        live.insert(
+            "net.ipv4.tcp_wmem".to_owned(),
+            "8192 16384 4194304".to_owned(),
+        );
+        live.insert("net.ipv4.tcp_fastopen".to_owned(), "2".to_owned());
+        let findings = check(&recs, &live);
+        let advice = super::advice(&recs, &findings);
+        assert!(
+            advice.contains("  sysctl -w net.ipv4.tcp_wmem=\"8192 16384 16777216\"\n"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("  sysctl -w net.ipv4.tcp_fastopen=3\n"),
+            "{advice}"
+        );
+        assert!(super::advice(&recs, &[]).is_empty());
         assert!(text.ends_with(&format!(
-            "1 short, {} ok, 1 unavailable (shipped: /usr/lib/sysctl.d/90-geoedge.conf, /etc/security/limits.d/90-geoedge.conf)\n",
+            "1 short, {} ok, 1 unavailable (recommended: sysctl/90-geoedge.conf and sysctl/90-geoedge-nofile.conf in the source tree, installed by the Debian package as /usr/lib/sysctl.d/90-geoedge.conf and /etc/security/limits.d/90-geoedge.conf)\n",
             recs.len() - 2
         )));
     }

@@ -137,11 +137,7 @@ impl Cli {
     pub fn command_with_defaults() -> clap::Command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
         for (id, default) in defaults::shown() {
-            cmd = cmd.mut_arg(id, |arg| {
-                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-                let help = help.trim_end_matches('.');
-                arg.help(format!("{help} [default: {default}]."))
-            });
+            cmd = cmd.mut_arg(id, |arg| with_default(arg, &default));
         }
         let settings = setting_ids();
         // Every command gets its own copy of each global setting, hidden
@@ -167,7 +163,16 @@ impl Cli {
                 cmd = cmd.mut_subcommand(name, |mut sub| {
                     for arg in globals {
                         let read = reads(&sub_path, arg.get_id().as_str());
-                        sub = sub.arg(arg.clone().hide(!read));
+                        let mut arg = arg.clone().hide(!read);
+                        if sub_path == "demo" {
+                            if let Some((_, d)) = defaults::demo_shown()
+                                .into_iter()
+                                .find(|(id, _)| arg.get_id() == *id)
+                            {
+                                arg = with_default(arg, &d);
+                            }
+                        }
+                        sub = sub.arg(arg);
                     }
                     copy(sub, &sub_path, globals)
                 });
@@ -208,6 +213,15 @@ impl Cli {
             Command::Run | Command::Demo | Command::Wg(WgCommand::Up)
         )
     }
+}
+
+/// A setting's help ending with `[default: DEFAULT].` (in place of the one
+/// it had).
+fn with_default(arg: clap::Arg, default: &str) -> clap::Arg {
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    let help = help.split(" [default: ").next().unwrap_or_default();
+    let help = help.trim_end_matches('.');
+    arg.help(format!("{help} [default: {default}]."))
 }
 
 /// `geoedge wg …`
@@ -387,14 +401,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             // The demo listens on loopback, trusts PROXY headers from it, and
             // tells its backends who the client is.
+            // Its `--help` shows these (defaults::demo_shown).
             let mut layer = cli.settings.clone();
             layer
                 .listen
-                .get_or_insert_with(|| vec!["127.0.0.1:8080".into()]);
+                .get_or_insert_with(|| vec![defaults::DEMO_LISTEN.into()]);
+            layer.proxy_protocol_from.get_or_insert_with(|| {
+                defaults::DEMO_PROXY_PROTOCOL_FROM
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
             layer
-                .proxy_protocol_from
-                .get_or_insert_with(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
-            layer.send_proxy_protocol.get_or_insert_with(|| "v1".into());
+                .send_proxy_protocol
+                .get_or_insert_with(|| defaults::DEMO_SEND_PROXY_PROTOCOL.into());
             crate::commands::demo::run(&Settings::resolve(layer, cli.config.as_deref())?)
         }
         Command::Probe { addr, claim, send } => {
@@ -528,6 +548,15 @@ mod tests {
             demo.contains("--listen") && !demo.contains("--routing-db"),
             "{demo}"
         );
+        // The demo's help shows the defaults the demo runs with.
+        for (_, default) in defaults::demo_shown() {
+            assert!(
+                demo.contains(&format!("[default: {default}].")),
+                "{default}: {demo}"
+            );
+        }
+        assert!(!demo.contains("0.0.0.0:8080"), "{demo}");
+        assert!(demo.contains("--metrics-listen"), "{demo}");
         // Still accepted where they do nothing (a config file serves all).
         assert!(<Cli as clap::Parser>::try_parse_from([
             "geoedge", "wg", "genkey", "--region", "us"

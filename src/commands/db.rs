@@ -28,11 +28,11 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     match geoedge_routing::snapshot::build(&raw, |_| Default::default()) {
         Ok(s) => {
             println!(
-                "{}: ok: schema version {}, {} backends ({} live) in {} apps, {} regions{}, {} countries mapped{}{}",
+                "{}: ok: schema version {}, {} backends ({}) in {} apps, {} regions{}, {} countries mapped{}{}",
                 path.display(),
                 s.schema_version,
                 s.len(),
-                s.live_len(),
+                backend_counts(&s),
                 s.apps().len(),
                 s.regions.len(),
                 if s.builtin_regions { " (built-in)" } else { "" },
@@ -54,6 +54,27 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// How many backends take new clients ("live"), how many are drained
+/// (`healthy = 0` or `weight = 0`: kept, but given no new client) and how
+/// many soft-deleted: "5 live, 1 drained"; the last two only when there
+/// are any.
+fn backend_counts(s: &geoedge_routing::Snapshot) -> String {
+    let drained = s
+        .backends
+        .iter()
+        .filter(|b| !b.deleted && !b.statically_eligible())
+        .count();
+    let deleted = s.len() - s.live_len();
+    let mut out = format!("{} live", s.live_len() - drained);
+    if drained > 0 {
+        out.push_str(&format!(", {drained} drained"));
+    }
+    if deleted > 0 {
+        out.push_str(&format!(", {deleted} deleted"));
+    }
+    out
 }
 
 /// The counts of the optional tables that have rows (", 1 app limits, 2

@@ -3,10 +3,12 @@
 //! in-process backends stand for three regions, the embedded sample mmdb
 //! locates clients, and the proxy listens on 127.0.0.1, trusting PROXY
 //! headers from loopback so `geoedge probe ADDR --as IP` can claim any
-//! client address.
+//! client address. Metrics and health checks are served on
+//! `--metrics-listen`, as by `geoedge run`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use geoedge_routing::loader;
@@ -14,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::control::config::Settings;
+use crate::control::metrics::Metrics;
+use crate::control::readiness::Health;
 use crate::data::proxy_protocol::{self, Header, Parse};
 
 /// The demo backends: id, region, country, city, coordinates.
@@ -86,7 +90,21 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut settings = settings.clone();
     settings.routing_db = Some(db.clone());
     let edge = crate::commands::run::start(&settings, &db)?;
+    let health = Arc::new(Health::default());
+    let metrics = Metrics::new(Arc::clone(&health))?;
+    metrics.register_edge(crate::commands::run::metric_sources(&edge))?;
+    metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
+    metrics.register_features(Arc::clone(&edge.proxy))?;
     runtime.block_on(async {
+        let _endpoints = match settings.metrics_listen {
+            Some(addr) => Some(
+                metrics
+                    .serve(addr)
+                    .await
+                    .context("serving metrics (--metrics-listen ADDR, or off)")?,
+            ),
+            None => None,
+        };
         let listeners = crate::commands::run::bind(&settings)?;
         let listen = listeners
             .addrs()
@@ -94,7 +112,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             .map(|(_, a)| *a)
             .context("the demo has no listener")?;
         print_tour(&settings, listen, &db, &addrs);
-        let health = crate::control::readiness::Health::default();
         let signals = crate::control::lifecycle::Signals::install()?;
         crate::commands::run::serve(&edge, listeners, &settings, signals, None, &health).await
     })?;
@@ -146,6 +163,11 @@ fn print_tour(settings: &Settings, listen: SocketAddr, db: &std::path::Path, add
     println!(
         "  {exe} probe {listen} --as 81.2.69.1      # still us-demo: the client is bound to it"
     );
+    if let Some(m) = settings.metrics_listen {
+        println!("Metrics and health checks (--metrics-listen):");
+        println!("  curl -s http://{m}/metrics | grep ^edge_backend");
+        println!("  curl -s http://{m}/readyz");
+    }
     println!("Explain a decision:");
     println!(
         "  {exe} route --routing-db {} --region {} 81.2.69.1",
@@ -201,7 +223,11 @@ pub fn probe(
             }
         }
         if line.is_empty() {
-            anyhow::bail!("the connection closed without an answer (no backend for {claim}?)");
+            // The edge closes the connection the same way for both; its
+            // log and edge_connections_total{result} tell them apart.
+            anyhow::bail!(
+                "the connection closed without an answer: the edge has no backend for {claim}, or every connect to one failed (its log and edge_connections_total say which)"
+            );
         }
         println!("{}", String::from_utf8_lossy(&line));
         Ok(ExitCode::SUCCESS)

@@ -1,7 +1,10 @@
 //! `geoedge run`: the edge proxy. Opens the metrics and health listener
 //! first (so `/readyz` can say "starting"), loads routing.db and the GeoIP
 //! database (refusing to start on either being invalid, and waiting out a
-//! writer's lock on routing.db), follows both live, binds the listeners and
+//! writer's lock on routing.db; an invalid file is reported before a
+//! metrics address that could not be bound, so that a second edge on a
+//! busy port still says what is wrong with its files), follows both live,
+//! binds the listeners and
 //! turns ready, and serves until SIGTERM or SIGINT; then it turns unready,
 //! stops accepting and lets open connections finish for up to the drain
 //! timeout. SIGHUP re-reads the config ([`crate::control::lifecycle`]); systemd is
@@ -425,11 +428,17 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
     // tables are loaded and the listeners bound.
     let health = Arc::new(Health::default());
     let metrics = Metrics::new(Arc::clone(&health))?;
-    let _endpoints = match settings.metrics_listen {
-        Some(addr) => Some(runtime.block_on(metrics.serve(addr))?),
-        None => None,
+    let endpoints = settings
+        .metrics_listen
+        .map(|addr| runtime.block_on(metrics.serve(addr)));
+    // The files are loaded whether or not the metrics address could be
+    // bound: their error is the one to fix first.
+    let edge = match (start(settings, &routing_db), endpoints) {
+        (Err(e), Some(Err(bind))) => anyhow::bail!("{e:#}; also, {bind:#}"),
+        (Err(e), _) => return Err(e),
+        (Ok(_), Some(Err(bind))) => return Err(bind),
+        (Ok(edge), _) => edge,
     };
-    let edge = start(settings, &routing_db)?;
     metrics.register_edge(metric_sources(&edge))?;
     metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
     metrics.register_features(Arc::clone(&edge.proxy))?;

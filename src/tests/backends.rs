@@ -105,6 +105,7 @@ async fn a_refusing_backend_is_ejected_1000_clients_get_through_and_it_is_readmi
     }
     assert_eq!(state(&edge, "a", "ejected"), 1.0);
     assert_eq!(value(&edge, r#"edge_backend_up{backend="a"}"#), 0.0);
+    assert_eq!(value(&edge, r#"edge_backend_eligible{backend="a"}"#), 0.0);
 
     // 1,000 clients in all, 50 at a time, while a still refuses: every one
     // gets through; a sees only its trial connects, one per backoff.
@@ -158,6 +159,7 @@ async fn a_refusing_backend_is_ejected_1000_clients_get_through_and_it_is_readmi
     assert_eq!(value(&edge, ejections), 1.0 + trials, "{readmitted:?}");
     assert_eq!(state(&edge, "a", "up"), 1.0);
     assert_eq!(value(&edge, r#"edge_backend_up{backend="a"}"#), 1.0);
+    assert_eq!(value(&edge, r#"edge_backend_eligible{backend="a"}"#), 1.0);
     // Back in service for everyone.
     assert_eq!(greet(edge.addr, client(3000)).await.as_deref(), Some("a"));
     assert!(
@@ -216,12 +218,22 @@ async fn active_checks_take_a_refusing_backend_down_bring_it_back_and_follow_rel
     );
     assert!(metric(&text, r#"edge_health_checks_total{result="refused"}"#).unwrap() >= 3.0);
     assert!(metric(&text, r#"edge_health_checks_total{result="ok"}"#).unwrap() >= 2.0);
+    // Down by the checks: it takes no new client, and says so.
+    assert_eq!(
+        metric(&text, r#"edge_backend_eligible{backend="a"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, r#"edge_backend_eligible{backend="b"}"#),
+        Some(1.0)
+    );
 
     let _a = Backend::start_on("a", dead).await;
     let up = until("a up", Duration::from_secs(5), || {
         state(&edge, "a", "up") == 1.0
     })
     .await;
+    assert_eq!(value(&edge, r#"edge_backend_eligible{backend="a"}"#), 1.0);
     assert_eq!(greet(edge.addr, client(100)).await.as_deref(), Some("a"));
     eprintln!(
         "measured: active checks every 100 ms (fall 3, rise 2): down {down:?} after start, up {up:?} after the backend listened again"

@@ -47,7 +47,7 @@ fn rows(stdout: &str) -> BTreeMap<String, (String, String)> {
     let mut lines = stdout.lines();
     assert!(lines.next().unwrap().starts_with("key "), "{stdout}");
     lines
-        .filter(|l| !l.contains(" short, "))
+        .take_while(|l| !l.contains(" short, "))
         .map(|l| {
             // The key may hold spaces (the nofile row); the columns are
             // separated by two or more.
@@ -154,7 +154,7 @@ impl Netns {
 fn namespaces_or_skip() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: not root (network and mount namespaces)");
+        support::skip("not root (network and mount namespaces)");
         return false;
     }
     ["ip", "unshare", "prlimit"]

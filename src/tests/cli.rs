@@ -222,6 +222,22 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
     let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
     assert!(out.contains("ok: schema version 2, 6 backends"), "{out}");
     assert!(out.ends_with("16 countries mapped\n"), "{out}");
+    // A drained backend (healthy = 0 or weight = 0) is not counted live.
+    sqlite3(
+        &db,
+        "UPDATE backends SET healthy = 0 WHERE id = 'eu-lhr-1';
+         UPDATE backends SET weight = 0 WHERE id = 'eu-fra-1';
+         UPDATE backends SET deleted = 1 WHERE id = 'ap-sin-1';",
+    );
+    let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
+    assert!(
+        out.contains("6 backends (3 live, 2 drained, 1 deleted)"),
+        "{out}"
+    );
+    sqlite3(
+        &db,
+        "UPDATE backends SET healthy = 1, weight = 1, deleted = 0;",
+    );
     sqlite3(
         &db,
         "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-lhr-1';
@@ -357,7 +373,7 @@ fn wg_keys_are_interchangeable_with_the_wg_tool() {
             std::env::var_os("CI").is_none(),
             "wireguard-tools is missing: .ci/run installs it"
         );
-        eprintln!("skipping: the wg tool is not installed (apt-get install wireguard-tools)");
+        support::skip("the wg tool is not installed (apt-get install wireguard-tools)");
         return;
     }
     let mut wg = Command::new("wg");
@@ -396,5 +412,117 @@ fn a_closed_stdout_ends_a_one_shot_command_quietly() {
         out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
         "{:?}: {stderr}",
         out.status
+    );
+}
+
+/// The error line of a command that must fail.
+fn failure(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_error_says_each_of_its_causes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    let missing = dir.path().join("missing.mmdb");
+    let garbage = dir.path().join("garbage.mmdb");
+    std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
+    let cases = [
+        (
+            // A missing mmdb: the operating system's reason, once.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(&db)
+                    .arg("--geoip")
+                    .arg(&missing)
+                    .arg("81.2.69.1"),
+            ),
+            "No such file or directory",
+        ),
+        (
+            // Not an mmdb: the reader's reason, once.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(&db)
+                    .arg("--geoip")
+                    .arg(&garbage)
+                    .arg("81.2.69.1"),
+            ),
+            "could not find MaxMind DB metadata",
+        ),
+        (
+            // A missing routing.db.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(dir.path().join("missing.db"))
+                    .arg("81.2.69.1"),
+            ),
+            "no such file",
+        ),
+        (
+            // Something other than a database in routing.db's place.
+            failure(
+                geoedge()
+                    .args(["route", "--routing-db"])
+                    .arg(&garbage)
+                    .arg("81.2.69.1"),
+            ),
+            "not a database",
+        ),
+    ];
+    for (stderr, cause) in cases {
+        assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+        // No part of the chain is printed twice in a row.
+        let parts: Vec<&str> = stderr.trim_end().split(": ").collect();
+        for pair in parts.windows(2) {
+            assert_ne!(pair[0], pair[1], "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_broken_routing_db_is_reported_before_a_busy_metrics_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("routing.db");
+    std::fs::write(&broken, vec![b'x'; 4096]).unwrap();
+    // Another edge's metrics port.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let run = |db: &Path| {
+        geoedge()
+            .args(["run", "--listen", "127.0.0.1:0", "--metrics-listen", &port])
+            .arg("--routing-db")
+            .arg(db)
+            .env("GEOEDGE_HEALTH_CHECK_INTERVAL", "off")
+            .output()
+            .unwrap()
+    };
+    let out = run(&broken);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let db_error = last.find("not a database");
+    let bind_error = last.find("Address already in use");
+    assert!(
+        last.starts_with("geoedge: loading routing table")
+            && matches!((db_error, bind_error), (Some(d), Some(b)) if d < b),
+        "{stderr}"
+    );
+    // With good files, the busy port is the error.
+    let good_dir = dir.path().join("good");
+    std::fs::create_dir(&good_dir).unwrap();
+    let good = sample_db(&good_dir);
+    let out = run(&good);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("binding the metrics listener")
+            && stderr.contains("Address already in use"),
+        "{stderr}"
     );
 }

@@ -313,7 +313,7 @@ fn nats_unit_and_example_settings_hold_together() {
             std::env::var_os("CI").is_none(),
             "under CI this test must run: nats-server is not installed"
         );
-        eprintln!("skipping the rest: nats-server is not installed");
+        support::skip("the rest: nats-server is not installed");
         return;
     };
     // The example settings are valid as shipped.

@@ -170,7 +170,7 @@ fn run_file(path: &Path) -> Result<usize, String> {
         .collect();
     for tool in needs {
         if !support::tool_or_skip(tool) {
-            eprintln!("{}: skipped: {tool} is not installed", name(path));
+            support::skip(&format!("{}: {tool} is not installed", name(path)));
             return Ok(0);
         }
     }
@@ -472,5 +472,54 @@ fn invocations_are_found() {
             (vec!["db".to_string(), "check".into()], "--x".to_string()),
             (vec!["run".to_string()], "--wg-mtu".to_string()),
         ]
+    );
+}
+
+/// The README's first block is what a newcomer types: the demo on the
+/// embedded default and the whole test suite, as printed from the top of a
+/// fresh checkout; and `geoedge` is installed before an example types it.
+#[test]
+fn the_readme_opens_with_two_commands_that_run_as_printed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let fences = markdown::fences(&text);
+    let commands = |body: &str| -> Vec<String> {
+        body.lines()
+            .map(|l| l.split(" #").next().unwrap_or("").trim().to_owned())
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    };
+    let first = fences.first().expect("the README has code blocks");
+    assert_eq!(
+        commands(&first.body),
+        ["cargo run --release -- demo", ".ci/run"],
+        "README.md:{}",
+        first.line
+    );
+    // `.ci/run` runs as printed: it is executable.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.join(".ci/run"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, ".ci/run is not executable: {mode:o}");
+    // The first block that types `geoedge` comes after one that installs it.
+    let install = fences
+        .iter()
+        .position(|f| {
+            commands(&f.body)
+                .iter()
+                .any(|c| c.starts_with("cargo install") && c.contains("--path ."))
+        })
+        .expect("the README says how to install geoedge");
+    let typed = fences
+        .iter()
+        .position(|f| commands(&f.body).iter().any(|c| c.starts_with("geoedge ")))
+        .expect("the README has geoedge examples");
+    assert!(
+        install < typed,
+        "README.md:{}: `geoedge` typed before README.md:{} installs it",
+        fences[typed].line,
+        fences[install].line
     );
 }

@@ -387,8 +387,22 @@ async fn malformed_proxy_headers_never_reach_a_backend() {
 
 #[test]
 fn demo_routes_three_countries_and_stops_on_sigint() {
-    let mut demo = Edge::start(&["demo", "--listen", "127.0.0.1:0"]);
+    let mut demo = Edge::start(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let addr = demo.addr.to_string();
+    // The demo serves metrics and health checks, as `run` does.
+    let metrics = demo.metrics.expect("the demo prints its metrics address");
+    tokio::runtime::Runtime::new().unwrap().block_on(until(
+        || "the demo never turned ready".into(),
+        Duration::from_secs(20),
+        || http_get(metrics, "/readyz").0 == 200,
+    ));
+    assert_eq!(http_get(metrics, "/healthz").0, 200);
     let mut backends = Vec::new();
     for ip in ["81.2.69.1", "207.237.0.1", "200.160.0.1"] {
         let out = geoedge()
@@ -408,6 +422,37 @@ fn demo_routes_three_countries_and_stops_on_sigint() {
         backends,
         ["backend=eu-demo", "backend=us-demo", "backend=sa-demo"]
     );
+    let text = scrape(metrics);
+    assert_eq!(
+        metric(&text, r#"edge_backend_eligible{backend="eu-demo"}"#),
+        Some(1.0),
+        "{text}"
+    );
     let status = demo.signal_and_wait("INT", Duration::from_secs(10));
     assert!(status.success(), "{status:?}: {:#?}", demo.log());
+}
+
+#[test]
+fn probe_names_both_reasons_an_edge_closes_without_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    // A backend whose connects are refused: the edge has one for the
+    // client, yet closes the connection as when it has none.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    add_backend(&db, "gone", "eu", "GB", refusing, 100, 200);
+    let edge = Edge::start(&edge_args(&db, &[]));
+    let out = geoedge()
+        .args(["probe", &edge.addr.to_string(), "--as", "81.2.69.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no backend for 81.2.69.1")
+            && stderr.contains("every connect to one failed"),
+        "{stderr}"
+    );
 }

@@ -478,9 +478,20 @@ fn three_pops_drain_a_region_and_bring_it_back() {
             "a GB client at {pop} after the drain: {g:?}"
         );
         assert_eq!(g.peer, overlay(pop), "{g:?}");
+        // `lab.sh push` returns once every POP has applied the revision.
+        assert_eq!(
+            stale, 0,
+            "GB clients at {pop} served in eu after the push returned"
+        );
         drained.push((pop, reload_latency(&lab, pop, generation + 1), stale));
     }
     let moved_all = t.elapsed();
+    // `lab.sh status` shows each handshake's age, not a timestamp.
+    let status = lab.ok(&["status"]);
+    assert!(
+        status.contains("latest handshake: ") && status.contains(" s ago"),
+        "{status}"
+    );
     // The client bound to eu before the drain moves too; US and BR clients
     // stay where they were.
     let moved = client("GB", 10);
@@ -530,6 +541,10 @@ fn three_pops_drain_a_region_and_bring_it_back() {
         let (g, stale) = until_moved(&lab, pop, "GB", &next, &mut n, t);
         assert_eq!(g.region, "eu", "a GB client at {pop} after the undo: {g:?}");
         assert_eq!(g.peer, overlay(pop));
+        assert_eq!(
+            stale, 0,
+            "GB clients at {pop} served in {next} after the push returned"
+        );
         restored.push((pop, reload_latency(&lab, pop, generation + 2), stale));
     }
     // A client moved by the drain keeps its binding to us while it is in

@@ -111,32 +111,33 @@ pub struct DeviceConfig {
     pub uapi_dir: Option<PathBuf>,
 }
 
-/// Why a device could not start.
+/// Why a device could not start. Each message holds its cause's text, so
+/// the cause is not also its `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The TUN could not be created or opened.
-    #[error("TUN {name}: {source}")]
+    #[error("TUN {name}: {error}")]
     Tun {
         /// The interface name.
         name: String,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The UDP socket could not be set up.
-    #[error("UDP socket on port {port}: {source}")]
+    #[error("UDP socket on port {port}: {error}")]
     Udp {
         /// The port asked for.
         port: u16,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The configuration socket could not be created.
-    #[error("configuration socket {path}: {source}")]
+    #[error("configuration socket {path}: {error}")]
     Uapi {
         /// Its path.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The peers were refused.
     #[error(transparent)]
@@ -290,16 +291,16 @@ impl Device {
         peers.reconcile(&config.peers, now)?;
         let engine = Engine::with_peers(peers);
 
-        let tun = open_tun(&config.name, &config.tun).map_err(|source| DeviceError::Tun {
+        let tun = open_tun(&config.name, &config.tun).map_err(|error| DeviceError::Tun {
             name: config.name.clone(),
-            source,
+            error,
         })?;
         let port = config.interface.listen_port;
-        let udp = udp::open(port).map_err(|source| DeviceError::Udp { port, source })?;
+        let udp = udp::open(port).map_err(|error| DeviceError::Udp { port, error })?;
         let bound = udp
             .socket
             .local_addr()
-            .map_err(|source| DeviceError::Udp { port, source })?
+            .map_err(|error| DeviceError::Udp { port, error })?
             .port();
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
@@ -312,7 +313,7 @@ impl Device {
             Some(dir) => {
                 let path = dir.join(format!("{}.sock", config.name));
                 let socket = UapiSocket::bind(&path, Arc::clone(&shared))
-                    .map_err(|source| DeviceError::Uapi { path, source })?;
+                    .map_err(|error| DeviceError::Uapi { path, error })?;
                 Some(socket)
             }
             None => None,

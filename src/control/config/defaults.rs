@@ -72,6 +72,14 @@ pub const APP: &str = "default";
 pub const LISTEN: &str = "0.0.0.0:8080";
 /// `send_proxy_protocol`
 pub const SEND_PROXY_PROTOCOL: &str = "off";
+/// `geoedge demo`'s `listen`: loopback only.
+pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
+/// `geoedge demo`'s `proxy_protocol_from`: loopback, so that `geoedge
+/// probe` can claim any client address.
+pub const DEMO_PROXY_PROTOCOL_FROM: &[&str] = &["127.0.0.0/8", "::1/128"];
+/// `geoedge demo`'s `send_proxy_protocol`: its backends greet each client
+/// by the address they are told.
+pub const DEMO_SEND_PROXY_PROTOCOL: &str = "v1";
 /// `connect_timeout`
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `connect_attempts`
@@ -162,6 +170,16 @@ pub fn bounded<T: PartialOrd + std::fmt::Display>(
         bail!("{key} {value}: {} to {}", range.start(), range.end());
     }
     Ok(value)
+}
+
+/// The defaults `geoedge demo --help` shows where the demo's own differ
+/// from [`shown`] (the demo applies them in `commands::cli::run`).
+pub fn demo_shown() -> Vec<(&'static str, String)> {
+    vec![
+        ("listen", DEMO_LISTEN.into()),
+        ("proxy_protocol_from", DEMO_PROXY_PROTOCOL_FROM.join(",")),
+        ("send_proxy_protocol", DEMO_SEND_PROXY_PROTOCOL.into()),
+    ]
 }
 
 /// The default each setting's `--help` shows, by setting (the flag's id).

@@ -15,30 +15,31 @@ use rusqlite::{Connection, OpenFlags};
 use super::follower::Installed;
 use super::revision::{RowCounts, Sha256Digest};
 
-/// Why a file is not a routing.db that may be published or installed.
+/// Why a file is not a routing.db that may be published or installed. Each
+/// message holds its cause's text, so the cause is not also its `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// It could not be read, copied or written.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// SQLite could not copy or check it.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Sqlite {
         /// What was being done.
         what: String,
         /// The error.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// `PRAGMA integrity_check` found damage.
     #[error("integrity check failed: {0}")]
     Integrity(String),
     /// It could not be loaded as a routing.db.
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] loader::LoadError),
     /// It loaded, but rows are invalid (every error listed).
     #[error("invalid routing table: {} errors:\n  {}", .0.len(), .0.join("\n  "))]
@@ -56,12 +57,12 @@ pub enum FileError {
 impl FileError {
     fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FileError {
         let what = what.into();
-        move |source| FileError::Io { what, source }
+        move |error| FileError::Io { what, error }
     }
 
     fn sqlite(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> FileError {
         let what = what.into();
-        move |source| FileError::Sqlite { what, source }
+        move |error| FileError::Sqlite { what, error }
     }
 
     /// A short reason, for metrics labels and status keys.

@@ -180,7 +180,12 @@ impl Collector for EdgeCollector {
             global.add(&[id], f64::from(b.load.global(b.active())));
             soft.add(&[id], f64::from(b.soft_limit));
             hard.add(&[id], f64::from(b.hard_limit));
-            eligible.add(&[id], f64::from(u8::from(b.statically_eligible())));
+            // Takes new clients: the operator's columns allow it and its
+            // health is up (not down by active checks, not ejected).
+            eligible.add(
+                &[id],
+                f64::from(u8::from(b.statically_eligible() && now == HealthState::Up)),
+            );
             duration.add_histogram(&[id], &h.buckets, h.count, h.sum_seconds);
             for why in ConnectFailure::ALL {
                 failures.add(&[id, why.as_str()], stats.failures(why) as f64);

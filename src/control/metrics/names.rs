@@ -154,7 +154,7 @@ pub const BACKEND_HARD_LIMIT: Def = def(
 pub const BACKEND_ELIGIBLE: Def = def(
     "edge_backend_eligible",
     Gauge,
-    "1 when the backend takes new clients (healthy, not deleted, weight above 0), else 0.",
+    "1 when the backend takes new clients (healthy, not deleted, weight above 0, and neither down by active checks nor ejected), else 0.",
     &["backend"],
 );
 /// Connect duration per backend.

@@ -608,7 +608,7 @@ pub(crate) async fn read_client_hello(
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HelloError {
     /// The socket failed or closed inside the hello.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The bytes are not a ClientHello.
     #[error(transparent)]
@@ -629,7 +629,7 @@ impl HelloError {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HeaderError {
     /// The socket failed or closed inside the header.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The bytes are not a valid header.
     #[error(transparent)]

@@ -102,7 +102,7 @@ fn exchange(addr: std::net::SocketAddr) -> std::io::Result<Vec<u8>> {
 #[test]
 fn a_backend_address_that_becomes_the_edges_own_is_caught_at_run_time() {
     if let Some(reason) = privileged_skip_reason(&["ip", "sqlite3"]) {
-        eprintln!("skipping: {reason}");
+        skip(&reason);
         return;
     }
     sweep_stale_namespaces();

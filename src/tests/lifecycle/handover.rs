@@ -132,11 +132,11 @@ async fn paced_load(addr: SocketAddr, per_sec: usize, dur: Duration) -> Load {
 fn a_restart_by_a_second_process_refuses_nothing_at_2000_connections_a_second() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: network namespaces need root");
+        skip("network namespaces need root");
         return;
     }
     if !Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists() {
-        eprintln!("skipping: this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14)");
+        skip("this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14)");
         return;
     }
     let _heavy = HEAVY.blocking_lock();
