@@ -65,8 +65,11 @@ async fn backend(listener: TcpListener, id: &'static str, region: &'static str) 
     }
 }
 
-/// The `demo` command.
-pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+/// The `demo` command; `takeover`: start beside another geoedge on the
+/// same address.
+pub fn run(settings: &Settings, takeover: bool) -> anyhow::Result<ExitCode> {
+    let listen: Vec<SocketAddr> = settings.listen.iter().map(|l| l.addr).collect();
+    let others = crate::commands::run::others(&listen, takeover)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,6 +89,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut settings = settings.clone();
     settings.routing_db = Some(db.clone());
     let edge = crate::commands::run::start(&settings, &db)?;
+    crate::commands::run::take_bindings(&edge, &others);
     runtime.block_on(async {
         let listeners = crate::commands::run::bind(&settings)?;
         let listen = listeners

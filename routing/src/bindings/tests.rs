@@ -421,10 +421,7 @@ fn a_table_handed_over_keeps_each_clients_backend_idle_time_and_segment() {
     for i in 0..300u32 {
         let ip = IpAddr::from(std::net::Ipv4Addr::from(0xcb00_7100 + i));
         let k = new.key(&app(), ip);
-        assert_eq!(
-            new.lookup(&k, t1).unwrap().as_str(),
-            format!("be{}", i % 3)
-        );
+        assert_eq!(new.lookup(&k, t1).unwrap().as_str(), format!("be{}", i % 3));
     }
     // Idle time carried over: the IPv6 client, idle 150 s at export, is
     // gone 450 s after the import, not 600.
