@@ -42,7 +42,7 @@ pub enum Command {
     /// Run the edge proxy.
     Run {
         /// Start beside another geoedge serving the same addresses and take its sticky bindings over (a zero-downtime restart: stop the other once this one is ready); without it, a start on an address another geoedge serves exits 2.
-        #[arg(long, env = "GEOEDGE_TAKEOVER")]
+        #[arg(long, env = "GEOEDGE_TAKEOVER", value_parser = clap::builder::BoolishValueParser::new())]
         takeover: bool,
     },
     /// WireGuard keys.
@@ -51,7 +51,7 @@ pub enum Command {
     /// Run the whole edge offline on an embedded default: three in-process backends, a generated routing.db, the sample mmdb.
     Demo {
         /// Start beside another geoedge serving the same addresses and take its sticky bindings over; without it, a start on an address another geoedge serves exits 2.
-        #[arg(long, env = "GEOEDGE_TAKEOVER")]
+        #[arg(long, env = "GEOEDGE_TAKEOVER", value_parser = clap::builder::BoolishValueParser::new())]
         takeover: bool,
     },
     /// Connect to ADDR claiming client address IP in a PROXY v1 header, and print the backend's first line.
