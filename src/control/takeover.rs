@@ -117,19 +117,29 @@ pub fn owners(addr: SocketAddr) -> Vec<Owner> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let mut owners = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return owners;
+    let pids: Vec<u32> = match std::fs::read_dir("/proc") {
+        Ok(procs) => procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return Vec::new(),
     };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    // The geoedges first: the descriptors of every process of a busy host
+    // are many more to read.
+    let (geoedges, others): (Vec<Owner>, Vec<Owner>) =
+        pids.into_iter().map(owner).partition(|o| o.geoedge);
+    let found = holding(geoedges, &inodes);
+    if !found.is_empty() {
+        return found;
+    }
+    holding(others, &inodes)
+}
+
+/// Those of `candidates` holding a socket of `inodes`.
+fn holding(candidates: Vec<Owner>, inodes: &BTreeSet<u64>) -> Vec<Owner> {
+    let mut owners = Vec::new();
+    for candidate in candidates {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", candidate.pid)) else {
             continue;
         };
         let holds = fds.flatten().any(|fd| {
@@ -143,7 +153,7 @@ pub fn owners(addr: SocketAddr) -> Vec<Owner> {
             })
         });
         if holds {
-            owners.push(owner(pid));
+            owners.push(candidate);
         }
     }
     owners
