@@ -70,6 +70,11 @@ fn doc_files() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files.push(root.join("README.md"));
+    // GEOEDGE_TEST_DOCS=deploy.md: only the files whose name has it (to
+    // run one file's examples while editing it).
+    if let Ok(only) = std::env::var("GEOEDGE_TEST_DOCS") {
+        files.retain(|f| f.to_string_lossy().contains(&only));
+    }
     files
 }
 
