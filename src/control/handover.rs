@@ -248,27 +248,31 @@ pub fn import(
     Ok(got)
 }
 
-/// Fetches the bindings of the geoedge `pid` into `router`'s table (logged;
-/// a failure only costs the bindings).
+/// Reads the bindings of the geoedge `pid` into `router`'s table, until
+/// `deadline`.
+pub fn fetch(pid: u32, router: &Router, deadline: Instant) -> anyhow::Result<Received> {
+    let stream = socket_addr(pid)
+        .and_then(|a| UnixStream::connect_addr(&a))
+        .with_context(|| format!("connecting to @{}", socket_name(pid)))?;
+    match peer(&stream) {
+        Some((p, _)) if p == pid => {}
+        other => anyhow::bail!(
+            "@{} is held by another process ({other:?}), not geoedge {pid}",
+            socket_name(pid)
+        ),
+    }
+    let timeouts = stream.try_clone()?;
+    import(&stream, router, deadline, |left| {
+        timeouts.set_read_timeout(Some(left))
+    })
+}
+
+/// Fetches the bindings of the geoedge `pid` into `router`'s table for
+/// [`HANDOVER_TIMEOUT`] at most (logged; a failure only costs the
+/// bindings).
 pub fn receive(pid: u32, router: &Router) {
     let started = Instant::now();
-    let deadline = started + HANDOVER_TIMEOUT;
-    let result = (|| -> anyhow::Result<Received> {
-        let stream = socket_addr(pid)
-            .and_then(|a| UnixStream::connect_addr(&a))
-            .with_context(|| format!("connecting to @{}", socket_name(pid)))?;
-        match peer(&stream) {
-            Some((p, _)) if p == pid => {}
-            other => anyhow::bail!(
-                "@{} is held by another process ({other:?}), not geoedge {pid}",
-                socket_name(pid)
-            ),
-        }
-        let timeouts = stream.try_clone()?;
-        import(&stream, router, deadline, |left| {
-            timeouts.set_read_timeout(Some(left))
-        })
-    })();
+    let result = fetch(pid, router, started + HANDOVER_TIMEOUT);
     match result {
         Ok(got) if got.complete => tracing::info!(
             pid,
@@ -294,6 +298,100 @@ pub fn receive(pid: u32, router: &Router) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use geoedge_routing::{BindingConfig, RegionId, RoutingTable};
+
+    /// A router over the sample routing.db (app `default`, backends
+    /// `eu-lhr-1`, `eu-fra-1`, ...).
+    fn router(max_entries: usize) -> (Arc<Router>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("routing.db");
+        geoedge_routing::loader::init(&db, true).unwrap();
+        let table = Arc::new(RoutingTable::new());
+        geoedge_routing::watcher::load_into(&table, &db).unwrap();
+        let config = BindingConfig {
+            max_entries,
+            ..BindingConfig::default()
+        };
+        (
+            Arc::new(Router::new(table, RegionId::new("eu"), config)),
+            dir,
+        )
+    }
+
+    fn never(_: Duration) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    #[test]
+    fn a_dump_is_imported_for_the_backends_this_table_has() {
+        let (r, _dir) = router(1000);
+        let later = Instant::now() + HANDOVER_TIMEOUT;
+        let dump = format!(
+            "{VERSION_LINE}\n\
+             b\tdefault\t198.51.100.1\teu-lhr-1\t3\tp\n\
+             b\tdefault\t198.51.100.2\tgone-1\t3\t-\n\
+             b\tother-app\t198.51.100.3\teu-lhr-1\t3\t-\n\
+             garbage\n\
+             b\tdefault\t2001:db8::\teu-fra-1\t0\t-\n\
+             end\t4\n"
+        );
+        let got = import(dump.as_bytes(), &r, later, never).unwrap();
+        assert_eq!(
+            got,
+            Received {
+                read: 4,
+                imported: 2,
+                unknown_backend: 2,
+                complete: true
+            }
+        );
+        let b = r.bindings();
+        let k = b.key(&AppId::new("default"), "198.51.100.1".parse().unwrap());
+        assert_eq!(b.lookup(&k, Instant::now()).unwrap().as_str(), "eu-lhr-1");
+
+        // Cut short: what came is kept, and said to be incomplete.
+        let (r, _dir) = router(1000);
+        let cut = &dump[..dump.find("garbage").unwrap()];
+        let got = import(cut.as_bytes(), &r, later, never).unwrap();
+        assert!(!got.complete);
+        assert_eq!(got.imported, 1);
+        // Another version: nothing.
+        let other = dump.replace(VERSION_LINE, "geoedge-bindings 2");
+        assert!(import(other.as_bytes(), &r, later, never).is_err());
+        // Past the deadline: nothing more is read.
+        let (r, _dir) = router(1000);
+        assert!(import(dump.as_bytes(), &r, Instant::now(), never).is_err());
+        assert_eq!(r.bindings().len(), 0);
+    }
+
+    /// The old side and the new in one process: 200,000 bindings streamed
+    /// over the abstract socket, every one imported.
+    #[test]
+    fn a_large_table_streams_over_the_socket() {
+        let (old, _d1) = router(300_000);
+        let now = Instant::now();
+        for i in 0..200_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let k = old.bindings().key(&AppId::new("default"), ip.into());
+            let be = if i % 2 == 0 { "eu-lhr-1" } else { "eu-fra-1" };
+            old.bindings().bind(k, BackendId::new(be), now);
+        }
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let server = {
+            let _in = rt.enter();
+            serve(Arc::clone(&old)).unwrap()
+        };
+        let (new, _d2) = router(300_000);
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() } as u32;
+        let started = Instant::now();
+        let got = fetch(me, &new, Instant::now() + Duration::from_secs(60)).unwrap();
+        eprintln!("200,000 bindings handed over in {:?}", started.elapsed());
+        server.abort();
+        assert!(got.complete);
+        assert_eq!(got.imported, 200_000);
+        assert_eq!(new.bindings().len(), 200_000);
+    }
 
     #[test]
     fn a_binding_line_reads_back_as_written() {
