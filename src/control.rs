@@ -8,6 +8,7 @@
 pub mod active_checks;
 pub mod config;
 pub mod fleet;
+pub mod handover;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
@@ -15,4 +16,5 @@ pub mod readiness;
 pub mod sd_notify;
 pub mod secret_file;
 pub mod table_events;
+pub mod takeover;
 pub mod workers;

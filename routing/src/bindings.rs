@@ -81,6 +81,23 @@ impl BindingKey {
     }
 }
 
+/// One binding as one table hands it to another (an old process's to the
+/// new one on a restart): see [`Bindings::export`] and [`Bindings::import`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedBinding {
+    /// The app.
+    pub app: AppId,
+    /// The client's masked address.
+    pub client: IpAddr,
+    /// The backend the client is bound to.
+    pub backend: BackendId,
+    /// How long the binding had been idle when exported (whole seconds).
+    pub idle: Duration,
+    /// Whether the client had come back at least once (the protected
+    /// segment).
+    pub protected: bool,
+}
+
 /// Counters of the binding table, for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct BindingStats {
@@ -276,6 +293,61 @@ impl Bindings {
         let removed = self.shard(hash).lock().remove(hash, key, &hash_of)?;
         self.stats.current.fetch_sub(1, Ordering::Relaxed);
         self.backends.name(removed)
+    }
+
+    /// The live bindings at `now`, one shard at a time: each item is one
+    /// shard's, copied out under its lock (held only for the copy), so a
+    /// caller can send a large table without holding the others.
+    pub fn export(&self, now: Instant) -> impl Iterator<Item = Vec<ExportedBinding>> + '_ {
+        let now = self.secs(now);
+        self.shards.iter().map(move |shard| {
+            let raw = shard.lock().export(now, self.ttl_secs);
+            raw.into_iter()
+                .filter_map(|(key, backend, idle, protected)| {
+                    Some(ExportedBinding {
+                        app: self.apps.name(key.app)?,
+                        client: key.network().0,
+                        backend: self.backends.name(backend)?,
+                        idle: Duration::from_secs(u64::from(idle)),
+                        protected,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Adds a binding exported by another table at `now`, keeping how long
+    /// it had been idle (so it expires when it would have there). The
+    /// client's address is masked again by this table's prefixes. Nothing
+    /// is replaced and nothing evicted: a client bound here already keeps
+    /// its binding, a full shard takes no more, and a binding idle for
+    /// this table's TTL is dropped. Returns whether it was added.
+    pub fn import(&self, binding: &ExportedBinding, now: Instant) -> bool {
+        if binding.idle >= self.config.ttl {
+            return false;
+        }
+        // A fresh table's epoch goes back a TTL, so the idle time of an
+        // import fits in its seconds.
+        self.epoch
+            .get_or_init(|| now.checked_sub(self.config.ttl).unwrap_or(now));
+        let now = self.secs(now);
+        let idle = u32::try_from(binding.idle.as_secs()).unwrap_or(u32::MAX);
+        let key = self.key(&binding.app, binding.client);
+        let backend = self.backends.id(&binding.backend);
+        let hash = self.hash(&key);
+        let hash_of = |k: &BindingKey| self.hash(k);
+        let added = self.shard(hash).lock().restore(
+            hash,
+            key,
+            backend,
+            now.saturating_sub(idle),
+            binding.protected,
+            &hash_of,
+        );
+        if added {
+            self.stats.current.fetch_add(1, Ordering::Relaxed);
+        }
+        added
     }
 
     /// Drops expired bindings, at most `budget` in all, one shard at a time,

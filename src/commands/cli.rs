@@ -40,12 +40,20 @@ pub enum Command {
     #[command(subcommand)]
     Db(DbCommand),
     /// Run the edge proxy.
-    Run,
+    Run {
+        /// Start beside another geoedge serving the same addresses and take its sticky bindings over (a zero-downtime restart: stop the other once this one is ready); without it, a start on an address another geoedge serves exits 2.
+        #[arg(long, env = "GEOEDGE_TAKEOVER", value_parser = clap::builder::BoolishValueParser::new())]
+        takeover: bool,
+    },
     /// WireGuard keys.
     #[command(subcommand)]
     Wg(WgCommand),
     /// Run the whole edge offline on an embedded default: three in-process backends, a generated routing.db, the sample mmdb.
-    Demo,
+    Demo {
+        /// Start beside another geoedge serving the same addresses and take its sticky bindings over; without it, a start on an address another geoedge serves exits 2.
+        #[arg(long, env = "GEOEDGE_TAKEOVER", value_parser = clap::builder::BoolishValueParser::new())]
+        takeover: bool,
+    },
     /// Connect to ADDR claiming client address IP in a PROXY v1 header, and print the backend's first line.
     Probe {
         /// The edge's address.
@@ -210,7 +218,7 @@ impl Cli {
     pub fn long_running(&self) -> bool {
         matches!(
             self.command,
-            Command::Run | Command::Demo | Command::Wg(WgCommand::Up)
+            Command::Run { .. } | Command::Demo { .. } | Command::Wg(WgCommand::Up)
         )
     }
 }
@@ -377,11 +385,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             crate::commands::fleet::nats_user(for_pop.as_deref(), pop_region.as_deref(), seed_file)
         }
-        Command::Run => {
+        Command::Run { takeover } => {
             let (layer, config) = (cli.settings.clone(), cli.config.clone());
             let resolve: crate::control::lifecycle::Resolve =
                 std::sync::Arc::new(move || Settings::resolve(layer.clone(), config.as_deref()));
-            crate::commands::run::run(&resolve()?, resolve)
+            crate::commands::run::run(&resolve()?, resolve, *takeover)
         }
         Command::Wg(WgCommand::Up) => crate::commands::wg::up(&settings()?),
         Command::Wg(WgCommand::Genkey) => {
@@ -398,7 +406,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", key.public_key());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
+        Command::Demo { takeover } => {
             // The demo listens on loopback, trusts PROXY headers from it, and
             // tells its backends who the client is.
             // Its `--help` shows these (defaults::demo_shown).
@@ -415,7 +423,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             layer
                 .send_proxy_protocol
                 .get_or_insert_with(|| defaults::DEMO_SEND_PROXY_PROTOCOL.into());
-            crate::commands::demo::run(&Settings::resolve(layer, cli.config.as_deref())?)
+            crate::commands::demo::run(&Settings::resolve(layer, cli.config.as_deref())?, *takeover)
         }
         Command::Probe { addr, claim, send } => {
             crate::commands::demo::probe(*addr, *claim, send.as_deref())

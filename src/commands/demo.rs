@@ -69,8 +69,12 @@ async fn backend(listener: TcpListener, id: &'static str, region: &'static str) 
     }
 }
 
-/// The `demo` command.
-pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+/// The `demo` command; `takeover`: start beside another geoedge on the
+/// same address.
+pub fn run(settings: &Settings, takeover: bool) -> anyhow::Result<ExitCode> {
+    let mut addrs: Vec<SocketAddr> = settings.listen.iter().map(|l| l.addr).collect();
+    addrs.extend(settings.metrics_listen);
+    let others = crate::commands::run::others(&addrs, takeover)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,6 +94,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut settings = settings.clone();
     settings.routing_db = Some(db.clone());
     let edge = crate::commands::run::start(&settings, &db)?;
+    crate::commands::run::take_bindings(&edge, &others);
     let health = Arc::new(Health::default());
     let metrics = Metrics::new(Arc::clone(&health))?;
     metrics.register_edge(crate::commands::run::metric_sources(&edge))?;

@@ -296,6 +296,8 @@ pub async fn serve(
     let beats = Arc::new(Heartbeats::new(listeners.workers(), notifier.tick()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = crate::control::workers::spawn(&edge.proxy, listeners, &stop_rx, &beats)?;
+    // A geoedge taking over from this one reads its bindings here.
+    let handover = crate::control::handover::serve(Arc::clone(&edge.proxy.router));
     // Forget idle bindings in the background, a bounded batch at a time.
     let router = Arc::clone(&edge.proxy.router);
     let sweeper = tokio::spawn(async move {
@@ -389,6 +391,9 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || log.close(flush)).await;
     }
     watchdog.abort();
+    if let Some(h) = handover {
+        h.abort();
+    }
     Ok(())
 }
 
@@ -401,8 +406,29 @@ fn reopen_access_log(edge: &Edge, signal: &str) {
     }
 }
 
-/// The `run` command; `resolve` reads the settings again on SIGHUP.
-pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
+/// The geoedges serving one of `addrs` that this start takes over from
+/// (`takeover`); without it, one found refuses the start (exit 2), naming
+/// its pid ([`crate::control::takeover`]).
+pub fn others(addrs: &[SocketAddr], takeover: bool) -> anyhow::Result<Vec<u32>> {
+    Ok(crate::control::takeover::check(addrs, takeover)?)
+}
+
+/// Takes the sticky bindings of the geoedges this one takes over from
+/// (before its listeners are bound: no client is routed without them).
+pub fn take_bindings(edge: &Edge, others: &[u32]) {
+    for &pid in others {
+        crate::control::handover::receive(pid, &edge.proxy.router);
+    }
+}
+
+/// The `run` command; `resolve` reads the settings again on SIGHUP;
+/// `takeover`: start beside another geoedge on the same addresses.
+pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Result<ExitCode> {
+    let mut addrs: Vec<SocketAddr> = settings.listen.iter().map(|l| l.addr).collect();
+    addrs.extend(settings.metrics_listen);
+    // Checked before anything binds; a refusal is reported after the
+    // files are loaded, with their error first if they have one.
+    let others = others(&addrs, takeover);
     let routing_db = settings
         .routing_db
         .clone()
@@ -428,16 +454,24 @@ pub fn run(settings: &Settings, resolve: Resolve) -> anyhow::Result<ExitCode> {
     // tables are loaded and the listeners bound.
     let health = Arc::new(Health::default());
     let metrics = Metrics::new(Arc::clone(&health))?;
-    let endpoints = settings
-        .metrics_listen
-        .map(|addr| runtime.block_on(metrics.serve(addr)));
-    // The files are loaded whether or not the metrics address could be
-    // bound: their error is the one to fix first.
-    let edge = match (start(settings, &routing_db), endpoints) {
-        (Err(e), Some(Err(bind))) => anyhow::bail!("{e:#}; also, {bind:#}"),
-        (Err(e), _) => return Err(e),
-        (Ok(_), Some(Err(bind))) => return Err(bind),
-        (Ok(edge), _) => edge,
+    let endpoints = match &others {
+        Ok(_) => settings
+            .metrics_listen
+            .map(|addr| runtime.block_on(metrics.serve(addr))),
+        Err(_) => None,
+    };
+    // The files are loaded whether or not the addresses are free: their
+    // error is the one to fix first.
+    let edge = match (start(settings, &routing_db), others, endpoints) {
+        (Err(e), Err(other), _) => anyhow::bail!("{e:#}; also, {other:#}"),
+        (Err(e), _, Some(Err(bind))) => anyhow::bail!("{e:#}; also, {bind:#}"),
+        (Err(e), _, _) => return Err(e),
+        (Ok(_), Err(other), _) => return Err(other),
+        (Ok(_), _, Some(Err(bind))) => return Err(bind),
+        (Ok(edge), Ok(others), _) => {
+            take_bindings(&edge, &others);
+            edge
+        }
     };
     metrics.register_edge(metric_sources(&edge))?;
     metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;

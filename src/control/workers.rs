@@ -8,7 +8,8 @@
 //! The listeners are bound before the workers start: the first for each
 //! address as asked (port 0 picks a port), the others on the address the
 //! first got. `SO_REUSEPORT` also lets a new geoedge process bind the same
-//! addresses while an old one drains.
+//! addresses while an old one drains: only one started with `--takeover`
+//! does ([`crate::control::takeover`] refuses the others before they bind).
 //!
 //! Each worker also ticks its entry of the [`Heartbeats`] from a task on
 //! its own runtime, so a worker whose thread is stuck stops feeding the

@@ -14,6 +14,8 @@
 mod fifo;
 #[path = "lifecycle/handover.rs"]
 mod handover;
+#[path = "lifecycle/takeover.rs"]
+mod takeover;
 use geoedge_testkit as support;
 
 use std::io::Read;

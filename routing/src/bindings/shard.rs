@@ -305,6 +305,54 @@ impl Shard {
         Inserted::Evicted
     }
 
+    /// Every entry idle less than `ttl` seconds at `now`: key, interned
+    /// backend, idle seconds and whether it is protected.
+    pub(super) fn export(&self, now: u32, ttl: u32) -> Vec<(BindingKey, u32, u32, bool)> {
+        let mut out = Vec::with_capacity(self.len());
+        for seg in [PROBATION, PROTECTED] {
+            for e in &self.segs[seg] {
+                let idle = now.saturating_sub(e.last_used);
+                if idle < ttl {
+                    out.push((e.key, e.backend(), idle, seg == PROTECTED));
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds a binding handed over by another table, last used at
+    /// `last_used`: into the protected segment when it was protected there
+    /// and this one has room, otherwise into probation. A key bound here
+    /// already keeps its binding, and a full shard takes nothing (it
+    /// evicts nobody for an import). Returns whether it was added.
+    pub(super) fn restore(
+        &mut self,
+        hash: u64,
+        key: BindingKey,
+        backend: u32,
+        last_used: u32,
+        protected: bool,
+        hash_of: &impl Fn(&BindingKey) -> u64,
+    ) -> bool {
+        if self.len() >= self.cap || self.find(hash, &key).is_some() {
+            return false;
+        }
+        self.oldest = self.oldest.min(last_used);
+        let entry = Entry {
+            key,
+            backend: backend & !REFERENCED,
+            last_used,
+        };
+        let seg = if protected && self.segs[PROTECTED].len() < self.protected_cap {
+            PROTECTED
+        } else {
+            PROBATION
+        };
+        let s = self.push(seg, entry);
+        self.index_insert(hash, s, hash_of);
+        true
+    }
+
     /// Removes the key's binding.
     pub(super) fn remove(
         &mut self,

@@ -376,3 +376,86 @@ proptest! {
         }
     }
 }
+
+fn exported(b: &Bindings, now: Instant) -> Vec<ExportedBinding> {
+    let mut all: Vec<ExportedBinding> = b.export(now).flatten().collect();
+    all.sort_by_key(|e| (e.client, e.app.as_str().to_owned()));
+    all
+}
+
+#[test]
+fn a_table_handed_over_keeps_each_clients_backend_idle_time_and_segment() {
+    let t0 = Instant::now();
+    let old = Bindings::new(cfg(600, 10_000));
+    for i in 0..300u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0xcb00_7100 + i));
+        let k = old.key(&app(), ip);
+        old.bind(k, BackendId::new(&format!("be{}", i % 3)), t0);
+        if i % 2 == 0 {
+            // Seen again 100 s later: protected.
+            old.lookup(&k, t0 + Duration::from_secs(100));
+        }
+    }
+    let v6 = old.key(&AppId::new("api"), "2001:db8:1:2::9".parse().unwrap());
+    old.bind(v6, BackendId::new("be6"), t0 + Duration::from_secs(50));
+    let at = t0 + Duration::from_secs(200);
+    let dump = exported(&old, at);
+    assert_eq!(dump.len(), 301);
+    let first = dump
+        .iter()
+        .find(|e| e.client == "203.0.113.0".parse::<IpAddr>().unwrap())
+        .unwrap();
+    assert_eq!(first.backend.as_str(), "be0");
+    assert!(first.protected);
+    assert_eq!(first.idle, Duration::from_secs(100));
+    let v6e = dump.iter().find(|e| e.app.as_str() == "api").unwrap();
+    assert_eq!(v6e.client, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+    assert_eq!(v6e.idle, Duration::from_secs(150));
+    assert!(!v6e.protected);
+
+    // A new table, in another process: a later clock.
+    let t1 = at + Duration::from_secs(3);
+    let new = Bindings::new(cfg(600, 10_000));
+    assert_eq!(dump.iter().filter(|e| new.import(e, t1)).count(), 301);
+    assert_eq!(new.len(), 301);
+    for i in 0..300u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0xcb00_7100 + i));
+        let k = new.key(&app(), ip);
+        assert_eq!(new.lookup(&k, t1).unwrap().as_str(), format!("be{}", i % 3));
+    }
+    // Idle time carried over: the IPv6 client, idle 150 s at export, is
+    // gone 450 s after the import, not 600.
+    let k6 = new.key(&AppId::new("api"), "2001:db8:1:2::1".parse().unwrap());
+    assert!(new.lookup(&k6, t1 + Duration::from_secs(449)).is_some());
+    let fresh = Bindings::new(cfg(600, 10_000));
+    fresh.import(v6e, t1);
+    assert!(fresh.lookup(&k6, t1 + Duration::from_secs(450)).is_none());
+}
+
+#[test]
+fn an_import_never_replaces_evicts_or_revives() {
+    let t0 = Instant::now();
+    let new = Bindings::new(cfg(60, 2));
+    let k = new.key(&app(), "198.51.100.1".parse().unwrap());
+    new.bind(k, BackendId::new("mine"), t0);
+    let theirs = |ip: &str, idle: u64| ExportedBinding {
+        app: app(),
+        client: ip.parse().unwrap(),
+        backend: BackendId::new("theirs"),
+        idle: Duration::from_secs(idle),
+        protected: true,
+    };
+    // Bound here already: kept.
+    assert!(!new.import(&theirs("198.51.100.1", 0), t0));
+    assert_eq!(new.lookup(&k, t0).unwrap().as_str(), "mine");
+    // Idle for this table's TTL: dropped.
+    assert!(!new.import(&theirs("198.51.100.2", 60), t0));
+    assert!(new.import(&theirs("198.51.100.3", 59), t0));
+    // Full (two entries): nothing more, nobody evicted.
+    assert!(!new.import(&theirs("198.51.100.4", 0), t0));
+    assert_eq!(new.len(), 2);
+    assert_eq!(new.stats().evictions.load(Ordering::Relaxed), 0);
+    // Expired bindings are not exported.
+    assert!(exported(&new, t0 + Duration::from_secs(1)).len() == 2);
+    assert!(exported(&new, t0 + Duration::from_secs(61)).is_empty());
+}

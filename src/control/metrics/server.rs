@@ -308,6 +308,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // A geoedge taking over (`--takeover`) binds it beside this one; a
+    // second geoedge without it is refused before it binds anything
+    // ([`crate::control::takeover`]).
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
