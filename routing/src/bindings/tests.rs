@@ -33,7 +33,11 @@ fn peek_reports_a_binding_without_refreshing_or_promoting_it() {
     assert!(b.apps.get(&app()).is_none());
     let k = b.key(&app(), ip);
     b.bind(k, BackendId::new("x"), t0);
-    let seen = b.peek(&app(), "203.0.113.99".parse().unwrap(), t0 + Duration::from_secs(100));
+    let seen = b.peek(
+        &app(),
+        "203.0.113.99".parse().unwrap(),
+        t0 + Duration::from_secs(100),
+    );
     assert_eq!(
         seen,
         Some(BindingInfo {
