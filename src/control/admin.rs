@@ -132,6 +132,7 @@ fn decode(s: &str) -> Result<String, String> {
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| "a bad percent-encoding".to_owned())?;
@@ -533,6 +534,7 @@ mod tests {
             ("ip=1.2.3.4", "unknown parameter"),
             ("client=%zz", "percent-encoding"),
             ("client=%4", "percent-encoding"),
+            ("client=%+1", "percent-encoding"),
             ("app=%ff", "UTF-8"),
             ("app=%0a", "not an app name"),
         ] {
