@@ -653,6 +653,49 @@ mod tests {
     }
 
     #[test]
+    fn in_a_fleet_candidates_and_backends_show_the_remote_load_the_edge_holds() {
+        let (a, _dir) = admin(false);
+        let state = Arc::new(FollowState::default());
+        state.installed.store(7, Ordering::Relaxed);
+        state.current.store(8, Ordering::Relaxed);
+        a.set_fleet(AdminFleet {
+            pop: "eu".into(),
+            state,
+        });
+        let edge = a.edge.get().unwrap();
+        let snap = edge.router.table().snapshot();
+        let b = &snap.backends[0];
+        b.load.set_remote(3);
+        let (_, v) = get(&a, Method::GET, "/explain", "client=81.2.69.142");
+        let c = v["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == b.id.as_str())
+            .unwrap();
+        assert_eq!(
+            (&c["own"], &c["remote"], &c["global"], &c["lent"]),
+            (&json!(0), &json!(3), &json!(3), &json!(0)),
+            "{c}"
+        );
+        assert_eq!(c["lease"], Value::Null);
+        assert_eq!(v["fleet"]["pop"], "eu");
+        assert!(v["spread"].is_array());
+        let (_, v) = get(&a, Method::GET, "/backends", "");
+        let row = v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == b.id.as_str())
+            .unwrap();
+        assert_eq!(row["remote"], 3);
+        let (_, v) = get(&a, Method::GET, "/revision", "");
+        assert_eq!(v["fleet"]["installed_revision"], 7);
+        assert_eq!(v["fleet"]["current_revision"], 8);
+        assert_eq!(v["fleet"]["last_sync_unix_ms"], Value::Null);
+    }
+
+    #[test]
     fn before_the_edge_is_loaded_the_endpoints_answer_503() {
         let a = Admin::default();
         let (status, v) = get(&a, Method::GET, "/backends", "");
