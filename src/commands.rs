@@ -1,8 +1,9 @@
 //! The command line ([`cli`]) and the commands: `run` ([`run`]), `demo`,
-//! `route`, `db`, `probe` (in [`cli`]), `wg` (with the WireGuard device of
+//! `route`, `db`, `probe` (in [`cli`]), `admin` and `route --live` ([`admin`]), `wg` (with the WireGuard device of
 //! `run`: [`wg`], [`wg_key`]) and `check-host`. The top layer: uses
 //! [`crate::control`] and [`crate::data`].
 
+pub mod admin;
 pub mod check_host;
 pub mod cli;
 pub mod db;

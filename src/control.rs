@@ -6,6 +6,7 @@
 //! never [`crate::commands`].
 
 pub mod active_checks;
+pub mod admin;
 pub mod config;
 pub mod fleet;
 pub mod handover;

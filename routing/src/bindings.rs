@@ -67,6 +67,14 @@ pub struct BindingKey {
 }
 
 impl BindingKey {
+    /// The masked client network with the prefix length it was masked to.
+    fn network_masked(&self, config: &BindingConfig) -> (IpAddr, u8) {
+        match self.network() {
+            (ip @ IpAddr::V4(_), _) => (ip, config.ipv4_prefix.min(32)),
+            (ip, _) => (ip, config.ipv6_prefix.min(128)),
+        }
+    }
+
     /// The masked client network, for display.
     pub fn network(&self) -> (IpAddr, u8) {
         let mut bytes = [0u8; 16];
@@ -96,6 +104,23 @@ pub struct ExportedBinding {
     /// Whether the client had come back at least once (the protected
     /// segment).
     pub protected: bool,
+}
+
+/// One client's binding as [`Bindings::peek`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingInfo {
+    /// The backend the client is bound to.
+    pub backend: BackendId,
+    /// How long since the binding was last used (whole seconds).
+    pub idle: Duration,
+    /// How long until it expires unless used again (whole seconds).
+    pub expires_in: Duration,
+    /// Whether the client was found again since it was bound (protected
+    /// from eviction by new clients).
+    pub protected: bool,
+    /// The client network the binding is keyed by (the address masked to
+    /// the binding prefix) and its prefix length.
+    pub network: (IpAddr, u8),
 }
 
 /// Counters of the binding table, for the metrics endpoint.
@@ -348,6 +373,54 @@ impl Bindings {
             self.stats.current.fetch_add(1, Ordering::Relaxed);
         }
         added
+    }
+
+    /// The most bindings kept ([`BindingConfig::max_entries`]).
+    pub fn capacity(&self) -> usize {
+        self.config.max_entries
+    }
+
+    /// A client's binding as it stands, for an operator: unlike
+    /// [`Bindings::lookup`] it refreshes nothing, promotes nothing and
+    /// interns nothing (an app the table never bound is simply not found);
+    /// an expired binding still held is reported as not found. Allocates
+    /// only the backend's name.
+    pub fn peek(&self, app: &AppId, ip: IpAddr, now: Instant) -> Option<BindingInfo> {
+        self.apps.get(app)?;
+        let key = self.key(app, ip);
+        let hash = self.hash(&key);
+        let (backend, last_used, protected) = self.shard(hash).lock().peek(hash, &key)?;
+        let idle = self.secs(now).saturating_sub(last_used);
+        if idle >= self.ttl_secs {
+            return None;
+        }
+        Some(BindingInfo {
+            backend: self.backends.name(backend)?,
+            idle: Duration::from_secs(u64::from(idle)),
+            expires_in: Duration::from_secs(u64::from(self.ttl_secs - idle)),
+            protected,
+            network: key.network_masked(&self.config),
+        })
+    }
+
+    /// Removes a client's binding (for `app`), if it has one; interns
+    /// nothing.
+    pub fn unbind_client(&self, app: &AppId, ip: IpAddr) -> Option<BackendId> {
+        self.apps.get(app)?;
+        self.unbind(&self.key(app, ip))
+    }
+
+    /// Removes every binding, one shard at a time (each shard's lock held
+    /// only while it is emptied); how many were removed.
+    pub fn clear(&self) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            removed += shard.lock().clear();
+        }
+        self.stats
+            .current
+            .fetch_sub(removed as i64, Ordering::Relaxed);
+        removed
     }
 
     /// Drops expired bindings, at most `budget` in all, one shard at a time,

@@ -49,7 +49,9 @@ pub mod migrate;
 #[cfg(feature = "sqlite")]
 pub mod watcher;
 
-pub use bindings::{BindingConfig, BindingKey, BindingStats, Bindings, ExportedBinding};
+pub use bindings::{
+    BindingConfig, BindingInfo, BindingKey, BindingStats, Bindings, ExportedBinding,
+};
 pub use connect::{ConnectFailure, ConnectHistogram, ConnectStats, CONNECT_BUCKETS_SECONDS};
 pub use diff::SnapshotDiff;
 pub use health::{BackendHealth, CheckStats, HealthChange, HealthConfig, HealthState};

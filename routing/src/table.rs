@@ -104,6 +104,10 @@ pub struct ReloadStats {
     pub rejected: [AtomicU64; 4],
     /// Unix time in seconds of the last applied reload (0 before the first).
     pub last_applied_unix: AtomicU64,
+    /// Why the file as it stands is not in service: set by the watcher when
+    /// it refuses a reload, cleared when one applies (`None`: the last
+    /// reload applied). Taken briefly, never across an await.
+    pub last_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl ReloadStats {

@@ -218,6 +218,7 @@ fn run(
                         "routing.db reloaded"
                     );
                 }
+                *table.stats().last_error.lock() = None;
                 if last_error.take().is_some() {
                     tracing::info!(path = %path.display(), "routing.db is valid again");
                 }
@@ -261,6 +262,7 @@ fn run(
                             table.generation()
                         ),
                     }
+                    *table.stats().last_error.lock() = Some(msg.clone());
                     last_error = Some(msg);
                 }
                 // A lock is transient: try again next time without a new change.

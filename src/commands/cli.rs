@@ -35,6 +35,17 @@ pub enum Command {
     Route {
         /// The client address.
         ip: IpAddr,
+        /// Ask the running edge whose metrics listener is ADDR instead of reading the files: the same JSON from its live router, with each candidate's live `active` and `health`, and the client's `binding` (docs/admin.md).
+        #[arg(long, value_name = "ADDR")]
+        live: Option<SocketAddr>,
+    },
+    /// Ask a running edge through the admin endpoints of its metrics listener ADDR (docs/admin.md).
+    Admin {
+        /// The edge's metrics listener (its --metrics-listen), e.g. 127.0.0.1:9090.
+        addr: SocketAddr,
+        /// What to ask.
+        #[command(subcommand)]
+        ask: AdminCommand,
     },
     /// Create and check routing.db files.
     #[command(subcommand)]
@@ -70,6 +81,41 @@ pub enum Command {
         /// Exit 1 when any value falls short.
         #[arg(long)]
         strict: bool,
+    },
+}
+
+/// `geoedge admin ADDR …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Print the number of bindings and the table's capacity; with --client, that client's binding (exit 1 when it has none).
+    Bindings {
+        /// The client address (its binding for --app, default: the edge's first listener's app).
+        #[arg(long, value_name = "IP")]
+        client: Option<IpAddr>,
+        /// Print the endpoint's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear one client's binding (--client) or every binding: its next connection is decided afresh. The edge must run with --admin-write on (exit 1 otherwise).
+    ClearBindings {
+        /// The client address (its binding for --app, default: the edge's first listener's app); without it, every binding.
+        #[arg(long, value_name = "IP")]
+        client: Option<IpAddr>,
+        /// Print the endpoint's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every backend of the table in force: app, region, address, health state, live connections, limits, weight, whether it takes new clients.
+    Backends {
+        /// Print the endpoint's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the routing.db in force: its generation, schema version, last reload and its result; in a fleet, the installed revision.
+    Revision {
+        /// Print the endpoint's JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -279,6 +325,10 @@ fn reads(path: &str, id: &str) -> bool {
             ) || id.starts_with("binding_")
         }
         "wg up" => wg || matches!(id, "config" | "routing_db" | "log_format"),
+        // The admin commands ask a running edge: only the app a binding
+        // is looked up for.
+        "admin bindings" | "admin clear-bindings" => matches!(id, "app" | "log_format"),
+        "admin backends" | "admin revision" => id == "log_format",
         "db publish" | "db log" | "db status" => {
             matches!(id, "config" | "nats" | "nats_creds" | "log_format")
         }
@@ -354,7 +404,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     check_environment()?;
     let settings = || Settings::resolve(cli.settings.clone(), cli.config.as_deref());
     match &cli.command {
-        Command::Route { ip } => crate::commands::route::run(&settings()?, *ip),
+        Command::Route {
+            ip,
+            live: Some(addr),
+        } => crate::commands::admin::explain(*addr, *ip, cli.settings.app.as_deref()),
+        Command::Route { ip, live: None } => crate::commands::route::run(&settings()?, *ip),
+        Command::Admin { addr, ask } => {
+            use crate::commands::admin::Ask;
+            let (ask, json) = match ask {
+                AdminCommand::Bindings { client, json } => (Ask::Bindings(*client), json),
+                AdminCommand::ClearBindings { client, json } => (Ask::ClearBindings(*client), json),
+                AdminCommand::Backends { json } => (Ask::Backends, json),
+                AdminCommand::Revision { json } => (Ask::Revision, json),
+            };
+            crate::commands::admin::run(*addr, &ask, cli.settings.app.as_deref(), *json)
+        }
         Command::Db(DbCommand::Init { path, empty }) => crate::commands::db::init(path, !*empty),
         Command::Db(DbCommand::Check { path }) => crate::commands::db::check(path),
         Command::Db(DbCommand::Migrate { path }) => crate::commands::db::migrate(path),

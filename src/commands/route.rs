@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use geoedge_geoip::{GeoDb, Lookup};
-use geoedge_routing::{loader, watcher, Explanation, Request, Router, RoutingTable, SpreadShare};
+use geoedge_geoip::GeoDb;
+use geoedge_routing::{loader, watcher, Request, Router, RoutingTable, SpreadShare};
 use serde_json::json;
 
 use crate::control::config::defaults::LOAD_MAX_AGE;
@@ -71,11 +71,12 @@ pub fn run(settings: &Settings, ip: IpAddr) -> anyhow::Result<ExitCode> {
         location: lookup.location(),
         exclude: &[],
     });
-    let mut out = render(
+    let mut out = crate::control::admin::route_json(
         ip,
         &lookup,
         &explanation,
-        settings,
+        &settings.app,
+        &settings.region,
         db.info().database_type.as_str(),
     );
     if let Some(view) = &fleet {
@@ -83,37 +84,6 @@ pub fn run(settings: &Settings, ip: IpAddr) -> anyhow::Result<ExitCode> {
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
-}
-
-fn render(
-    ip: IpAddr,
-    lookup: &Lookup,
-    e: &Explanation,
-    settings: &Settings,
-    database_type: &str,
-) -> serde_json::Value {
-    let loc = lookup.location();
-    let point = e.placement.point;
-    json!({
-        "client": {
-            "ip": ip.to_string(),
-            "country": loc.and_then(|l| l.country),
-            "continent": loc.and_then(|l| l.continent),
-            "subdivision": loc.and_then(|l| l.subdivision),
-            "region": e.region,
-            "latitude": point.map(|p| p.latitude),
-            "longitude": point.map(|p| p.longitude),
-            "located": e.placement.located,
-            "geoip": lookup.label(),
-        },
-        "app": settings.app,
-        "pop_region": settings.region,
-        "geoip_database": database_type,
-        "backend": e.backend,
-        "decision": e.kind,
-        "reason": e.reason,
-        "candidates": e.candidates,
-    })
 }
 
 /// What the fleet's load reports said, from this POP's point of view.
@@ -156,14 +126,16 @@ impl FleetView {
             for c in candidates {
                 let id = c["id"].as_str().unwrap_or_default().to_owned();
                 let (own, remote) = self.counts(&id);
-                c["own"] = json!(own);
-                c["remote"] = json!(remote);
-                c["global"] = json!(own.saturating_add(remote));
-                c["lease"] = json!(own_report.and_then(|r| r.leases.get(&id)));
-                c["lent"] = json!(own_report
-                    .and_then(|r| r.lent.get(&id))
-                    .copied()
-                    .unwrap_or(0));
+                crate::control::admin::fleet_fields(
+                    c,
+                    own,
+                    remote,
+                    own_report.and_then(|r| r.leases.get(&id)),
+                    own_report
+                        .and_then(|r| r.lent.get(&id))
+                        .copied()
+                        .unwrap_or(0),
+                );
             }
         }
         let mut reporting: Vec<&String> = self.heard.keys().collect();

@@ -454,6 +454,7 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
     // tables are loaded and the listeners bound.
     let health = Arc::new(Health::default());
     let metrics = Metrics::new(Arc::clone(&health))?;
+    metrics.admin().set_write(settings.admin_write);
     let endpoints = match &others {
         Ok(_) => settings
             .metrics_listen
@@ -476,6 +477,16 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
     metrics.register_edge(metric_sources(&edge))?;
     metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
     metrics.register_features(Arc::clone(&edge.proxy))?;
+    metrics.admin().set_edge(crate::control::admin::AdminEdge {
+        router: Arc::clone(&edge.proxy.router),
+        geoip: Arc::clone(&edge.proxy.geoip),
+        app: settings
+            .listen
+            .first()
+            .map_or_else(geoedge_routing::AppId::default_app, |l| l.app.clone()),
+        region: settings.region.clone(),
+        routing_db: routing_db.clone(),
+    });
     runtime.block_on(async {
         // The backhaul comes up first: backends in other POPs are dialed through it.
         let backhaul = match &settings.wireguard {
@@ -493,6 +504,12 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
         let follower = settings.fleet.clone().map(|fleet| {
             let state = Arc::new(crate::control::fleet::follow::FollowState::default());
             let gate = edge.proxy.router.leases().cloned();
+            metrics
+                .admin()
+                .set_fleet(crate::control::admin::AdminFleet {
+                    pop: fleet.pop.clone(),
+                    state: Arc::clone(&state),
+                });
             if let Err(e) = metrics.register_fleet(Arc::clone(&state), Arc::clone(&edge.proxy.router))
             {
                 tracing::warn!("{e:#}");

@@ -78,6 +78,8 @@ pub struct Settings {
     /// Per-backend metric series while routing.db holds at most this many
     /// backends ([`defaults::METRICS_BACKEND_SERIES`]).
     pub metrics_backend_series: usize,
+    /// Whether the admin endpoints may change state (`DELETE /bindings`).
+    pub admin_write: bool,
     /// Rise and fall thresholds and passive ejection, for every backend.
     #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub health: HealthConfig,
@@ -492,6 +494,7 @@ impl Settings {
                 .map_or(defaults::METRICS_BACKEND_SERIES, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+            admin_write: l.admin_write.unwrap_or(defaults::ADMIN_WRITE),
             health,
             health_checks,
             fleet,

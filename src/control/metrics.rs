@@ -35,6 +35,7 @@ pub struct Metrics {
     registry: Registry,
     health: Arc<Health>,
     wireguard: Arc<wireguard::WgMetrics>,
+    admin: Arc<crate::control::admin::Admin>,
 }
 
 impl Metrics {
@@ -62,6 +63,7 @@ impl Metrics {
             registry,
             health,
             wireguard,
+            admin: Arc::default(),
         })
     }
 
@@ -104,6 +106,12 @@ impl Metrics {
             .context("registering the fleet collector")
     }
 
+    /// The admin endpoints served beside the metrics: give them the edge
+    /// once it is loaded.
+    pub fn admin(&self) -> &Arc<crate::control::admin::Admin> {
+        &self.admin
+    }
+
     /// Starts sampling the WireGuard device; abort the task before shutting
     /// the device down.
     pub fn follow_wireguard(&self, device: &Arc<Device>) -> JoinHandle<()> {
@@ -119,7 +127,11 @@ impl Metrics {
     /// Binds `addr` (printing `metrics ADDR`) and serves the endpoints.
     pub async fn serve(&self, addr: SocketAddr) -> anyhow::Result<JoinHandle<()>> {
         let listener = server::bind(addr).await?;
-        let endpoints = server::Endpoints::new(self.registry.clone(), Arc::clone(&self.health));
+        let endpoints = server::Endpoints::new(
+            self.registry.clone(),
+            Arc::clone(&self.health),
+            Arc::clone(&self.admin),
+        );
         self.registry
             .register(Box::new(server::ListenerCollector::new(Arc::clone(
                 &endpoints.conns,

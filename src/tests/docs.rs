@@ -346,11 +346,28 @@ const COMMANDS: &[&[&str]] = &[
     &["demo"],
     &["probe"],
     &["check-host"],
+    &["admin", ADDR, "bindings"],
+    &["admin", ADDR, "clear-bindings"],
+    &["admin", ADDR, "backends"],
+    &["admin", ADDR, "revision"],
 ];
+
+/// In [`COMMANDS`], a word that stands for any (the address `geoedge
+/// admin` asks); its `--help` is asked with a sample address.
+const ADDR: &str = "ADDR";
+
+/// Whether `words` start with the command path `command`.
+fn starts_with_command(words: &[&str], command: &[&str]) -> bool {
+    words.len() >= command.len() && command.iter().zip(words).all(|(c, w)| *c == ADDR || c == w)
+}
 
 /// The `--flags` a `--help` text lists.
 fn flags_in_help(words: &[&str]) -> BTreeSet<String> {
-    let out = geoedge().args(words).arg("--help").output().unwrap();
+    let words: Vec<&str> = words
+        .iter()
+        .map(|w| if *w == ADDR { "127.0.0.1:9090" } else { w })
+        .collect();
+    let out = geoedge().args(&words).arg("--help").output().unwrap();
     assert!(out.status.success(), "geoedge {words:?} --help");
     String::from_utf8_lossy(&out.stdout)
         .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
@@ -397,7 +414,7 @@ fn invocations(line: &str) -> Vec<(Vec<String>, String)> {
         }
         let Some(sub) = COMMANDS
             .iter()
-            .filter(|c| words[i + 1..].starts_with(c))
+            .filter(|c| starts_with_command(&words[i + 1..], c))
             .max_by_key(|c| c.len())
         else {
             continue;
@@ -472,6 +489,14 @@ fn invocations_are_found() {
             (vec!["db".to_string(), "check".into()], "--x".to_string()),
             (vec!["run".to_string()], "--wg-mtu".to_string()),
         ]
+    );
+    // `geoedge admin` names the edge's address before its subcommand.
+    assert_eq!(
+        invocations("geoedge admin 127.0.0.1:9090 bindings --client 1.2.3.4"),
+        [(
+            vec!["admin".to_string(), ADDR.into(), "bindings".into()],
+            "--client".to_string()
+        )]
     );
 }
 

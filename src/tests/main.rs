@@ -13,6 +13,7 @@
 //! all modules.
 
 mod access_log;
+mod admin;
 mod backends;
 mod check_host;
 mod cli;

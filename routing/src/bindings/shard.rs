@@ -353,6 +353,23 @@ impl Shard {
         true
     }
 
+    /// The key's interned backend, its last use and whether it is
+    /// protected, without touching it (no refresh, no promotion, no
+    /// expiry): what an operator's look-up sees.
+    pub(super) fn peek(&self, hash: u64, key: &BindingKey) -> Option<(u32, u32, bool)> {
+        let s = self.find(hash, key)?;
+        let e = at(&self.segs, s);
+        Some((e.backend(), e.last_used, unslot(s).0 == PROTECTED))
+    }
+
+    /// Removes every binding and gives their memory back; how many there
+    /// were.
+    pub(super) fn clear(&mut self) -> usize {
+        let n = self.len();
+        *self = Shard::new(self.cap);
+        n
+    }
+
     /// Removes the key's binding.
     pub(super) fn remove(
         &mut self,

@@ -21,6 +21,65 @@ fn app() -> AppId {
 }
 
 #[test]
+fn peek_reports_a_binding_without_refreshing_or_promoting_it() {
+    let t0 = Instant::now();
+    let b = Bindings::new(BindingConfig {
+        ipv4_prefix: 24,
+        ..cfg(600, 100)
+    });
+    let ip: IpAddr = "203.0.113.7".parse().unwrap();
+    // An app never bound is not found, and is not interned by the look-up.
+    assert!(b.peek(&app(), ip, t0).is_none());
+    assert!(b.apps.get(&app()).is_none());
+    let k = b.key(&app(), ip);
+    b.bind(k, BackendId::new("x"), t0);
+    let seen = b.peek(
+        &app(),
+        "203.0.113.99".parse().unwrap(),
+        t0 + Duration::from_secs(100),
+    );
+    assert_eq!(
+        seen,
+        Some(BindingInfo {
+            backend: BackendId::new("x"),
+            idle: Duration::from_secs(100),
+            expires_in: Duration::from_secs(500),
+            protected: false,
+            network: ("203.0.113.0".parse().unwrap(), 24),
+        })
+    );
+    // Peeking refreshed nothing: the binding still expires 600 s after its bind.
+    assert!(b.peek(&app(), ip, t0 + Duration::from_secs(600)).is_none());
+    assert!(b.lookup(&k, t0 + Duration::from_secs(600)).is_none());
+    // Another app's client is another binding.
+    assert!(b.peek(&AppId::new("other"), ip, t0).is_none());
+}
+
+#[test]
+fn one_client_or_every_binding_can_be_cleared() {
+    let t0 = Instant::now();
+    let b = Bindings::new(cfg(600, 5000));
+    for i in 0..3000u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        b.bind(b.key(&app(), ip), BackendId::new("x"), t0);
+    }
+    assert_eq!(b.len(), 3000);
+    let one: IpAddr = "10.0.0.5".parse().unwrap();
+    assert_eq!(b.unbind_client(&app(), one).unwrap().as_str(), "x");
+    assert!(b.unbind_client(&app(), one).is_none());
+    assert!(b.unbind_client(&AppId::new("other"), one).is_none());
+    assert_eq!(b.len(), 2999);
+    assert_eq!(b.clear(), 2999);
+    assert_eq!(b.len(), 0);
+    assert!(b.peek(&app(), "10.0.0.6".parse().unwrap(), t0).is_none());
+    // The table works on after a clear.
+    let k = b.key(&app(), one);
+    b.bind(k, BackendId::new("y"), t0);
+    assert_eq!(b.lookup(&k, t0).unwrap().as_str(), "y");
+    assert_eq!(b.len(), 1);
+}
+
+#[test]
 fn binding_holds_until_idle_for_ttl_and_use_refreshes_it() {
     let t0 = Instant::now();
     let b = Bindings::new(cfg(600, 100));

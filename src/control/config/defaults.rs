@@ -142,6 +142,8 @@ pub const METRICS_LISTEN: &str = "127.0.0.1:9090";
 /// routing.db holds at most this many backends (at about 30 series a
 /// backend, 1,000 backends make a scrape of 30k lines).
 pub const METRICS_BACKEND_SERIES: usize = 1000;
+/// `admin_write`: the admin endpoints only read unless this is on.
+pub const ADMIN_WRITE: bool = false;
 /// `log_format`
 pub const LOG_FORMAT: &str = "text";
 /// `health_check_interval`
@@ -223,6 +225,7 @@ pub fn shown() -> Vec<(&'static str, String)> {
         ),
         ("metrics_listen", METRICS_LISTEN.into()),
         ("metrics_backend_series", METRICS_BACKEND_SERIES.to_string()),
+        ("admin_write", on(ADMIN_WRITE)),
         ("log_format", LOG_FORMAT.into()),
         ("health_check_interval", d(HEALTH_CHECK_INTERVAL)),
         ("health_check_timeout", d(HEALTH_CHECK_TIMEOUT)),

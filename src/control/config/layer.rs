@@ -225,6 +225,11 @@ pub struct Layer {
     )]
     pub metrics_backend_series: Option<u64>,
 
+    /// Let the admin endpoints on the metrics listener change state (DELETE /bindings clears bindings); off: they only read (docs/admin.md).
+    #[arg(long, env = "GEOEDGE_ADMIN_WRITE", global = true, value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new(), hide_possible_values = true)]
+    pub admin_write: Option<bool>,
+
     /// Log format on stderr: text or json (filtered by RUST_LOG).
     #[arg(
         long,
@@ -453,6 +458,7 @@ impl Layer {
             wg_rekey_after,
             metrics_listen,
             metrics_backend_series,
+            admin_write,
             log_format,
             health_check_interval,
             health_check_timeout,

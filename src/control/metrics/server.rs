@@ -12,7 +12,9 @@
 //! never queued behind silent connections. Health is answered inline;
 //! scrapes gather on the blocking pool, at most [`MAX_SCRAPES`] at once (one
 //! more is answered 503 at once), so no scrape holds up a probe. Closed
-//! connections are counted by reason ([`Closed`]).
+//! connections are counted by reason ([`Closed`]). The admin endpoints
+//! ([`crate::control::admin`]: `/explain`, `/bindings`, `/backends`,
+//! `/revision`, JSON) are answered inline too.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::family::{desc, Family};
 use super::names as n;
+use crate::control::admin::Admin;
 use crate::control::readiness::{Health, Phase};
 use crate::data::throttle::Throttle;
 
@@ -204,21 +207,31 @@ pub struct Endpoints {
     scrapes: Semaphore,
     /// The listener's connections.
     pub conns: Arc<Conns>,
+    /// The admin endpoints ([`crate::control::admin`]).
+    pub admin: Arc<Admin>,
 }
 
 impl Endpoints {
-    /// Endpoints over `registry` and `health`.
-    pub fn new(registry: Registry, health: Arc<Health>) -> Self {
+    /// Endpoints over `registry`, `health` and `admin`.
+    pub fn new(registry: Registry, health: Arc<Health>, admin: Arc<Admin>) -> Self {
         Self {
             registry,
             health,
             scrapes: Semaphore::new(MAX_SCRAPES),
             conns: Arc::default(),
+            admin,
         }
     }
 
     /// The answer to one request.
     pub async fn respond(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // Answered inline: each takes locks only briefly and never waits.
+        if let Some((status, body)) =
+            self.admin
+                .handle(req.method(), req.uri().path(), req.uri().query())
+        {
+            return json(status, &body);
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
         }
@@ -236,7 +249,7 @@ impl Endpoints {
             }
             "/" => text(
                 StatusCode::OK,
-                "geoedge: /metrics (Prometheus), /healthz (alive), /readyz (ready for clients)\n",
+                "geoedge: /metrics (Prometheus), /healthz (alive), /readyz (ready for clients); admin (JSON): /explain?client=IP, /bindings, /backends, /revision\n",
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -286,6 +299,16 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -413,7 +436,7 @@ mod tests {
                 Arc::clone(&health),
             )))
             .unwrap();
-        let endpoints = Arc::new(Endpoints::new(registry, health));
+        let endpoints = Arc::new(Endpoints::new(registry, health, Arc::default()));
         let held: Vec<_> = (0..MAX_SCRAPES)
             .map(|_| endpoints.scrapes.try_acquire().unwrap())
             .collect();
