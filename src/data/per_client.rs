@@ -206,7 +206,7 @@ mod tests {
             exempt: &exempt,
             ..options(Some(1), None)
         };
-        let t = PerClient::new(16);
+        let t = PerClient::new(4096);
         let app = AppId::default_app();
         let now = Instant::now();
         let ip: IpAddr = "10.1.2.3".parse().unwrap();

@@ -507,7 +507,8 @@ fn a_broken_routing_db_is_reported_before_a_busy_metrics_port() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
     let db_error = last.find("not a database");
-    let bind_error = last.find("Address already in use");
+    // The port's owner is named (found before anything binds).
+    let bind_error = last.find(&format!("binding {port}: address in use by"));
     assert!(
         last.starts_with("geoedge: loading routing table")
             && matches!((db_error, bind_error), (Some(d), Some(b)) if d < b),
@@ -521,8 +522,8 @@ fn a_broken_routing_db_is_reported_before_a_busy_metrics_port() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("binding the metrics listener")
-            && stderr.contains("Address already in use"),
+        stderr.contains(&format!("binding {port}: address in use by"))
+            && stderr.contains(&format!("(pid {})", std::process::id())),
         "{stderr}"
     );
 }

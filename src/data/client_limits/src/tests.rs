@@ -42,6 +42,9 @@ fn rated(count: u32, period: Duration) -> Limits {
     }
 }
 
+/// A table of `capacity` clients, 64 shards: tests keep it far above the
+/// clients they use, so that two of them never share a one-entry shard
+/// (and one evicts the other) whatever the per-process hash seed.
 fn table(capacity: usize) -> Arc<ClientTable<IpAddr>> {
     Arc::new(ClientTable::new(capacity))
 }
@@ -191,7 +194,7 @@ fn one_client_over_its_cap_while_others_are_admitted() {
 
 #[test]
 fn dropping_a_guard_frees_a_place() {
-    let table = table(64);
+    let table = table(4096);
     let now = t0();
     let a = table.admit(ip(1), cap(2), now).unwrap();
     let _b = table.admit(ip(1), cap(2), now).unwrap();
@@ -204,7 +207,7 @@ fn dropping_a_guard_frees_a_place() {
 
 #[test]
 fn a_client_without_rate_leaves_when_its_last_connection_closes() {
-    let table = table(64);
+    let table = table(4096);
     let now = t0();
     let a = table.admit(ip(1), cap(2), now).unwrap();
     let b = table.admit(ip(1), cap(2), now).unwrap();
@@ -221,7 +224,7 @@ fn a_client_without_rate_leaves_when_its_last_connection_closes() {
 
 #[test]
 fn a_refused_unknown_client_leaves_nothing() {
-    let table = table(64);
+    let table = table(4096);
     let now = t0();
     assert_eq!(
         table.admit(ip(1), cap(0), now).unwrap_err(),
@@ -240,7 +243,7 @@ fn a_refused_unknown_client_leaves_nothing() {
 
 #[test]
 fn the_cap_is_checked_before_the_rate() {
-    let table = table(64);
+    let table = table(4096);
     let now = t0();
     let both = Limits {
         max_connections: Some(1),
@@ -255,7 +258,7 @@ fn the_cap_is_checked_before_the_rate() {
 
 #[test]
 fn no_limits_is_inert() {
-    let table = table(64);
+    let table = table(4096);
     let now = t0();
     let g = table.admit(ip(1), Limits::NONE, now).unwrap();
     assert!(!g.is_counted());
@@ -272,7 +275,7 @@ fn no_limits_is_inert() {
 
 #[test]
 fn a_guard_outlives_its_table() {
-    let table = table(64);
+    let table = table(4096);
     let g = table.admit(ip(1), cap(1), t0()).unwrap();
     drop(table);
     drop(g);
@@ -339,7 +342,7 @@ fn burst(table: &Arc<ClientTable<IpAddr>>, key: IpAddr, limits: Limits, now: Ins
 
 #[test]
 fn a_burst_is_refused_then_refills_at_the_documented_instants() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0();
     let r = rated(10, secs(60));
     burst(&table, ip(1), r, start, 10);
@@ -363,7 +366,7 @@ fn a_burst_is_refused_then_refills_at_the_documented_instants() {
 
 #[test]
 fn refused_mid_window_is_admitted_after_a_period() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0();
     let r = rated(4, secs(10));
     burst(&table, ip(1), r, start + secs(2), 4);
@@ -377,7 +380,7 @@ fn refused_mid_window_is_admitted_after_a_period() {
 
 #[test]
 fn a_long_silence_forgets_everything() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0();
     let r = rated(3, secs(1));
     burst(&table, ip(1), r, start, 3);
@@ -389,7 +392,7 @@ fn a_long_silence_forgets_everything() {
 
 #[test]
 fn a_rate_with_a_zero_period_is_no_limit() {
-    let table = table(64);
+    let table = table(4096);
     let r = rated(1, Duration::ZERO);
     burst(&table, ip(1), r, t0(), 100);
     assert_eq!(table.len(), 0);
@@ -397,7 +400,7 @@ fn a_rate_with_a_zero_period_is_no_limit() {
 
 #[test]
 fn an_earlier_now_counts_as_the_window_start() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0() + secs(10);
     let r = rated(2, secs(1));
     burst(&table, ip(1), r, start, 2);
@@ -407,7 +410,7 @@ fn an_earlier_now_counts_as_the_window_start() {
 
 #[test]
 fn a_changed_count_keeps_the_counts() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0();
     burst(&table, ip(1), rated(5, secs(60)), start, 5);
     assert!(table.admit(ip(1), rated(5, secs(60)), start).is_err());
@@ -420,7 +423,7 @@ fn a_changed_count_keeps_the_counts() {
 
 #[test]
 fn a_changed_period_carries_the_sliding_count() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0();
     burst(&table, ip(1), rated(10, secs(60)), start, 10);
     // At start + 90s the sliding count under 60s is 10 * 30/60 = 5. Moving
@@ -431,7 +434,7 @@ fn a_changed_period_carries_the_sliding_count() {
     burst(&table, ip(1), r, at, 5);
     assert_eq!(table.admit(ip(1), r, at).unwrap_err(), Refused::Rate);
     // Rounded up: 10 * 15/60 = 2.5 carries as 3 under 4/5s, so one more.
-    let table = self::table(64);
+    let table = self::table(4096);
     burst(&table, ip(1), rated(10, secs(60)), start, 10);
     let at = start + secs(105);
     burst(&table, ip(1), rated(4, secs(5)), at, 1);
@@ -440,7 +443,7 @@ fn a_changed_period_carries_the_sliding_count() {
 
 #[test]
 fn a_rate_that_goes_away_drops_the_history() {
-    let table = table(64);
+    let table = table(4096);
     let start = t0();
     let r = rated(2, secs(60));
     burst(&table, ip(1), r, start, 2);
