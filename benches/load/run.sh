@@ -117,11 +117,14 @@
 #   PIN          1 (default) or 0: no pinning at all
 #   BACKEND_WITH client (default) or proxy: the CPU the backends share with
 #                one worker
-#   PRIO         normal (default) or rr: every process measured (backends,
-#                proxies, wrk, iperf3) runs under SCHED_RR priority 50
-#                (chrt -r 50), so that other work on a shared machine (builds
-#                at normal or lower priority) cannot keep a CPU that one of
-#                them waits for; samples are still marked when others use CPU
+#   PRIO         normal (default) or rr: every process measured runs under
+#                SCHED_RR (chrt -r), proxies, wrk and iperf3 at priority 50,
+#                the backends at 51, so that other work on a shared machine
+#                (builds at normal or lower priority) cannot keep a CPU that
+#                one of them waits for, and a client that busy-waits (wrk
+#                polls while its TLS handshake waits for the server) cannot
+#                keep the backend that shares its CPU from running; samples
+#                are still marked when others use CPU
 #
 # Everything it starts (processes, namespaces, veth and TUN devices, its
 # temporary directory) is removed on exit, on failure and on Ctrl-C, and the
@@ -233,11 +236,13 @@ PIN=${PIN:-1}
 BACKEND_WITH=${BACKEND_WITH:-client}
 PRIO=${PRIO:-normal}
 RT=()
+RT_BACKEND=()
 case $PRIO in
 normal) ;;
 rr)
     command -v chrt >/dev/null 2>&1 || die "PRIO=rr needs chrt (util-linux)"
     RT=(chrt -r 50)
+    RT_BACKEND=(chrt -r 51)
     ;;
 *) die "PRIO takes normal or rr" ;;
 esac
@@ -624,7 +629,7 @@ $(has sni "${TESTS[@]}" && tls_backend_conf)
 EOF
     nginx -t -q -p "$WORK/" -e "$WORK/backend-error.log" -c "$WORK/backend.conf" ||
         die "the backend nginx configuration is invalid"
-    "${RT[@]}" nginx -p "$WORK/" -e "$WORK/backend-error.log" -c "$WORK/backend.conf" -g 'daemon off;' \
+    "${RT_BACKEND[@]}" nginx -p "$WORK/" -e "$WORK/backend-error.log" -c "$WORK/backend.conf" -g 'daemon off;' \
         >"$WORK/backend.out" 2>&1 &
     local npid=$!
     PIDS+=("$npid")
@@ -633,7 +638,7 @@ EOF
         wait_listen "$npid" "$B_TLS_A" && wait_listen "$npid" "$B_TLS_B" ||
             die "the TLS backends did not start: $(tail -n 5 "$WORK/backend-error.log" 2>/dev/null)"
     fi
-    "${RT[@]}" iperf3 -s -B 127.0.0.1 -p "$B_IPERF" >"$WORK/iperf3-server.log" 2>&1 &
+    "${RT_BACKEND[@]}" iperf3 -s -B 127.0.0.1 -p "$B_IPERF" >"$WORK/iperf3-server.log" 2>&1 &
     local ipid=$!
     PIDS+=("$ipid")
     wait_listen "$ipid" "$B_IPERF" || die "the iperf3 server did not start: $(tail -n 5 "$WORK/iperf3-server.log")"
@@ -1744,7 +1749,7 @@ report() {
     echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'),"
     echo "$(iperf3 --version 2>&1 | head -n 1 | sed 's/ (cJSON.*//'), Python $(python3 -c 'import platform; print(platform.python_version())'),"
     echo "TCP congestion control $(sysctl -n net.ipv4.tcp_congestion_control), open-file limit $NOFILE."
-    [[ $PRIO == rr ]] && echo "PRIO=rr: backends, proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`)."
+    [[ $PRIO == rr ]] && echo "PRIO=rr: proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51."
     ((GE_WORKERS_FLAG)) || echo "geoedge had no \`--workers\` flag yet: $GE_NOTE."
     [[ -n $IDLE_NOTE ]] && echo "Idle connections: $IDLE_NOTE."
     [[ -n $BASELINE ]] && echo "Baseline: $BASELINE ($BASELINE_REV), started like geoedge; the wg test uses geoedge only."
