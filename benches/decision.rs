@@ -22,6 +22,23 @@
 //! counts the connection's outcome with the proxy's own counter type. The
 //! counters the cores always keep (GeoIP lookups, decisions by tier,
 //! bindings) are in both.
+//!
+//! `client_limit/…` is what the proxy's `limit_client` stage does per
+//! connection, before any dial: take the routing snapshot, look up the
+//! app's `apps` row (none here, so the settings hold), and
+//! [`PerClient::admit`] the client under `--client-max-connections 100`
+//! and `--client-rate 1000/60s`, boxing the guard; the guard is dropped
+//! at once (the connection's close). `returning_client` is one client
+//! connecting again and again, `working_set` cycles over the 65,536
+//! addresses of the decision benches in a table of the default size
+//! (100,000 clients, so every client stays held), and `limits_off` is the
+//! stage with no limit set. The clock the stage reads is replaced by an
+//! instant that moves on 100 ms (one client) or 10 µs (the working set)
+//! per connection, so that the rate never refuses (a refusal is cheaper:
+//! nothing is counted). `client_limit/paired/…` runs a whole
+//! decision (`connect_plain`, GeoIP included) and the same decision
+//! followed by the stage, alternating in blocks of 1,000 like `metrics/…`,
+//! and prints the paired medians and their ratio.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,6 +52,9 @@ mod common;
 
 // The proxy's connection counters, from the library as the proxy has them.
 use geoedge::data::conn_stats::{ConnResult, ConnStats};
+// The per-client table and the settings it reads, as the proxy has them.
+use geoedge::data::per_client::PerClient;
+use geoedge::data::proxy::ProxyOptions;
 
 const WORKING_SET: usize = 1 << 16;
 
@@ -333,11 +353,163 @@ fn decision(c: &mut Criterion) {
     steps.finish();
 }
 
+/// Settings with the per-client limits of the benchmark on: at most 100
+/// open connections and 1,000 new ones per 60 s per client.
+fn limit_options(on: bool) -> ProxyOptions {
+    ProxyOptions {
+        proxy_protocol_from: Vec::new(),
+        send_proxy_protocol: None,
+        connect_timeout: CONNECT_TIMEOUT,
+        connect_attempts: 3,
+        idle_timeout: Duration::from_secs(300),
+        half_close: true,
+        splice: true,
+        proxy_header_timeout: Duration::from_secs(10),
+        client_max_connections: on.then_some(100),
+        client_rate: on.then(|| "1000/60s".parse().unwrap()),
+        client_limit_exempt: Vec::new(),
+        client_ipv4_prefix: 32,
+        client_ipv6_prefix: 64,
+    }
+}
+
+/// The `limit_client` stage: the snapshot's `apps` row for the app, the
+/// shortcut when no limit is set, else the admission and the boxed guard
+/// (dropped here, as the connection's close would).
+fn limit_client(
+    table: &RoutingTable,
+    clients: &PerClient,
+    options: &ProxyOptions,
+    app: &AppId,
+    ip: IpAddr,
+    now: Instant,
+) -> bool {
+    let snapshot = table.snapshot_guard();
+    let app_limits = snapshot.app_limits(app.as_str());
+    if app_limits.is_none()
+        && options.client_max_connections.is_none()
+        && options.client_rate.is_none()
+    {
+        return true;
+    }
+    match clients.admit(options, app, app_limits, ip, now) {
+        Ok(guard) => {
+            let guard = guard.map(Box::new);
+            std::hint::black_box(&guard);
+            drop(guard);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The default `--client-table-size`.
+const CLIENT_TABLE_SIZE: usize = 100_000;
+
+/// The per-client limit stage alone, and a whole decision with and without
+/// it, side by side.
+fn client_limit(c: &mut Criterion) {
+    let (db, db_name) = common::city_db();
+    let geo = GeoIp::with_db(db);
+    let app = AppId::default_app();
+    let working_set: Vec<_> = common::Addresses::new().take(WORKING_SET).collect();
+    let on = limit_options(true);
+    let off = limit_options(false);
+    let base = Instant::now();
+    let table = Arc::new(RoutingTable::from_raw(&common::table(100), 0).unwrap());
+    let mut group = c.benchmark_group(format!("client_limit/{db_name}"));
+    group.throughput(Throughput::Elements(1));
+    // (name, options, mask of the working set, clock step per connection)
+    let cases = [
+        ("returning_client", &on, 0usize, Duration::from_millis(100)),
+        (
+            "working_set",
+            &on,
+            WORKING_SET - 1,
+            Duration::from_micros(10),
+        ),
+        ("limits_off", &off, 0, Duration::from_millis(100)),
+    ];
+    for (kind, options, mask, step) in cases {
+        let clients = PerClient::new(CLIENT_TABLE_SIZE);
+        let (mut i, mut now, mut refused) = (0usize, base, 0u64);
+        group.bench_function(kind, |b| {
+            b.iter(|| {
+                i = (i + 1) & mask;
+                now += step;
+                let ok = limit_client(&table, &clients, options, &app, working_set[i], now);
+                refused += u64::from(!ok);
+                std::hint::black_box(ok)
+            })
+        });
+        assert_eq!(refused, 0, "{kind}: the limits refused a connection");
+    }
+    group.finish();
+
+    // A whole decision, and the same followed by the stage, interleaved.
+    for (kind, max_entries, mask, step) in [
+        (
+            "fresh_client",
+            4096,
+            WORKING_SET - 1,
+            Duration::from_micros(10),
+        ),
+        (
+            "returning_client",
+            BindingConfig::default().max_entries,
+            0,
+            Duration::from_millis(100),
+        ),
+    ] {
+        let router = |max_entries| {
+            Router::new(
+                Arc::clone(&table),
+                RegionId::new("eu"),
+                BindingConfig {
+                    max_entries,
+                    ..BindingConfig::default()
+                },
+            )
+        };
+        let (plain, limited) = (router(max_entries), router(max_entries));
+        let clients = PerClient::new(CLIENT_TABLE_SIZE);
+        let (mut i, mut j, mut now) = (0usize, 0usize, base);
+        let mut pair = |iters| {
+            alternate(
+                iters,
+                || {
+                    i = (i + 1) & mask;
+                    connect_plain(&geo, &plain, &app, working_set[i])
+                },
+                || {
+                    j = (j + 1) & mask;
+                    now += step;
+                    connect_plain(&geo, &limited, &app, working_set[j])
+                        && limit_client(&table, &clients, &on, &app, working_set[j], now)
+                },
+            )
+        };
+        let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..PAIRED_ROUNDS {
+            let (t_plain, t_limited) = pair(PAIRED_CALLS);
+            offs.push(t_plain.as_nanos() as f64 / PAIRED_CALLS as f64);
+            ons.push(t_limited.as_nanos() as f64 / PAIRED_CALLS as f64);
+            ratios.push(t_limited.as_secs_f64() / t_plain.as_secs_f64());
+        }
+        let (d, l) = (median(&mut offs), median(&mut ons));
+        println!(
+            "client_limit/{db_name}/paired/{kind}/100: paired medians over {PAIRED_ROUNDS} rounds: decision {d:.1} ns, decision + limit_client {l:.1} ns (+{:.1} ns), ratio {:.3}",
+            l - d,
+            median(&mut ratios)
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = decision, metrics_cost
+    targets = decision, metrics_cost, client_limit
 }
 criterion_main!(benches);

@@ -32,6 +32,34 @@
 # over WireGuard against geoedge over the bare veth, the veth with no proxy,
 # and WireGuard with no proxy.
 #
+# Issue 20 (none of this is in the default run): three more proxies, each
+# the same geoedge binary with its own copy of the routing.db and one
+# setting more, measured in the same rounds as geoedge (in even rounds the
+# geoedge family runs in reverse order, so that none always runs first),
+# with every test but sni:
+#   limits   --client-max-connections 1000 --client-rate 1000000/1s
+#            (LIMITS_ARGS): limits that never refuse the benchmark's single
+#            client but are checked and counted on every connection;
+#   logtext  --access-log FILE --access-log-format text,
+#   logjson  --access-log FILE --access-log-format json: FILE in LOG_DIR
+#            (default: the temporary directory; the report names its
+#            filesystem), emptied after each configuration; the lines
+#            written are counted against the connections made;
+# and a table of each against geoedge, round by round, with the issue's
+# targets (limits: keep-alive within the spread, new connections at most 3%
+# slower; access log: new connections at most 5% slower). And the test
+#   sni      TLS new connections/s: wrk over https (the backend nginx with
+#            `ssl`, ECDSA P-256, no session cache or tickets, so every
+#            connection is a full handshake) with `Connection: close`,
+#            through geoedge's --sni-listen (routing.db sni_routes:
+#            localhost -> app tlsa; the listener's default app tlsb is a
+#            backend answering 421, so a misrouted request counts as an
+#            error), HAProxy (req.ssl_sni) and nginx stream (ssl_preread
+#            and a map), direct: wrk to the TLS backend itself. Not for
+#            the baseline or the variants above.
+# e.g. sudo TESTS="ka conn sni" WORKERS=1 REPS=4 \
+#          PROXIES="direct geoedge limits logtext logjson haproxy nginx" benches/load/run.sh
+#
 # Pinning (2 cores): with one worker, wrk/iperf3 run on CPU 0 and the proxy
 # on CPU 1; the backends share CPU 0 with the client (direct: the backend on
 # CPU 1 instead). With two workers nothing is pinned and wrk runs 2 threads.
@@ -57,9 +85,12 @@
 # build, and any time spent waiting for the machine to be idle).
 #
 # Environment:
-#   TESTS        "idle ka conn bulk wg" (any subset)
+#   TESTS        "idle ka conn bulk wg" (any subset), and sni (issue 20)
 #   PROXIES      "direct geoedge haproxy nginx" (any subset; ratios need geoedge);
-#                with BASELINE, baseline is added after geoedge when missing
+#                with BASELINE, baseline is added after geoedge when missing;
+#                limits, logtext and logjson (issue 20) need geoedge
+#   LIMITS_ARGS  the limits proxy's extra settings (see above)
+#   LOG_DIR      where logtext and logjson write their access log
 #   WORKERS      "1 2"
 #   REPS         3 rounds; DURATION 10 s (wrk); BULK_DURATION 4 s (iperf3)
 #   CONNS        100 wrk connections; IDLE_CONNS 10000, or fewer when the
@@ -71,7 +102,7 @@
 #                of one (steal time), is marked *, and the medians leave
 #                marked samples out unless all of a measurement's are
 #   PORT_BASE    27400: ports PORT_BASE..PORT_BASE+39 on 127.0.0.1 (+49 with
-#                BASELINE)
+#                BASELINE, +69 with limits, logtext, logjson or sni)
 #   GEOEDGE      a geoedge binary to use instead of building one
 #   GEOEDGE_LABEL what to call that build in the report (default: git describe)
 #   BASELINE     an older geoedge binary to measure beside GEOEDGE, as the
@@ -86,6 +117,14 @@
 #   PIN          1 (default) or 0: no pinning at all
 #   BACKEND_WITH client (default) or proxy: the CPU the backends share with
 #                one worker
+#   PRIO         normal (default) or rr: every process measured runs under
+#                SCHED_RR (chrt -r), proxies, wrk and iperf3 at priority 50,
+#                the backends at 51, so that other work on a shared machine
+#                (builds at normal or lower priority) cannot keep a CPU that
+#                one of them waits for, and a client that busy-waits (wrk
+#                polls while its TLS handshake waits for the server) cannot
+#                keep the backend that shares its CPU from running; samples
+#                are still marked when others use CPU
 #
 # Everything it starts (processes, namespaces, veth and TUN devices, its
 # temporary directory) is removed on exit, on failure and on Ctrl-C, and the
@@ -107,6 +146,9 @@ read -ra TESTS <<<"${TESTS:-$DEFAULT_TESTS}"
 read -ra PROXIES <<<"${PROXIES:-$DEFAULT_PROXIES}"
 read -ra WORKERS <<<"${WORKERS:-$DEFAULT_WORKERS}"
 BASELINE=${BASELINE:-}
+read -ra LIMITS_ARGS <<<"${LIMITS_ARGS:---client-max-connections 1000 --client-rate 1000000/1s}"
+LOG_DIR=${LOG_DIR:-}
+VARIANTS=(limits logtext logjson) # geoedge with one setting more (issue 20)
 OTHER_MAX=25 # % of one core used by other processes that marks a sample as contended
 STEAL_MAX=5 # % of one core taken by the hypervisor (steal time) that marks it too
 CLIENT_CPU=0
@@ -129,12 +171,17 @@ done
 [[ $IDLE_WAIT =~ ^[0-9]+$ ]] || die "IDLE_WAIT must be a number of seconds"
 PORT_SPAN=40 # ports PORT_BASE..PORT_BASE+PORT_SPAN-1; the baseline's are +40..42
 [[ -n $BASELINE ]] && PORT_SPAN=50
+for v in "${VARIANTS[@]}" sni; do has "$v" "${PROXIES[@]}" "${TESTS[@]}" && PORT_SPAN=70; done
 [[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + PORT_SPAN < 32768)) ||
     die "PORT_BASE must leave PORT_BASE..PORT_BASE+$((PORT_SPAN - 1)) between 1024 and 32767 (below the ephemeral range)"
 [[ $DOC == auto || $DOC == 0 || $DOC == 1 ]] || die "DOC takes auto, 0 or 1"
-for t in "${TESTS[@]}"; do has "$t" idle ka conn bulk wg || die "TESTS takes idle, ka, conn, bulk and wg"; done
+for t in "${TESTS[@]}"; do has "$t" idle ka conn bulk wg sni || die "TESTS takes idle, ka, conn, bulk, wg and sni"; done
 for p in "${PROXIES[@]}"; do
-    has "$p" direct geoedge baseline haproxy nginx || die "PROXIES takes direct, geoedge, baseline, haproxy and nginx"
+    has "$p" direct geoedge baseline haproxy nginx "${VARIANTS[@]}" ||
+        die "PROXIES takes direct, geoedge, baseline, haproxy, nginx, limits, logtext and logjson"
+    if has "$p" "${VARIANTS[@]}" && ! has geoedge "${PROXIES[@]}"; then
+        die "the proxy $p is measured against geoedge: add geoedge to PROXIES"
+    fi
 done
 if [[ -n $BASELINE ]]; then
     if ! has baseline "${PROXIES[@]}"; then # after geoedge, else last
@@ -155,7 +202,7 @@ for w in "${WORKERS[@]}"; do [[ $w =~ ^[1-9]$ ]] || die "WORKERS takes worker co
 [[ $EUID -eq 0 ]] || die "must run as root (it raises sysctls and the open-file limit, and creates network namespaces and TUN devices): sudo $0"
 
 missing=()
-for tool in haproxy nginx wrk iperf3 python3 sqlite3 ip ss taskset sysctl pgrep; do
+for tool in haproxy nginx wrk iperf3 python3 sqlite3 ip ss taskset sysctl pgrep $(has sni "${TESTS[@]}" && echo openssl); do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -187,6 +234,18 @@ PIN=${PIN:-1}
 [[ $PIN == 0 || $PIN == 1 ]] || die "PIN takes 0 or 1"
 ((NPROC >= 2)) || PIN=0
 BACKEND_WITH=${BACKEND_WITH:-client}
+PRIO=${PRIO:-normal}
+RT=()
+RT_BACKEND=()
+case $PRIO in
+normal) ;;
+rr)
+    command -v chrt >/dev/null 2>&1 || die "PRIO=rr needs chrt (util-linux)"
+    RT=(chrt -r 50)
+    RT_BACKEND=(chrt -r 51)
+    ;;
+*) die "PRIO takes normal or rr" ;;
+esac
 [[ $BACKEND_WITH == client || $BACKEND_WITH == proxy ]] || die "BACKEND_WITH takes client or proxy"
 
 if [[ -n ${GEOEDGE:-} ]]; then
@@ -247,7 +306,9 @@ NETNS_MADE=0
 B_HTTP=$PORT_BASE
 B_IPERF=$((PORT_BASE + 1))
 B_SINK=$((PORT_BASE + 2))
-declare -A PORT_HTTP PORT_IPERF PORT_IDLE LABEL
+B_TLS_A=$((PORT_BASE + 3)) # the TLS backend the sni test's requests must reach
+B_TLS_B=$((PORT_BASE + 4)) # the TLS backend of names no route matches: answers 421
+declare -A PORT_HTTP PORT_IPERF PORT_IDLE PORT_SNI LABEL
 PORT_HTTP=([direct]=$B_HTTP [geoedge]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
 PORT_IPERF=([direct]=$B_IPERF [geoedge]=$((PORT_BASE + 11)) [haproxy]=$((PORT_BASE + 21)) [nginx]=$((PORT_BASE + 31)))
 PORT_IDLE=([direct]=$B_SINK [geoedge]=$((PORT_BASE + 12)) [haproxy]=$((PORT_BASE + 22)) [nginx]=$((PORT_BASE + 32)))
@@ -259,6 +320,27 @@ if [[ -n $BASELINE ]]; then
     LABEL[baseline]="baseline"
     [[ $BASELINE_REV != baseline ]] && LABEL[baseline]+=" ($BASELINE_REV)"
 fi
+# issue 20: geoedge with limits or the access log on, and the sni test's listeners
+if has sni "${TESTS[@]}"; then
+    PORT_SNI=([direct]=$B_TLS_A [geoedge]=$((PORT_BASE + 13)) [haproxy]=$((PORT_BASE + 23)) [nginx]=$((PORT_BASE + 33)))
+fi
+vi=0
+for v in "${VARIANTS[@]}"; do
+    if has "$v" "${PROXIES[@]}"; then
+        PORT_HTTP[$v]=$((PORT_BASE + 50 + 4 * vi))
+        PORT_IPERF[$v]=$((PORT_BASE + 51 + 4 * vi))
+        PORT_IDLE[$v]=$((PORT_BASE + 52 + 4 * vi))
+        has sni "${TESTS[@]}" && PORT_SNI[$v]=$((PORT_BASE + 53 + 4 * vi))
+    fi
+    vi=$((vi + 1))
+done
+LABEL[limits]="geoedge, limits on"
+LABEL[logtext]="geoedge, access log text"
+LABEL[logjson]="geoedge, access log JSON"
+is_geoedge() { has "$1" geoedge baseline "${VARIANTS[@]}"; } # proxy: a geoedge process?
+sni_for() { # proxy: does the sni test run through it?
+    has sni "${TESTS[@]}" && has "$1" direct geoedge haproxy nginx
+}
 
 stop_pid() { # pid: TERM, wait up to 10 s, then KILL
     local pid=$1 i
@@ -290,6 +372,7 @@ cleanup() {
         sysctl -q -w "$1=$2" >/dev/null
     done
     [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
+    [[ -n ${LOG_DIR:-} ]] && rm -f "$LOG_DIR/access-logtext.log" "$LOG_DIR/access-logjson.log"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -300,6 +383,12 @@ trap 'exit 141' PIPE # a closed output ends the run, with the cleanup
 
 WORK=$(mktemp -d /tmp/geoedge-load.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as an unprivileged user
+LOG_DIR=${LOG_DIR:-$WORK}
+if has logtext "${PROXIES[@]}" || has logjson "${PROXIES[@]}"; then
+    [[ -d $LOG_DIR && -w $LOG_DIR ]] || die "LOG_DIR=$LOG_DIR is not a writable directory"
+    LOG_DIR=$(realpath "$LOG_DIR")
+    LOG_FS=$(findmnt -n -o SOURCE,FSTYPE -T "$LOG_DIR" 2>/dev/null | awk '{print $1 " (" $2 ")"}')
+fi
 
 # --- limits and sysctls ----------------------------------------------------------
 raise_sysctl() { # name value: raise to at least value, restore at exit
@@ -326,7 +415,8 @@ if ((IDLE_CONNS > IDLE_MAX)); then
 fi
 MAXCONN=$(((NOFILE - 100) / 2))
 
-for port in "$B_HTTP" "$B_IPERF" "$B_SINK" "${PORT_HTTP[@]}" "${PORT_IPERF[@]}" "${PORT_IDLE[@]}"; do
+for port in "$B_HTTP" "$B_IPERF" "$B_SINK" "${PORT_HTTP[@]}" "${PORT_IPERF[@]}" "${PORT_IDLE[@]}" \
+    $(has sni "${TESTS[@]}" && echo "$B_TLS_B ${PORT_SNI[*]}"); do
     if [[ -n $(ss -Hltn "( sport = :$port )" 2>/dev/null) ]]; then
         die "port $port on this host is in use; choose another PORT_BASE"
     fi
@@ -483,7 +573,37 @@ nginx_pids() { # master pid: master and workers
     echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"
 }
 
+# The sni test's TLS backends (inside the backend nginx's http block): a
+# self-signed ECDSA P-256 certificate for localhost, no session cache and no
+# tickets, so that every connection is a full handshake.
+tls_backend_conf() {
+    cat <<EOF
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    server {
+        listen 127.0.0.1:$B_TLS_A ssl backlog=65535;
+        location / {
+            return 200 "hello world\n";
+        }
+    }
+    server {
+        listen 127.0.0.1:$B_TLS_B ssl backlog=65535;
+        location / {
+            return 421 "misrouted\n";
+        }
+    }
+EOF
+}
+
 start_backends() {
+    if has sni "${TESTS[@]}"; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+            -keyout "$WORK/tls.key" -out "$WORK/tls.crt" >/dev/null 2>&1 || die "openssl req failed"
+        chmod 644 "$WORK/tls.key"
+    fi
     cat >"$WORK/backend.conf" <<EOF
 # Backend: nginx answering every request with a small body.
 worker_processes 1;
@@ -504,16 +624,21 @@ http {
             return 200 "hello world\n";
         }
     }
+$(has sni "${TESTS[@]}" && tls_backend_conf)
 }
 EOF
     nginx -t -q -p "$WORK/" -e "$WORK/backend-error.log" -c "$WORK/backend.conf" ||
         die "the backend nginx configuration is invalid"
-    nginx -p "$WORK/" -e "$WORK/backend-error.log" -c "$WORK/backend.conf" -g 'daemon off;' \
+    "${RT_BACKEND[@]}" nginx -p "$WORK/" -e "$WORK/backend-error.log" -c "$WORK/backend.conf" -g 'daemon off;' \
         >"$WORK/backend.out" 2>&1 &
     local npid=$!
     PIDS+=("$npid")
     wait_listen "$npid" "$B_HTTP" || die "the backend nginx did not start: $(tail -n 5 "$WORK/backend-error.log" 2>/dev/null)"
-    iperf3 -s -B 127.0.0.1 -p "$B_IPERF" >"$WORK/iperf3-server.log" 2>&1 &
+    if has sni "${TESTS[@]}"; then
+        wait_listen "$npid" "$B_TLS_A" && wait_listen "$npid" "$B_TLS_B" ||
+            die "the TLS backends did not start: $(tail -n 5 "$WORK/backend-error.log" 2>/dev/null)"
+    fi
+    "${RT_BACKEND[@]}" iperf3 -s -B 127.0.0.1 -p "$B_IPERF" >"$WORK/iperf3-server.log" 2>&1 &
     local ipid=$!
     PIDS+=("$ipid")
     wait_listen "$ipid" "$B_IPERF" || die "the iperf3 server did not start: $(tail -n 5 "$WORK/iperf3-server.log")"
@@ -537,6 +662,13 @@ INSERT INTO backends (id, app, region, wg_ip, port, soft_limit, hard_limit)
   VALUES ('http', 'http', 'eu', '127.0.0.1', $B_HTTP, 1000000, 1000000),
          ('iperf', 'iperf', 'eu', '127.0.0.1', $B_IPERF, 1000000, 1000000),
          ('idle', 'idle', 'eu', '127.0.0.1', $B_SINK, 1000000, 1000000);"
+    if sni_for geoedge && [[ $proxy != baseline ]]; then
+        GE_SQL+="
+INSERT INTO backends (id, app, region, wg_ip, port, soft_limit, hard_limit)
+  VALUES ('tlsa', 'tlsa', 'eu', '127.0.0.1', $B_TLS_A, 1000000, 1000000),
+         ('tlsb', 'tlsb', 'eu', '127.0.0.1', $B_TLS_B, 1000000, 1000000);
+INSERT INTO sni_routes (hostname, app) VALUES ('localhost', 'tlsa');"
+    fi
     sqlite3 "$db" "$GE_SQL" || die "writing $db failed"
 }
 
@@ -565,6 +697,22 @@ listen idle
     bind 127.0.0.1:${PORT_IDLE[haproxy]}
     server backend 127.0.0.1:$B_SINK
 EOF
+    sni_for haproxy && cat >>"$WORK/haproxy-$1.cfg" <<EOF
+
+frontend tls
+    bind 127.0.0.1:${PORT_SNI[haproxy]}
+    tcp-request inspect-delay 10s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend tlsa if { req.ssl_sni -i localhost }
+    default_backend tlsb
+
+backend tlsa
+    server backend 127.0.0.1:$B_TLS_A
+
+backend tlsb
+    server backend 127.0.0.1:$B_TLS_B
+EOF
+    return 0
 }
 
 write_nginx_conf() { # workers
@@ -590,7 +738,21 @@ stream {
         listen 127.0.0.1:${PORT_IDLE[nginx]};
         proxy_pass 127.0.0.1:$B_SINK;
     }
+$(sni_for nginx && nginx_sni_conf)
 }
+EOF
+}
+nginx_sni_conf() { # the sni test's server: the ClientHello's name picks the backend
+    cat <<EOF
+    map \$ssl_preread_server_name \$tls_backend {
+        localhost 127.0.0.1:$B_TLS_A;
+        default 127.0.0.1:$B_TLS_B;
+    }
+    server {
+        listen 127.0.0.1:${PORT_SNI[nginx]};
+        ssl_preread on;
+        proxy_pass \$tls_backend;
+    }
 EOF
 }
 
@@ -617,6 +779,12 @@ geoedge_cmd() { # workers [proxy]: the command line of geoedge run (or of the ba
     # server can take the place of a test's control connection).
     [[ $GE_HELP == *--max-connections* ]] && GE_CMD+=(--max-connections "$MAXCONN")
     [[ $GE_HELP == *--health-check-interval* ]] && GE_CMD+=(--health-check-interval off)
+    # issue 20: the same in every member of the geoedge family but the baseline
+    sni_for geoedge && [[ $proxy != baseline ]] && GE_CMD+=(--sni-listen "tlsb=127.0.0.1:${PORT_SNI[$proxy]}")
+    case $proxy in
+    limits) GE_CMD+=("${LIMITS_ARGS[@]}") ;;
+    logtext | logjson) GE_CMD+=(--access-log "$LOG_DIR/access-$proxy.log" --access-log-format "${proxy#log}") ;;
+    esac
     return 0
 }
 
@@ -630,9 +798,9 @@ start_proxy() {
     ((w == 1 && PIN)) && pin=(taskset -c "$PROXY_CPU")
     PROXY_LOG=$WORK/$proxy-$w.log
     case $proxy in
-    geoedge | baseline)
+    geoedge | baseline | limits | logtext | logjson)
         geoedge_cmd "$w" "$proxy"
-        "${GE_CMD[@]}" >"$PROXY_LOG" 2>&1 &
+        "${RT[@]}" "${GE_CMD[@]}" >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
     haproxy)
@@ -641,11 +809,11 @@ start_proxy() {
             sed 's/^/   | /' "$PROXY_LOG" >&2
             return 1
         }
-        "${pin[@]}" haproxy -f "$WORK/haproxy-$w.cfg" -db >"$PROXY_LOG" 2>&1 &
+        "${RT[@]}" "${pin[@]}" haproxy -f "$WORK/haproxy-$w.cfg" -db >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
     nginx)
-        "${pin[@]}" nginx -p "$WORK/" -e "$WORK/nginx-stream-error.log" -c "$WORK/nginx-stream-$w.conf" \
+        "${RT[@]}" "${pin[@]}" nginx -p "$WORK/" -e "$WORK/nginx-stream-error.log" -c "$WORK/nginx-stream-$w.conf" \
             -g 'daemon off;' >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
@@ -653,7 +821,9 @@ start_proxy() {
     PIDS+=("$pid")
     PROXY_MAIN=$pid
     local port
-    for port in "${PORT_HTTP[$proxy]}" "${PORT_IPERF[$proxy]}" "${PORT_IDLE[$proxy]}"; do
+    local ports=("${PORT_HTTP[$proxy]}" "${PORT_IPERF[$proxy]}" "${PORT_IDLE[$proxy]}")
+    [[ -n ${PORT_SNI[$proxy]:-} ]] && ports+=("${PORT_SNI[$proxy]}")
+    for port in "${ports[@]}"; do
         if ! wait_listen "$pid" "$port"; then
             echo "   $proxy did not start listening on $port:" >&2
             tail -n 10 "$PROXY_LOG" "$WORK/nginx-stream-error.log" 2>/dev/null | sed 's/^/   | /' >&2
@@ -689,10 +859,13 @@ ms() { # wrk latency (e.g. 612.00us, 1.20ms, 1.05s) in ms
 # test workers proxy: one wrk run (keep-alive or Connection: close)
 run_wrk() {
     local test=$1 w=$2 proxy=$3 hdr=() out=$WORK/wrk.out rc rps reqs p50 p99 errs cpu100k
-    [[ $test == conn ]] && hdr=(-H 'Connection: close')
+    local url="http://127.0.0.1:${PORT_HTTP[$proxy]}/"
+    [[ $test == conn || $test == sni ]] && hdr=(-H 'Connection: close')
+    # sni: the name localhost (127.0.0.1 in /etc/hosts) is the ClientHello's server name
+    [[ $test == sni ]] && url="https://localhost:${PORT_SNI[$proxy]}/"
     sample_begin
-    "${CLIENT[@]}" wrk -t "$w" -c "$CONNS" -d "${DURATION}s" --latency "${hdr[@]}" \
-        "http://127.0.0.1:${PORT_HTTP[$proxy]}/" >"$out" 2>&1
+    "${RT[@]}" "${CLIENT[@]}" wrk -t "$w" -c "$CONNS" -d "${DURATION}s" --latency "${hdr[@]}" \
+        "$url" >"$out" 2>&1
     rc=$?
     sample_end
     rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
@@ -709,6 +882,7 @@ run_wrk() {
     p50=$(ms "$p50")
     p99=$(ms "$p99")
     cpu100k=$(awk -v s="$S_PROXY" -v n="$reqs" 'BEGIN {printf "%.3f", s / n * 100000}')
+    WRK_REQS=$reqs
     add "$test|rps|$w|$proxy" "$rps" "$S_MARK"
     add "$test|p50|$w|$proxy" "$p50" "$S_MARK"
     add "$test|p99|$w|$proxy" "$p99" "$S_MARK"
@@ -745,7 +919,7 @@ iperf_once() {
 
 run_bulk() { # workers proxy
     local w=$1 proxy=$2 streams dir args
-    IPERF_PREFIX=("${CLIENT[@]}")
+    IPERF_PREFIX=("${RT[@]}" "${CLIENT[@]}")
     for streams in 1 4; do
         for dir in up down; do
             args=(-P "$streams")
@@ -816,12 +990,20 @@ run_config() {
         FAILS+=("W=$w $proxy round $round: start failed")
         return 1
     fi
-    for t in idle ka conn bulk; do
+    local made=0 lines
+    for t in idle ka conn bulk sni; do
         has "$t" "${TESTS[@]}" || continue
+        [[ $t == sni ]] && ! sni_for "$proxy" && continue
+        WRK_REQS=0
         case $t in
         idle) run_idle "$w" "$proxy" ;;
-        ka | conn) run_wrk "$t" "$w" "$proxy" ;;
+        ka | conn | sni) run_wrk "$t" "$w" "$proxy" ;;
         bulk) run_bulk "$w" "$proxy" ;;
+        esac
+        # connections wrk completed: one per request with Connection: close
+        case $t in
+        ka) made=$((made + CONNS)) ;;
+        conn) made=$((made + WRK_REQS)) ;;
         esac
         if [[ -n $PROXY_MAIN ]] && ! kill -0 "$PROXY_MAIN" 2>/dev/null; then
             echo "   $proxy exited:" >&2
@@ -832,6 +1014,17 @@ run_config() {
         sleep 0.5
     done
     stop_proxy
+    if [[ $proxy == logtext || $proxy == logjson ]]; then
+        # geoedge flushed its log at shutdown: one line per connection
+        lines=$(wc -l <"$LOG_DIR/access-$proxy.log" 2>/dev/null || echo 0)
+        add "log|lines|$w|$proxy" "$lines" ""
+        add "log|made|$w|$proxy" "$made" ""
+        add "log|bytes|$w|$proxy" "$(stat -c %s "$LOG_DIR/access-$proxy.log" 2>/dev/null || echo 0)" ""
+        echo "   access log: $lines lines for about $made connections (wrk's; idle and bulk not counted)"
+        [[ $proxy == logjson && $round == 1 ]] && head -n 1 "$LOG_DIR/access-$proxy.log" >"$WORK/logjson.sample"
+        [[ $proxy == logtext && $round == 1 ]] && head -n 1 "$LOG_DIR/access-$proxy.log" >"$WORK/logtext.sample"
+        rm -f "$LOG_DIR/access-$proxy.log"
+    fi
 }
 
 # --- (f) the WireGuard path ---------------------------------------------------------------
@@ -1011,6 +1204,7 @@ for t in "${TESTS[@]}"; do [[ $t != wg ]] && LOCAL_TESTS+=("$t"); done
 if ((${#LOCAL_TESTS[@]})); then
     write_geoedge_db
     [[ -n $BASELINE ]] && write_geoedge_db baseline
+    for v in "${VARIANTS[@]}"; do has "$v" "${PROXIES[@]}" && write_geoedge_db "$v"; done
     for w in "${WORKERS[@]}"; do
         write_haproxy_conf "$w"
         write_nginx_conf "$w"
@@ -1024,12 +1218,15 @@ if ((${#LOCAL_TESTS[@]})); then
     [[ -n $BASELINE ]] && echo "   baseline: $BASELINE ($BASELINE_REV), against geoedge $GEOEDGE ($GEOEDGE_REV)"
     for ((round = 1; round <= REPS; round++)); do
         order=("${PROXIES[@]}")
-        if [[ -n $BASELINE ]] && ((round % 2 == 0)); then # the baseline first in even rounds
+        if ((round % 2 == 0)); then # the geoedge family in reverse order in even rounds
+            fam=()
+            for p in "${order[@]}"; do is_geoedge "$p" && fam=("$p" "${fam[@]}"); done
+            k=0
             for i in "${!order[@]}"; do
-                case ${order[i]} in
-                geoedge) order[i]=baseline ;;
-                baseline) order[i]=geoedge ;;
-                esac
+                if is_geoedge "${order[i]}"; then
+                    order[i]=${fam[k]}
+                    k=$((k + 1))
+                fi
             done
         fi
         for w in "${WORKERS[@]}"; do
@@ -1086,6 +1283,7 @@ ratio_rows() { # test workers ncols metrics...: the geoedge/peer rows of a table
     has geoedge "${PROXIES[@]}" || return 0
     for peer in baseline haproxy nginx direct; do
         has "$peer" "${PROXIES[@]}" || continue
+        [[ $test == sni ]] && ! sni_for "$peer" && continue
         row="| $w | geoedge/${LABEL[$peer]%% *}"
         for m in "$@"; do
             if [[ $m == _ ]]; then
@@ -1102,6 +1300,13 @@ report_wrk() { # test
     local test=$1 w p
     if [[ $test == ka ]]; then
         echo "### (a) Keep-alive requests: wrk, $CONNS connections, $DURATION s"
+    elif [[ $test == sni ]]; then
+        echo "### (g) TLS new connections through SNI routing: wrk over https with \`Connection: close\`, $CONNS connections, $DURATION s"
+        echo
+        echo "Every connection a full TLS handshake with the backend nginx (ECDSA P-256, no session cache or tickets),"
+        echo "the server name \`localhost\` routed by the proxy's reading of the ClientHello (geoedge \`--sni-listen\` and"
+        echo "routing.db \`sni_routes\`, HAProxy \`req.ssl_sni\`, nginx \`ssl_preread\` and a \`map\`); a misrouted"
+        echo "connection reaches a backend answering 421 and counts as an error. Direct: wrk to the TLS backend."
     else
         echo "### (b) New connections: wrk with \`Connection: close\`, $CONNS connections, $DURATION s"
     fi
@@ -1113,11 +1318,21 @@ report_wrk() { # test
     echo
     echo "| workers | proxy | requests/s | p50 ms | p99 ms | proxy CPU s / 100k requests | proxy CPU % of a core | errors |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    local v
     for w in "${WORKERS[@]}"; do
         for p in "${PROXIES[@]}"; do
+            [[ $test == sni ]] && ! sni_for "$p" && continue
             echo "| $w | ${LABEL[$p]} | $(cell "$test|rps|$w|$p" 0 s) | $(cell "$test|p50|$w|$p" 3) | $(cell "$test|p99|$w|$p" 3) | $(cell "$test|cpu|$w|$p" 3) | $(cell "$test|pcpu|$w|$p" 0) | $(cell "$test|errors|$w|$p" 0) |"
         done
         ratio_rows "$test" "$w" rps p50 p99 cpu pcpu _
+        for v in $(proxies_in "${VARIANTS[@]}"); do
+            [[ $test == sni ]] && continue
+            row="| $w | $v/geoedge"
+            for m in rps p50 p99 cpu pcpu; do
+                row+=" | $(ratio "$(med "$test|$m|$w|$v")" "$(med "$test|$m|$w|geoedge")")"
+            done
+            echo "$row |  |"
+        done
     done
     echo
 }
@@ -1249,6 +1464,77 @@ report_baseline() {
     echo
 }
 
+# issue 20: one row of report_variants: label workers key better(max|min) decimals variant goal
+# goal: "spread" (no worse than the larger spread), a fraction like 0.97 (the
+# variant over geoedge at least that, or at most 1/that for min), or - (no goal)
+variant_row() {
+    local label=$1 w=$2 key=$3 better=$4 dec=$5 v=$6 goal=$7 ge vv sg sv r verdict
+    ge=$(med_all "$key|$w|geoedge")
+    vv=$(med_all "$key|$w|$v")
+    [[ $ge == - || $vv == - ]] && return 0
+    sg=$(spread "$key|$w|geoedge")
+    sv=$(spread "$key|$w|$v")
+    r=$(ratio "$vv" "$ge")
+    verdict=$(awk -v g="$ge" -v x="$vv" -v sg="$sg" -v sv="$sv" -v better="$better" -v goal="$goal" 'BEGIN {
+        if (g + 0 == 0 || goal == "-") { print "-"; exit }
+        r = x / g
+        if (goal == "spread") { lim = 1 - ((sg > sv) ? sg : sv) / 100; text = "within the spread" }
+        else { lim = goal + 0; text = sprintf("≥ %.2f", lim) }
+        if (better == "min") ok = (r <= 2 - lim); else ok = (r >= lim)
+        printf "%s: %s\n", text, ok ? "met" : "**not met**" }')
+    [[ $verdict == *"not met"* ]] && VAR_MISSED+=("$label, ${LABEL[$v]} ($w worker$( ((w > 1)) && echo s)): $r")
+    echo "| $label | $w | $(fmt "$vv" "$dec") | $(fmt "$ge" "$dec") | $r | $(round_ratios "$key|$w|$v" "$key|$w|geoedge") | $sv% | $sg% | $verdict |"
+}
+
+VAR_MISSED=()
+report_variants() {
+    local v w goal
+    [[ -n $(proxies_in "${VARIANTS[@]}") ]] || return 0
+    echo "### geoedge with limits or the access log on, against geoedge (issue 20)"
+    echo
+    echo "Each the same build and command line as geoedge plus one setting (below), measured in the same $REPS rounds"
+    echo "(the geoedge family in reverse order in even rounds). Medians of all samples, marked ones included, so"
+    echo "that both sides count the same rounds; round by round: the variant's sample over geoedge's of the same"
+    echo "round, median [smallest–largest]; spread: (largest − smallest) / median over the rounds. Goals: limits"
+    echo "on, keep-alive requests/s within the spread (no further below 1 than the larger spread) and new"
+    echo "connections/s at most 3% below; the access log on, new connections/s at most 5% below."
+    echo
+    echo "| measurement | workers | variant | geoedge | variant/geoedge | round by round | spread variant | spread geoedge | goal |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+    for v in $(proxies_in "${VARIANTS[@]}"); do
+        for w in "${WORKERS[@]}"; do
+            if has ka "${TESTS[@]}"; then
+                goal=-
+                [[ $v == limits ]] && goal=spread
+                variant_row "${LABEL[$v]}: keep-alive requests/s" "$w" "ka|rps" max 0 "$v" "$goal"
+                variant_row "${LABEL[$v]}: keep-alive p99 ms" "$w" "ka|p99" min 3 "$v" -
+                variant_row "${LABEL[$v]}: keep-alive CPU s / 100k requests" "$w" "ka|cpu" min 3 "$v" -
+            fi
+            if has conn "${TESTS[@]}"; then
+                goal=0.95
+                [[ $v == limits ]] && goal=0.97
+                variant_row "${LABEL[$v]}: new connections/s" "$w" "conn|rps" max 0 "$v" "$goal"
+                variant_row "${LABEL[$v]}: new connections p99 ms" "$w" "conn|p99" min 3 "$v" -
+                variant_row "${LABEL[$v]}: new connections CPU s / 100k" "$w" "conn|cpu" min 3 "$v" -
+            fi
+        done
+    done
+    echo
+    if ((${#VAR_MISSED[@]})); then
+        echo "Goals not met: $(printf '%s; ' "${VAR_MISSED[@]}" | sed 's/; $/./')"
+    else
+        echo "Goals not met: none."
+    fi
+    echo
+    for v in logtext logjson; do
+        has "$v" "${PROXIES[@]}" || continue
+        for w in "${WORKERS[@]}"; do
+            echo "${LABEL[$v]}, $w worker$( ((w > 1)) && echo s): access-log lines written per round $(samples "log|lines|$w|$v" 0), connections wrk completed $(samples "log|made|$w|$v" 0) (keep-alive: $CONNS; new connections: one per request), file size in bytes $(samples "log|bytes|$w|$v" 0)."
+            echo
+        done
+    done
+}
+
 # kernel memory of the proxy's own part: slab per proxied connection less the
 # direct connection's (client and backend sockets)
 kernel_own() { # workers proxy
@@ -1290,11 +1576,11 @@ report_cpu() {
     echo
     echo "CPU seconds (user + system, all the proxy's threads and processes) per 100,000 requests, from (a) and (b)."
     echo
-    echo "| workers | proxy | keep-alive requests | new connections |"
-    echo "|---|---|---:|---:|"
+    echo "| workers | proxy | keep-alive requests | new connections |$(has sni "${TESTS[@]}" && echo " TLS new connections (sni) |")"
+    echo "|---|---|---:|---:|$(has sni "${TESTS[@]}" && echo "---:|")"
     for w in "${WORKERS[@]}"; do
-        for p in $(proxies_in geoedge baseline haproxy nginx); do
-            echo "| $w | ${LABEL[$p]} | $(cell "ka|cpu|$w|$p" 3) | $(cell "conn|cpu|$w|$p" 3) |"
+        for p in $(proxies_in geoedge "${VARIANTS[@]}" baseline haproxy nginx); do
+            echo "| $w | ${LABEL[$p]} | $(cell "ka|cpu|$w|$p" 3) | $(cell "conn|cpu|$w|$p" 3) |$(has sni "${TESTS[@]}" && echo " $(cell "sni|cpu|$w|$p" 3) |")"
         done
         if has geoedge "${PROXIES[@]}"; then
             for p in $(proxies_in baseline haproxy nginx); do
@@ -1463,14 +1749,20 @@ report() {
     echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'),"
     echo "$(iperf3 --version 2>&1 | head -n 1 | sed 's/ (cJSON.*//'), Python $(python3 -c 'import platform; print(platform.python_version())'),"
     echo "TCP congestion control $(sysctl -n net.ipv4.tcp_congestion_control), open-file limit $NOFILE."
+    [[ $PRIO == rr ]] && echo "PRIO=rr: proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51."
     ((GE_WORKERS_FLAG)) || echo "geoedge had no \`--workers\` flag yet: $GE_NOTE."
     [[ -n $IDLE_NOTE ]] && echo "Idle connections: $IDLE_NOTE."
     [[ -n $BASELINE ]] && echo "Baseline: $BASELINE ($BASELINE_REV), started like geoedge; the wg test uses geoedge only."
+    if has logtext "${PROXIES[@]}" || has logjson "${PROXIES[@]}"; then
+        echo "Access logs: files in $LOG_DIR, on $LOG_FS, emptied after each configuration."
+    fi
     echo
     report_baseline
+    report_variants
     report_targets
     has ka "${TESTS[@]}" && report_wrk ka
     has conn "${TESTS[@]}" && report_wrk conn
+    has sni "${TESTS[@]}" && report_wrk sni
     has bulk "${TESTS[@]}" && report_bulk
     has idle "${TESTS[@]}" && report_idle
     if has ka "${TESTS[@]}" || has conn "${TESTS[@]}"; then report_cpu; fi
@@ -1504,6 +1796,16 @@ report() {
             echo '```'
             echo
         fi
+        for v in $(proxies_in "${VARIANTS[@]}"); do
+            geoedge_cmd "${WORKERS[0]}" "$v"
+            echo "${LABEL[$v]}:"
+            echo
+            echo '```'
+            echo "${GE_CMD[*]}" | sed -e "s|$WORK|\$WORK|g" -e "s|$GEOEDGE|geoedge|"
+            echo '```'
+            echo
+            [[ -s $WORK/$v.sample ]] && echo "A line: \`$(cat "$WORK/$v.sample")\`" && echo
+        done
         if has baseline "${PROXIES[@]}"; then
             geoedge_cmd "${WORKERS[0]}" baseline
             echo "baseline (the same rows in its own routing.db):"
