@@ -384,15 +384,9 @@ fn limit_client(
     ip: IpAddr,
     now: Instant,
 ) -> bool {
+    let policy = options.client_policy();
     let snapshot = table.snapshot_guard();
-    let app_limits = snapshot.app_limits(app.as_str());
-    if app_limits.is_none()
-        && options.client_max_connections.is_none()
-        && options.client_rate.is_none()
-    {
-        return true;
-    }
-    match clients.admit(options, app, app_limits, ip, now) {
+    match clients.admit(&policy, app, snapshot.app_limits(app.as_str()), ip, now) {
         Ok(guard) => {
             let guard = guard.map(Box::new);
             std::hint::black_box(&guard);

@@ -298,6 +298,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         let snapshot = self.router.table().snapshot_guard();
         let app_limits = snapshot.app_limits(app.as_str());
         if app_limits.is_none() && policy.is_off() {
+            // No limit anywhere: not even the clock is read.
             return Ok(None);
         }
         match self
