@@ -739,5 +739,15 @@ pub fn installed(conn: &Connection) -> rusqlite::Result<Vec<String>> {
         .collect()
 }
 
+/// Drops every geoedge trigger of the open database (as a file written by
+/// a tool that bypasses them would be); returns how many there were.
+pub fn remove(conn: &Connection) -> rusqlite::Result<usize> {
+    let names = installed(conn)?;
+    for name in &names {
+        conn.execute_batch(&format!("DROP TRIGGER \"{name}\";"))?;
+    }
+    Ok(names.len())
+}
+
 #[cfg(test)]
 mod tests;
