@@ -124,7 +124,7 @@ impl Present {
     /// Every table and column of the shipped schema.
     pub fn full() -> Present {
         let conn = Connection::open_in_memory().expect("in-memory SQLite opens");
-        conn.execute_batch(crate::loader::SCHEMA_SQL)
+        conn.execute_batch(include_str!("../schema.sql"))
             .expect("the shipped schema is valid SQL");
         Present::read(&conn).expect("the shipped schema reads back")
     }
@@ -214,8 +214,10 @@ fn country_bad(x: &str, null_ok: bool) -> String {
 fn region_unknown(x: &str, p: &Present) -> String {
     let tx = t(x);
     if p.has("regions", &["id"]) {
+        // The primary key's index first: a full scan only for an id
+        // that is not written exactly.
         format!(
-            "NOT EXISTS (SELECT 1 FROM regions WHERE typeof(id) = 'text' AND {} = {tx})",
+            "(NOT EXISTS (SELECT 1 FROM regions WHERE id = {tx}) AND NOT EXISTS (SELECT 1 FROM regions WHERE typeof(id) = 'text' AND {} = {tx}))",
             t("id")
         )
     } else {
@@ -249,7 +251,7 @@ fn app_unknown(key: &str, except: Option<&str>, p: &Present) -> String {
     );
     if p.has("apps", &["app"]) {
         s.push_str(&format!(
-            " AND NOT EXISTS (SELECT 1 FROM apps WHERE typeof(app) = 'text' AND {} = {key})",
+            " AND NOT EXISTS (SELECT 1 FROM apps WHERE app = {key}) AND NOT EXISTS (SELECT 1 FROM apps WHERE typeof(app) = 'text' AND {} = {key})",
             t("app")
         ));
     }
@@ -258,16 +260,30 @@ fn app_unknown(key: &str, except: Option<&str>, p: &Present) -> String {
 
 /// True when another row of `table` has the key `key(NEW)` while not the
 /// same `col` exactly (an exact duplicate is the primary key's to refuse,
-/// or replaces the row).
-fn duplicate(table: &str, col: &str, key: impl Fn(&str) -> String, event: Event) -> String {
+/// or replaces the row). With `only_unlike`, only a new value unlike its
+/// key (padded with white space) is looked for, so that a table written
+/// row by row is not scanned for each row: a clean value next to a padded
+/// one is left to geoedge.
+fn duplicate(
+    table: &str,
+    col: &str,
+    key: impl Fn(&str) -> String,
+    only_unlike: bool,
+    event: Event,
+) -> String {
     let other = match event {
         Event::Update => " AND rowid <> OLD.rowid",
         _ => "",
     };
+    let new_key = key(&format!("NEW.{col}"));
+    let unlike = if only_unlike {
+        format!(" AND NEW.{col} <> {new_key}")
+    } else {
+        String::new()
+    };
     format!(
-        "(typeof(NEW.{col}) = 'text' AND EXISTS (SELECT 1 FROM {table} WHERE typeof({col}) = 'text' AND {col} <> NEW.{col} AND {} = {}{other}))",
+        "(typeof(NEW.{col}) = 'text'{unlike} AND EXISTS (SELECT 1 FROM {table} WHERE typeof({col}) = 'text' AND {col} <> NEW.{col} AND {} = {new_key}{other}))",
         key(col),
-        key(&format!("NEW.{col}"))
     )
 }
 
@@ -306,7 +322,7 @@ pub fn rules(p: &Present) -> Vec<Rule> {
         columns: &["id"],
         when: [Event::Insert, Event::Update]
             .into_iter()
-            .map(|e| (e, duplicate("backends", "id", t, e)))
+            .map(|e| (e, duplicate("backends", "id", t, true, e)))
             .collect(),
         message: "backends.id is another row's id but for white space (duplicate backend id)",
     });
@@ -468,7 +484,7 @@ pub fn rules(p: &Present) -> Vec<Rule> {
         columns: &["id"],
         when: [Event::Insert, Event::Update]
             .into_iter()
-            .map(|e| (e, duplicate("regions", "id", t, e)))
+            .map(|e| (e, duplicate("regions", "id", t, true, e)))
             .collect(),
         message: "regions.id is another row's id but for white space (duplicate region id)",
     });
@@ -561,6 +577,7 @@ pub fn rules(p: &Present) -> Vec<Rule> {
                         "country_regions",
                         "country",
                         |x| format!("upper({})", t(x)),
+                        false,
                         e,
                     ),
                 )
@@ -627,7 +644,7 @@ pub fn rules(p: &Present) -> Vec<Rule> {
         columns: &["app"],
         when: [Event::Insert, Event::Update]
             .into_iter()
-            .map(|e| (e, duplicate("apps", "app", t, e)))
+            .map(|e| (e, duplicate("apps", "app", t, true, e)))
             .collect(),
         message: "apps.app is another row's app but for white space (duplicate app)",
     });
