@@ -321,7 +321,7 @@ fn db_migrate_upgrades_a_version_1_file_once() {
     // bypasses the triggers, a row error of `db check`.
     let e = sqlite3_refused(
         &db,
-        "INSERT INTO sni_routes VALUES ('Shop.example.com', 'shop');",
+        "INSERT INTO sni_routes VALUES ('Shop.example.com', 'web');",
     );
     assert!(
         e.contains("sni_routes.hostname must be a lower-case name"),
