@@ -1,4 +1,4 @@
--- geoedge routing.db schema, version 2 (PRAGMA user_version = 2).
+-- geoedge routing.db schema, version 3 (PRAGMA user_version = 3).
 --
 -- Operators edit this database with the sqlite3 CLI while geoedge runs; every
 -- committed change is validated whole and applied within a second, and an
@@ -6,6 +6,11 @@
 -- An edgeProxy routing.db (a `backends` table without country and
 -- coordinates, and no `regions` or `country_regions` tables, user_version 0)
 -- loads unchanged: geoedge then uses its built-in regions and country map.
+--
+-- Version 3 adds triggers (geoedge_*) that make SQLite itself refuse an
+-- edit geoedge would refuse, a row at a time: `geoedge db init` creates
+-- them with these tables and `geoedge db migrate` adds them to an older
+-- file (routing/src/triggers.rs; docs/routing.md lists the rules).
 
 CREATE TABLE IF NOT EXISTS backends (
   id         TEXT PRIMARY KEY,
@@ -68,4 +73,4 @@ CREATE TABLE IF NOT EXISTS sni_routes (
   app      TEXT NOT NULL
 );
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

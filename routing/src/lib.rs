@@ -47,6 +47,8 @@ pub mod loader;
 #[cfg(feature = "sqlite")]
 pub mod migrate;
 #[cfg(feature = "sqlite")]
+pub mod triggers;
+#[cfg(feature = "sqlite")]
 pub mod watcher;
 
 pub use bindings::{

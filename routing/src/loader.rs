@@ -481,6 +481,7 @@ pub fn init(path: &Path, sample: bool) -> Result<(), LoadError> {
     let tx = conn.transaction().map_err(|e| LoadError::sqlite(path, e))?;
     tx.execute_batch(SCHEMA_SQL)
         .map_err(|e| LoadError::sqlite(path, e))?;
+    crate::triggers::install(&tx).map_err(|e| LoadError::sqlite(path, e))?;
     if sample {
         tx.execute_batch(SAMPLE_SQL)
             .map_err(|e| LoadError::sqlite(path, e))?;
@@ -500,6 +501,7 @@ pub fn sample() -> RawTable {
     let tx = conn.transaction().expect("in-memory transaction");
     tx.execute_batch(SCHEMA_SQL)
         .expect("shipped schema is valid SQL");
+    crate::triggers::install(&tx).expect("the shipped schema's triggers are valid SQL");
     tx.execute_batch(SAMPLE_SQL)
         .expect("shipped sample is valid SQL");
     tx.commit().expect("in-memory commit");

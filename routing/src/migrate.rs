@@ -2,7 +2,10 @@
 //! [`SCHEMA_VERSION`].
 //!
 //! Migrating adds only the tables a newer schema has that are optional and
-//! whose absence means "none": `apps` and `sni_routes` (version 2). It never
+//! whose absence means "none": `apps` and `sni_routes` (version 2), and the
+//! triggers that refuse, in SQLite itself, the edits geoedge would refuse
+//! (version 3, [`crate::triggers`]): those of the tables and columns the
+//! file has once its tables are added. It never
 //! adds `regions` or `country_regions`, whose absence means the built-in
 //! regions and country map (an edgeProxy file, version 0, or a hand-made
 //! version 1 file without them): empty ones would change routing. Columns
@@ -45,6 +48,8 @@ pub struct Migrated {
     pub backup: Option<PathBuf>,
     /// The tables created (those of [`ADDED_TABLES`] the file lacked).
     pub created: Vec<&'static str>,
+    /// The triggers created ([`crate::triggers`]).
+    pub triggers: Vec<String>,
 }
 
 impl Migrated {
@@ -105,6 +110,7 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
             to: from,
             backup: None,
             created: Vec::new(),
+            triggers: Vec::new(),
         });
     }
     if !(0..SCHEMA_VERSION).contains(&from) {
@@ -142,11 +148,12 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
     // A migration that fails from here changed nothing: the backup it
     // just made goes too, so that it can be retried.
     match upgrade(&mut conn, path, from) {
-        Ok(created) => Ok(Migrated {
+        Ok((created, triggers)) => Ok(Migrated {
             from,
             to: SCHEMA_VERSION,
             backup: Some(backup),
             created,
+            triggers,
         }),
         Err(e) => {
             let _ = std::fs::remove_file(&backup);
@@ -155,9 +162,13 @@ pub fn migrate(path: &Path) -> Result<Migrated, LoadError> {
     }
 }
 
-/// Creates the missing tables and sets `user_version`, in one write
-/// transaction, if the file is still at version `from`.
-fn upgrade(conn: &mut Connection, path: &Path, from: i64) -> Result<Vec<&'static str>, LoadError> {
+/// Creates the missing tables and the triggers and sets `user_version`,
+/// in one write transaction, if the file is still at version `from`.
+fn upgrade(
+    conn: &mut Connection,
+    path: &Path,
+    from: i64,
+) -> Result<(Vec<&'static str>, Vec<String>), LoadError> {
     let sqlite = |e: rusqlite::Error| LoadError::sqlite(path, e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -187,10 +198,11 @@ fn upgrade(conn: &mut Connection, path: &Path, from: i64) -> Result<Vec<&'static
         tx.execute_batch(&sql).map_err(sqlite)?;
         created.push(table);
     }
+    let triggers = crate::triggers::install(&tx).map_err(sqlite)?;
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
         .map_err(sqlite)?;
     tx.commit().map_err(sqlite)?;
-    Ok(created)
+    Ok((created, triggers))
 }
 
 #[cfg(test)]
@@ -260,6 +272,9 @@ mod tests {
         assert_eq!(m.from, 1);
         assert_eq!(m.to, SCHEMA_VERSION);
         assert_eq!(m.created, ["apps", "sni_routes"]);
+        assert!(m
+            .triggers
+            .contains(&"geoedge_backends_limits_update".to_owned()));
         let backup = m.backup.unwrap();
         assert_eq!(backup, dir.path().join("routing.db.bak-v1"));
         assert_eq!(loader::load(&backup).unwrap().schema_version, 1);
@@ -278,6 +293,20 @@ mod tests {
             .unwrap();
         let raw = loader::load(&p).unwrap();
         assert_eq!((raw.apps.len(), raw.sni_routes.len()), (1, 1));
+        // The triggers refuse what geoedge would.
+        let e = Connection::open(&p)
+            .unwrap()
+            .execute_batch("UPDATE backends SET soft_limit = 50")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("backends.soft_limit is above hard_limit"),
+            "{e}"
+        );
+        assert_eq!(
+            crate::triggers::installed(&Connection::open(&backup).unwrap()).unwrap(),
+            Vec::<String>::new()
+        );
         assert!(loader::check(&p).unwrap().is_empty());
         // Again: nothing to do.
         let again = migrate(&p).unwrap();
@@ -286,13 +315,53 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_file_gains_the_triggers() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = SCHEMA_SQL.replace(
+            &format!("PRAGMA user_version = {SCHEMA_VERSION};"),
+            "PRAGMA user_version = 2;",
+        );
+        let p = make(dir.path(), "routing.db", &v2);
+        Connection::open(&p)
+            .unwrap()
+            .execute_batch(crate::loader::SAMPLE_SQL)
+            .unwrap();
+        let m = migrate(&p).unwrap();
+        assert_eq!((m.from, m.to), (2, SCHEMA_VERSION));
+        assert!(m.created.is_empty());
+        let conn = Connection::open(&p).unwrap();
+        let mut installed = crate::triggers::installed(&conn).unwrap();
+        installed.sort();
+        let mut made = m.triggers.clone();
+        made.sort();
+        assert_eq!(installed, made);
+        // A new file has the same triggers.
+        let fresh = dir.path().join("fresh.db");
+        loader::init(&fresh, false).unwrap();
+        let conn = Connection::open(&fresh).unwrap();
+        assert_eq!(crate::triggers::installed(&conn).unwrap(), installed);
+        assert!(migrate(&p).unwrap().is_noop());
+        assert!(migrate(&fresh).unwrap().is_noop());
+    }
+
+    #[test]
     fn an_edgeproxy_file_keeps_the_built_in_regions() {
         let dir = tempfile::tempdir().unwrap();
         let p = make(dir.path(), "edge.db", SCHEMA_V0);
         let m = migrate(&p).unwrap();
         assert_eq!((m.from, m.created.len()), (0, 2));
-        assert_eq!(m.backup.unwrap(), dir.path().join("edge.db.bak-v0"));
+        assert_eq!(
+            m.backup.as_ref().unwrap(),
+            &dir.path().join("edge.db.bak-v0")
+        );
         assert_eq!(tables(&p), ["apps", "backends", "sni_routes"]);
+        assert!(!m.triggers.is_empty());
+        assert!(!m.triggers.iter().any(|t| t.contains("country")));
+        let e = Connection::open(&p)
+            .unwrap()
+            .execute_batch("UPDATE backends SET port = 0")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("backends.port must be"), "{e}");
         let raw = loader::load(&p).unwrap();
         assert!(raw.regions.is_none() && raw.country_regions.is_none());
         let s = crate::snapshot::build(&raw, |_| Default::default()).unwrap();

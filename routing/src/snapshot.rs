@@ -32,7 +32,7 @@ pub(crate) use sni::SniRoutes;
 pub use sni::{MAX_HOSTNAME, MAX_LABEL};
 
 /// The newest routing.db schema version this build understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Largest accepted limit or weight; keeps `active × soft × weight` in `u64`.
 pub const MAX_LIMIT: i64 = 1 << 24;

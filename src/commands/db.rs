@@ -101,7 +101,7 @@ pub fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
             m.to
         ),
         Some(backup) => println!(
-            "{}: migrated from schema version {} to {} (backup: {}); created tables: {}",
+            "{}: migrated from schema version {} to {} (backup: {}); created tables: {}; created triggers: {}",
             path.display(),
             m.from,
             m.to,
@@ -110,7 +110,8 @@ pub fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
                 "none".to_owned()
             } else {
                 m.created.join(", ")
-            }
+            },
+            m.triggers.len()
         ),
     }
     check(path)

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use geoedge_geoip::sample_address;
 use serde_json::Value;
-use support::{geoedge, real_db, sqlite3, sqlite3_out};
+use support::{drop_triggers, geoedge, real_db, sqlite3, sqlite3_out, sqlite3_refused};
 
 use geoedge_testkit as support;
 
@@ -220,7 +220,7 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let db = sample_db(dir.path());
     let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
-    assert!(out.contains("ok: schema version 2, 6 backends"), "{out}");
+    assert!(out.contains("ok: schema version 3, 6 backends"), "{out}");
     assert!(out.ends_with("16 countries mapped\n"), "{out}");
     // A drained backend (healthy = 0 or weight = 0) is not counted live.
     sqlite3(
@@ -238,6 +238,9 @@ fn db_check_lists_row_errors_and_exits_non_zero() {
         &db,
         "UPDATE backends SET healthy = 1, weight = 1, deleted = 0;",
     );
+    // The sqlite3 CLI refuses these itself now; a tool that bypasses the
+    // schema's triggers can still write them.
+    drop_triggers(&db);
     sqlite3(
         &db,
         "UPDATE backends SET soft_limit = 500 WHERE id = 'eu-lhr-1';
@@ -292,13 +295,24 @@ fn db_migrate_upgrades_a_version_1_file_once() {
     let backup = dir.path().join("routing.db.bak-v1");
     assert!(
         out.contains(&format!(
-            "migrated from schema version 1 to 2 (backup: {}); created tables: apps, sni_routes",
+            "migrated from schema version 1 to 3 (backup: {}); created tables: apps, sni_routes; created triggers: ",
             backup.display()
         )),
         "{out}"
     );
-    assert!(out.contains("ok: schema version 2, 1 backends"), "{out}");
-    assert_eq!(version(&db), "2");
+    assert!(out.contains("ok: schema version 3, 1 backends"), "{out}");
+    assert_eq!(version(&db), "3");
+    // The migrated file refuses an inverted edit in sqlite3 itself; the
+    // backup does not.
+    let e = sqlite3_refused(&db, "UPDATE backends SET soft_limit = 30;");
+    assert!(
+        e.contains("backends.soft_limit is above hard_limit (inverted limits)"),
+        "{e}"
+    );
+    sqlite3(
+        &backup,
+        "SELECT count(*) FROM backends WHERE soft_limit > hard_limit;",
+    );
     assert_eq!(version(&backup), "1");
     assert_eq!(
         sqlite3_out(&backup, "SELECT id FROM backends;").trim(),
@@ -315,11 +329,21 @@ fn db_migrate_upgrades_a_version_1_file_once() {
     // Again: nothing to do, and the backup is left as it was.
     let out = ok(geoedge().args(["db", "migrate"]).arg(&db).output().unwrap());
     assert!(
-        out.contains("already at schema version 2; nothing to do"),
+        out.contains("already at schema version 3; nothing to do"),
         "{out}"
     );
     assert_eq!(version(&backup), "1");
-    // A bad route is a row error of `db check`.
+    // A bad route is refused by sqlite3, and, written by a tool that
+    // bypasses the triggers, a row error of `db check`.
+    let e = sqlite3_refused(
+        &db,
+        "INSERT INTO sni_routes VALUES ('Shop.example.com', 'web');",
+    );
+    assert!(
+        e.contains("sni_routes.hostname must be a lower-case name"),
+        "{e}"
+    );
+    drop_triggers(&db);
     sqlite3(
         &db,
         "INSERT INTO sni_routes VALUES ('Shop.example.com', 'shop');",
@@ -526,4 +550,155 @@ fn a_broken_routing_db_is_reported_before_a_busy_metrics_port() {
             && stderr.contains(&format!("(pid {})", std::process::id())),
         "{stderr}"
     );
+/// An edit of each rule of the schema's triggers, and the start of the
+/// message the `sqlite3` CLI fails it with.
+const REFUSED: &[(&str, &str)] = &[
+    ("UPDATE backends SET soft_limit = 500 WHERE id = 'eu-fra-1'",
+     "backends.soft_limit is above hard_limit (inverted limits)"),
+    ("UPDATE backends SET hard_limit = 0 WHERE id = 'eu-fra-1'",
+     "backends.soft_limit is above hard_limit (inverted limits)"),
+    ("UPDATE backends SET soft_limit = -1 WHERE id = 'eu-fra-1'",
+     "backends.soft_limit must be an integer in 0..=16777216"),
+    ("UPDATE backends SET hard_limit = 16777217 WHERE id = 'eu-fra-1'",
+     "backends.hard_limit must be an integer in 0..=16777216"),
+    ("UPDATE backends SET hard_limit = 'lots' WHERE id = 'eu-fra-1'",
+     "backends.hard_limit must be an integer in 0..=16777216"),
+    ("UPDATE backends SET port = 0 WHERE id = 'eu-fra-1'",
+     "backends.port must be an integer in 1..=65535"),
+    ("UPDATE backends SET port = 65536 WHERE id = 'eu-fra-1'",
+     "backends.port must be an integer in 1..=65535"),
+    ("UPDATE backends SET port = 80.5 WHERE id = 'eu-fra-1'",
+     "backends.port must be an integer in 1..=65535"),
+    ("UPDATE backends SET weight = -1 WHERE id = 'eu-fra-1'",
+     "backends.weight must be an integer in 0..=16777216"),
+    ("UPDATE backends SET healthy = 2 WHERE id = 'eu-fra-1'",
+     "backends.healthy must be 0 or 1"),
+    ("UPDATE backends SET deleted = 'yes' WHERE id = 'eu-fra-1'",
+     "backends.deleted must be 0 or 1"),
+    ("UPDATE backends SET region = 'af' WHERE id = 'eu-fra-1'",
+     "backends.region must be the id of a regions row (unknown region)"),
+    ("UPDATE backends SET region = '' WHERE id = 'eu-fra-1'",
+     "backends.region must be the id of a regions row (unknown region)"),
+    ("UPDATE backends SET country = 'DEU' WHERE id = 'eu-fra-1'",
+     "backends.country must be an ISO 3166-1 alpha-2 code (two letters) or NULL"),
+    ("UPDATE backends SET latitude = 91 WHERE id = 'eu-fra-1'",
+     "backends.latitude must be a number in -90..=90 or NULL"),
+    ("UPDATE backends SET longitude = -180.5 WHERE id = 'eu-fra-1'",
+     "backends.longitude must be a number in -180..=180 or NULL"),
+    ("UPDATE backends SET latitude = NULL WHERE id = 'eu-fra-1'",
+     "backends.latitude and longitude must be both set or both NULL"),
+    ("UPDATE backends SET wg_ip = '10.0.0' WHERE id = 'eu-fra-1'",
+     "backends.wg_ip must be an IPv4 or IPv6 address"),
+    ("UPDATE backends SET wg_ip = 'backend.example.com' WHERE id = 'eu-fra-1'",
+     "backends.wg_ip must be an IPv4 or IPv6 address"),
+    ("UPDATE backends SET id = '  ' WHERE id = 'eu-fra-1'",
+     "backends.id must be a non-empty text"),
+    ("UPDATE backends SET id = 'eu-lhr-1 ' WHERE id = 'eu-fra-1'",
+     "backends.id is another row's id but for white space (duplicate backend id)"),
+    ("UPDATE backends SET app = '' WHERE id = 'eu-fra-1'",
+     "backends.app must be a non-empty text (NULL: default)"),
+    ("INSERT INTO backends (id, region, wg_ip, port, soft_limit, hard_limit) VALUES ('x', 'eu', '10.0.0.1', 0, 1, 2)",
+     "backends.port must be an integer in 1..=65535"),
+    ("DELETE FROM regions WHERE id = 'ap'",
+     "regions.id is used by backends, country_regions or wg_peers (unknown region)"),
+    ("UPDATE regions SET id = 'apac' WHERE id = 'ap'",
+     "regions.id is used by backends, country_regions or wg_peers (unknown region)"),
+    ("INSERT INTO regions VALUES ('af', 'Africa', -33.9, 118.4 + 100)",
+     "regions.longitude must be a number in -180..=180"),
+    ("INSERT INTO regions VALUES ('af', 'Africa', -93.9, 18.4)",
+     "regions.latitude must be a number in -90..=90"),
+    ("INSERT INTO regions VALUES (' ', 'Africa', -33.9, 18.4)",
+     "regions.id must be a non-empty text"),
+    ("INSERT INTO regions VALUES ('eu ', 'Europe', 50, 8)",
+     "regions.id is another row's id but for white space (duplicate region id)"),
+    ("INSERT INTO country_regions VALUES ('ZAF', 'eu')",
+     "country_regions.country must be an ISO 3166-1 alpha-2 code (two letters)"),
+    ("INSERT INTO country_regions VALUES ('de', 'eu')",
+     "country_regions.country is another row's country in another case (duplicate country)"),
+    ("INSERT INTO country_regions VALUES ('ZA', 'af')",
+     "country_regions.region must be the id of a regions row (unknown region)"),
+    ("UPDATE wg_peers SET persistent_keepalive = 70000",
+     "wg_peers.persistent_keepalive must be an integer in 0..=65535 or NULL"),
+    ("UPDATE wg_peers SET region = 'mars'",
+     "wg_peers.region must be the id of a regions row or NULL (unknown region)"),
+    ("UPDATE apps SET client_max_connections = -5",
+     "apps.client_max_connections must be an integer in 0..=16777216 or NULL"),
+    ("UPDATE apps SET client_rate = 16777217",
+     "apps.client_rate must be an integer in 0..=16777216 or NULL"),
+    ("UPDATE apps SET client_rate_period_seconds = 0",
+     "apps.client_rate_period_seconds must be an integer in 1..=86400 or NULL"),
+    ("INSERT INTO apps (app) VALUES ('')",
+     "apps.app must be a non-empty text"),
+    ("INSERT INTO apps (app) VALUES (' api')",
+     "apps.app is another row's app but for white space (duplicate app)"),
+    ("DELETE FROM apps WHERE app = 'api'",
+     "apps: an app that sni_routes routes to and no backend has (unknown app)"),
+    ("DELETE FROM backends",
+     "backends: the last row of an app that sni_routes routes to (unknown app)"),
+    ("UPDATE backends SET app = 'web'",
+     "backends: the last row of an app that sni_routes routes to (unknown app)"),
+    ("INSERT INTO sni_routes VALUES ('Shop.example.com', 'default')",
+     "sni_routes.hostname must be a lower-case name or *.wildcard"),
+    ("INSERT INTO sni_routes VALUES ('*', 'default')",
+     "sni_routes.hostname must be a lower-case name or *.wildcard"),
+    ("INSERT INTO sni_routes VALUES ('shop..example.com', 'default')",
+     "sni_routes.hostname must be a lower-case name or *.wildcard"),
+    ("INSERT INTO sni_routes VALUES ('shop.example.com', 'web')",
+     "sni_routes.app must be the app of a backends row or an apps row (unknown app)"),
+];
+
+#[test]
+fn the_sqlite3_cli_refuses_each_rule_with_its_message() {
+    if !support::tool_or_skip("sqlite3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample_db(dir.path());
+    sqlite3(
+        &db,
+        "INSERT INTO apps (app, client_max_connections) VALUES ('api', 5);
+         INSERT INTO sni_routes VALUES ('api.example.com', 'api'), ('*.example.com', 'default');
+         INSERT INTO wg_peers (public_key, allowed_ips, region)
+           VALUES ('HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=', '10.77.0.0/24', 'eu');",
+    );
+    let before = sqlite3_out(&db, ".dump");
+    for &(sql, message) in REFUSED {
+        let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // SQLITE_CONSTRAINT: the exit status of a statement given as an
+        // argument is SQLite's result code.
+        assert_eq!(out.status.code(), Some(19), "{sql}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("Error: stepping, {message}")),
+            "{sql}: {stderr}"
+        );
+    }
+    // Nothing was written, and every rule was tried.
+    assert_eq!(sqlite3_out(&db, ".dump"), before);
+    for rule in geoedge_routing::triggers::all_rules() {
+        assert!(
+            REFUSED.iter().any(|(_, m)| rule.message.starts_with(m)),
+            "no case for {}",
+            rule.message
+        );
+    }
+    // A script on stdin stops at the refused statement, before COMMIT.
+    let out = with_stdin(
+        {
+            let mut c = Command::new("sqlite3");
+            c.arg("-bail").arg(&db);
+            c
+        },
+        "BEGIN;\nUPDATE backends SET weight = 2;\nUPDATE backends SET hard_limit = 0;\nCOMMIT;\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("near line 3: backends.soft_limit is above hard_limit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sqlite3_out(&db, ".dump"), before);
+    let out = ok(geoedge().args(["db", "check"]).arg(&db).output().unwrap());
+    assert!(out.contains(": ok: schema version 3"), "{out}");
 }

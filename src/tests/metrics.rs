@@ -323,7 +323,9 @@ async fn prometheus_scrapes_what_the_traffic_did() {
             },
         );
 
-        // An invalid edit is refused, counted, and alerted on.
+        // An invalid edit (written as a tool that bypasses the schema's
+        // triggers would) is refused, counted, and alerted on.
+        drop_triggers(&db);
         sqlite3(&db, "UPDATE backends SET soft_limit = 500 WHERE id = 'gb';");
         prom.expect(r#"edge_routing_reloads_total{result="invalid"}"#, 1.0);
         prom.expect("edge_routing_generation", 1.0);
