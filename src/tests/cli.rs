@@ -550,6 +550,8 @@ fn a_broken_routing_db_is_reported_before_a_busy_metrics_port() {
             && stderr.contains(&format!("(pid {})", std::process::id())),
         "{stderr}"
     );
+}
+
 /// An edit of each rule of the schema's triggers, and the start of the
 /// message the `sqlite3` CLI fails it with.
 const REFUSED: &[(&str, &str)] = &[
