@@ -8,9 +8,10 @@
 //!
 //! Everything is re-exported at the top, so a test file says
 //! `use geoedge_testkit::*;`. The kit is a dev-dependency only. Without its
-//! default feature `io` it is [`packet`] alone, with no dependencies (what
-//! the fuzz targets take).
+//! default feature `io` it is [`packet`] and [`alloc`] (a counting global
+//! allocator) alone, with no dependencies (what the fuzz targets take).
 
+pub mod alloc;
 #[cfg(feature = "io")]
 pub mod backend;
 #[cfg(feature = "io")]
