@@ -167,6 +167,26 @@ async fn a_backend_full_by_the_fleets_count_spills_at_every_edge() {
         .collect();
     assert_eq!(spread, ["y", "z"], "{route:#}");
     assert_eq!(route["fleet"]["reporting"], serde_json::json!(["a", "b"]));
+    // The admin endpoint's live explain at b shows the same, from what b
+    // holds in memory (no NATS round trip).
+    let (status, body) = http_get(
+        b.metrics.unwrap(),
+        &format!("/explain?client={}", german(6)),
+    );
+    assert_eq!(status, 200, "{body}");
+    let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let x = candidate(&live, "x");
+    assert_eq!(
+        (
+            x["own"].as_u64(),
+            x["remote"].as_u64(),
+            x["global"].as_u64()
+        ),
+        (Some(0), Some(2), Some(2)),
+        "{live:#}"
+    );
+    assert_eq!(x["health"], "up", "{live:#}");
+    assert_eq!(live["fleet"]["pop"], "b", "{live:#}");
 
     // a's clients leave: b sends Germans to x again.
     drop(held);
