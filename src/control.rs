@@ -7,6 +7,7 @@
 
 pub mod active_checks;
 pub mod admin;
+pub mod bindings_file;
 pub mod config;
 pub mod fleet;
 pub mod handover;

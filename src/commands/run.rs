@@ -470,6 +470,12 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
         (Ok(_), Err(other), _) => return Err(other),
         (Ok(_), _, Some(Err(bind))) => return Err(bind),
         (Ok(edge), Ok(others), _) => {
+            // A takeover brings the running geoedge's bindings; a plain
+            // start, those the last run left beside routing.db.
+            let saved = crate::control::bindings_file::path_for(&routing_db);
+            if others.is_empty() {
+                crate::control::bindings_file::restore_logged(&edge.proxy.router, &saved);
+            }
             take_bindings(&edge, &others);
             edge
         }
@@ -538,6 +544,13 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
         });
         let listeners = bind(settings)?;
         let served = serve(&edge, listeners, settings, signals, Some(resolve), &health).await;
+        // Drained: the bindings go beside routing.db for the next start.
+        let saved = crate::control::bindings_file::path_for(&routing_db);
+        let router = Arc::clone(&edge.proxy.router);
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::control::bindings_file::save_logged(&router, &saved)
+        })
+        .await;
         if let Some((follow, load, leases)) = follower {
             follow.abort();
             load.abort();

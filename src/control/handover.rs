@@ -199,6 +199,18 @@ pub fn import(
     input: impl Read,
     router: &Router,
     deadline: Instant,
+    set_timeout: impl FnMut(Duration) -> std::io::Result<()>,
+) -> anyhow::Result<Received> {
+    import_aged(input, router, deadline, Duration::ZERO, set_timeout)
+}
+
+/// [`import`], for a dump written `age` ago: each binding has been idle
+/// that much longer (one idle past the table's TTL is dropped).
+pub fn import_aged(
+    input: impl Read,
+    router: &Router,
+    deadline: Instant,
+    age: Duration,
     mut set_timeout: impl FnMut(Duration) -> std::io::Result<()>,
 ) -> anyhow::Result<Received> {
     let mut reader = BufReader::with_capacity(1 << 16, input);
@@ -232,9 +244,10 @@ pub fn import(
             got.complete = count.trim_end().parse() == Ok(got.read);
             break;
         }
-        let Some(b) = parse(text) else {
+        let Some(mut b) = parse(text) else {
             continue;
         };
+        b.idle += age;
         got.read += 1;
         if snapshot
             .backend(b.backend.as_str())

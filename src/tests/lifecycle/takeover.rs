@@ -181,9 +181,74 @@ async fn a_restart_with_takeover_keeps_clients_on_their_backends() {
     assert!(old.wait(Duration::from_secs(40)).success());
     assert_eq!(through(addr, clients.clone()).await.unwrap(), all("far"));
 
-    // Without the old one's bindings (an edge on another port, the same
-    // table): the nearer backend.
-    let control = Edge::spawn(edge_cmd(&edge_args(&db, &[])), "listening ");
+    // Without the old one's bindings (an edge on another port, a copy of
+    // the table without the bindings the old one left beside it): the
+    // nearer backend.
+    let other = tempfile::tempdir().unwrap();
+    let copy = other.path().join("routing.db");
+    std::fs::copy(&db, &copy).unwrap();
+    let control = Edge::spawn(edge_cmd(&edge_args(&copy, &[])), "listening ");
     assert_eq!(through(control.addr, clients).await.unwrap(), all("near"));
     drop(new);
+}
+
+/// A plain restart (the old process stops, then a new one starts, as
+/// `systemctl restart` does): the bindings the old one left beside
+/// routing.db keep the clients on their backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_then_start_keeps_clients_on_their_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let far = Backend::start("far").await;
+    let near = Backend::start("near").await;
+    add_backend(&db, "far", "eu", "DE", far.addr, 1000, 1000);
+    let clients: Vec<IpAddr> = (10..40)
+        .map(|i| format!("81.2.69.{i}").parse().unwrap())
+        .collect();
+    let through = |edge: SocketAddr, who: Vec<IpAddr>| {
+        tokio::task::spawn_blocking(move || {
+            who.into_iter()
+                .map(|c| backend_for(edge, c))
+                .collect::<Vec<_>>()
+        })
+    };
+    let all = |b: &str| vec![Some(b.to_owned()); 30];
+    let mut old = Edge::spawn(edge_cmd(&edge_args(&db, &[])), "listening ");
+    let addr = old.addr;
+    assert_eq!(through(addr, clients.clone()).await.unwrap(), all("far"));
+    add_backend(&db, "near", "eu", "GB", near.addr, 1000, 1000);
+    // A new client each time (one seen once is bound).
+    let fresh = std::sync::atomic::AtomicU8::new(100);
+    until(
+        || "the old edge never routed a fresh client to the new backend".into(),
+        Duration::from_secs(20),
+        || {
+            let i = fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            backend_for(addr, IpAddr::from([81, 2, 69, i.min(250)])).as_deref() == Some("near")
+        },
+    )
+    .await;
+    old.signal("TERM");
+    assert!(old.wait(Duration::from_secs(40)).success());
+    let saved = dir.path().join("routing.db.bindings");
+    assert!(saved.exists(), "{:#?}", old.log());
+
+    let mut args = edge_args(&db, &[]);
+    let listen = addr.to_string();
+    args[2] = &listen;
+    let new = Edge::spawn(edge_cmd(&args), "listening ");
+    assert!(
+        new.log()
+            .iter()
+            .any(|l| l.contains("sticky bindings of the previous run restored")),
+        "{:#?}",
+        new.log()
+    );
+    assert!(!saved.exists(), "read once");
+    assert_eq!(through(addr, clients).await.unwrap(), all("far"));
+    // A fresh client: the nearer backend.
+    assert_eq!(
+        backend_for(addr, "81.2.69.252".parse().unwrap()).as_deref(),
+        Some("near")
+    );
 }
