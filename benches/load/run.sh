@@ -60,6 +60,40 @@
 # e.g. sudo TESTS="ka conn sni" WORKERS=1 REPS=4 \
 #          PROXIES="direct geoedge limits logtext logjson haproxy nginx" benches/load/run.sh
 #
+# Issue 22, proxy-bound: with CAP=0.5 (cores; off by default) every proxy
+# under test gets the same CPU cap while the client and the backends keep
+# their cores, so that the proxy, not the client, is the bottleneck (pinned,
+# uncapped runs measure the client: wrk's core is saturated first). The
+# harness creates one cgroup for the run and starts each proxy inside it,
+# so that every process and thread it starts (nginx's workers, geoedge's
+# worker threads) is capped; it checks every thread is there before
+# measuring, and removes the cgroup at exit, on failure and on Ctrl-C:
+#   cgroup v1 (when /sys/fs/cgroup/cpu/cpu.cfs_quota_us exists)
+#     /sys/fs/cgroup/cpu/geoedge-load-PID, cpu.cfs_period_us 100000,
+#     cpu.cfs_quota_us CAP × 100000;
+#   cgroup v2 (else, when cgroup.controllers lists cpu)
+#     /sys/fs/cgroup/geoedge-load-PID, cpu.max "CAP×100000 100000" (cpu
+#     enabled in the root's cgroup.subtree_control).
+# Capped proxies run at normal priority even with PRIO=rr (the CFS quota
+# does not hold back real-time tasks); client and backends keep PRIO's. The
+# proxy `reference` is the reference relay (benches/load/reference-relay.c,
+# or REFERENCE_SRC; built with `cc -O2` into the temporary directory): the
+# simplest single-threaded edge-triggered epoll relay, no runtime, no
+# routing, one process per listener, the userspace limit. With CAP,
+# PROXIES defaults to "geoedge reference haproxy nginx" (reference may be
+# named in any run). The run then prints first a section "Proxy-bound
+# (issue 22, item 1)": requests/s and proxy CPU seconds per 100,000
+# requests, (1) user + system of the proxy's processes from /proc/PID/stat
+# and (2) that plus the hardirq + softirq time of the proxy's CPU from
+# /proc/stat during the sample (one pinned worker only: loopback's receive
+# work for what the proxy sends runs as softirq on the proxy's CPU, not
+# charged to the proxy's own time nor held by the cap; softirq work of
+# what the client and backends send runs on their CPU and is not counted;
+# nor is that time, less ksoftirqd's, "other processes" for the contention
+# mark), the share of throttled periods, and ratios to the best of HAProxy and
+# nginx and to the reference relay. e.g.
+#   sudo CAP=0.5 PRIO=rr TESTS="ka conn" WORKERS=1 REPS=6 benches/load/run.sh
+#
 # Pinning (2 cores): with one worker, wrk/iperf3 run on CPU 0 and the proxy
 # on CPU 1; the backends share CPU 0 with the client (direct: the backend on
 # CPU 1 instead). With two workers nothing is pinned and wrk runs 2 threads.
@@ -87,6 +121,8 @@
 # Environment:
 #   TESTS        "idle ka conn bulk wg" (any subset), and sni (issue 20)
 #   PROXIES      "direct geoedge haproxy nginx" (any subset; ratios need geoedge);
+#                with CAP "geoedge reference haproxy nginx"; reference (the
+#                reference relay) may be added to any run, not to sni
 #                with BASELINE, baseline is added after geoedge when missing;
 #                limits, logtext and logjson (issue 20) need geoedge
 #   LIMITS_ARGS  the limits proxy's extra settings (see above)
@@ -102,7 +138,8 @@
 #                of one (steal time), is marked *, and the medians leave
 #                marked samples out unless all of a measurement's are
 #   PORT_BASE    27400: ports PORT_BASE..PORT_BASE+39 on 127.0.0.1 (+49 with
-#                BASELINE, +69 with limits, logtext, logjson or sni)
+#                BASELINE, +69 with limits, logtext, logjson or sni, +79 with
+#                reference, whose ports are +70..72)
 #   GEOEDGE      a geoedge binary to use instead of building one
 #   GEOEDGE_LABEL what to call that build in the report (default: git describe)
 #   BASELINE     an older geoedge binary to measure beside GEOEDGE, as the
@@ -117,6 +154,8 @@
 #   PIN          1 (default) or 0: no pinning at all
 #   BACKEND_WITH client (default) or proxy: the CPU the backends share with
 #                one worker
+#   CAP          cores (e.g. 0.5; unset: off): the proxy-bound mode (issue 22)
+#   REFERENCE_SRC the reference relay's C source (benches/load/reference-relay.c)
 #   PRIO         normal (default) or rr: every process measured runs under
 #                SCHED_RR (chrt -r), proxies, wrk and iperf3 at priority 50,
 #                the backends at 51, so that other work on a shared machine
@@ -140,7 +179,9 @@ IDLE_WAIT=${IDLE_WAIT:-300}
 PORT_BASE=${PORT_BASE:-27400}
 DOC=${DOC:-auto}
 DEFAULT_TESTS="idle ka conn bulk wg"
+CAP=${CAP:-}
 DEFAULT_PROXIES="direct geoedge haproxy nginx"
+[[ -n $CAP ]] && DEFAULT_PROXIES="geoedge reference haproxy nginx"
 DEFAULT_WORKERS="1 2"
 read -ra TESTS <<<"${TESTS:-$DEFAULT_TESTS}"
 read -ra PROXIES <<<"${PROXIES:-$DEFAULT_PROXIES}"
@@ -172,13 +213,14 @@ done
 PORT_SPAN=40 # ports PORT_BASE..PORT_BASE+PORT_SPAN-1; the baseline's are +40..42
 [[ -n $BASELINE ]] && PORT_SPAN=50
 for v in "${VARIANTS[@]}" sni; do has "$v" "${PROXIES[@]}" "${TESTS[@]}" && PORT_SPAN=70; done
+has reference "${PROXIES[@]}" && PORT_SPAN=80 # the reference relay's ports are +70..72
 [[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + PORT_SPAN < 32768)) ||
     die "PORT_BASE must leave PORT_BASE..PORT_BASE+$((PORT_SPAN - 1)) between 1024 and 32767 (below the ephemeral range)"
 [[ $DOC == auto || $DOC == 0 || $DOC == 1 ]] || die "DOC takes auto, 0 or 1"
 for t in "${TESTS[@]}"; do has "$t" idle ka conn bulk wg sni || die "TESTS takes idle, ka, conn, bulk, wg and sni"; done
 for p in "${PROXIES[@]}"; do
-    has "$p" direct geoedge baseline haproxy nginx "${VARIANTS[@]}" ||
-        die "PROXIES takes direct, geoedge, baseline, haproxy, nginx, limits, logtext and logjson"
+    has "$p" direct geoedge baseline reference haproxy nginx "${VARIANTS[@]}" ||
+        die "PROXIES takes direct, geoedge, baseline, reference, haproxy, nginx, limits, logtext and logjson"
     if has "$p" "${VARIANTS[@]}" && ! has geoedge "${PROXIES[@]}"; then
         die "the proxy $p is measured against geoedge: add geoedge to PROXIES"
     fi
@@ -198,11 +240,21 @@ else
 fi
 for w in "${WORKERS[@]}"; do [[ $w =~ ^[1-9]$ ]] || die "WORKERS takes worker counts 1-9"; done
 ((${#TESTS[@]} && ${#PROXIES[@]} && ${#WORKERS[@]})) || die "TESTS, PROXIES and WORKERS must not be empty"
+if [[ -n $CAP ]]; then
+    [[ $CAP =~ ^[0-9]*\.?[0-9]+$ ]] && awk -v c="$CAP" 'BEGIN { exit !(c >= 0.01 && c <= 64) }' ||
+        die "CAP takes a number of cores, 0.01 or more (e.g. 0.5)"
+fi
+REFERENCE_SRC=${REFERENCE_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/reference-relay.c}
+if has reference "${PROXIES[@]}"; then
+    [[ -f $REFERENCE_SRC ]] || die "REFERENCE_SRC=$REFERENCE_SRC: no such file (the reference relay's C source)"
+    has sni "${TESTS[@]}" && echo "run.sh: the reference relay does not take part in the sni test" >&2
+fi
 
 [[ $EUID -eq 0 ]] || die "must run as root (it raises sysctls and the open-file limit, and creates network namespaces and TUN devices): sudo $0"
 
 missing=()
-for tool in haproxy nginx wrk iperf3 python3 sqlite3 ip ss taskset sysctl pgrep $(has sni "${TESTS[@]}" && echo openssl); do
+for tool in haproxy nginx wrk iperf3 python3 sqlite3 ip ss taskset sysctl pgrep $(has sni "${TESTS[@]}" && echo openssl) \
+    $(has reference "${PROXIES[@]}" && echo cc); do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -298,6 +350,7 @@ fi
 # --- names and state -----------------------------------------------------------
 ID=$$
 WORK=
+CG_DIR= # the CPU cap's cgroup (CAP)
 PIDS=()         # every process started, by pid
 SYSCTL_SAVED=() # "name value" to restore
 NS_E=gel-e-$ID
@@ -320,6 +373,13 @@ if [[ -n $BASELINE ]]; then
     LABEL[baseline]="baseline"
     [[ $BASELINE_REV != baseline ]] && LABEL[baseline]+=" ($BASELINE_REV)"
 fi
+# issue 22: the reference relay, one process per listener
+if has reference "${PROXIES[@]}"; then
+    PORT_HTTP[reference]=$((PORT_BASE + 70))
+    PORT_IPERF[reference]=$((PORT_BASE + 71))
+    PORT_IDLE[reference]=$((PORT_BASE + 72))
+fi
+LABEL[reference]="reference relay"
 # issue 20: geoedge with limits or the access log on, and the sni test's listeners
 if has sni "${TESTS[@]}"; then
     PORT_SNI=([direct]=$B_TLS_A [geoedge]=$((PORT_BASE + 13)) [haproxy]=$((PORT_BASE + 23)) [nginx]=$((PORT_BASE + 33)))
@@ -371,6 +431,14 @@ cleanup() {
         set -- $entry
         sysctl -q -w "$1=$2" >/dev/null
     done
+    # the CPU cap's cgroup: empty once its processes are stopped
+    if [[ -n $CG_DIR && -d $CG_DIR ]]; then
+        for ((i = 0; i < 50; i++)); do
+            rmdir "$CG_DIR" 2>/dev/null && break
+            sleep 0.1
+        done
+        [[ -d $CG_DIR ]] && echo "run.sh: could not remove the cgroup $CG_DIR" >&2
+    fi
     [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
     [[ -n ${LOG_DIR:-} ]] && rm -f "$LOG_DIR/access-logtext.log" "$LOG_DIR/access-logjson.log"
     exit "$rc"
@@ -384,6 +452,68 @@ trap 'exit 141' PIPE # a closed output ends the run, with the cleanup
 WORK=$(mktemp -d /tmp/geoedge-load.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as an unprivileged user
 LOG_DIR=${LOG_DIR:-$WORK}
+
+# --- issue 22: the reference relay and the CPU cap ---------------------------------
+REFERENCE=
+if has reference "${PROXIES[@]}"; then
+    REFERENCE=$WORK/reference-relay
+    cc -O2 -o "$REFERENCE" "$REFERENCE_SRC" 2>"$WORK/reference-cc.log" ||
+        die "cc -O2 $REFERENCE_SRC failed: $(tail -n 5 "$WORK/reference-cc.log")"
+fi
+# CAP: one cgroup for the run, with a CPU quota of CAP cores; each proxy is
+# started inside it (its processes and every thread they start inherit it)
+# and leaves it when stopped. cgroup v1 (the cpu controller's own hierarchy,
+# cpu.cfs_quota_us / cpu.cfs_period_us) when the host has it, else cgroup v2
+# (cpu.max, the cpu controller enabled in the root's cgroup.subtree_control).
+CG_KIND=
+CG_PERIOD=100000
+CG_QUOTA=
+CG_TEXT=
+if [[ -n $CAP ]]; then
+    CG_QUOTA=$(awk -v c="$CAP" -v p="$CG_PERIOD" 'BEGIN { printf "%d", c * p }')
+    if [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        CG_KIND=v1
+        CG_DIR=/sys/fs/cgroup/cpu/geoedge-load-$ID
+        mkdir "$CG_DIR" || die "could not create the cgroup $CG_DIR"
+        echo "$CG_PERIOD" >"$CG_DIR/cpu.cfs_period_us" && echo "$CG_QUOTA" >"$CG_DIR/cpu.cfs_quota_us" ||
+            die "could not set the CPU quota of $CG_DIR"
+        CG_TEXT="cgroup v1 $CG_DIR: cpu.cfs_period_us $CG_PERIOD, cpu.cfs_quota_us $CG_QUOTA"
+    elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+        CG_KIND=v2
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control ||
+            echo +cpu >/sys/fs/cgroup/cgroup.subtree_control || die "could not enable the cpu controller for child cgroups"
+        CG_DIR=/sys/fs/cgroup/geoedge-load-$ID
+        mkdir "$CG_DIR" || die "could not create the cgroup $CG_DIR"
+        echo "$CG_QUOTA $CG_PERIOD" >"$CG_DIR/cpu.max" || die "could not set $CG_DIR/cpu.max"
+        CG_TEXT="cgroup v2 $CG_DIR: cpu.max \"$CG_QUOTA $CG_PERIOD\""
+    else
+        die "CAP needs the cgroup CPU controller: /sys/fs/cgroup/cpu (v1) or cpu in /sys/fs/cgroup/cgroup.controllers (v2)"
+    fi
+fi
+cg_throttled() { # the cap's cgroup: "periods throttled-periods throttled-seconds" so far
+    [[ -n $CG_DIR ]] || {
+        echo "0 0 0"
+        return
+    }
+    awk -v kind="$CG_KIND" '$1 == "nr_periods" {n = $2} $1 == "nr_throttled" {t = $2}
+        $1 == "throttled_time" {s = $2 / 1e9} $1 == "throttled_usec" {s = $2 / 1e6}
+        END {printf "%d %d %.3f\n", n, t, s}' "$CG_DIR/cpu.stat"
+}
+cg_check() { # pids...: move any thread not yet in the cap's cgroup there; fails when one cannot be
+    local pid tid ok=0
+    for pid in "$@"; do
+        for tid in /proc/"$pid"/task/*; do
+            tid=${tid##*/}
+            grep -q "geoedge-load-$ID\$" "/proc/$pid/task/$tid/cgroup" 2>/dev/null && continue
+            if [[ $CG_KIND == v1 ]]; then
+                echo "$tid" >"$CG_DIR/tasks" 2>/dev/null || ok=1
+            else
+                echo "$pid" >"$CG_DIR/cgroup.procs" 2>/dev/null || ok=1
+            fi
+        done
+    done
+    return $ok
+}
 if has logtext "${PROXIES[@]}" || has logjson "${PROXIES[@]}"; then
     [[ -d $LOG_DIR && -w $LOG_DIR ]] || die "LOG_DIR=$LOG_DIR is not a writable directory"
     LOG_DIR=$(realpath "$LOG_DIR")
@@ -444,6 +574,9 @@ child_ticks() { # this shell's reaped children: cutime + cstime
 machine_ticks() { # busy (user nice system irq softirq), idle (idle iowait), steal
     awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6, $9}' /proc/stat
 }
+proxy_cpu_irq_ticks() { # hardirq + softirq ticks of the proxy's CPU (/proc/stat cpuN: irq, softirq)
+    awk -v c="cpu$PROXY_CPU" '$1 == c {print $7 + $8}' /proc/stat
+}
 ksoftirqd_pids() { pgrep -x 'ksoftirqd/[0-9]+' | tr '\n' ' '; }
 KSOFT=$(ksoftirqd_pids)
 
@@ -501,6 +634,10 @@ sample_begin() {
     # shellcheck disable=SC2086
     SB_K=$(ticks $KSOFT)
     SB_M=$(machine_ticks)
+    if [[ -n $CAP ]]; then
+        SB_SI=$(proxy_cpu_irq_ticks)
+        SB_TH=$(cg_throttled)
+    fi
 }
 sample_end() {
     local t p b c k m
@@ -520,6 +657,21 @@ sample_end() {
             steal = y[3] - x[3]; if (steal < 0) steal = 0
             printf "%.3f %.0f %.0f %.0f %.0f %.0f\n", p / hz, 100 * p / hz / w, 100 * c / hz / w,
                 100 * b / hz / w, 100 * other / hz / w, 100 * steal / hz / w }')
+    # CAP: the proxy CPU's hardirq + softirq seconds (S_SOFT) and the share of
+    # the cap's periods in which the proxy was throttled (S_THR, %); that
+    # irq + softirq time (less ksoftirqd's, already counted) is not "others"
+    if [[ -n $CAP ]]; then
+        local si th
+        si=$(proxy_cpu_irq_ticks)
+        th=$(cg_throttled)
+        read -r S_SOFT S_THR S_OTHER_PCT < <(awk -v si="$((si - SB_SI))" -v k="$((k - SB_K))" -v hz="$HZ" \
+            -v t0="$SB_TH" -v t1="$th" -v o="$S_OTHER_PCT" -v w0="$SB_T" -v w1="$t" 'BEGIN {
+            split(t0, x, " "); split(t1, y, " "); n = y[1] - x[1]; t = y[2] - x[2]
+            w = w1 - w0; if (w <= 0) w = 1e-9
+            extra = si - k; if (extra < 0) extra = 0
+            o -= 100 * extra / hz / w; if (o < 0) o = 0
+            printf "%.3f %.0f %.0f\n", si / hz, (n > 0) ? 100 * t / n : 0, o }')
+    fi
     S_MARK=
     if ((S_OTHER_PCT > OTHER_MAX || S_STEAL_PCT > STEAL_MAX)); then
         S_MARK='*'
@@ -790,17 +942,47 @@ geoedge_cmd() { # workers [proxy]: the command line of geoedge run (or of the ba
 
 # proxy workers: start it with its own configuration; PROXY_PIDS, PROXY_MAIN
 start_proxy() {
-    local proxy=$1 w=$2 pin=() pid
+    local proxy=$1 w=$2 pin=() pid rt=("${RT[@]}") cap=()
     PROXY_PIDS=()
     PROXY_MAIN=
     PROXY_LOG=
     [[ $proxy == direct ]] && return 0
     ((w == 1 && PIN)) && pin=(taskset -c "$PROXY_CPU")
     PROXY_LOG=$WORK/$proxy-$w.log
+    if [[ -n $CAP ]]; then
+        # Into the cap's cgroup before exec, so that every process and thread
+        # of the proxy starts there. At normal priority: the CFS quota does not
+        # hold back SCHED_RR tasks (and a real-time task cannot join a cgroup
+        # without a real-time budget).
+        rt=()
+        # shellcheck disable=SC2016
+        cap=(sh -c 'echo $$ >"$1" || exit 126; shift; exec "$@"' capped "$CG_DIR/cgroup.procs")
+    fi
     case $proxy in
+    reference)
+        # one relay per listener, as the relay takes one backend
+        local lp b
+        for lp in "${PORT_HTTP[reference]}:$B_HTTP" "${PORT_IPERF[reference]}:$B_IPERF" "${PORT_IDLE[reference]}:$B_SINK"; do
+            b=${lp#*:}
+            lp=${lp%:*}
+            "${rt[@]}" "${cap[@]}" "${pin[@]}" "$REFERENCE" "$lp" "$b" >>"$PROXY_LOG" 2>&1 &
+            pid=$!
+            PIDS+=("$pid")
+            PROXY_PIDS+=("$pid")
+            [[ -z $PROXY_MAIN ]] && PROXY_MAIN=$pid
+            if ! wait_listen "$pid" "$lp"; then
+                echo "   the reference relay did not start listening on $lp:" >&2
+                tail -n 10 "$PROXY_LOG" 2>/dev/null | sed 's/^/   | /' >&2
+                stop_proxy
+                return 1
+            fi
+        done
+        cap_verify
+        return
+        ;;
     geoedge | baseline | limits | logtext | logjson)
         geoedge_cmd "$w" "$proxy"
-        "${RT[@]}" "${GE_CMD[@]}" >"$PROXY_LOG" 2>&1 &
+        "${rt[@]}" "${cap[@]}" "${GE_CMD[@]}" >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
     haproxy)
@@ -809,11 +991,11 @@ start_proxy() {
             sed 's/^/   | /' "$PROXY_LOG" >&2
             return 1
         }
-        "${RT[@]}" "${pin[@]}" haproxy -f "$WORK/haproxy-$w.cfg" -db >"$PROXY_LOG" 2>&1 &
+        "${rt[@]}" "${cap[@]}" "${pin[@]}" haproxy -f "$WORK/haproxy-$w.cfg" -db >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
     nginx)
-        "${RT[@]}" "${pin[@]}" nginx -p "$WORK/" -e "$WORK/nginx-stream-error.log" -c "$WORK/nginx-stream-$w.conf" \
+        "${rt[@]}" "${cap[@]}" "${pin[@]}" nginx -p "$WORK/" -e "$WORK/nginx-stream-error.log" -c "$WORK/nginx-stream-$w.conf" \
             -g 'daemon off;' >"$PROXY_LOG" 2>&1 &
         pid=$!
         ;;
@@ -841,10 +1023,21 @@ start_proxy() {
     else
         PROXY_PIDS=("$pid")
     fi
-    return 0
+    cap_verify
+}
+cap_verify() { # CAP: every thread of the proxy in the cgroup (or the configuration fails)
+    [[ -n $CAP ]] || return 0
+    sleep 0.2 # geoedge starts its worker threads after it listens
+    cg_check "${PROXY_PIDS[@]}" && return 0
+    echo "   could not move every thread of the proxy into $CG_DIR" >&2
+    stop_proxy
+    return 1
 }
 stop_proxy() {
+    local pid
     [[ -n $PROXY_MAIN ]] && stop_pid "$PROXY_MAIN"
+    # the reference relay's other processes (nginx's workers are gone with the master)
+    for pid in "${PROXY_PIDS[@]}"; do stop_pid "$pid"; done
     PROXY_PIDS=()
     PROXY_MAIN=
 }
@@ -891,9 +1084,21 @@ run_wrk() {
         add "$test|cpu|$w|$proxy" "$cpu100k" "$S_MARK"
         add "$test|pcpu|$w|$proxy" "$S_PROXY_PCT" "$S_MARK"
     fi
-    printf '   %-4s %8s req/s%-1s p50 %7.3f ms  p99 %7.3f ms  errors %s  proxy %s s/100k req  CPU%%: proxy %s, client %s, backend %s, others %s, steal %s\n' \
+    local capped=
+    if [[ -n $CAP && $proxy != direct ]]; then
+        add "$test|thr|$w|$proxy" "$S_THR" "$S_MARK"
+        capped="  throttled in ${S_THR}% of periods"
+        if ((PIN && w == 1)); then
+            # with the proxy alone on its CPU: its processes plus that CPU's irq and softirq time
+            local kcpu
+            kcpu=$(awk -v s="$S_PROXY" -v k="$S_SOFT" -v n="$reqs" 'BEGIN {printf "%.3f", (s + k) / n * 100000}')
+            add "$test|kcpu|$w|$proxy" "$kcpu" "$S_MARK"
+            capped+=", with its CPU's irq+softirq $kcpu s/100k req"
+        fi
+    fi
+    printf '   %-4s %8s req/s%-1s p50 %7.3f ms  p99 %7.3f ms  errors %s  proxy %s s/100k req  CPU%%: proxy %s, client %s, backend %s, others %s, steal %s%s\n' \
         "$test" "$rps" "$S_MARK" "$p50" "$p99" "$errs" \
-        "$([[ $proxy == direct ]] && echo - || echo "$cpu100k")" "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT" "$S_STEAL_PCT"
+        "$([[ $proxy == direct ]] && echo - || echo "$cpu100k")" "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT" "$S_STEAL_PCT" "$capped"
 }
 
 # host port args...: one iperf3 run; prints Mbit/s (receiver) or fails
@@ -1357,7 +1562,7 @@ report_bulk() {
     echo "| workers | proxy | 1 up | 1 down | 4 up | 4 down |"
     echo "|---|---|---:|---:|---:|---:|"
     for w in "${WORKERS[@]}"; do
-        for p in $(proxies_in geoedge baseline haproxy nginx); do
+        for p in $(proxies_in geoedge baseline reference haproxy nginx); do
             echo "| $w | ${LABEL[$p]} | $(cell "bulk|pcpu1up|$w|$p" 0) | $(cell "bulk|pcpu1down|$w|$p" 0) | $(cell "bulk|pcpu4up|$w|$p" 0) | $(cell "bulk|pcpu4down|$w|$p" 0) |"
         done
     done
@@ -1579,7 +1784,7 @@ report_cpu() {
     echo "| workers | proxy | keep-alive requests | new connections |$(has sni "${TESTS[@]}" && echo " TLS new connections (sni) |")"
     echo "|---|---|---:|---:|$(has sni "${TESTS[@]}" && echo "---:|")"
     for w in "${WORKERS[@]}"; do
-        for p in $(proxies_in geoedge "${VARIANTS[@]}" baseline haproxy nginx); do
+        for p in $(proxies_in geoedge "${VARIANTS[@]}" baseline reference haproxy nginx); do
             echo "| $w | ${LABEL[$p]} | $(cell "ka|cpu|$w|$p" 3) | $(cell "conn|cpu|$w|$p" 3) |$(has sni "${TESTS[@]}" && echo " $(cell "sni|cpu|$w|$p" 3) |")"
         done
         if has geoedge "${PROXIES[@]}"; then
@@ -1608,6 +1813,73 @@ report_wg() {
     echo "| geoedge over WireGuard / veth, no proxy | $(ratio "$(med "wg|up|-|gewg")" "$(med "wg|up|-|veth")") | $(ratio "$(med "wg|down|-|gewg")" "$(med "wg|down|-|veth")") | | |"
     echo "| geoedge over WireGuard / WireGuard, no proxy | $(ratio "$(med "wg|up|-|gewg")" "$(med "wg|up|-|wgdirect")") | $(ratio "$(med "wg|down|-|gewg")" "$(med "wg|down|-|wgdirect")") | | |"
     echo
+}
+
+# issue 22: the proxies under the same CPU cap
+best_peer() { # key better(max|min): "value name" of the better of HAProxy and nginx, or "- -"
+    local h n
+    h=$(med "$1|haproxy")
+    n=$(med "$1|nginx")
+    awk -v h="$h" -v n="$n" -v b="$2" 'BEGIN {
+        if (h == "-" && n == "-") { print "- -"; exit }
+        if (h == "-") { print n, "nginx"; exit }
+        if (n == "-") { print h, "HAProxy"; exit }
+        if ((b == "max" && h >= n) || (b == "min" && h <= n)) print h, "HAProxy"; else print n, "nginx" }'
+}
+report_capped_test() { # test
+    local test=$1 w p rp rn cm cp cn rr cr
+    echo "| workers | proxy | requests/s | proxy CPU s / 100k, processes | with its CPU's irq + softirq | throttled periods % | req/s ÷ best peer | req/s ÷ reference (round by round) | CPU ÷ best peer | CPU ÷ reference |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for w in "${WORKERS[@]}"; do
+        read -r rp rn < <(best_peer "$test|rps|$w" max)
+        cm=kcpu
+        [[ $(med "$test|kcpu|$w|${PROXIES[0]}") == - ]] && cm=cpu
+        read -r cp cn < <(best_peer "$test|$cm|$w" min)
+        rr=$(med "$test|rps|$w|reference")
+        cr=$(med "$test|$cm|$w|reference")
+        for p in "${PROXIES[@]}"; do
+            [[ $p == direct ]] && continue
+            local byround=-
+            [[ $p != reference ]] && has reference "${PROXIES[@]}" && byround=$(round_ratios "$test|rps|$w|$p" "$test|rps|$w|reference")
+            echo "| $w | ${LABEL[$p]} | $(cell "$test|rps|$w|$p" 0 s) | $(cell "$test|cpu|$w|$p" 3 s) | $(cell "$test|kcpu|$w|$p" 3 s) | $(cell "$test|thr|$w|$p" 0) | $(ratio "$(med "$test|rps|$w|$p")" "$rp") | $(ratio "$(med "$test|rps|$w|$p")" "$rr") $([[ $byround != - ]] && echo "($byround)") | $(ratio "$(med "$test|$cm|$w|$p")" "$cp") | $(ratio "$(med "$test|$cm|$w|$p")" "$cr") |"
+        done
+        echo
+        echo "Best peer ($w worker$( ((w > 1)) && echo s)): requests/s $rn, CPU $cn$([[ $cm == kcpu ]] && echo " (with its CPU's irq + softirq)" || echo " (processes only)")."
+        echo
+    done
+}
+report_capped() {
+    [[ -n $CAP ]] || return 0
+    echo "### Proxy-bound: every proxy capped at $CAP of a core"
+    echo
+    echo "Each proxy (all its processes and threads) ran in one cgroup with a CPU quota of $CAP core ($CG_TEXT),"
+    echo "created for the run and removed after it; the client and the backends were not capped and kept their"
+    echo "CPUs$( ((PIN)) && echo " (one worker: client and backends on CPU $CLIENT_CPU, the proxy on CPU $PROXY_CPU)"). The proxies ran at"
+    echo "normal priority (the CFS quota does not apply to real-time tasks)$([[ $PRIO == rr ]] && echo "; client and backends under SCHED_RR as PRIO=rr sets")."
+    echo "The reference relay (\`$(basename "$REFERENCE_SRC")\`, \`cc -O2\`: a single-threaded edge-triggered epoll relay with"
+    echo "16 KiB buffers, no runtime, no routing; one process per listener) stands for the userspace limit."
+    echo
+    echo "Proxy CPU per 100,000 requests: user + system time of the proxy's processes (/proc/PID/stat utime + stime,"
+    echo "every thread, nginx's master and worker) over the sample; \"with its CPU's irq + softirq\" adds the hardirq and"
+    echo "softirq time of the proxy's CPU (/proc/stat cpu$PROXY_CPU, irq + softirq, which includes ksoftirqd/$PROXY_CPU's"
+    echo "softirq work) over the same sample. On loopback the receive path of what a process sends runs as softirq on"
+    echo "the sender's CPU, so that time is the kernel's work for the proxy's sends (not charged to the proxy's stime,"
+    echo "and not held back by the cap); the softirq of what the client and the backends send runs on their CPU and"
+    echo "is not counted. Only with one pinned worker (the proxy alone on its CPU); otherwise \"-\". Throttled: the"
+    echo "share of the cap's periods in which the cgroup used up its quota (cpu.stat nr_throttled / nr_periods)."
+    echo "Best peer: the better of HAProxy and nginx. Round by round: the proxy's sample over the reference's of the"
+    echo "same round, median [smallest–largest]."
+    echo
+    if has ka "${TESTS[@]}"; then
+        echo "Keep-alive requests (wrk, $CONNS connections, $DURATION s):"
+        echo
+        report_capped_test ka
+    fi
+    if has conn "${TESTS[@]}"; then
+        echo "New connections (wrk with \`Connection: close\`, $CONNS connections, $DURATION s):"
+        echo
+        report_capped_test conn
+    fi
 }
 
 TARGETS_MET=0
@@ -1718,6 +1990,13 @@ report() {
     local cpu_model mem_gib
     cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
+    if [[ -n $CAP ]]; then
+        echo "## Proxy-bound (issue 22, item 1)"
+        echo
+        echo "\`CAP=$CAP benches/load/run.sh\` with TESTS=\"${TESTS[*]}\" PROXIES=\"${PROXIES[*]}\" WORKERS=\"${WORKERS[*]}\" REPS=$REPS DURATION=$DURATION PRIO=$PRIO."
+        echo
+        report_capped
+    fi
     echo "## Load: geoedge against HAProxy and nginx stream (issue 6)"
     echo
     echo "\`benches/load/run.sh\` (root; \`apt-get install -y --no-install-recommends haproxy nginx"
@@ -1749,7 +2028,11 @@ report() {
     echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'),"
     echo "$(iperf3 --version 2>&1 | head -n 1 | sed 's/ (cJSON.*//'), Python $(python3 -c 'import platform; print(platform.python_version())'),"
     echo "TCP congestion control $(sysctl -n net.ipv4.tcp_congestion_control), open-file limit $NOFILE."
-    [[ $PRIO == rr ]] && echo "PRIO=rr: proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51."
+    if [[ $PRIO == rr && -n $CAP ]]; then
+        echo "PRIO=rr: wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51; the capped proxies at normal priority."
+    elif [[ $PRIO == rr ]]; then
+        echo "PRIO=rr: proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51."
+    fi
     ((GE_WORKERS_FLAG)) || echo "geoedge had no \`--workers\` flag yet: $GE_NOTE."
     [[ -n $IDLE_NOTE ]] && echo "Idle connections: $IDLE_NOTE."
     [[ -n $BASELINE ]] && echo "Baseline: $BASELINE ($BASELINE_REV), started like geoedge; the wg test uses geoedge only."
@@ -1793,6 +2076,16 @@ report() {
             env | grep '^GEOEDGE_' | grep -v '^GEOEDGE_LABEL=' | sort | sed 's/$/ \\/'
             echo "${GE_CMD[*]}" | sed -e "s|$WORK|\$WORK|g" -e "s|$GEOEDGE|geoedge|"
             echo "$GE_SQL"
+            echo '```'
+            echo
+        fi
+        if has reference "${PROXIES[@]}"; then
+            echo "Reference relay (\`cc -O2 -o reference-relay $(basename "$REFERENCE_SRC")\`, one process per listener):"
+            echo
+            echo '```'
+            echo "reference-relay ${PORT_HTTP[reference]} $B_HTTP"
+            echo "reference-relay ${PORT_IPERF[reference]} $B_IPERF"
+            echo "reference-relay ${PORT_IDLE[reference]} $B_SINK"
             echo '```'
             echo
         fi
