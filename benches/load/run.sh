@@ -1993,7 +1993,10 @@ report() {
     if [[ -n $CAP ]]; then
         echo "## Proxy-bound (issue 22, item 1)"
         echo
-        echo "\`CAP=$CAP benches/load/run.sh\` with TESTS=\"${TESTS[*]}\" PROXIES=\"${PROXIES[*]}\" WORKERS=\"${WORKERS[*]}\" REPS=$REPS DURATION=$DURATION PRIO=$PRIO."
+        echo "\`CAP=$CAP benches/load/run.sh\` with TESTS=\"${TESTS[*]}\" PROXIES=\"${PROXIES[*]}\" WORKERS=\"${WORKERS[*]}\" REPS=$REPS DURATION=$DURATION PRIO=$PRIO;"
+        echo "run of $(date -u '+%Y-%m-%d %H:%M UTC'): $NPROC× $(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r),"
+        echo "geoedge $GEOEDGE_REV, $(haproxy -v 2>&1 | head -n 1 | sed 's/ - https.*//; s/ version//'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}')."
+        echo "The full tables of the same run follow in the next section (printed; with DOC=1 only this section is written)."
         echo
         report_capped
     fi
@@ -2124,6 +2127,11 @@ import sys
 doc_path, section_path = sys.argv[1], sys.argv[2]
 section = open(section_path).read().rstrip("\n") + "\n"
 heading = section.splitlines()[0]
+# one section: a proxy-bound run (CAP) prints the issue 6 tables after its own
+sl = section.splitlines(keepends=True)
+nxt = next((i for i in range(1, len(sl)) if sl[i].startswith("## ")), None)
+if nxt is not None:
+    section = "".join(sl[:nxt]).rstrip("\n") + "\n"
 try:
     lines = open(doc_path).read().splitlines(keepends=True)
 except FileNotFoundError:
