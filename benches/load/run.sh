@@ -91,7 +91,8 @@
 # what the client and backends send runs on their CPU and is not counted;
 # nor is that time, less ksoftirqd's, "other processes" for the contention
 # mark), the share of throttled periods, and ratios to the best of HAProxy and
-# nginx and to the reference relay. e.g.
+# nginx and to the reference relay. The proxies' order rotates by one
+# place each round (instead of the geoedge family's reversal). e.g.
 #   sudo CAP=0.5 PRIO=rr TESTS="ka conn" WORKERS=1 REPS=6 benches/load/run.sh
 #
 # Pinning (2 cores): with one worker, wrk/iperf3 run on CPU 0 and the proxy
@@ -1433,6 +1434,10 @@ if ((${#LOCAL_TESTS[@]})); then
                     k=$((k + 1))
                 fi
             done
+        fi
+        if [[ -n $CAP ]]; then # proxy-bound: every proxy takes every place in turn
+            k=$(((round - 1) % ${#order[@]}))
+            order=("${order[@]:k}" "${order[@]:0:k}")
         fi
         for w in "${WORKERS[@]}"; do
             for proxy in "${order[@]}"; do
