@@ -49,7 +49,7 @@
 //! have passed through (the churn makes each shard's hash table double
 //! once, after which it rehashes in place and grows no more).
 //!
-//! `tests/timing.rs` (ignored by default) measures the cost of an admission
+//! `examples/timing.rs` (`cargo run --release --example timing`) measures the cost of an admission
 //! and its guard's drop.
 //!
 //! # The limits
