@@ -97,9 +97,7 @@ pub fn run(settings: &Settings, takeover: bool) -> anyhow::Result<ExitCode> {
     crate::commands::run::take_bindings(&edge, &others);
     let health = Arc::new(Health::default());
     let metrics = Metrics::new(Arc::clone(&health))?;
-    metrics.register_edge(crate::commands::run::metric_sources(&edge))?;
-    metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
-    metrics.register_features(Arc::clone(&edge.proxy))?;
+    crate::commands::run::register(&metrics, &edge, &settings, &db)?;
     runtime.block_on(async {
         let _endpoints = match settings.metrics_listen {
             Some(addr) => Some(

@@ -421,6 +421,31 @@ pub fn take_bindings(edge: &Edge, others: &[u32]) {
     }
 }
 
+/// Gives the metrics listener the edge: its collectors and the admin
+/// endpoints' view of it (`run` and `demo` alike).
+pub fn register(
+    metrics: &Metrics,
+    edge: &Edge,
+    settings: &Settings,
+    routing_db: &Path,
+) -> anyhow::Result<()> {
+    metrics.register_edge(metric_sources(edge))?;
+    metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
+    metrics.register_features(Arc::clone(&edge.proxy))?;
+    metrics.admin().set_write(settings.admin_write);
+    metrics.admin().set_edge(crate::control::admin::AdminEdge {
+        router: Arc::clone(&edge.proxy.router),
+        geoip: Arc::clone(&edge.proxy.geoip),
+        app: settings
+            .listen
+            .first()
+            .map_or_else(geoedge_routing::AppId::default_app, |l| l.app.clone()),
+        region: settings.region.clone(),
+        routing_db: routing_db.to_path_buf(),
+    });
+    Ok(())
+}
+
 /// The `run` command; `resolve` reads the settings again on SIGHUP;
 /// `takeover`: start beside another geoedge on the same addresses.
 pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Result<ExitCode> {
@@ -454,7 +479,6 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
     // tables are loaded and the listeners bound.
     let health = Arc::new(Health::default());
     let metrics = Metrics::new(Arc::clone(&health))?;
-    metrics.admin().set_write(settings.admin_write);
     let endpoints = match &others {
         Ok(_) => settings
             .metrics_listen
@@ -480,19 +504,7 @@ pub fn run(settings: &Settings, resolve: Resolve, takeover: bool) -> anyhow::Res
             edge
         }
     };
-    metrics.register_edge(metric_sources(&edge))?;
-    metrics.register_lifecycle(Arc::clone(&edge.proxy.limit), Arc::clone(&edge.reloads))?;
-    metrics.register_features(Arc::clone(&edge.proxy))?;
-    metrics.admin().set_edge(crate::control::admin::AdminEdge {
-        router: Arc::clone(&edge.proxy.router),
-        geoip: Arc::clone(&edge.proxy.geoip),
-        app: settings
-            .listen
-            .first()
-            .map_or_else(geoedge_routing::AppId::default_app, |l| l.app.clone()),
-        region: settings.region.clone(),
-        routing_db: routing_db.clone(),
-    });
+    register(&metrics, &edge, settings, &routing_db)?;
     runtime.block_on(async {
         // The backhaul comes up first: backends in other POPs are dialed through it.
         let backhaul = match &settings.wireguard {

@@ -422,6 +422,11 @@ fn demo_routes_three_countries_and_stops_on_sigint() {
         backends,
         ["backend=eu-demo", "backend=us-demo", "backend=sa-demo"]
     );
+    // And the admin endpoints: the London client's binding, live.
+    let (status, body) = http_get(metrics, "/bindings?client=81.2.69.1");
+    assert_eq!(status, 200, "{body}");
+    let binding: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(binding["backend"], "eu-demo", "{binding}");
     let text = scrape(metrics);
     assert_eq!(
         metric(&text, r#"edge_backend_eligible{backend="eu-demo"}"#),
