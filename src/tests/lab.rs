@@ -660,6 +660,13 @@ fn installs(lab: &Lab, pop: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The last `lines` lines of the file at `path` (for a failure's message).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// The sha256 of POP `pop`'s routing.db.
 fn copy_of(lab: &Lab, pop: &str) -> String {
     let bytes = std::fs::read(lab.dir.join(pop).join("routing.db")).unwrap();
@@ -672,9 +679,11 @@ async fn until_applied(lab: &Lab, pops: &[&str], revision: u64, why: &str) {
         until(
             || {
                 format!(
-                    "{why}: POP {pop} did not install revision {revision}; its installs: {:?}; db status:\n{}",
+                    "{why}: POP {pop} did not install revision {revision}; its installs: {:?}; db status:\n{}\n{pop}'s geoedge.log, the end:\n{}\n{pop}'s nats.log, the end:\n{}",
                     installs(lab, pop),
-                    String::from_utf8_lossy(&lab.run(&["db", "status"]).stdout)
+                    String::from_utf8_lossy(&lab.run(&["db", "status"]).stdout),
+                    tail(&lab.dir.join(pop).join("geoedge.log"), 40),
+                    tail(&lab.dir.join(pop).join("nats.log"), 40),
                 )
             },
             Duration::from_secs(90),

@@ -269,17 +269,35 @@ impl Store {
     /// The file of `info`, checked against its sha256 (a corrupt object is
     /// an error, never returned).
     pub async fn fetch(&self, info: &RevisionInfo) -> anyhow::Result<Vec<u8>> {
-        let mut object = self
-            .objects
-            .get(&info.object)
+        let mut object = tokio::time::timeout(NATS_TIMEOUT, self.objects.get(&info.object))
             .await
-            .map_err(|e| self.errors.explain(anyhow!(e)))
+            .map_err(|_| anyhow!("no answer in {NATS_TIMEOUT:?}"))
+            .and_then(|got| got.map_err(|e| self.errors.explain(anyhow!(e))))
             .with_context(|| format!("fetching {}", info.object))?;
+        // The object's chunks come from a consumer; one whose messages
+        // stop (its server cut off from the stream's leader mid-read)
+        // would otherwise leave the read, and the follow task, waiting
+        // forever. A read that makes no progress for NATS_TIMEOUT fails
+        // and is tried again.
         let mut bytes = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0).min(1 << 30));
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .with_context(|| format!("reading {}", info.object))?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::time::timeout(NATS_TIMEOUT, object.read(&mut chunk))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "stalled after {} of {} bytes: nothing for {NATS_TIMEOUT:?}",
+                        bytes.len(),
+                        info.size
+                    )
+                })
+                .and_then(|r| r.map_err(|e| anyhow!(e)))
+                .with_context(|| format!("reading {}", info.object))?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
         let got = Sha256Digest::of(&bytes);
         if got != info.sha256 {
             anyhow::bail!(DigestMismatch {
