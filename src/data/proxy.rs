@@ -269,6 +269,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     ) {
         let app = &service;
         let local = listener.local_addr().ok();
+        self.own.listening_on(local);
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,

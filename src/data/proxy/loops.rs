@@ -19,6 +19,15 @@
 //! the peer matches. A NAT rule that rewrites the backend's address to the
 //! listener's is not seen (the two ends differ); an address alias is.
 //!
+//! Only a backend connection dialed to a port this edge listens on can come
+//! back as one of its clients (the accepted socket's local end is a
+//! listener's address), so only those are recorded: a backend on any other
+//! port costs no `getsockname` and no map write, and while nothing is
+//! recorded an accepted peer costs one atomic load. The listeners mark
+//! their ports when they start serving ([`OwnConnections::listening_on`]);
+//! a mark is never taken back (a port no longer listened on only records
+//! more than it needs).
+//!
 //! The registration is made when a connect returns, so an accept that races
 //! it can slip through once; the next hop of the loop is caught (a chain
 //! ends within a hop or two). Active health checks close their connection
@@ -27,6 +36,7 @@
 
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -37,15 +47,35 @@ use tokio::net::TcpStream;
 /// is a 64-bit digest of the two ends (keyed by a secret of this process,
 /// so no client can aim at a collision) and the backend, since every open
 /// connection has one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OwnConnections {
     /// Digest of (local end, backend's address) → the backend.
     open: DashMap<u64, BackendId>,
     /// Digest of a local end in `open` → how many connections use it (the
-    /// cheap first question asked of every accepted peer).
+    /// first question asked of an accepted peer while `open` has entries).
     locals: DashMap<u64, u32>,
+    /// How many entries `open` has (read before any map is).
+    count: AtomicUsize,
     /// The secret key of the digests.
     keys: std::collections::hash_map::RandomState,
+    /// A bit per TCP port, set for the ports the edge listens on.
+    ports: Box<[AtomicU64]>,
+    /// Set when a listener's port was not known: every backend connection
+    /// is recorded.
+    any_port: AtomicBool,
+}
+
+impl Default for OwnConnections {
+    fn default() -> Self {
+        OwnConnections {
+            open: DashMap::default(),
+            locals: DashMap::default(),
+            count: AtomicUsize::new(0),
+            keys: std::collections::hash_map::RandomState::default(),
+            ports: (0..(1 << 16) / 64).map(|_| AtomicU64::new(0)).collect(),
+            any_port: AtomicBool::new(false),
+        }
+    }
 }
 
 /// A backend connection's entry in [`OwnConnections`], removed when this
@@ -62,7 +92,9 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.own.open.remove(&self.ends);
+        if self.own.open.remove(&self.ends).is_some() {
+            self.own.count.fetch_sub(1, Ordering::Relaxed);
+        }
         self.own.locals.remove_if_mut(&self.local, |_, n| {
             *n -= 1;
             *n == 0
@@ -77,6 +109,25 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl OwnConnections {
+    /// Marks the port of a listener the edge serves (`None`: its address
+    /// could not be read; every backend connection is then recorded).
+    pub fn listening_on(&self, local: Option<SocketAddr>) {
+        match local {
+            Some(a) => {
+                let port = usize::from(a.port());
+                self.ports[port / 64].fetch_or(1 << (port % 64), Ordering::Relaxed);
+            }
+            None => self.any_port.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a connection to `port` could come back to a listener.
+    fn listened(&self, port: u16) -> bool {
+        let port = usize::from(port);
+        self.ports[port / 64].load(Ordering::Relaxed) & (1 << (port % 64)) != 0
+            || self.any_port.load(Ordering::Relaxed)
+    }
+
     /// The digest of a local end.
     fn local_key(&self, local: SocketAddr) -> u64 {
         self.keys.hash_one(canonical(local))
@@ -88,19 +139,24 @@ impl OwnConnections {
     }
 
     /// Records `stream`, connected to `backend` at `remote` (the address it
-    /// was dialed at), until the returned guard drops. `None` when the
-    /// socket has no local address to record (it failed already; the relay
-    /// will see that).
+    /// was dialed at), until the returned guard drops. `None` when nothing
+    /// was recorded: `remote`'s port is not one the edge listens on (the
+    /// connection cannot come back), or the socket has no local address to
+    /// record (it failed already; the relay will see that).
     pub fn register(
         self: &Arc<Self>,
         stream: &TcpStream,
         remote: SocketAddr,
         backend: &BackendId,
     ) -> Option<Registered> {
+        if !self.listened(remote.port()) {
+            return None;
+        }
         let local = stream.local_addr().ok()?;
         let ends = self.ends_key(local, remote);
         let local = self.local_key(local);
         if self.open.insert(ends, backend.clone()).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
             *self.locals.entry(local).or_insert(0) += 1;
         }
         Some(Registered {
@@ -119,7 +175,9 @@ impl OwnConnections {
         peer: SocketAddr,
         local: impl FnOnce() -> Option<SocketAddr>,
     ) -> Option<BackendId> {
-        if !self.locals.contains_key(&self.local_key(peer)) {
+        if self.count.load(Ordering::Relaxed) == 0
+            || !self.locals.contains_key(&self.local_key(peer))
+        {
             return None;
         }
         let ends = self.ends_key(peer, local()?);

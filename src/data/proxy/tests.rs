@@ -466,6 +466,12 @@ async fn own_connections_are_known_by_both_ends_until_they_close() {
     let s = TcpStream::connect(backend).await.unwrap();
     let local = s.local_addr().unwrap();
     let id = BackendId::new("b");
+    // Not a port the edge listens on: the connection cannot come back, and
+    // nothing is recorded.
+    assert!(own.register(&s, backend, &id).is_none());
+    assert_eq!(own.origin(local, || unreachable!("asked")), None);
+    // The edge listens on the backend's port (another address of the host).
+    own.listening_on(Some(SocketAddr::new([0, 0, 0, 0].into(), backend.port())));
     let registered = own.register(&s, backend, &id).expect("a connected socket");
     // That connection arriving at the backend's address: the edge itself.
     assert_eq!(own.origin(local, || Some(backend)), Some(id.clone()));
@@ -508,6 +514,9 @@ async fn a_client_sharing_a_port_with_a_backend_connection_is_served() {
 
     let shared = closed_port().await;
     let own = connect_from(shared, backend_addr).await;
+    // As if the edge also listened on the backend's port, so that its
+    // connection there is recorded.
+    p.own.listening_on(Some(backend_addr));
     let _registered = p
         .own
         .register(&own, backend_addr, &BackendId::new("up"))
