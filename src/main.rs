@@ -6,6 +6,12 @@ use geoedge::control::{config, logging};
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: its per-thread pages suit the
+/// worker threads' short-lived per-connection allocations (measured in
+/// docs/benchmarks.md, "Proxy-bound, issue 22").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse_args();
     // Before any thread uses SQLite: its opens never wait on a FIFO.
