@@ -159,7 +159,8 @@
 #   REFERENCE_SRC the reference relay's C source (benches/load/reference-relay.c)
 #   PRIO         normal (default) or rr: every process measured runs under
 #                SCHED_RR (chrt -r), proxies, wrk and iperf3 at priority 50,
-#                the backends at 51, so that other work on a shared machine
+#                the backends at 51 (the iperf3 server at 50, with its
+#                client), so that other work on a shared machine
 #                (builds at normal or lower priority) cannot keep a CPU that
 #                one of them waits for, and a client that busy-waits (wrk
 #                polls while its TLS handshake waits for the server) cannot
@@ -791,7 +792,11 @@ EOF
         wait_listen "$npid" "$B_TLS_A" && wait_listen "$npid" "$B_TLS_B" ||
             die "the TLS backends did not start: $(tail -n 5 "$WORK/backend-error.log" 2>/dev/null)"
     fi
-    "${RT_BACKEND[@]}" iperf3 -s -B 127.0.0.1 -p "$B_IPERF" >"$WORK/iperf3-server.log" 2>&1 &
+    # At the client's priority, not the backends': iperf3's server can spin
+    # (seen after a failed four-stream reverse test), and at a higher
+    # real-time priority than the client on the CPU they share it would
+    # keep the client from ever running again.
+    "${RT[@]}" iperf3 -s -B 127.0.0.1 -p "$B_IPERF" >"$WORK/iperf3-server.log" 2>&1 &
     local ipid=$!
     PIDS+=("$ipid")
     wait_listen "$ipid" "$B_IPERF" || die "the iperf3 server did not start: $(tail -n 5 "$WORK/iperf3-server.log")"
@@ -2037,9 +2042,9 @@ report() {
     echo "$(iperf3 --version 2>&1 | head -n 1 | sed 's/ (cJSON.*//'), Python $(python3 -c 'import platform; print(platform.python_version())'),"
     echo "TCP congestion control $(sysctl -n net.ipv4.tcp_congestion_control), open-file limit $NOFILE."
     if [[ $PRIO == rr && -n $CAP ]]; then
-        echo "PRIO=rr: wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51; the capped proxies at normal priority."
+        echo "PRIO=rr: wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51 (the iperf3 server at 50); the capped proxies at normal priority."
     elif [[ $PRIO == rr ]]; then
-        echo "PRIO=rr: proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51."
+        echo "PRIO=rr: proxies, wrk and iperf3 ran under SCHED_RR priority 50 (\`chrt -r 50\`), the backends at 51 (the iperf3 server at 50)."
     fi
     ((GE_WORKERS_FLAG)) || echo "geoedge had no \`--workers\` flag yet: $GE_NOTE."
     [[ -n $IDLE_NOTE ]] && echo "Idle connections: $IDLE_NOTE."
