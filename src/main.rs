@@ -6,9 +6,10 @@ use geoedge::control::{config, logging};
 
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: its per-thread pages suit the
-/// worker threads' short-lived per-connection allocations (measured in
-/// docs/benchmarks.md, "Proxy-bound, issue 22").
+/// mimalloc instead of glibc's malloc for the worker threads' short-lived
+/// per-connection allocations: 1.0% of a proxy-bound worker's CPU on new
+/// connections where glibc's took 1.8% (docs/benchmarks.md, "Where
+/// geoedge's time goes", issue 22).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
