@@ -5,7 +5,8 @@
 //! keeps flowing. An error on either side ends both, and is passed on as a
 //! reset to both peers, as is a relay cut before its end (see [`relay`]).
 //! When no byte has moved either way for the idle timeout, both sides are
-//! closed.
+//! closed (checked every [`IDLE_STEPS`]th of the timeout, so the close comes
+//! up to that much later: moving bytes reads no clock).
 //!
 //! Memory: the relay is one small state machine polled by the connection's
 //! task (two sockets, two direction states and one timer), not a future
@@ -45,6 +46,11 @@ use crate::data::splice::Pipe;
 /// at 1.6–1.8× the proxy's CPU per byte (docs/benchmarks.md, "bulk
 /// throughput, splice and copy").
 const BUFFER: usize = 32 * 1024;
+
+/// The idle timeout is checked this many times per timeout while bytes
+/// move, so a connection is closed between the idle timeout and an eighth
+/// more after its last byte (see [`relay`]'s timer).
+pub const IDLE_STEPS: u32 = 8;
 
 /// Buffers a thread keeps for reuse; more are freed when given back.
 const POOL_CAP: usize = 32;
@@ -220,8 +226,18 @@ async fn relay_pair(
     let backend = &*backend;
     let mut up = Direction::new(policy.splice);
     let mut down = Direction::new(policy.splice);
-    let mut last = Instant::now();
-    let sleep = tokio::time::sleep_until(last + idle);
+    // The idle timer: while bytes move it fires every `step`, and each
+    // firing that finds `active` set takes its own time as the start of
+    // the quiet; one that finds nothing moved since the previous one leaves
+    // it, and the relay ends at `quiet + idle`. A chunk passed on only sets
+    // `active`: no clock read and no timer call per chunk, and the timer is
+    // polled only once it has fired (`is_elapsed` is one atomic load; the
+    // task's waker, registered at the first poll, stays the same).
+    let step = (idle / IDLE_STEPS).max(Duration::from_millis(1));
+    let mut quiet = Instant::now();
+    let mut active = false;
+    let mut armed = false;
+    let sleep = tokio::time::sleep_until(quiet + step.min(idle));
     tokio::pin!(sleep);
     // Which side ended first, once one has.
     let mut backend_first = None;
@@ -265,17 +281,18 @@ async fn relay_pair(
         if let Err(e) = half {
             return Poll::Ready(Ended::Error(e));
         }
-        if moved {
-            last = Instant::now();
-        }
-        // The timer is armed for the last activity seen when it was set;
-        // when it fires after newer activity, it is moved on.
-        while sleep.as_mut().poll(cx).is_ready() {
-            let deadline = last + idle;
-            if deadline <= Instant::now() {
-                return Poll::Ready(Ended::Idle);
+        active |= moved;
+        if !armed || sleep.is_elapsed() {
+            armed = true;
+            while sleep.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                if std::mem::take(&mut active) {
+                    quiet = now;
+                } else if now >= quiet + idle {
+                    return Poll::Ready(Ended::Idle);
+                }
+                sleep.as_mut().reset((now + step).min(quiet + idle));
             }
-            sleep.as_mut().reset(deadline);
         }
         Poll::Pending
     })
@@ -956,6 +973,43 @@ mod tests {
             crate::data::splice::thread_pipes(),
             (0, 0),
             "small messages went through a pipe"
+        );
+    }
+
+    /// Bytes moving keep a relay open; after the last of them it ends
+    /// between the idle timeout and an [`IDLE_STEPS`]th of it more, on
+    /// paused time.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_relay_ends_an_idle_timeout_after_its_last_byte() {
+        let (mut client, client_side) = pair().await;
+        let (backend_side, mut backend) = pair().await;
+        let stats = ConnStats::default();
+        let idle = Duration::from_millis(800);
+        let started = Instant::now();
+        let relaying = relay(
+            client_side,
+            backend_side,
+            b"",
+            Policy { idle, ..policy() },
+            meter(&stats),
+        );
+        let talk = async {
+            let mut got = [0u8; 1];
+            // A byte every 500 ms for 2.5 s: longer than the timeout in
+            // all, never idle for it.
+            for _ in 0..6 {
+                client.write_all(b"x").await.unwrap();
+                backend.read_exact(&mut got).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            started.elapsed() - Duration::from_millis(500)
+        };
+        let (ended, last) = tokio::join!(relaying, talk);
+        assert!(matches!(ended, Ended::Idle), "{ended:?}");
+        let quiet = started.elapsed() - last;
+        assert!(
+            quiet >= idle && quiet <= idle + idle / IDLE_STEPS,
+            "ended {quiet:?} after the last byte (idle timeout {idle:?})"
         );
     }
 
