@@ -157,6 +157,7 @@
 #                one worker
 #   CAP          cores (e.g. 0.5; unset: off): the proxy-bound mode (issue 22)
 #   REFERENCE_SRC the reference relay's C source (benches/load/reference-relay.c)
+#   WRK_KEEP     a directory: every wrk output is copied into it
 #   PRIO         normal (default) or rr: every process measured runs under
 #                SCHED_RR (chrt -r), proxies, wrk and iperf3 at priority 50,
 #                the backends at 51 (the iperf3 server at 50, with its
@@ -289,6 +290,8 @@ PIN=${PIN:-1}
 ((NPROC >= 2)) || PIN=0
 BACKEND_WITH=${BACKEND_WITH:-client}
 PRIO=${PRIO:-normal}
+WRK_KEEP=${WRK_KEEP:-}
+[[ -z $WRK_KEEP || -d $WRK_KEEP ]] || die "WRK_KEEP: $WRK_KEEP is not a directory"
 RT=()
 RT_BACKEND=()
 case $PRIO in
@@ -1067,6 +1070,9 @@ run_wrk() {
         "$url" >"$out" 2>&1
     rc=$?
     sample_end
+    if [[ -n $WRK_KEEP ]]; then
+        cp "$out" "$WRK_KEEP/wrk-$test-w$w-$proxy-$(date +%s).out"
+    fi
     rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
     reqs=$(awk '/requests in/ {print $1}' "$out")
     p50=$(awk '$1 == "50%" {print $2}' "$out")
