@@ -1058,16 +1058,32 @@ ms() { # wrk latency (e.g. 612.00us, 1.20ms, 1.05s) in ms
         if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
         printf "%.3f\n", n }'
 }
+# port: client connections to 127.0.0.1:port that the server has not
+# accepted: those in its listeners' accept queues (ss Recv-Q of a listening
+# socket), and those still waiting for a SYN-ACK (the queues were full)
+not_accepted() {
+    local queued syn
+    queued=$(ss -tlnH "( sport = :$1 )" 2>/dev/null | awk '{s += $2} END {print s + 0}')
+    syn=$(ss -tnH state syn-sent "( dport = :$1 )" 2>/dev/null | wc -l)
+    echo $((queued + syn))
+}
+
 # test workers proxy: one wrk run (keep-alive or Connection: close)
 run_wrk() {
-    local test=$1 w=$2 proxy=$3 hdr=() out=$WORK/wrk.out rc rps reqs p50 p99 errs cpu100k
-    local url="http://127.0.0.1:${PORT_HTTP[$proxy]}/"
+    local test=$1 w=$2 proxy=$3 hdr=() out=$WORK/wrk.out rc rps reqs p50 p99 errs cpu100k wpid waiting
+    local port=${PORT_HTTP[$proxy]}
+    local url="http://127.0.0.1:$port/"
     [[ $test == conn || $test == sni ]] && hdr=(-H 'Connection: close')
     # sni: the name localhost (127.0.0.1 in /etc/hosts) is the ClientHello's server name
-    [[ $test == sni ]] && url="https://localhost:${PORT_SNI[$proxy]}/"
+    [[ $test == sni ]] && port=${PORT_SNI[$proxy]} && url="https://localhost:$port/"
     sample_begin
     "${RT[@]}" "${CLIENT[@]}" wrk -t "$w" -c "$CONNS" -d "${DURATION}s" --latency "${hdr[@]}" \
-        "$url" >"$out" 2>&1
+        "$url" >"$out" 2>&1 &
+    wpid=$!
+    # Halfway through: wrk's connections the proxy has not taken in yet.
+    sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 2}')"
+    waiting=$(not_accepted "$port")
+    wait "$wpid"
     rc=$?
     sample_end
     if [[ -n $WRK_KEEP ]]; then
@@ -1092,6 +1108,7 @@ run_wrk() {
     add "$test|p50|$w|$proxy" "$p50" "$S_MARK"
     add "$test|p99|$w|$proxy" "$p99" "$S_MARK"
     add "$test|errors|$w|$proxy" "$errs" "$S_MARK"
+    add "$test|waiting|$w|$proxy" "$waiting" "$S_MARK"
     if [[ $proxy != direct ]]; then
         add "$test|cpu|$w|$proxy" "$cpu100k" "$S_MARK"
         add "$test|pcpu|$w|$proxy" "$S_PROXY_PCT" "$S_MARK"
@@ -1108,8 +1125,8 @@ run_wrk() {
             capped+=", with its CPU's irq+softirq $kcpu s/100k req"
         fi
     fi
-    printf '   %-4s %8s req/s%-1s p50 %7.3f ms  p99 %7.3f ms  errors %s  proxy %s s/100k req  CPU%%: proxy %s, client %s, backend %s, others %s, steal %s%s\n' \
-        "$test" "$rps" "$S_MARK" "$p50" "$p99" "$errs" \
+    printf '   %-4s %8s req/s%-1s p50 %7.3f ms  p99 %7.3f ms  errors %s  not accepted halfway %s  proxy %s s/100k req  CPU%%: proxy %s, client %s, backend %s, others %s, steal %s%s\n' \
+        "$test" "$rps" "$S_MARK" "$p50" "$p99" "$errs" "$waiting" \
         "$([[ $proxy == direct ]] && echo - || echo "$cpu100k")" "$S_PROXY_PCT" "$S_CLIENT_PCT" "$S_BACKEND_PCT" "$S_OTHER_PCT" "$S_STEAL_PCT" "$capped"
 }
 
@@ -1536,20 +1553,23 @@ report_wrk() { # test
     [[ $test == conn ]] && echo "from the proxy to the backend)."
     echo "Proxy CPU: user + system seconds of the proxy's processes per 100,000 requests, and its mean share of one"
     echo "core during the run. Latency as wrk reports it (closed loop: $CONNS requests always outstanding)."
+    echo "Not accepted: wrk's connections the proxy had not taken in halfway through the run (in its listeners'"
+    echo "accept queues, or still waiting for a SYN-ACK because they were full); their requests are in no latency"
+    echo "figure until they are."
     echo
-    echo "| workers | proxy | requests/s | p50 ms | p99 ms | proxy CPU s / 100k requests | proxy CPU % of a core | errors |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    echo "| workers | proxy | requests/s | p50 ms | p99 ms | not accepted | proxy CPU s / 100k requests | proxy CPU % of a core | errors |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     local v
     for w in "${WORKERS[@]}"; do
         for p in "${PROXIES[@]}"; do
             [[ $test == sni ]] && ! sni_for "$p" && continue
-            echo "| $w | ${LABEL[$p]} | $(cell "$test|rps|$w|$p" 0 s) | $(cell "$test|p50|$w|$p" 3) | $(cell "$test|p99|$w|$p" 3) | $(cell "$test|cpu|$w|$p" 3) | $(cell "$test|pcpu|$w|$p" 0) | $(cell "$test|errors|$w|$p" 0) |"
+            echo "| $w | ${LABEL[$p]} | $(cell "$test|rps|$w|$p" 0 s) | $(cell "$test|p50|$w|$p" 3) | $(cell "$test|p99|$w|$p" 3) | $(cell "$test|waiting|$w|$p" 0) | $(cell "$test|cpu|$w|$p" 3) | $(cell "$test|pcpu|$w|$p" 0) | $(cell "$test|errors|$w|$p" 0) |"
         done
-        ratio_rows "$test" "$w" rps p50 p99 cpu pcpu _
+        ratio_rows "$test" "$w" rps p50 p99 _ cpu pcpu _
         for v in $(proxies_in "${VARIANTS[@]}"); do
             [[ $test == sni ]] && continue
             row="| $w | $v/geoedge"
-            for m in rps p50 p99 cpu pcpu; do
+            for m in rps p50 p99 waiting cpu pcpu; do
                 row+=" | $(ratio "$(med "$test|$m|$w|$v")" "$(med "$test|$m|$w|geoedge")")"
             done
             echo "$row |  |"
