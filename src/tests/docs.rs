@@ -280,6 +280,8 @@ fn run_example(sandbox: &Sandbox, dir: &Path, ex: &Example) -> Result<(), String
         .current_dir(dir)
         .env("PATH", path)
         .env("HOME", dir)
+        // A `geoedge demo` the sandbox kills leaves its files here.
+        .env("TMPDIR", dir)
         .env("NO_COLOR", "1")
         .env("TZ", "UTC")
         .env("LC_ALL", "C.UTF-8")

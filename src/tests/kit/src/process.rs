@@ -91,6 +91,10 @@ pub struct Edge {
     lines: Arc<Mutex<Vec<String>>>,
     /// stdout lines.
     out: Arc<Mutex<Vec<String>>>,
+    /// The process's `TMPDIR` (unless the caller set one), removed after
+    /// it is killed: a `demo` killed before it can clean up leaves its
+    /// files here, not in the machine's temporary directory.
+    tmp: Option<std::path::PathBuf>,
 }
 
 impl Edge {
@@ -131,6 +135,16 @@ impl Edge {
                 cmd.env(k, v);
             }
         }
+        let tmp = if cmd.get_envs().any(|(key, _)| key == "TMPDIR") {
+            None
+        } else {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("geoedge-kit-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temporary directory for geoedge");
+            cmd.env("TMPDIR", &dir);
+            Some(dir)
+        };
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("geoedge starts");
         let out = Arc::new(Mutex::new(Vec::new()));
@@ -155,6 +169,7 @@ impl Edge {
             metrics: None,
             lines,
             out,
+            tmp,
         };
         edge.wait_for(until);
         edge
@@ -272,6 +287,9 @@ impl Drop for Edge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
     }
 }
 
