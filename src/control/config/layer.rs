@@ -111,7 +111,8 @@ pub struct Layer {
     )]
     pub connect_attempts: Option<u32>,
 
-    /// Close a connection after no byte moved either way for this long.
+    /// Close a connection after no byte moved either way for this long
+    /// (checked every eighth of it, so up to an eighth later).
     #[arg(
         long,
         env = "GEOEDGE_IDLE_TIMEOUT",
