@@ -673,6 +673,24 @@ fn copy_of(lab: &Lab, pop: &str) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// Probes `pop` with new clients (`served` gives the region each went to),
+/// half a second apart, until one goes to `region`; fails after 20.
+async fn within_a_few_clients(
+    served: &mut impl FnMut(&str) -> String,
+    pop: &str,
+    region: &str,
+    when: &str,
+) {
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some(region) {
+        assert!(got.len() < 20, "GB at {pop} {when}: {got:?}");
+        got.push(served(pop));
+        if got.last().map(String::as_str) != Some(region) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
 /// Waits until every POP in `pops` has installed and reloaded `revision`.
 async fn until_applied(lab: &Lab, pops: &[&str], revision: u64, why: &str) {
     for pop in pops {
@@ -800,14 +818,7 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
     // us or sa waits a moment for a lease of an eu backend and then goes
     // to the next best. Within a few clients, each POP serves them in eu.
     for pop in POPS {
-        let mut got = Vec::new();
-        while got.last().map(String::as_str) != Some("eu") {
-            assert!(got.len() < 20, "GB at {pop} after the undo: {got:?}");
-            got.push(served(pop));
-            if got.last().map(String::as_str) != Some("eu") {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
+        within_a_few_clients(&mut served, pop, "eu", "after the undo").await;
     }
     lab.ok(&["nats", "start", "eu"]);
 
@@ -863,7 +874,11 @@ async fn publish_reaches_every_pop_through_node_loss_outage_and_partition() {
             drained_sha,
             "{pop}'s copy after the rollback"
         );
-        assert_eq!(served(pop), "us", "GB at {pop} after the rollback");
+        // Just after the heal sa's edge may not get a lease of a us backend
+        // in time (its NATS connection is still coming back), and a client
+        // then goes to the next best, its own POP; within a few clients
+        // each POP sends them to us.
+        within_a_few_clients(&mut served, pop, "us", "after the rollback").await;
     }
     let log = lab.ok(&["log"]);
     assert!(
