@@ -92,9 +92,10 @@ pub struct Edge {
     /// stdout lines.
     out: Arc<Mutex<Vec<String>>>,
     /// The process's `TMPDIR` (unless the caller set one), removed after
-    /// it is killed: a `demo` killed before it can clean up leaves its
-    /// files here, not in the machine's temporary directory.
-    tmp: Option<std::path::PathBuf>,
+    /// it is killed (fields drop after [`Drop::drop`]): a `demo` killed
+    /// before it can clean up leaves its files here, not in the machine's
+    /// temporary directory.
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Edge {
@@ -138,11 +139,11 @@ impl Edge {
         let tmp = if cmd.get_envs().any(|(key, _)| key == "TMPDIR") {
             None
         } else {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("geoedge-kit-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("a temporary directory for geoedge");
-            cmd.env("TMPDIR", &dir);
+            let dir = tempfile::Builder::new()
+                .prefix("geoedge-kit-")
+                .tempdir()
+                .expect("a temporary directory for geoedge");
+            cmd.env("TMPDIR", dir.path());
             Some(dir)
         };
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -169,7 +170,7 @@ impl Edge {
             metrics: None,
             lines,
             out,
-            tmp,
+            _tmp: tmp,
         };
         edge.wait_for(until);
         edge
@@ -287,9 +288,6 @@ impl Drop for Edge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(tmp) = &self.tmp {
-            let _ = std::fs::remove_dir_all(tmp);
-        }
     }
 }
 
