@@ -48,7 +48,8 @@ async fn every_termination_reason_writes_one_json_line() {
     let b = Backend::start("b1").await;
     add_backend(&db, "b1", "eu", "GB", b.addr, 100, 200);
     // An app whose only backend refuses, one with none.
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     sqlite3(
         &db,
         &format!(

@@ -23,12 +23,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A port on 127.0.0.1 with nothing listening: connects are refused.
-fn refusing_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// A private client address: placed at the POP's region (`eu`), so every
 /// `eu` backend is equally near and ties go by load, then id.
 fn client(i: u32) -> IpAddr {
@@ -73,7 +67,8 @@ async fn greet(edge: SocketAddr, ip: IpAddr) -> Option<String> {
 async fn a_refusing_backend_is_ejected_1000_clients_get_through_and_it_is_readmitted() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
-    let dead = refusing_port();
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     let (b, c) = (Backend::start("b").await, Backend::start("c").await);
     // `a` is everyone's first choice (same proximity, lowest id).
     add_backend(&db, "a", "eu", "DE", dead, 1000, 2000);
@@ -141,6 +136,7 @@ async fn a_refusing_backend_is_ejected_1000_clients_get_through_and_it_is_readmi
     );
 
     // a listens again: the next trial (at most 2 s away) re-admits it.
+    drop(refusing);
     let recovered = Backend::start_on("a", dead).await;
     let t0 = Instant::now();
     let mut i = 2000;
@@ -178,7 +174,8 @@ async fn a_refusing_backend_is_ejected_1000_clients_get_through_and_it_is_readmi
 async fn active_checks_take_a_refusing_backend_down_bring_it_back_and_follow_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
-    let dead = refusing_port();
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     let b = Backend::start("b").await;
     let c = Backend::start("c").await;
     add_backend(&db, "a", "eu", "DE", dead, 1000, 2000);
@@ -228,6 +225,7 @@ async fn active_checks_take_a_refusing_backend_down_bring_it_back_and_follow_rel
         Some(1.0)
     );
 
+    drop(refusing);
     let _a = Backend::start_on("a", dead).await;
     let up = until("a up", Duration::from_secs(5), || {
         state(&edge, "a", "up") == 1.0
@@ -241,7 +239,8 @@ async fn active_checks_take_a_refusing_backend_down_bring_it_back_and_follow_rel
 
     // A backend added to routing.db is checked (and found down); one
     // removed is no longer checked.
-    add_backend(&db, "d", "eu", "DE", refusing_port(), 1000, 2000);
+    let d = Refusing::new();
+    add_backend(&db, "d", "eu", "DE", d.addr, 1000, 2000);
     until("d checked and down", Duration::from_secs(5), || {
         state(&edge, "d", "down") == 1.0
     })
@@ -561,8 +560,9 @@ async fn active_checks_keep_to_their_rate_and_to_the_apps_served() {
     // 40 refusing backends of the app served; checking each every 100 ms
     // would be 400 checks a second.
     let mut rows = String::new();
-    for i in 0..40 {
-        let addr = refusing_port();
+    let refusing: Vec<Refusing> = (0..40).map(|_| Refusing::new()).collect();
+    for (i, r) in refusing.iter().enumerate() {
+        let addr = r.addr;
         rows.push_str(&format!(
             "INSERT INTO backends (id, region, country, wg_ip, port, soft_limit, hard_limit) \
              VALUES ('r{i}', 'eu', 'GB', '{}', {}, 10, 20);",

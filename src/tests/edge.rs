@@ -5,7 +5,7 @@
 
 use geoedge_testkit as support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -235,10 +235,8 @@ async fn a_refusing_backend_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
     // A port with nothing listening: connections are refused.
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     let alive = Backend::start("alive").await;
     add_backend(&db, "dead", "eu", "GB", dead, 100, 200);
     add_backend(&db, "alive", "eu", "DE", alive.addr, 100, 200);
@@ -443,11 +441,8 @@ fn probe_names_both_reasons_an_edge_closes_without_an_answer() {
     let db = routing_db(dir.path());
     // A backend whose connects are refused: the edge has one for the
     // client, yet closes the connection as when it has none.
-    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    add_backend(&db, "gone", "eu", "GB", refusing, 100, 200);
+    let refusing = Refusing::new();
+    add_backend(&db, "gone", "eu", "GB", refusing.addr, 100, 200);
     let edge = Edge::start(&edge_args(&db, &[]));
     let out = geoedge()
         .args(["probe", &edge.addr.to_string(), "--as", "81.2.69.1"])

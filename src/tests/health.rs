@@ -6,7 +6,7 @@
 
 use geoedge_testkit as support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -100,10 +100,8 @@ async fn json_logs_carry_the_span_and_a_repeating_failure_is_logged_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
     let us = Backend::start("us").await;
-    let dead: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     add_backend(&db, "us", "us", "US", us.addr, 100, 200);
     add_backend(&db, "dead", "eu", "GB", dead, 100, 200);
     let edge = Edge::launch(

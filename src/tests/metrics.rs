@@ -229,7 +229,8 @@ async fn prometheus_scrapes_what_the_traffic_did() {
         Backend::start("us").await,
         Backend::start("small").await,
     );
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let refusing = Refusing::new();
+    let dead = refusing.addr;
     add_backend(&db, "gb", "eu", "GB", gb.addr, 100, 200);
     add_backend(&db, "us", "us", "US", us.addr, 100, 200);
     add_backend(&db, "small", "sa", "BR", small.addr, 3, 3);

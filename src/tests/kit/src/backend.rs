@@ -298,6 +298,46 @@ pub fn serve_echo(s: std::net::TcpStream, id: &str, stop: &AtomicBool) -> std::i
     }
 }
 
+/// A loopback address where every connection is refused for as long as
+/// this lives: a socket bound to it that never listens holds the port, so
+/// no other socket (the edge's own listeners on port 0 included) is given
+/// it. A port from [`free_port`] can be: a backend meant to refuse could
+/// then be one of the edge's listeners.
+#[derive(Debug)]
+pub struct Refusing {
+    /// The bound socket that holds the port.
+    _held: socket2::Socket,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Refusing {
+    /// Binds a fresh port on 127.0.0.1 (without `SO_REUSEADDR`, so nothing
+    /// else can bind it meanwhile).
+    pub fn new() -> Refusing {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("binding a loopback port");
+        let addr = socket
+            .local_addr()
+            .expect("its address")
+            .as_socket()
+            .expect("an IP address");
+        Refusing {
+            _held: socket,
+            addr,
+        }
+    }
+}
+
+impl Default for Refusing {
+    fn default() -> Self {
+        Refusing::new()
+    }
+}
+
 /// A loopback port that was free a moment ago (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
