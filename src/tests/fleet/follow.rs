@@ -229,7 +229,11 @@ async fn with_one_node_of_three_down_publish_and_follow_still_work() {
         "master",
         &[("x", "127.0.0.1:9".parse().unwrap())],
     );
-    assert_eq!(publish(&urls, None, &m, "one"), 1);
+    // A cluster just formed may still time out the first JetStream
+    // requests (the bucket's streams are placed and elect their leaders
+    // after the meta leader /healthz waits for): publish until it is
+    // taken, as an operator would.
+    assert_eq!(publish_until_it_succeeds(&urls, &m, "one").await, 1);
     let (edge, _) = follower(dir.path(), "eu", &urls, &m, &[]);
     installed(&edge, 1).await;
     // The first server of the edge's list goes. If it led the streams,
