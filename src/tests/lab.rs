@@ -45,7 +45,7 @@ use geoedge_testkit as support;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use geoedge_geoip::sample::sample_entry;
@@ -90,6 +90,39 @@ struct Greeting {
     peer: String,
 }
 
+impl Greeting {
+    /// The greeting in a line of `lab.sh probe` or of a backend.
+    fn parse(line: &str) -> Greeting {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_owned()
+        };
+        Greeting {
+            backend: field("backend"),
+            region: field("region"),
+            client: field("client"),
+            peer: field("peer"),
+        }
+    }
+}
+
+/// An open client connection ([`Lab::hold`]), closed when this drops.
+struct Held {
+    /// The process holding it.
+    child: std::process::Child,
+    /// Its backend's greeting.
+    greeting: Greeting,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Lab {
     fn new(tag: &str) -> Lab {
         let tmp = tempfile::tempdir().unwrap();
@@ -127,18 +160,35 @@ impl Lab {
     }
 
     fn probe(&self, pop: &str, client: IpAddr) -> Greeting {
-        let line = self.ok(&["probe", pop, &client.to_string()]);
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-                .to_owned()
-        };
-        Greeting {
-            backend: field("backend"),
-            region: field("region"),
-            client: field("client"),
-            peer: field("peer"),
+        Greeting::parse(&self.ok(&["probe", pop, &client.to_string()]))
+    }
+
+    /// A connection of `client` to POP `pop` that stays open until the
+    /// result drops, made from the lab's client namespace as `lab.sh probe`
+    /// makes its (a PROXY v1 header naming `client`), once its backend has
+    /// greeted it.
+    fn hold(&self, pop: &str, client: IpAddr) -> Held {
+        let i = POPS.iter().position(|p| *p == pop).unwrap() + 1;
+        let script = format!(
+            "exec 3<>/dev/tcp/172.31.250.1{i}/8080 && \
+             printf 'PROXY TCP4 {client} 172.31.250.1{i} 40000 8080\\r\\n' >&3 && \
+             head -n 1 <&3 && exec sleep 600"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-wan", self.name), "bash", "-c"])
+            .arg(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        Held {
+            greeting: Greeting::parse(&line),
+            child,
         }
     }
 
@@ -528,6 +578,14 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     );
     assert_eq!(healthy.trim(), "2");
 
+    // The moved client keeps a connection open through the undo: its
+    // binding to us is in use, and so is eu's lease of the us backend
+    // (renewed while connections hold it; an idle one lapses after its 3 s
+    // term, and a bound client does not wait for a new lease: it goes to
+    // the next best, docs/routing.md).
+    let held = lab.hold("eu", moved);
+    assert_eq!(held.greeting.region, next, "{:?}", held.greeting);
+
     // Undo it: new GB clients are back in eu at every POP.
     sqlite3(
         &master,
@@ -550,6 +608,7 @@ fn three_pops_drain_a_region_and_bring_it_back() {
     // A client moved by the drain keeps its binding to us while it is in
     // use (docs/routing.md, stickiness).
     assert_eq!(lab.probe("eu", moved).region, next);
+    drop(held);
     let sent_to_us = lab.connects_to("eu", "us");
     for _ in 0..20 {
         let g = lab.probe("eu", client("GB", n));
