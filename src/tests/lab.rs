@@ -43,9 +43,10 @@ mod leases;
 use geoedge_testkit as support;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use geoedge_geoip::sample::sample_entry;
@@ -108,18 +109,47 @@ impl Greeting {
     }
 }
 
-/// An open client connection ([`Lab::hold`]), closed when this drops.
+/// A client held open, and where it was served.
 struct Held {
-    /// The process holding it.
-    child: std::process::Child,
+    /// The POP it was opened at.
+    pop: &'static str,
     /// Its backend's greeting.
     greeting: Greeting,
+    /// The connection.
+    _stream: TcpStream,
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// POP `pop`'s underlay address, where its clients connect.
+fn underlay(pop: &str) -> String {
+    let i = POPS.iter().position(|p| *p == pop).unwrap() + 1;
+    format!("172.31.250.1{i}")
+}
+
+/// Opens a client at `pop` claiming `ip` and reads the backend's
+/// greeting. Call it in the clients' namespace (whose address geoedge
+/// trusts for PROXY headers): [`Lab::hold`] does.
+fn open(pop: &'static str, ip: IpAddr) -> Held {
+    let addr: SocketAddr = format!("{}:8080", underlay(pop)).parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("connecting to {pop}: {e}"));
+    let header = format!("PROXY TCP4 {ip} {} 40000 8080\r\n", underlay(pop));
+    s.write_all(header.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            other => panic!(
+                "client {ip} at {pop}: no greeting ({other:?}) after {:?}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+    Held {
+        pop,
+        greeting: Greeting::parse(&String::from_utf8_lossy(&line)),
+        _stream: s,
     }
 }
 
@@ -163,33 +193,14 @@ impl Lab {
         Greeting::parse(&self.ok(&["probe", pop, &client.to_string()]))
     }
 
-    /// A connection of `client` to POP `pop` that stays open until the
-    /// result drops, made from the lab's client namespace as `lab.sh probe`
-    /// makes its (a PROXY v1 header naming `client`), once its backend has
-    /// greeted it.
-    fn hold(&self, pop: &str, client: IpAddr) -> Held {
-        let i = POPS.iter().position(|p| *p == pop).unwrap() + 1;
-        let script = format!(
-            "exec 3<>/dev/tcp/172.31.250.1{i}/8080 && \
-             printf 'PROXY TCP4 {client} 172.31.250.1{i} 40000 8080\\r\\n' >&3 && \
-             head -n 1 <&3 && exec sleep 600"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &format!("{}-wan", self.name), "bash", "-c"])
-            .arg(script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        Held {
-            greeting: Greeting::parse(&line),
-            child,
-        }
+    /// A connection of `client` to POP `pop` from the clients' namespace,
+    /// open until the result drops, once its backend has greeted it.
+    fn hold(&self, pop: &'static str, client: IpAddr) -> Held {
+        spawn_in(Some(&format!("{}-wan", self.name)), move || {
+            open(pop, client)
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
     /// The sha256 of every POP's routing.db, after checking that nothing

@@ -218,58 +218,6 @@ fn serve_counted(
     }
 }
 
-/// A client held open, and where it was served.
-struct Held {
-    pop: &'static str,
-    greeting: Greeting,
-    _stream: TcpStream,
-}
-
-fn underlay(pop: &str) -> String {
-    let i = POPS.iter().position(|p| *p == pop).unwrap() + 1;
-    format!("172.31.250.1{i}")
-}
-
-/// Opens a client at `pop` claiming `ip` (from the clients' namespace,
-/// whose address geoedge trusts for PROXY headers) and reads the
-/// backend's greeting.
-fn open(pop: &'static str, ip: IpAddr) -> Held {
-    let addr: SocketAddr = format!("{}:8080", underlay(pop)).parse().unwrap();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("connecting to {pop}: {e}"));
-    let header = format!("PROXY TCP4 {ip} {} 40000 8080\r\n", underlay(pop));
-    s.write_all(header.as_bytes()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"\n") {
-        match s.read(&mut b) {
-            Ok(1) => line.push(b[0]),
-            other => panic!(
-                "client {ip} at {pop}: no greeting ({other:?}) after {:?}",
-                String::from_utf8_lossy(&line)
-            ),
-        }
-    }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .to_owned()
-    };
-    Held {
-        pop,
-        greeting: Greeting {
-            backend: field("backend"),
-            region: field("region"),
-            client: field("client"),
-            peer: field("peer"),
-        },
-        _stream: s,
-    }
-}
-
 /// Sends each POP its clients, the POPs at once, each POP's one after the
 /// other (a few ms apart): every client is held open.
 fn send(lab: &Lab, clients: Vec<(&'static str, Vec<IpAddr>)>) -> Vec<Held> {
