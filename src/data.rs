@@ -9,6 +9,7 @@ pub mod conn_stats;
 pub mod dialer;
 pub mod health_log;
 pub mod lease_wait;
+pub mod pair;
 pub mod per_client;
 pub mod proxy;
 pub use geoedge_proxy_protocol as proxy_protocol;
