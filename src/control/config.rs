@@ -70,6 +70,10 @@ pub struct Settings {
     /// Worker threads (each a single-threaded runtime with its own
     /// listeners).
     pub workers: usize,
+    /// How each worker runs its client connections: on a tokio runtime
+    /// (the default) or on its own epoll loop. Fixed at start, like
+    /// `workers`: a SIGHUP that changes it is logged as needing a restart.
+    pub engine: Engine,
     /// The WireGuard backhaul, when configured.
     #[serde(serialize_with = "crate::data::proxy::as_debug")]
     pub wireguard: Option<WgSettings>,
@@ -129,6 +133,45 @@ impl FromStr for LogFormat {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
             other => bail!("log_format {other:?}: expected text or json"),
+        }
+    }
+}
+
+/// How each worker thread runs its client connections (`engine`), fixed
+/// at start: a change takes a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// A single-threaded tokio runtime per worker: every feature, the
+    /// engine the edge has always had.
+    #[default]
+    Tokio,
+    /// Each worker's own edge-triggered epoll loop accepts, connects and
+    /// relays without a runtime (less CPU per connection); a connection
+    /// that needs what the loop does not do (reading the ClientHello, the
+    /// access log, per-client limits, a wait for another POP's lease) is
+    /// handed whole to a tokio runtime on a second thread of the same
+    /// worker. Bulk transfers are copied, never spliced.
+    Epoll,
+}
+
+impl Engine {
+    /// The name the setting is written with: `tokio` or `epoll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Tokio => "tokio",
+            Engine::Epoll => "epoll",
+        }
+    }
+}
+
+impl FromStr for Engine {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.trim() {
+            "tokio" => Ok(Engine::Tokio),
+            "epoll" => Ok(Engine::Epoll),
+            other => bail!("engine {other:?}: expected tokio or epoll"),
         }
     }
 }
@@ -487,6 +530,7 @@ impl Settings {
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Some(n) => defaults::bounded("workers", n, &defaults::WORKERS_RANGE)?,
             },
+            engine: l.engine.as_deref().unwrap_or(defaults::ENGINE).parse()?,
             wireguard,
             metrics_listen,
             metrics_backend_series: l
@@ -647,6 +691,120 @@ mod tests {
         assert_eq!(early_log_format(&flag, Some(&file)), LogFormat::Text);
         assert_eq!(early_log_format(&Layer::default(), None), LogFormat::Text);
         assert!("yaml".parse::<LogFormat>().is_err());
+    }
+
+    /// The settings layer as the flags and the environment give it.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        settings: Layer,
+    }
+
+    fn engine_of(args: &[&str], file: Option<&Path>) -> anyhow::Result<Engine> {
+        let flags = <Flags as clap::Parser>::try_parse_from(args)?;
+        Settings::resolve(flags.settings, file).map(|s| s.engine)
+    }
+
+    #[test]
+    fn engine_from_the_flag_or_the_file() {
+        // Unset: tokio, the default, which is what `defaults::ENGINE` says.
+        assert_eq!(engine_of(&["geoedge"], None).unwrap(), Engine::Tokio);
+        assert_eq!(
+            defaults::ENGINE.parse::<Engine>().unwrap(),
+            Engine::default()
+        );
+        assert_eq!(
+            engine_of(&["geoedge", "--engine", "epoll"], None).unwrap(),
+            Engine::Epoll
+        );
+        assert_eq!(
+            engine_of(&["geoedge", "--engine=tokio"], None).unwrap(),
+            Engine::Tokio
+        );
+        // The file, under the flags.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, "engine = 'epoll'\n").unwrap();
+        assert_eq!(engine_of(&["geoedge"], Some(&file)).unwrap(), Engine::Epoll);
+        assert_eq!(
+            engine_of(&["geoedge", "--engine", "tokio"], Some(&file)).unwrap(),
+            Engine::Tokio
+        );
+        for e in [Engine::Tokio, Engine::Epoll] {
+            assert_eq!(e.as_str().parse::<Engine>().unwrap(), e);
+        }
+    }
+
+    /// Set in the copy of this test binary that
+    /// [`engine_from_the_environment`] runs with `GEOEDGE_ENGINE` set (so
+    /// that no test changes the environment of the others).
+    const ENGINE_CHILD: &str = "GEOEDGE_TEST_ENGINE_CHILD";
+
+    #[test]
+    fn engine_from_the_environment() {
+        if std::env::var_os(ENGINE_CHILD).is_some() {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("g.toml");
+            std::fs::write(&file, "engine = 'tokio'\n").unwrap();
+            // The variable wins over the file, the flag over the variable.
+            assert_eq!(engine_of(&["geoedge"], Some(&file)).unwrap(), Engine::Epoll);
+            assert_eq!(
+                engine_of(&["geoedge", "--engine", "tokio"], None).unwrap(),
+                Engine::Tokio
+            );
+            return;
+        }
+        let name = "control::config::tests::engine_from_the_environment";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1"])
+            .env(ENGINE_CHILD, "1")
+            .env("GEOEDGE_ENGINE", "epoll")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // An unknown value from the variable is refused as from the flag.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1"])
+            .env(ENGINE_CHILD, "1")
+            .env("GEOEDGE_ENGINE", "uring")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && stdout.contains("expected tokio or epoll"),
+            "{stdout}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_engine_is_refused_with_the_choices() {
+        for bad in ["uring", "Tokio", "", "epoll,tokio"] {
+            let e = bad.parse::<Engine>().unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("engine {:?}: expected tokio or epoll", bad.trim())
+            );
+        }
+        let l: Layer = toml::from_str("engine = 'uring'").unwrap();
+        let e = Settings::resolve(l, None).unwrap_err().to_string();
+        assert_eq!(e, "engine \"uring\": expected tokio or epoll");
+        // Not a string in the file: refused when the file is read.
+        assert!(toml::from_str::<Layer>("engine = 1").is_err());
+    }
+
+    #[test]
+    fn a_changed_engine_needs_a_restart() {
+        let settings = |toml: &str| Settings::resolve(toml::from_str(toml).unwrap(), None).unwrap();
+        let old = settings("listen = ['127.0.0.1:1']\nworkers = 2");
+        let new = settings("listen = ['127.0.0.1:1']\nworkers = 2\nengine = 'epoll'");
+        let changes = crate::control::lifecycle::diff(&old, &new);
+        assert_eq!(changes.restart, vec!["engine".to_owned()]);
+        assert!(changes.live.is_empty());
     }
 
     #[test]

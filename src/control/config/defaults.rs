@@ -122,6 +122,9 @@ pub const ACCESS_LOG_QUEUE: usize = 64 * 1024;
 pub const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 /// `workers`' bounds (the default is one per CPU).
 pub const WORKERS_RANGE: RangeInclusive<usize> = 1..=1024;
+/// `engine`: each worker's connections on a tokio runtime (`epoll`: on
+/// the worker's own epoll loop).
+pub const ENGINE: &str = "tokio";
 /// `binding_ipv4_prefix`' bounds.
 pub const BINDING_IPV4_PREFIX_RANGE: RangeInclusive<u8> = 0..=32;
 /// `binding_ipv6_prefix`' bounds.
@@ -209,6 +212,7 @@ pub fn shown() -> Vec<(&'static str, String)> {
         ("proxy_header_timeout", d(PROXY_HEADER_TIMEOUT)),
         ("drain_timeout", d(DRAIN_TIMEOUT)),
         ("workers", "one per CPU".into()),
+        ("engine", ENGINE.into()),
         ("client_max_connections", "no cap".into()),
         ("client_rate", CLIENT_RATE.into()),
         ("client_ipv4_prefix", CLIENT_IPV4_PREFIX.to_string()),

@@ -153,6 +153,15 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
     pub workers: Option<usize>,
 
+    /// How each worker runs client connections: tokio (a runtime per worker, every feature) or epoll (its own epoll loop, less CPU per connection; connections that need the ClientHello, the access log, per-client limits or a lease wait go to a tokio runtime on a second thread of the worker); fixed at start.
+    #[arg(
+        long,
+        env = "GEOEDGE_ENGINE",
+        global = true,
+        value_name = "tokio|epoll"
+    )]
+    pub engine: Option<String>,
+
     /// Client connections open at once, over all listeners; more are closed at once [default and maximum: what the descriptor limit holds, (RLIMIT_NOFILE - reserve) / 2; a larger value is lowered to it, with a warning].
     #[arg(long, env = "GEOEDGE_MAX_CONNECTIONS", global = true, value_name = "N")]
     pub max_connections: Option<u64>,
@@ -449,6 +458,7 @@ impl Layer {
             proxy_header_timeout,
             drain_timeout,
             workers,
+            engine,
             max_connections,
             wg_interface,
             wg_listen_port,
