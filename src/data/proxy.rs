@@ -41,11 +41,13 @@ use crate::data::dialer::Dialer;
 use crate::data::proxy_protocol::Version;
 use crate::data::throttle::Throttle;
 
+pub mod adopt;
 pub mod data_path;
 pub mod log_line;
 pub mod loops;
 pub mod stages;
 
+pub use adopt::Adopted;
 pub use data_path::{DataPath, Relay};
 pub use loops::OwnConnections;
 pub use stages::Conn;
@@ -58,15 +60,15 @@ pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct FailureLog {
     /// Accepting a client failed (out of descriptors and the like).
-    accept: Throttle,
+    pub(crate) accept: Throttle,
     /// Connecting to a backend failed.
-    connect: Throttle,
+    pub(crate) connect: Throttle,
     /// No backend could take a client.
-    no_backend: Throttle,
+    pub(crate) no_backend: Throttle,
     /// This host could not open a socket to a backend.
-    local: Throttle,
+    pub(crate) local: Throttle,
     /// A connection came back to this edge from one of its own.
-    looped: Throttle,
+    pub(crate) looped: Throttle,
 }
 
 impl Default for FailureLog {
@@ -371,7 +373,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         let this = Arc::clone(self);
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
         self.tasks
-            .spawn(Self::handle(this, slot, conn).instrument(span));
+            .spawn(Self::handle(this, slot, conn, None).instrument(span));
     }
 }
 

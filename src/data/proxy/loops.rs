@@ -149,10 +149,22 @@ impl OwnConnections {
         remote: SocketAddr,
         backend: &BackendId,
     ) -> Option<Registered> {
+        self.register_with(|| stream.local_addr().ok(), remote, backend)
+    }
+
+    /// [`OwnConnections::register`] for a socket whose local address
+    /// `local` gives (asked only when `remote`'s port is one the edge
+    /// listens on).
+    pub fn register_with(
+        self: &Arc<Self>,
+        local: impl FnOnce() -> Option<SocketAddr>,
+        remote: SocketAddr,
+        backend: &BackendId,
+    ) -> Option<Registered> {
         if !self.listened(remote.port()) {
             return None;
         }
-        let local = stream.local_addr().ok()?;
+        let local = local()?;
         let ends = self.ends_key(local, remote);
         let local = self.local_key(local);
         if self.open.insert(ends, backend.clone()).is_none() {

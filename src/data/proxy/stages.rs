@@ -110,11 +110,20 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     /// waits, so the stages before the relay run in a future of their own
     /// ([`Self::prepare`]) and the relay's future takes only what it moves
     /// bytes with ([`Self::relay_conn`]).
-    pub(crate) async fn handle(self: Arc<Self>, slot: Slot, mut conn: Conn) {
+    ///
+    /// `known` is the client's identity when the epoll worker found it
+    /// already (it read the PROXY header, then handed the connection over:
+    /// [`crate::data::event_loop`]); stage 1 is then skipped.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        slot: Slot,
+        mut conn: Conn,
+        known: Option<Identity>,
+    ) {
         // The relay's future is made in a statement of its own, so that
         // nothing of the stages before it (the result they returned, moved
         // from or not) stays in this future while the relay runs.
-        let prepared = self.prepare(&mut conn).await;
+        let prepared = self.prepare(&mut conn, known).await;
         match prepared {
             Ok((identity, dialed)) => self.relay_conn(conn, identity, dialed).await,
             Err(result) => {
@@ -129,8 +138,18 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
 
     /// The stages up to the relay: identify, admit, classify, limit, route
     /// and dial.
-    async fn prepare(&self, conn: &mut Conn) -> Result<(Identity, Dialed), ConnResult> {
-        let mut identity = self.identify(conn).await?;
+    async fn prepare(
+        &self,
+        conn: &mut Conn,
+        known: Option<Identity>,
+    ) -> Result<(Identity, Dialed), ConnResult> {
+        let mut identity = match known {
+            Some(identity) => {
+                Self::note_identity(conn, &identity);
+                identity
+            }
+            None => self.identify(conn).await?,
+        };
         self.admit_client(conn, &identity)?;
         let app = self.classify(conn, &mut identity).await?;
         let client = self.limit_client(conn, &identity, &app)?;
@@ -185,26 +204,32 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         } else {
             (peer, local, Vec::new())
         };
-        let span = tracing::Span::current();
         let ip = source.ip().to_canonical();
-        span.record("client", display(ip));
         let lookup = self.geoip.lookup(ip);
-        if let Some(country) = lookup.country() {
-            span.record("country", display(country));
-        }
-        if let Some(line) = conn.log.as_deref_mut() {
-            line.record.client = source;
-            line.record.country = lookup
-                .country()
-                .and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
-        }
-        Ok(Identity {
+        let identity = Identity {
             source,
             destination,
             early,
             ip,
             lookup,
-        })
+        };
+        Self::note_identity(conn, &identity);
+        Ok(identity)
+    }
+
+    /// Puts who the client is in the connection's span and access-log line.
+    fn note_identity(conn: &mut Conn, identity: &Identity) {
+        let span = tracing::Span::current();
+        span.record("client", display(identity.ip));
+        let country = identity.lookup.country();
+        if let Some(country) = country {
+            span.record("country", display(country));
+        }
+        if let Some(line) = conn.log.as_deref_mut() {
+            line.record.client = identity.source;
+            line.record.country =
+                country.and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
+        }
     }
 
     /// Stage 2: whether the client may go on. A connection whose two ends
@@ -217,6 +242,15 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             return Ok(());
         };
         let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
+        self.refuse_loop(&backend_id, conn.peer);
+        Err(ConnResult::Loop)
+    }
+
+    /// Ejects the backend a connection from `peer` came back through (one
+    /// of this edge's own backend connections) for the longest backoff,
+    /// and says so (once per [`super::FAILURE_LOG_INTERVAL`]). The caller
+    /// resets the connection and counts it `loop`.
+    pub(crate) fn refuse_loop(&self, backend_id: &BackendId, peer: SocketAddr) {
         let snapshot = self.router.table().snapshot();
         let backoff = snapshot.backend(backend_id.as_str()).map(|backend| {
             match self.router.report_loop(backend, Instant::now()) {
@@ -229,11 +263,10 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                 backend = %backend_id,
                 suppressed,
                 "connection loop: a connection to this backend came back to this edge ({}); the backend is ejected for {:?}",
-                conn.peer,
+                peer,
                 backoff.unwrap_or_default()
             );
         }
-        Err(ConnResult::Loop)
     }
 
     /// Stage 3: the app the client came for. A plain listener serves one

@@ -1,0 +1,80 @@
+//! Connections accepted elsewhere and handed to this pipeline whole: the
+//! epoll worker (`engine = "epoll"`) runs the plain path itself and hands
+//! over each connection that needs a stage it does not run (reading the
+//! ClientHello, the access log, per-client limits, a wait for another
+//! POP's lease), on its worker's second thread, a tokio runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use super::log_line::LogLine;
+use super::stages::{Conn, Identity};
+use super::{DataPath, Proxy, ProxyOptions, Service};
+use crate::data::admission::Slot;
+use crate::data::conn_stats::ConnResult;
+use crate::data::dialer::Dialer;
+
+/// An accepted client, handed over with what was found out about it.
+#[derive(Debug)]
+pub struct Adopted {
+    /// The accepted socket (non-blocking, registered with no poller).
+    pub client: std::net::TcpStream,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The address the listener is bound to, when known.
+    pub listener: Option<SocketAddr>,
+    /// What the listener serves.
+    pub service: Service,
+    /// The settings snapshot taken at accept.
+    pub options: Arc<ProxyOptions>,
+    /// The connection's slot of the global limit.
+    pub slot: Slot,
+    /// Who the client is, when the PROXY header was read already (stage 1
+    /// is then skipped).
+    pub identity: Option<Identity>,
+    /// Counts the connection among the open ones until its task starts
+    /// (the drain waits for it).
+    pub token: TaskTrackerToken,
+}
+
+impl<D: Dialer, P: DataPath> Proxy<D, P> {
+    /// Runs the pipeline for a handed-over client, on the current tokio
+    /// runtime, from stage 1 (or 2, with its identity).
+    pub fn adopt(self: &Arc<Self>, a: Adopted) {
+        let client = match TcpStream::from_std(a.client) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!("a handed-over client could not join the runtime: {e}");
+                self.conns.record(ConnResult::LocalError);
+                return;
+            }
+        };
+        let conn = Conn {
+            client,
+            peer: a.peer,
+            listener: a.listener,
+            app: a.service.app.clone(),
+            options: a.options,
+            sni: a.service.sni,
+            log: self
+                .access_log
+                .as_ref()
+                .map(|_| LogLine::new(a.peer, a.listener, a.service.app.as_arc())),
+        };
+        let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
+        let this = Arc::clone(self);
+        let (slot, identity, token) = (a.slot, a.identity, a.token);
+        self.tasks.spawn(
+            async move {
+                let _token = token;
+                Self::handle(this, slot, conn, identity).await;
+            }
+            .instrument(span),
+        );
+    }
+}
