@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod conn_stats;
 pub mod dialer;
+pub mod event_loop;
 pub mod health_log;
 pub mod lease_wait;
 pub mod pair;

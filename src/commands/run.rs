@@ -295,7 +295,8 @@ pub async fn serve(
     let notifier = Arc::new(Notifier::from_env());
     let beats = Arc::new(Heartbeats::new(listeners.workers(), notifier.tick()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = crate::control::workers::spawn(&edge.proxy, listeners, &stop_rx, &beats)?;
+    let mut workers =
+        crate::control::workers::spawn(&edge.proxy, listeners, settings.engine, &stop_rx, &beats)?;
     // A geoedge taking over from this one reads its bindings here.
     let handover = crate::control::handover::serve(Arc::clone(&edge.proxy.router));
     // Forget idle bindings in the background, a bounded batch at a time.

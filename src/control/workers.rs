@@ -14,6 +14,14 @@
 //! Each worker also ticks its entry of the [`Heartbeats`] from a task on
 //! its own runtime, so a worker whose thread is stuck stops feeding the
 //! systemd watchdog.
+//!
+//! With `engine = "epoll"` ([`Engine::Epoll`]) a worker is two threads
+//! instead: `geoedge-worker-N` runs the worker's epoll loop
+//! ([`crate::data::event_loop`]) over the same listeners, and ticks the
+//! heartbeat at each of its sweeps; `geoedge-worker-N-pipeline` runs a
+//! single-threaded tokio runtime that adopts the connections the loop
+//! hands over, and wakes the loop when the edge stops accepting and when
+//! the drain is over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +32,7 @@ use geoedge_routing::AppId;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
-use crate::control::config::Settings;
+use crate::control::config::{Engine, Settings};
 use crate::control::sd_notify::Heartbeats;
 use crate::data::dialer::TcpDialer;
 use crate::data::proxy::{Proxy, Service};
@@ -113,18 +121,21 @@ const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_millis(250)
 
 /// The running workers.
 pub struct Workers {
-    /// The worker threads.
+    /// The worker threads (two per worker with the epoll engine).
     threads: Vec<JoinHandle<()>>,
+    /// The number of workers.
+    count: usize,
     /// One message per worker once it has stopped accepting.
     stopped: mpsc::Receiver<()>,
     /// Set when the workers may drop their runtimes (after the drain).
     done: watch::Sender<bool>,
 }
 
-/// Starts one worker thread per listener set, serving until `stop` is set.
+/// Starts one worker per listener set, serving until `stop` is set.
 pub fn spawn(
     proxy: &Arc<Proxy<TcpDialer>>,
     listeners: Listeners,
+    engine: Engine,
     stop: &watch::Receiver<bool>,
     beats: &Arc<Heartbeats>,
 ) -> anyhow::Result<Workers> {
@@ -133,6 +144,18 @@ pub fn spawn(
     let (done, done_rx) = watch::channel(false);
     let mut threads = Vec::with_capacity(count);
     for (i, set) in listeners.per_worker.into_iter().enumerate() {
+        if engine == Engine::Epoll {
+            threads.extend(spawn_epoll(
+                i,
+                proxy,
+                set,
+                stop,
+                &done_rx,
+                stopped_tx.clone(),
+                beats,
+            )?);
+            continue;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,15 +207,98 @@ pub fn spawn(
     }
     Ok(Workers {
         threads,
+        count,
         stopped,
         done,
     })
 }
 
+/// Worker `i` with the epoll engine: its loop's thread and its pipeline
+/// thread (see the module documentation).
+fn spawn_epoll(
+    i: usize,
+    proxy: &Arc<Proxy<TcpDialer>>,
+    set: Vec<(Service, std::net::TcpListener)>,
+    stop: &watch::Receiver<bool>,
+    done: &watch::Receiver<bool>,
+    stopped: mpsc::Sender<()>,
+    beats: &Arc<Heartbeats>,
+) -> anyhow::Result<[JoinHandle<()>; 2]> {
+    use crate::data::event_loop::{Control, EventLoop, Handoff};
+    let (event_loop, waker) = EventLoop::new(set).context("starting a worker's epoll loop")?;
+    let (handoff, mut adopt) = Handoff::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a worker's runtime")?;
+    let control = Control {
+        stop: stop.clone(),
+        done: done.clone(),
+        stopped: Box::new(move || {
+            let _ = stopped.blocking_send(());
+        }),
+        beat: {
+            let beats = Arc::clone(beats);
+            Box::new(move |now| beats.beat(i, now))
+        },
+        handoff,
+    };
+    let looping = {
+        let proxy = Arc::clone(proxy);
+        std::thread::Builder::new()
+            .name(format!("geoedge-worker-{i}"))
+            .spawn(move || {
+                if let Err(e) = event_loop.run(&proxy, control) {
+                    tracing::error!("worker {i}: epoll loop: {e}");
+                }
+            })
+            .context("starting a worker thread")?
+    };
+    let (proxy, mut stop, mut done) = (Arc::clone(proxy), stop.clone(), done.clone());
+    let pipeline = std::thread::Builder::new()
+        .name(format!("geoedge-worker-{i}-pipeline"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                // The timer driver's horizon, as in a tokio worker.
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(TIMER_HORIZON);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                    }
+                });
+                // The loop polls with a timeout; the waker makes it see a
+                // stop and the drain's end at once.
+                let wake = Arc::clone(&waker);
+                let mut done_seen = done.clone();
+                tokio::spawn(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                    let _ = wake.wake();
+                    let _ = done_seen.wait_for(|d| *d).await;
+                    let _ = wake.wake();
+                });
+                let adopting = async {
+                    while let Some(a) = adopt.recv().await {
+                        proxy.adopt(a);
+                    }
+                };
+                tokio::select! {
+                    () = adopting => {}
+                    _ = done.wait_for(|d| *d) => {}
+                }
+                // Adopted connections keep running here while the edge
+                // drains.
+                let _ = done.wait_for(|d| *d).await;
+            });
+        })
+        .context("starting a worker's pipeline thread")?;
+    Ok([looping, pipeline])
+}
+
 impl Workers {
     /// Resolves once every worker has stopped accepting.
     pub async fn stopped(&mut self) {
-        for _ in 0..self.threads.len() {
+        for _ in 0..self.count {
             if self.stopped.recv().await.is_none() {
                 break;
             }

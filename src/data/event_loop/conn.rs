@@ -1,0 +1,834 @@
+//! The epoll worker's connections: a client reading its PROXY header, then
+//! a pair (client and backend) connecting with failover, then relaying
+//! through its [`PairRelay`]. Each is one slab entry; its sockets' tokens
+//! carry the entry's index, the side and, for the backend, a generation
+//! bit that a failover flips (an event of the closed socket that comes in
+//! the same batch carries the old bit and is ignored).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use geoedge_routing::{AppId, BackendId, ConnectFailure, Request, Route};
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::field::{display, Empty};
+
+use super::{EventLoop, Handoff};
+use crate::data::admission::Slot;
+use crate::data::conn_stats::ConnResult;
+use crate::data::dialer::Dialer;
+use crate::data::pair::{BufPool, End, Io, PairRelay, Readiness, Side};
+use crate::data::proxy::loops::Registered;
+use crate::data::proxy::stages::Identity;
+use crate::data::proxy::{classify, Adopted, DataPath, Proxy, ProxyOptions, Service};
+use crate::data::proxy_protocol::{self, Header, Parse};
+
+/// A socket's token: slab index, generation bit, side.
+pub(super) fn token(idx: usize, generation: u8, side: Side) -> Token {
+    Token(idx << 2 | usize::from(generation & 1) << 1 | side as usize)
+}
+
+/// One slab entry.
+pub(super) enum Entry {
+    /// A trusted source's client whose PROXY header is being read.
+    Header(Box<Pending>),
+    /// A client and its backend.
+    Pair(Box<Pair>),
+}
+
+impl Entry {
+    /// Closes the entry's sockets with resets (the drain is over).
+    pub(super) fn abort(self, pool: &mut BufPool) {
+        match self {
+            Entry::Header(h) => reset(&h.client),
+            Entry::Pair(mut p) => {
+                p.relay.end(End::Error);
+                let _ = p.relay.poll_io(pool);
+                reset(&p.client);
+                reset(&p.backend);
+            }
+        }
+    }
+}
+
+/// A client of a trusted source whose PROXY header is being read.
+pub(super) struct Pending {
+    /// The accepted socket.
+    client: TcpStream,
+    /// The TCP peer (the trusted source).
+    peer: SocketAddr,
+    /// The listener's address, when known.
+    listener: Option<SocketAddr>,
+    /// What the listener serves.
+    service: Service,
+    /// The settings snapshot taken at accept.
+    options: Arc<ProxyOptions>,
+    /// What was read so far.
+    buf: Vec<u8>,
+    /// The header's deadline.
+    deadline: Instant,
+    /// The connection's slot of the global limit.
+    slot: Slot,
+    /// Counts the connection among the open ones.
+    token: TaskTrackerToken,
+}
+
+/// What a pair needs while its backend is being connected: enough to ask
+/// the routing core again, and to hand the client over.
+struct Dialing {
+    /// The app served.
+    app: AppId,
+    /// Who the client is (for the decision; the handed-over pipeline and
+    /// the logs).
+    identity: Identity,
+    /// Backends tried, excluded from the next decision.
+    tried: Vec<BackendId>,
+    /// Connect attempts left, this one included.
+    attempts_left: u32,
+    /// Per-attempt connect timeout.
+    timeout: Duration,
+    /// This attempt's deadline.
+    deadline: Instant,
+    /// This attempt's start (the decision's clock).
+    started: Instant,
+}
+
+/// A client and its backend.
+pub(super) struct Pair {
+    /// The client's socket.
+    client: TcpStream,
+    /// The backend's socket (a new one after a failover).
+    backend: TcpStream,
+    /// The relay's state.
+    relay: PairRelay,
+    /// The decision, holding the backend's connection slot until it drops.
+    route: Route,
+    /// Set while the backend is being connected.
+    dialing: Option<Box<Dialing>>,
+    /// Flipped with each new backend socket.
+    generation: u8,
+    /// The backend connection's entry among the edge's own (from the
+    /// connect on).
+    _registered: Option<Registered>,
+    /// The connection's slot of the global limit.
+    _slot: Slot,
+    /// Counts the connection among the open ones.
+    _token: TaskTrackerToken,
+}
+
+/// Closes `socket` with a reset when it drops.
+fn reset(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+/// A non-blocking connect to `addr` with TCP_NODELAY, as
+/// [`crate::data::dialer::TcpDialer`] makes them.
+fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        None,
+    )?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+/// Why a decision-and-dial gave no connect under way.
+enum Refusal {
+    /// The connection ends, counted so.
+    Ends(ConnResult),
+    /// The better backend's lease is being asked for: the client waits
+    /// for it in the tokio pipeline.
+    LeasePending,
+}
+
+impl EventLoop {
+    /// A client just accepted: refused, held for its PROXY header, handed
+    /// over, or routed and dialed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        handoff: &Handoff,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        listener: Option<SocketAddr>,
+        service: &Service,
+        now: Instant,
+    ) {
+        let Some(slot) = proxy.limit.try_admit() else {
+            reset(&client);
+            proxy.conns.record(ConnResult::OverLimit);
+            return;
+        };
+        if let Some(backend) = proxy.own.origin(peer, || client.local_addr().ok()) {
+            reset(&client);
+            proxy.refuse_loop(&backend, peer);
+            proxy.conns.record(ConnResult::Loop);
+            return;
+        }
+        let options = proxy.options.load_full();
+        if needs_pipeline(proxy, service, &options) {
+            let a = Adopted {
+                client: client.into(),
+                peer,
+                listener,
+                service: service.clone(),
+                options,
+                slot,
+                identity: None,
+                token: proxy.tasks.token(),
+            };
+            if !handoff.send(a) {
+                proxy.conns.record(ConnResult::LocalError);
+            }
+            return;
+        }
+        let ip = peer.ip().to_canonical();
+        if options.proxy_protocol_from.iter().any(|n| n.contains(&ip)) {
+            let idx = self.vacant();
+            if self
+                .poll
+                .registry()
+                .register(&mut client, token(idx, 0, Side::Client), Interest::READABLE)
+                .is_err()
+            {
+                self.release(idx);
+                reset(&client);
+                proxy.conns.record(ConnResult::LocalError);
+                return;
+            }
+            self.slab[idx] = Some(Entry::Header(Box::new(Pending {
+                client,
+                peer,
+                listener,
+                service: service.clone(),
+                deadline: now + options.proxy_header_timeout,
+                options,
+                buf: Vec::new(),
+                slot,
+                token: proxy.tasks.token(),
+            })));
+            return;
+        }
+        // The address the client reached: asked of the socket only for a
+        // PROXY header to the backend, as the tokio pipeline does.
+        let destination = if options.send_proxy_protocol.is_some() {
+            client.local_addr().ok().or(listener)
+        } else {
+            listener
+        }
+        .unwrap_or(peer);
+        let identity = Identity {
+            source: peer,
+            destination,
+            early: Vec::new(),
+            ip,
+            lookup: proxy.geoip.lookup(ip),
+        };
+        let arrival = Arrival {
+            client,
+            registered: false,
+            peer,
+            listener,
+            service,
+            options: &options,
+            slot,
+            token: proxy.tasks.token(),
+        };
+        self.start(proxy, handoff, arrival, identity, now);
+    }
+
+    /// Reads what a pending client sent; once its PROXY header is whole,
+    /// routes the client.
+    fn read_header<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        handoff: &Handoff,
+        idx: usize,
+        now: Instant,
+    ) {
+        let Some(Some(Entry::Header(pe))) = self.slab.get_mut(idx) else {
+            return;
+        };
+        let parsed = loop {
+            let filled = pe.buf.len();
+            pe.buf.resize(proxy_protocol::MAX_HEADER_LEN, 0);
+            let read = (&pe.client).read(&mut pe.buf[filled..]);
+            match read {
+                Ok(0) => {
+                    pe.buf.truncate(filled);
+                    break Err("closed inside the PROXY header".to_string());
+                }
+                Ok(n) => {
+                    pe.buf.truncate(filled + n);
+                    match proxy_protocol::parse(&pe.buf) {
+                        Ok(Parse::Complete { header, consumed }) => break Ok((header, consumed)),
+                        Ok(Parse::Incomplete) if pe.buf.len() < proxy_protocol::MAX_HEADER_LEN => {
+                            continue
+                        }
+                        Ok(Parse::Incomplete) => break Err("PROXY header too long".to_string()),
+                        Err(e) => break Err(e.to_string()),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pe.buf.truncate(filled);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => pe.buf.truncate(filled),
+                Err(e) => {
+                    pe.buf.truncate(filled);
+                    break Err(e.to_string());
+                }
+            }
+        };
+        let Some(Entry::Header(pe)) = self.slab[idx].take() else {
+            return;
+        };
+        self.release(idx);
+        let Pending {
+            client,
+            peer,
+            listener,
+            service,
+            options,
+            buf,
+            slot,
+            token,
+            ..
+        } = *pe;
+        let (header, consumed) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::debug!(%peer, "PROXY header rejected: {e}");
+                proxy.conns.record(ConnResult::BadProxyHeader);
+                return;
+            }
+        };
+        let local = || client.local_addr().ok().or(listener).unwrap_or(peer);
+        let (source, destination) = match header {
+            Header::Proxied {
+                source,
+                destination,
+            } => (source, destination),
+            Header::Local => (peer, local()),
+        };
+        let ip = source.ip().to_canonical();
+        let identity = Identity {
+            source,
+            destination,
+            early: buf[consumed..].to_vec(),
+            ip,
+            lookup: proxy.geoip.lookup(ip),
+        };
+        let arrival = Arrival {
+            client,
+            registered: true,
+            peer,
+            listener,
+            service: &service,
+            options: &options,
+            slot,
+            token,
+        };
+        self.start(proxy, handoff, arrival, identity, now);
+    }
+
+    /// Routes a client and dials its backend (handing it over when its
+    /// decision waits for a lease), and makes its pair.
+    fn start<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        handoff: &Handoff,
+        a: Arrival<'_>,
+        identity: Identity,
+        now: Instant,
+    ) {
+        let mut dialing = Dialing {
+            app: a.service.app.clone(),
+            identity,
+            tried: Vec::new(),
+            attempts_left: a.options.connect_attempts.max(1),
+            timeout: a.options.connect_timeout,
+            deadline: now,
+            started: now,
+        };
+        let (route, mut backend, registered) = match attempt(proxy, &mut dialing, true) {
+            Ok(dialed) => dialed,
+            Err(Refusal::LeasePending) => {
+                let mut client = a.client;
+                if a.registered {
+                    let _ = self.poll.registry().deregister(&mut client);
+                }
+                let adopted = Adopted {
+                    client: client.into(),
+                    peer: a.peer,
+                    listener: a.listener,
+                    service: a.service.clone(),
+                    options: Arc::clone(a.options),
+                    slot: a.slot,
+                    identity: Some(dialing.identity),
+                    token: a.token,
+                };
+                if !handoff.send(adopted) {
+                    proxy.conns.record(ConnResult::LocalError);
+                }
+                return;
+            }
+            Err(Refusal::Ends(result)) => {
+                if result == ConnResult::LocalError {
+                    reset(&a.client);
+                }
+                proxy.conns.record(result);
+                return;
+            }
+        };
+        let mut client = a.client;
+        let idx = self.vacant();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let registry = self.poll.registry();
+        let client_registered = if a.registered {
+            registry.reregister(&mut client, token(idx, 0, Side::Client), both)
+        } else {
+            registry.register(&mut client, token(idx, 0, Side::Client), both)
+        };
+        if client_registered.is_err()
+            || registry
+                .register(&mut backend, token(idx, 0, Side::Backend), both)
+                .is_err()
+        {
+            self.release(idx);
+            reset(&client);
+            proxy.conns.record(ConnResult::LocalError);
+            return;
+        }
+        let options = a.options;
+        let mut first = Vec::new();
+        if let Some(version) = options.send_proxy_protocol {
+            version.encode(
+                dialing.identity.source,
+                dialing.identity.destination,
+                &mut first,
+            );
+        }
+        let uncounted = first.len();
+        first.extend_from_slice(&dialing.identity.early);
+        let relay = PairRelay::new(
+            first,
+            uncounted,
+            options.half_close,
+            options.idle_timeout,
+            dialing.started,
+        );
+        self.slab[idx] = Some(Entry::Pair(Box::new(Pair {
+            client,
+            backend,
+            relay,
+            route,
+            dialing: Some(Box::new(dialing)),
+            generation: 0,
+            _registered: registered,
+            _slot: a.slot,
+            _token: a.token,
+        })));
+    }
+
+    /// An event of slab entry's socket.
+    pub(super) fn handle_event<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        handoff: &Handoff,
+        ev: &Event,
+        now: Instant,
+    ) {
+        let t = ev.token().0;
+        let (idx, generation, side) = (
+            t >> 2,
+            (t >> 1) & 1,
+            if t & 1 == 0 {
+                Side::Client
+            } else {
+                Side::Backend
+            },
+        );
+        let p = match self.slab.get_mut(idx) {
+            Some(Some(Entry::Pair(p))) => p,
+            Some(Some(Entry::Header(_))) => {
+                self.read_header(proxy, handoff, idx, now);
+                return;
+            }
+            _ => return,
+        };
+        if side == Side::Backend && usize::from(p.generation & 1) != generation {
+            return;
+        }
+        if side == Side::Backend && p.dialing.is_some() {
+            let failed = ev.is_error() || (ev.is_read_closed() && ev.is_write_closed());
+            if failed {
+                let error = p.backend.take_error().ok().flatten();
+                let why = error.as_ref().map_or(ConnectFailure::Other, classify);
+                self.fail_over(proxy, idx, why, error, now);
+                return;
+            }
+            if !ev.is_writable() {
+                return;
+            }
+            self.connected(proxy, idx, now);
+        }
+        let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
+            return;
+        };
+        p.relay.handle_readiness(
+            side,
+            Readiness {
+                readable: ev.is_readable(),
+                writable: ev.is_writable(),
+                read_closed: ev.is_read_closed(),
+                error: ev.is_error(),
+            },
+        );
+        self.drive(proxy, idx);
+    }
+
+    /// The backend of pair `idx` answered its connect.
+    fn connected<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        idx: usize,
+        now: Instant,
+    ) {
+        let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
+            return;
+        };
+        let Some(dialing) = p.dialing.take() else {
+            return;
+        };
+        let backend = Arc::clone(p.route.backend());
+        let took = now.saturating_duration_since(dialing.started);
+        backend.load.connect_stats().observe(took);
+        if let Some(change) = proxy.router.report_connect(&backend, true, now) {
+            crate::data::health_log::log_connect_change(&backend, change, &proxy.router);
+        }
+        p.relay.handle_connected(now);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = conn_span(&dialing.identity);
+            span.record("backend", display(&backend.id));
+            span.in_scope(|| tracing::debug!(kind = p.route.kind.as_str(), "relaying"));
+        }
+    }
+
+    /// Runs what pair `idx`'s relay asks until it waits; closes the pair
+    /// when it is over.
+    fn drive<D: Dialer, P: DataPath>(&mut self, proxy: &Arc<Proxy<D, P>>, idx: usize) {
+        let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
+            return;
+        };
+        let pool = &mut self.pool;
+        let mut ended = None;
+        while let Some(io) = p.relay.poll_io(pool) {
+            match io {
+                Io::Read(side) => {
+                    let socket = if side == Side::Client {
+                        &p.client
+                    } else {
+                        &p.backend
+                    };
+                    let mut socket = socket;
+                    let result = socket.read(p.relay.read_buf(side, pool));
+                    p.relay.handle_read(side, result, pool);
+                }
+                Io::Write(side) => {
+                    let mut socket = if side == Side::Client {
+                        &p.client
+                    } else {
+                        &p.backend
+                    };
+                    let result = socket.write(p.relay.write_buf(side));
+                    let counted = p.relay.handle_write(side, result, pool);
+                    if counted > 0 {
+                        match side {
+                            Side::Backend => proxy.conns.up().add(counted),
+                            Side::Client => proxy.conns.down().add(counted),
+                        }
+                    }
+                }
+                Io::Shutdown(side) => {
+                    let socket = if side == Side::Client {
+                        &p.client
+                    } else {
+                        &p.backend
+                    };
+                    p.relay
+                        .handle_shutdown(side, socket.shutdown(Shutdown::Write));
+                }
+                Io::Close { end } => ended = Some(end),
+            }
+        }
+        let Some(end) = ended else {
+            return;
+        };
+        if end.reset() {
+            reset(&p.client);
+            reset(&p.backend);
+        }
+        let (up, down) = p.relay.moved();
+        match end {
+            End::Closed => tracing::debug!(up, down, "closed"),
+            End::Idle => tracing::debug!("idle timeout"),
+            End::Error => tracing::debug!(up, down, "relay ended by a socket error"),
+        }
+        self.release(idx);
+    }
+
+    /// Pair `idx`'s connect failed (`why`): counted against the backend,
+    /// then the next backend the routing core gives is dialed, while
+    /// attempts are left; otherwise the pair ends.
+    fn fail_over<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        idx: usize,
+        why: ConnectFailure,
+        error: Option<io::Error>,
+        now: Instant,
+    ) {
+        let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
+            return;
+        };
+        let Some(dialing) = p.dialing.as_deref_mut() else {
+            return;
+        };
+        let backend = Arc::clone(p.route.backend());
+        let result = match connect_failed(proxy, dialing, &backend, why, error, now) {
+            Err(result) => Err(Refusal::Ends(result)),
+            Ok(()) => attempt(proxy, dialing, false),
+        };
+        match result {
+            Ok((route, mut stream, registered)) => {
+                p.generation ^= 1;
+                let polled = self.poll.registry().register(
+                    &mut stream,
+                    token(idx, p.generation, Side::Backend),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if polled.is_ok() {
+                    // The old socket closes here (and leaves the epoll set).
+                    p.backend = stream;
+                    p._registered = registered;
+                    p.route = route;
+                    p.relay.handle_new_backend();
+                    return;
+                }
+                reset(&p.client);
+                proxy.conns.record(ConnResult::LocalError);
+            }
+            Err(Refusal::Ends(result)) => {
+                if result == ConnResult::LocalError {
+                    reset(&p.client);
+                }
+                proxy.conns.record(result);
+            }
+            // Only a first decision waits for a lease.
+            Err(Refusal::LeasePending) => proxy.conns.record(ConnResult::ConnectFailed),
+        }
+        self.release(idx);
+    }
+
+    /// Slab entry `idx` at a sweep: a PROXY header or a connect past its
+    /// deadline, a relay idle for its timeout.
+    pub(super) fn timeout<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        idx: usize,
+        now: Instant,
+    ) {
+        match self.slab.get_mut(idx) {
+            Some(Some(Entry::Header(pe))) if now >= pe.deadline => {
+                tracing::debug!(peer = %pe.peer, "no PROXY header within {:?}", pe.options.proxy_header_timeout);
+                proxy.conns.record(ConnResult::ProxyHeaderTimeout);
+                self.release(idx);
+            }
+            Some(Some(Entry::Pair(p))) => match p.dialing.as_deref() {
+                Some(d) => {
+                    if now >= d.deadline {
+                        self.fail_over(proxy, idx, ConnectFailure::Timeout, None, now);
+                    }
+                }
+                None => {
+                    p.relay.handle_timeout(now);
+                    if p.relay.is_over() {
+                        self.drive(proxy, idx);
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+}
+
+/// A client ready to be routed.
+struct Arrival<'a> {
+    /// The accepted socket.
+    client: TcpStream,
+    /// Registered already (under its PROXY header's token).
+    registered: bool,
+    /// The TCP peer.
+    peer: SocketAddr,
+    /// The listener's address, when known.
+    listener: Option<SocketAddr>,
+    /// What the listener serves.
+    service: &'a Service,
+    /// The settings snapshot taken at accept.
+    options: &'a Arc<ProxyOptions>,
+    /// The connection's slot of the global limit.
+    slot: Slot,
+    /// Counts the connection among the open ones.
+    token: TaskTrackerToken,
+}
+
+/// Whether a client of `service` needs a stage only the tokio pipeline
+/// runs: reading the ClientHello, the access log, per-client limits.
+fn needs_pipeline<D: Dialer, P: DataPath>(
+    proxy: &Proxy<D, P>,
+    service: &Service,
+    options: &ProxyOptions,
+) -> bool {
+    if service.sni || proxy.access_log.is_some() {
+        return true;
+    }
+    if !options.client_policy().is_off() {
+        return true;
+    }
+    let snapshot = proxy.router.table().snapshot_guard();
+    snapshot.app_limits(service.app.as_str()).is_some()
+}
+
+/// A `conn` span for a client, as the tokio pipeline's (its `backend`
+/// left to fill in).
+fn conn_span(identity: &Identity) -> tracing::Span {
+    let span =
+        tracing::debug_span!("conn", client = %identity.ip, country = Empty, backend = Empty);
+    if let Some(country) = identity.lookup.country() {
+        span.record("country", display(country));
+    }
+    span
+}
+
+/// The routing core's decision for a client (excluding the backends
+/// tried) and a non-blocking connect to it, for each backend in turn until
+/// one connect is under way. A connect that fails at once counts as the
+/// attempt's failure. Only the `first` decision may wait for a lease.
+fn attempt<D: Dialer, P: DataPath>(
+    proxy: &Proxy<D, P>,
+    d: &mut Dialing,
+    first: bool,
+) -> Result<(Route, TcpStream, Option<Registered>), Refusal> {
+    loop {
+        if d.attempts_left == 0 {
+            return Err(Refusal::Ends(ConnResult::ConnectFailed));
+        }
+        let started = Instant::now();
+        let request = Request {
+            app: &d.app,
+            ip: d.identity.ip,
+            location: d.identity.lookup.location(),
+            exclude: &d.tried,
+        };
+        let route = match proxy.router.decide(&request, started) {
+            Ok(route) => route,
+            Err(e) => {
+                if d.tried.is_empty() {
+                    if let Some(suppressed) = proxy.failures.no_backend.check(started) {
+                        tracing::warn!(suppressed, "no backend for a client: {e}");
+                    }
+                    return Err(Refusal::Ends(ConnResult::NoBackend));
+                }
+                tracing::debug!(attempts = d.tried.len(), "no backend reachable");
+                return Err(Refusal::Ends(ConnResult::ConnectFailed));
+            }
+        };
+        if first && d.tried.is_empty() && route.lease_pending {
+            return Err(Refusal::LeasePending);
+        }
+        let backend = Arc::clone(route.backend());
+        d.started = started;
+        d.deadline = started + d.timeout;
+        match dial(backend.addr) {
+            Ok(stream) => {
+                // Recorded from the connect on (its local address is bound
+                // by now): the accept of a connection that comes back may
+                // be handled before this one's connect completes.
+                let registered =
+                    proxy
+                        .own
+                        .register_with(|| stream.local_addr().ok(), backend.addr, &backend.id);
+                return Ok((route, stream, registered));
+            }
+            Err(e) => {
+                let why = classify(&e);
+                if let Err(result) = connect_failed(proxy, d, &backend, why, Some(e), started) {
+                    return Err(Refusal::Ends(result));
+                }
+            }
+        }
+    }
+}
+
+/// Counts a failed connect to `backend` (`why`) the tokio pipeline's way:
+/// against the backend's health, unless it is this host's error (then the
+/// client is refused: `Err`); the backend is excluded from the next
+/// decision, one attempt fewer is left.
+fn connect_failed<D: Dialer, P: DataPath>(
+    proxy: &Proxy<D, P>,
+    d: &mut Dialing,
+    backend: &geoedge_routing::Backend,
+    why: ConnectFailure,
+    error: Option<io::Error>,
+    now: Instant,
+) -> Result<(), ConnResult> {
+    backend.load.connect_stats().fail(why);
+    let span = || {
+        let span = conn_span(&d.identity);
+        span.record("backend", display(&backend.id));
+        span
+    };
+    if why == ConnectFailure::Local {
+        if let Some(suppressed) = proxy.failures.local.check(now) {
+            span().in_scope(|| {
+                tracing::warn!(
+                    backend = %backend.id,
+                    suppressed,
+                    "no socket for a backend connect, the client is refused: {}",
+                    error.map_or_else(String::new, |e| e.to_string())
+                )
+            });
+        }
+        return Err(ConnResult::LocalError);
+    }
+    if let Some(change) = proxy.router.report_connect(backend, false, now) {
+        crate::data::health_log::log_connect_change(backend, change, &proxy.router);
+    }
+    if let Some(suppressed) = proxy.failures.connect.check(now) {
+        let timeout = d.timeout;
+        span().in_scope(|| {
+            tracing::warn!(
+                backend = %backend.id,
+                reason = why.as_str(),
+                suppressed,
+                "connecting to a backend failed: {}",
+                error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
+            )
+        });
+    }
+    d.tried.push(backend.id.clone());
+    d.attempts_left = d.attempts_left.saturating_sub(1);
+    Ok(())
+}
