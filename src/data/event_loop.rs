@@ -29,7 +29,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, watch};
 
-use crate::data::admission::AcceptError;
+use crate::data::admission::{AcceptError, BACKLOG};
 use crate::data::dialer::Dialer;
 use crate::data::pair::BufPool;
 use crate::data::proxy::{Adopted, DataPath, Proxy, Service};
@@ -193,7 +193,7 @@ impl EventLoop {
                     continue;
                 }
                 if t.0 > LISTENERS - self.listeners.len() && t.0 <= LISTENERS {
-                    self.accept(proxy, &control.handoff, LISTENERS - t.0, now);
+                    self.accept(proxy, &control.handoff, LISTENERS - t.0, usize::MAX, now);
                     continue;
                 }
                 self.handle_event(proxy, &control.handoff, ev, now);
@@ -211,7 +211,7 @@ impl EventLoop {
 
     /// Accepts what listener `i` has queued, until it would block (its
     /// readiness is edge-triggered: stopping earlier would leave the rest
-    /// waiting for the next client's edge). An error other than an aborted
+    /// waiting for the next client's edge) or `most` are taken. An error other than an aborted
     /// connection pauses the listener (see [`AcceptError::pause`]); the
     /// sweep resumes it.
     fn accept<D: Dialer, P: DataPath>(
@@ -219,10 +219,11 @@ impl EventLoop {
         proxy: &Arc<Proxy<D, P>>,
         handoff: &Handoff,
         i: usize,
+        most: usize,
         now: Instant,
     ) -> usize {
         let mut taken = 0;
-        loop {
+        while taken < most {
             let Some(l) = self.listeners.get_mut(i) else {
                 return taken;
             };
@@ -258,10 +259,11 @@ impl EventLoop {
             let (local, service) = (l.local, l.service.clone());
             self.admit(proxy, handoff, client, peer, local, &service, now);
         }
+        taken
     }
 
-    /// Takes what the kernel has queued on every listener, then closes
-    /// them.
+    /// Takes what the kernel has queued on every listener (at most a full
+    /// backlog each: this ends even under a flood), then closes them.
     fn stop_accepting<D: Dialer, P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<D, P>>,
@@ -270,7 +272,7 @@ impl EventLoop {
         let now = Instant::now();
         for i in 0..self.listeners.len() {
             self.listeners[i].paused_until = None;
-            let taken = self.accept(proxy, handoff, i, now);
+            let taken = self.accept(proxy, handoff, i, BACKLOG as usize, now);
             tracing::info!(listener = ?self.listeners[i].local, taken, "stopped accepting");
         }
         self.listeners.clear();
@@ -290,7 +292,7 @@ impl EventLoop {
         }
         for i in 0..self.listeners.len() {
             if self.listeners[i].paused_until.is_some_and(|t| now >= t) {
-                self.accept(proxy, handoff, i, now);
+                self.accept(proxy, handoff, i, usize::MAX, now);
             }
         }
         self.free.append(&mut self.released);
