@@ -98,6 +98,43 @@ pub struct ConnStats {
     /// refusals that cost the connection nothing else (a configuration
     /// error, a client over its limit, not TLS), kept off the sharded line.
     rare: [AtomicU64; RARE],
+    /// Connections the epoll worker handed to the tokio pipeline, by
+    /// [`HandoffReason`].
+    handoffs: [AtomicU64; HandoffReason::ALL.len()],
+}
+
+/// Why the epoll worker (`engine = "epoll"`) handed a connection to the
+/// tokio pipeline: a stage it does not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffReason {
+    /// A listener that reads the TLS ClientHello (`sni_listen`).
+    Sni,
+    /// The access log is on.
+    AccessLog,
+    /// The client's app is held to per-client limits.
+    ClientLimits,
+    /// The client's better backend waits for another POP's lease.
+    LeaseWait,
+}
+
+impl HandoffReason {
+    /// Every reason, in counter order.
+    pub const ALL: [HandoffReason; 4] = [
+        HandoffReason::Sni,
+        HandoffReason::AccessLog,
+        HandoffReason::ClientLimits,
+        HandoffReason::LeaseWait,
+    ];
+
+    /// Lower-case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoffReason::Sni => "sni",
+            HandoffReason::AccessLog => "access_log",
+            HandoffReason::ClientLimits => "client_limits",
+            HandoffReason::LeaseWait => "lease_wait",
+        }
+    }
 }
 
 /// The results counted apart, in [`ConnStats::rare`]: `Loop` and after.
@@ -197,6 +234,16 @@ impl ConnStats {
             at: BYTES_DOWN,
             tally: None,
         }
+    }
+
+    /// Counts a connection handed to the tokio pipeline.
+    pub fn handed_off(&self, why: HandoffReason) {
+        self.handoffs[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections handed to the tokio pipeline for `why` so far.
+    pub fn handoffs(&self, why: HandoffReason) -> u64 {
+        self.handoffs[why as usize].load(Ordering::Relaxed)
     }
 
     /// Client-to-backend payload bytes so far.

@@ -19,7 +19,7 @@ use tracing::field::{display, Empty};
 
 use super::{EventLoop, Handoff};
 use crate::data::admission::Slot;
-use crate::data::conn_stats::ConnResult;
+use crate::data::conn_stats::{ConnResult, HandoffReason};
 use crate::data::dialer::Dialer;
 use crate::data::pair::{BufPool, End, Io, PairRelay, Readiness, Side};
 use crate::data::proxy::loops::Registered;
@@ -177,7 +177,8 @@ impl EventLoop {
             return;
         }
         let options = proxy.options.load_full();
-        if needs_pipeline(proxy, service, &options) {
+        if let Some(why) = needs_pipeline(proxy, service, &options) {
+            proxy.conns.handed_off(why);
             let a = Adopted {
                 client: client.into(),
                 peer,
@@ -365,6 +366,7 @@ impl EventLoop {
         let (route, mut backend, registered) = match attempt(proxy, &mut dialing, true) {
             Ok(dialed) => dialed,
             Err(Refusal::LeasePending) => {
+                proxy.conns.handed_off(HandoffReason::LeaseWait);
                 let mut client = a.client;
                 if a.registered {
                     let _ = self.poll.registry().deregister(&mut client);
@@ -694,21 +696,27 @@ struct Arrival<'a> {
     token: TaskTrackerToken,
 }
 
-/// Whether a client of `service` needs a stage only the tokio pipeline
-/// runs: reading the ClientHello, the access log, per-client limits.
+/// Which stage only the tokio pipeline runs a client of `service` needs,
+/// if any: reading the ClientHello, the access log, per-client limits.
 fn needs_pipeline<D: Dialer, P: DataPath>(
     proxy: &Proxy<D, P>,
     service: &Service,
     options: &ProxyOptions,
-) -> bool {
-    if service.sni || proxy.access_log.is_some() {
-        return true;
+) -> Option<HandoffReason> {
+    if service.sni {
+        return Some(HandoffReason::Sni);
     }
-    if !options.client_policy().is_off() {
-        return true;
+    if proxy.access_log.is_some() {
+        return Some(HandoffReason::AccessLog);
     }
-    let snapshot = proxy.router.table().snapshot_guard();
-    snapshot.app_limits(service.app.as_str()).is_some()
+    let limited = !options.client_policy().is_off()
+        || proxy
+            .router
+            .table()
+            .snapshot_guard()
+            .app_limits(service.app.as_str())
+            .is_some();
+    limited.then_some(HandoffReason::ClientLimits)
 }
 
 /// A `conn` span for a client, as the tokio pipeline's (its `backend`
