@@ -40,11 +40,17 @@ pub fn geoedge() -> Command {
     c
 }
 
+/// The one `GEOEDGE_*` setting a test run passes to every edge it starts:
+/// the worker engine, so that `.ci/run` can run the end-to-end tests once
+/// on each (a test that names `--engine` itself still wins: flags over the
+/// environment).
+pub const ENGINE_VAR: &str = "GEOEDGE_ENGINE";
+
 /// Keeps the caller's `GEOEDGE_*` variables from `cmd` (settings the test
-/// did not choose).
+/// did not choose), except [`ENGINE_VAR`].
 pub fn without_geoedge_env(cmd: &mut Command) {
     for (k, _) in std::env::vars() {
-        if k.starts_with("GEOEDGE_") {
+        if k.starts_with("GEOEDGE_") && k != ENGINE_VAR {
             cmd.env_remove(k);
         }
     }
