@@ -95,6 +95,9 @@ struct Dialing {
     deadline: Instant,
     /// This attempt's start (the decision's clock).
     started: Instant,
+    /// The lease answers seen before the first decision (for a client
+    /// handed over to wait for one).
+    lease_seen: u64,
 }
 
 /// A client and its backend.
@@ -188,6 +191,7 @@ impl EventLoop {
                 slot,
                 identity: None,
                 token: proxy.tasks.token(),
+                lease_seen: None,
             };
             if !handoff.send(a) {
                 proxy.conns.record(ConnResult::LocalError);
@@ -362,6 +366,7 @@ impl EventLoop {
             timeout: a.options.connect_timeout,
             deadline: now,
             started: now,
+            lease_seen: 0,
         };
         let (route, mut backend, registered) = match attempt(proxy, &mut dialing, true) {
             Ok(dialed) => dialed,
@@ -380,6 +385,7 @@ impl EventLoop {
                     slot: a.slot,
                     identity: Some(dialing.identity),
                     token: a.token,
+                    lease_seen: Some(dialing.lease_seen),
                 };
                 if !handoff.send(adopted) {
                     proxy.conns.record(ConnResult::LocalError);
@@ -742,6 +748,9 @@ fn attempt<D: Dialer, P: DataPath>(
     loop {
         if d.attempts_left == 0 {
             return Err(Refusal::Ends(ConnResult::ConnectFailed));
+        }
+        if first {
+            d.lease_seen = proxy.lease_wait.answers();
         }
         let started = Instant::now();
         let request = Request {

@@ -40,6 +40,10 @@ pub struct Adopted {
     /// Counts the connection among the open ones until its task starts
     /// (the drain waits for it).
     pub token: TaskTrackerToken,
+    /// Set when the client's first decision found the better backend's
+    /// lease missing: the lease answers seen before it (see
+    /// [`Conn::lease_seen`]).
+    pub lease_seen: Option<u64>,
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
@@ -65,6 +69,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                 .access_log
                 .as_ref()
                 .map(|_| LogLine::new(a.peer, a.listener, a.service.app.as_arc())),
+            lease_seen: a.lease_seen,
         };
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
         let this = Arc::clone(self);

@@ -67,6 +67,12 @@ pub struct Conn {
     pub sni: bool,
     /// The connection's access-log line, when the access log is on.
     pub log: Option<Box<LogLine>>,
+    /// Set when the epoll worker decided for this client already and
+    /// found the better backend's lease being asked for: the count of lease
+    /// answers it had seen before deciding. [`Proxy::route_and_dial`] then
+    /// waits at once instead of deciding again first (which would count
+    /// the client as waiting twice).
+    pub lease_seen: Option<u64>,
 }
 
 /// Who the client is and where, as [`Proxy::identify`] found out.
@@ -383,32 +389,42 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             };
             // The decision's clock also starts the connect's.
             let mut started = Instant::now();
-            let mut seen = self.lease_wait.answers();
-            let mut decided = decide(started);
             let pending = |d: &Result<Route, _>| d.as_ref().is_ok_and(|r| r.lease_pending);
-            if may_wait && pending(&decided) {
+            // A client the epoll worker handed over has had its first
+            // decision: it found the lease missing.
+            let (mut seen, first) = match conn.lease_seen.take() {
+                Some(seen) => (seen, None),
+                None => {
+                    let seen = self.lease_wait.answers();
+                    (seen, Some(decide(started)))
+                }
+            };
+            let decided = match first {
+                Some(decided) if !(may_wait && pending(&decided)) => decided,
                 // Only a client that found its lease missing waits, holding
                 // no slot: signed up for the next answer (unless one came
                 // since it decided), it asks for the lease at once, waits,
                 // and decides again; so at each answer, up to a deadline.
-                drop(decided);
-                let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
-                decided = loop {
-                    let mut answer = std::pin::pin!(self.lease_wait.next_answer());
-                    answer.as_mut().enable();
-                    if self.lease_wait.answers() == seen {
-                        self.lease_wait.want();
-                        self.lease_wait.granted(answer.as_mut(), deadline).await;
+                first => {
+                    drop(first);
+                    let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
+                    loop {
+                        let mut answer = std::pin::pin!(self.lease_wait.next_answer());
+                        answer.as_mut().enable();
+                        if self.lease_wait.answers() == seen {
+                            self.lease_wait.want();
+                            self.lease_wait.granted(answer.as_mut(), deadline).await;
+                        }
+                        seen = self.lease_wait.answers();
+                        started = Instant::now();
+                        let again = decide(started);
+                        if !pending(&again) || tokio::time::Instant::now() >= deadline {
+                            break again;
+                        }
+                        drop(again);
                     }
-                    seen = self.lease_wait.answers();
-                    started = Instant::now();
-                    let again = decide(started);
-                    if !pending(&again) || tokio::time::Instant::now() >= deadline {
-                        break again;
-                    }
-                    drop(again);
-                };
-            }
+                }
+            };
             may_wait = false;
             let route = match decided {
                 Ok(route) => route,

@@ -133,6 +133,7 @@ async fn accepted(options: ProxyOptions) -> (TcpStream, Conn) {
         options: Arc::new(options),
         sni: false,
         log: None,
+        lease_seen: None,
     };
     (client, conn)
 }
