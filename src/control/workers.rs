@@ -1,4 +1,6 @@
-//! Worker threads for client connections: each runs a single-threaded
+//! Worker threads for client connections (named `ge-worker-N`: the kernel
+//! keeps 15 bytes of a thread's name, shown by `top -H`, `ps -L` and perf):
+//! each runs a single-threaded
 //! tokio runtime with its own `SO_REUSEPORT` listener for every client
 //! address, so the kernel spreads new connections over the workers and a
 //! connection stays on the thread that accepted it (no work stealing, no
@@ -16,9 +18,9 @@
 //! systemd watchdog.
 //!
 //! With `engine = "epoll"` ([`Engine::Epoll`]) a worker is two threads
-//! instead: `geoedge-worker-N` runs the worker's epoll loop
+//! instead: `ge-worker-N` runs the worker's epoll loop
 //! ([`crate::data::event_loop`]) over the same listeners, and ticks the
-//! heartbeat at each of its sweeps; `geoedge-worker-N-pipeline` runs a
+//! heartbeat at each of its sweeps; `ge-pipeline-N` runs a
 //! single-threaded tokio runtime that adopts the connections the loop
 //! hands over, and wakes the loop when the edge stops accepting and when
 //! the drain is over.
@@ -168,7 +170,7 @@ pub fn spawn(
             Arc::clone(beats),
         );
         let thread = std::thread::Builder::new()
-            .name(format!("geoedge-worker-{i}"))
+            .name(format!("ge-worker-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     // Ends with the runtime, after the drain. The same
@@ -205,6 +207,7 @@ pub fn spawn(
             .context("starting a worker thread")?;
         threads.push(thread);
     }
+    tracing::info!(engine = engine.as_str(), workers = count, "workers started");
     Ok(Workers {
         threads,
         count,
@@ -246,7 +249,7 @@ fn spawn_epoll(
     let looping = {
         let proxy = Arc::clone(proxy);
         std::thread::Builder::new()
-            .name(format!("geoedge-worker-{i}"))
+            .name(format!("ge-worker-{i}"))
             .spawn(move || {
                 if let Err(e) = event_loop.run(&proxy, control) {
                     tracing::error!("worker {i}: epoll loop: {e}");
@@ -256,7 +259,7 @@ fn spawn_epoll(
     };
     let (proxy, mut stop, mut done) = (Arc::clone(proxy), stop.clone(), done.clone());
     let pipeline = std::thread::Builder::new()
-        .name(format!("geoedge-worker-{i}-pipeline"))
+        .name(format!("ge-pipeline-{i}"))
         .spawn(move || {
             runtime.block_on(async move {
                 // The timer driver's horizon, as in a tokio worker.
