@@ -21,6 +21,7 @@ mod client_limits;
 mod deploy;
 mod docs;
 mod edge;
+mod engine;
 mod faults;
 mod fleet;
 mod health;
