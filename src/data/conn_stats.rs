@@ -111,18 +111,15 @@ pub enum HandoffReason {
     Sni,
     /// The access log is on.
     AccessLog,
-    /// The client's app is held to per-client limits.
-    ClientLimits,
     /// The client's better backend waits for another POP's lease.
     LeaseWait,
 }
 
 impl HandoffReason {
     /// Every reason, in counter order.
-    pub const ALL: [HandoffReason; 4] = [
+    pub const ALL: [HandoffReason; 3] = [
         HandoffReason::Sni,
         HandoffReason::AccessLog,
-        HandoffReason::ClientLimits,
         HandoffReason::LeaseWait,
     ];
 
@@ -131,7 +128,6 @@ impl HandoffReason {
         match self {
             HandoffReason::Sni => "sni",
             HandoffReason::AccessLog => "access_log",
-            HandoffReason::ClientLimits => "client_limits",
             HandoffReason::LeaseWait => "lease_wait",
         }
     }

@@ -370,6 +370,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                 .as_ref()
                 .map(|_| log_line::LogLine::new(peer, local, service.app.as_arc())),
             lease_seen: None,
+            admitted: None,
         };
         let this = Arc::clone(self);
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);

@@ -386,7 +386,7 @@ async fn clients_reach_their_countrys_backend_and_4_mib_each_way_arrives_whole_a
     .await;
     assert_eq!(conns(&edge, "connect_failed"), 0.0);
     // The loop served them all itself.
-    for reason in ["sni", "access_log", "client_limits", "lease_wait"] {
+    for reason in ["sni", "access_log", "lease_wait"] {
         assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
     }
 }
@@ -1023,7 +1023,7 @@ async fn with_the_access_log_on_connections_are_handed_to_the_pipeline_served_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_client_limits_are_kept_for_connections_handed_to_the_pipeline() {
+async fn the_loop_keeps_the_per_client_limits_itself_and_a_closed_connection_frees_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
     let b = Backend::start("b1").await;
@@ -1052,8 +1052,27 @@ async fn per_client_limits_are_kept_for_connections_handed_to_the_pipeline() {
     let mut buf = [0u8; 10];
     first.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still here");
-    // Each of them was handed over: the limits are the pipeline's.
-    assert_eq!(handoffs(&edge, "client_limits"), 3.0);
+    // The loop kept the limits itself: nothing was handed over.
+    for reason in ["sni", "access_log", "lease_wait"] {
+        assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
+    }
+    // The first connection closes: its place is free, and the client's
+    // next connection is served (once the loop has seen the close).
+    drop(first);
+    eventually("the first connection's place freed", || {
+        tokio::task::block_in_place(|| {
+            metric(&scrape(edge.metrics.unwrap()), "edge_connections_current") == Some(1.0)
+        })
+    })
+    .await;
+    let mut again = connect_as(edge.addr, x).await;
+    assert_eq!(greeting(&mut again).await.as_deref(), Some("b1"));
+    counted(
+        &edge,
+        r#"edge_connections_total{result="client_limit"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

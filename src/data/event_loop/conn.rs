@@ -23,7 +23,7 @@ use crate::data::conn_stats::{ConnResult, HandoffReason};
 use crate::data::dialer::Dialer;
 use crate::data::pair::{BufPool, End, Io, PairRelay, Readiness, Side};
 use crate::data::proxy::loops::Registered;
-use crate::data::proxy::stages::Identity;
+use crate::data::proxy::stages::{Admitted, Identity};
 use crate::data::proxy::{classify, Adopted, DataPath, Proxy, ProxyOptions, Service};
 use crate::data::proxy_protocol::{self, Header, Parse};
 
@@ -117,6 +117,9 @@ pub(super) struct Pair {
     /// The backend connection's entry among the edge's own (from the
     /// connect on).
     _registered: Option<Registered>,
+    /// The client's place under its per-client limits, if it is held to
+    /// any.
+    _admitted: Admitted,
     /// The connection's slot of the global limit.
     _slot: Slot,
     /// Counts the connection among the open ones.
@@ -180,7 +183,7 @@ impl EventLoop {
             return;
         }
         let options = proxy.options.load_full();
-        if let Some(why) = needs_pipeline(proxy, service, &options) {
+        if let Some(why) = needs_pipeline(proxy, service) {
             proxy.conns.handed_off(why);
             let a = Adopted {
                 client: client.into(),
@@ -192,6 +195,7 @@ impl EventLoop {
                 identity: None,
                 token: proxy.tasks.token(),
                 lease_seen: None,
+                admitted: None,
             };
             if !handoff.send(a) {
                 proxy.conns.record(ConnResult::LocalError);
@@ -368,6 +372,15 @@ impl EventLoop {
             started: now,
             lease_seen: 0,
         };
+        // Stage 4: the per-client limits, before any decision.
+        let admitted = match proxy.client_limits(a.options, &dialing.app, dialing.identity.ip) {
+            Ok(admitted) => admitted,
+            Err(result) => {
+                reset(&a.client);
+                proxy.conns.record(result);
+                return;
+            }
+        };
         let (route, mut backend, registered) = match attempt(proxy, &mut dialing, true) {
             Ok(dialed) => dialed,
             Err(Refusal::LeasePending) => {
@@ -386,6 +399,7 @@ impl EventLoop {
                     identity: Some(dialing.identity),
                     token: a.token,
                     lease_seen: Some(dialing.lease_seen),
+                    admitted: Some(admitted),
                 };
                 if !handoff.send(adopted) {
                     proxy.conns.record(ConnResult::LocalError);
@@ -445,6 +459,7 @@ impl EventLoop {
             dialing: Some(Box::new(dialing)),
             generation: 0,
             _registered: registered,
+            _admitted: admitted,
             _slot: a.slot,
             _token: a.token,
         })));
@@ -703,26 +718,18 @@ struct Arrival<'a> {
 }
 
 /// Which stage only the tokio pipeline runs a client of `service` needs,
-/// if any: reading the ClientHello, the access log, per-client limits.
+/// if any: reading the ClientHello, the access log.
 fn needs_pipeline<D: Dialer, P: DataPath>(
     proxy: &Proxy<D, P>,
     service: &Service,
-    options: &ProxyOptions,
 ) -> Option<HandoffReason> {
     if service.sni {
         return Some(HandoffReason::Sni);
     }
-    if proxy.access_log.is_some() {
-        return Some(HandoffReason::AccessLog);
-    }
-    let limited = !options.client_policy().is_off()
-        || proxy
-            .router
-            .table()
-            .snapshot_guard()
-            .app_limits(service.app.as_str())
-            .is_some();
-    limited.then_some(HandoffReason::ClientLimits)
+    proxy
+        .access_log
+        .is_some()
+        .then_some(HandoffReason::AccessLog)
 }
 
 /// A `conn` span for a client, as the tokio pipeline's (its `backend`

@@ -1,8 +1,8 @@
 //! Connections accepted elsewhere and handed to this pipeline whole: the
 //! epoll worker (`engine = "epoll"`) runs the plain path itself and hands
 //! over each connection that needs a stage it does not run (reading the
-//! ClientHello, the access log, per-client limits, a wait for another
-//! POP's lease), on its worker's second thread, a tokio runtime.
+//! ClientHello, the access log, a wait for another POP's lease), on its
+//! worker's second thread, a tokio runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use super::log_line::LogLine;
-use super::stages::{Conn, Identity};
+use super::stages::{Admitted, Conn, Identity};
 use super::{DataPath, Proxy, ProxyOptions, Service};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::ConnResult;
@@ -44,6 +44,9 @@ pub struct Adopted {
     /// lease missing: the lease answers seen before it (see
     /// [`Conn::lease_seen`]).
     pub lease_seen: Option<u64>,
+    /// The client's place under its per-client limits, when it was held
+    /// to them already (see [`Conn::admitted`]).
+    pub admitted: Option<Admitted>,
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
@@ -70,6 +73,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                 .as_ref()
                 .map(|_| LogLine::new(a.peer, a.listener, a.service.app.as_arc())),
             lease_seen: a.lease_seen,
+            admitted: a.admitted,
         };
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
         let this = Arc::clone(self);

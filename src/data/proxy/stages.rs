@@ -73,7 +73,15 @@ pub struct Conn {
     /// waits at once instead of deciding again first (which would count
     /// the client as waiting twice).
     pub lease_seen: Option<u64>,
+    /// Set when the epoll worker held the client to its per-client limits
+    /// already (`Some(None)`: it is held to none): stage 4 takes this
+    /// place instead of admitting the client a second time.
+    pub admitted: Option<Admitted>,
 }
+
+/// A client's place under its per-client connection cap, until it drops
+/// (boxed: only clients held to a limit have one; `None`: not held).
+pub type Admitted = Option<Box<ClientGuard<ClientKey>>>;
 
 /// Who the client is and where, as [`Proxy::identify`] found out.
 #[derive(Debug)]
@@ -158,7 +166,10 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         };
         self.admit_client(conn, &identity)?;
         let app = self.classify(conn, &mut identity).await?;
-        let client = self.limit_client(conn, &identity, &app)?;
+        let client = match conn.admitted.take() {
+            Some(admitted) => admitted,
+            None => self.limit_client(conn, &identity, &app)?,
+        };
         let mut dialed = self.route_and_dial(conn, &identity, &app).await?;
         dialed.client = client;
         Ok((identity, dialed))
@@ -332,8 +343,24 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         conn: &Conn,
         identity: &Identity,
         app: &AppId,
-    ) -> Result<Option<Box<ClientGuard<ClientKey>>>, ConnResult> {
-        let policy = conn.options.client_policy();
+    ) -> Result<Admitted, ConnResult> {
+        self.client_limits(&conn.options, app, identity.ip)
+            .inspect_err(|_| {
+                // A reset: a client over its limit costs no TIME_WAIT.
+                let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
+            })
+    }
+
+    /// Stage 4 without a socket: the client at `ip` admitted under its
+    /// per-client limits for `app` (a place it holds until it drops), or
+    /// the result it is refused under (the caller resets the connection).
+    pub(crate) fn client_limits(
+        &self,
+        options: &ProxyOptions,
+        app: &AppId,
+        ip: IpAddr,
+    ) -> Result<Admitted, ConnResult> {
+        let policy = options.client_policy();
         let snapshot = self.router.table().snapshot_guard();
         let app_limits = snapshot.app_limits(app.as_str());
         if app_limits.is_none() && policy.is_off() {
@@ -342,17 +369,11 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
         }
         match self
             .clients
-            .admit(&policy, app, app_limits, identity.ip, Instant::now())
+            .admit(&policy, app, app_limits, ip, Instant::now())
         {
             Ok(guard) => Ok(guard.map(Box::new)),
-            Err(refused) => {
-                // A reset: a client over its limit costs no TIME_WAIT.
-                let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
-                Err(match refused {
-                    Refused::Connections => ConnResult::ClientLimit,
-                    Refused::Rate => ConnResult::ClientRate,
-                })
-            }
+            Err(Refused::Connections) => Err(ConnResult::ClientLimit),
+            Err(Refused::Rate) => Err(ConnResult::ClientRate),
         }
     }
 

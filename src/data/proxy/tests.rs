@@ -134,6 +134,7 @@ async fn accepted(options: ProxyOptions) -> (TcpStream, Conn) {
         sni: false,
         log: None,
         lease_seen: None,
+        admitted: None,
     };
     (client, conn)
 }
