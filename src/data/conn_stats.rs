@@ -109,25 +109,18 @@ pub struct ConnStats {
 pub enum HandoffReason {
     /// A listener that reads the TLS ClientHello (`sni_listen`).
     Sni,
-    /// The access log is on.
-    AccessLog,
     /// The client's better backend waits for another POP's lease.
     LeaseWait,
 }
 
 impl HandoffReason {
     /// Every reason, in counter order.
-    pub const ALL: [HandoffReason; 3] = [
-        HandoffReason::Sni,
-        HandoffReason::AccessLog,
-        HandoffReason::LeaseWait,
-    ];
+    pub const ALL: [HandoffReason; 2] = [HandoffReason::Sni, HandoffReason::LeaseWait];
 
     /// Lower-case label.
     pub fn as_str(self) -> &'static str {
         match self {
             HandoffReason::Sni => "sni",
-            HandoffReason::AccessLog => "access_log",
             HandoffReason::LeaseWait => "lease_wait",
         }
     }

@@ -15,10 +15,11 @@
 //! table: a client's connections count the same on either engine), the
 //! routing core's decision, the
 //! connect with failover, passive health, the backend's PROXY header, the
-//! relay with its half-close and idle rules, the open-connection count and
-//! the drain. A connection that needs a stage this loop does not run — on
-//! a listener that reads the ClientHello, with the access log on, or
-//! waiting for another POP's lease — is handed whole (its place under the
+//! relay with its half-close and idle rules, the access log's line (its
+//! parts filled in as the tokio stages fill them, its byte counts the
+//! relay's), the open-connection count and the drain. A connection that
+//! needs a stage this loop does not run — on a listener that reads the
+//! ClientHello, or waiting for another POP's lease — is handed whole (its place under the
 //! per-client limits with it)
 //! to the tokio pipeline on the worker's second thread ([`Handoff`],
 //! [`Proxy::adopt`]). Bulk transfers are copied (no splice).
@@ -206,7 +207,7 @@ impl EventLoop {
         // The drain is over: what is left is cut, with resets.
         for idx in 0..self.slab.len() {
             if let Some(entry) = self.slab[idx].take() {
-                entry.abort(&mut self.pool);
+                entry.abort(&mut self.pool, proxy.access_log.as_ref());
             }
         }
         Ok(())

@@ -194,6 +194,8 @@ pub struct PairRelay {
     ended: Option<End>,
     /// [`Io::Close`] was returned.
     closed: bool,
+    /// The side whose end-of-file was passed on first, once one was.
+    first_done: Option<Side>,
 }
 
 impl PairRelay {
@@ -227,6 +229,7 @@ impl PairRelay {
             quiet: now,
             ended: None,
             closed: false,
+            first_done: None,
         }
     }
 
@@ -269,6 +272,13 @@ impl PairRelay {
         self.ended.is_some()
     }
 
+    /// The side that ended its half first (its end-of-file passed on
+    /// whole), once one has: who closed the connection, for its
+    /// access-log line.
+    pub fn first_done(&self) -> Option<Side> {
+        self.first_done
+    }
+
     /// Bytes written to the backend and to the client so far (the
     /// uncounted ones excluded).
     pub fn moved(&self) -> (u64, u64) {
@@ -302,6 +312,7 @@ impl PairRelay {
                     continue;
                 }
                 d.done = true;
+                self.first_done.get_or_insert(src);
                 let both = self.dirs[dst.i()].done;
                 if both || (src == Side::Backend && !self.half_close) {
                     self.end(End::Closed);

@@ -386,7 +386,7 @@ async fn clients_reach_their_countrys_backend_and_4_mib_each_way_arrives_whole_a
     .await;
     assert_eq!(conns(&edge, "connect_failed"), 0.0);
     // The loop served them all itself.
-    for reason in ["sni", "access_log", "lease_wait"] {
+    for reason in ["sni", "lease_wait"] {
         assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
     }
 }
@@ -946,12 +946,14 @@ async fn the_backend_receives_the_proxy_header_it_is_configured_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_access_log_on_connections_are_handed_to_the_pipeline_served_and_logged() {
+async fn with_the_access_log_on_the_loop_writes_each_connections_line() {
     let dir = tempfile::tempdir().unwrap();
     let db = routing_db(dir.path());
     let log = dir.path().join("access.log");
     let b = Backend::start("b1").await;
     add_backend(&db, "b1", "eu", "GB", b.addr, 100, 200);
+    let refusing = Refusing::new();
+    add_backend(&db, "dead", "us", "US", refusing.addr, 100, 200);
     let edge = Edge::start(&epoll_args(
         &db,
         &[
@@ -959,8 +961,13 @@ async fn with_the_access_log_on_connections_are_handed_to_the_pipeline_served_an
             log.to_str().unwrap(),
             "--access-log-format",
             "json",
+            "--connect-attempts",
+            "1",
         ],
     ));
+    // A client whose backend refuses: its line says so.
+    let mut refused = connect_as(edge.addr, "207.237.0.1".parse().unwrap()).await;
+    assert_eq!(greeting(&mut refused).await, None);
     // A short exchange and 1 MiB each way.
     let mut c = connect_as(edge.addr, "81.2.69.21".parse().unwrap()).await;
     assert_eq!(greeting(&mut c).await.as_deref(), Some("b1"));
@@ -987,7 +994,7 @@ async fn with_the_access_log_on_connections_are_handed_to_the_pipeline_served_an
     .await;
     assert_eq!(*b.received.lock().unwrap(), [n]);
 
-    // Only the pipeline writes access-log lines: one each.
+    // The loop writes the access-log lines itself: one each.
     let lines = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -995,7 +1002,7 @@ async fn with_the_access_log_on_connections_are_handed_to_the_pipeline_served_an
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     };
-    eventually("two access-log lines", || lines().len() == 2).await;
+    eventually("three access-log lines", || lines().len() == 3).await;
     let lines = lines();
     let line = |client: &str| {
         lines
@@ -1012,13 +1019,22 @@ async fn with_the_access_log_on_connections_are_handed_to_the_pipeline_served_an
     assert_eq!(bulk["backend"], "b1");
     assert_eq!(bulk["bytes_up"], format!("source {n}\n").len() as u64 + n);
     assert!(bulk["bytes_down"].as_u64().unwrap() >= n, "{bulk}");
+    let failed = line("207.237.0.1:40000");
+    assert_eq!(failed["end"], "connect_failed", "{failed}");
+    assert_eq!(failed["backend"], "dead");
+    assert_eq!(failed["country"], "US");
+    assert_eq!(failed["attempts"], 1);
+    assert_eq!(failed["bytes_up"], 0);
     counted(&edge, r#"edge_connections_total{result="ok"}"#, 2.0).await;
     counted(
         &edge,
-        r#"edge_worker_handoffs_total{reason="access_log"}"#,
-        2.0,
+        r#"edge_connections_total{result="connect_failed"}"#,
+        1.0,
     )
     .await;
+    for reason in ["sni", "lease_wait"] {
+        assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
+    }
     counted(&edge, "edge_connections_current", 0.0).await;
 }
 
@@ -1053,7 +1069,7 @@ async fn the_loop_keeps_the_per_client_limits_itself_and_a_closed_connection_fre
     first.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still here");
     // The loop kept the limits itself: nothing was handed over.
-    for reason in ["sni", "access_log", "lease_wait"] {
+    for reason in ["sni", "lease_wait"] {
         assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
     }
     // The first connection closes: its place is free, and the client's

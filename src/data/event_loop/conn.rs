@@ -22,10 +22,12 @@ use crate::data::admission::Slot;
 use crate::data::conn_stats::{ConnResult, HandoffReason};
 use crate::data::dialer::Dialer;
 use crate::data::pair::{BufPool, End, Io, PairRelay, Readiness, Side};
+use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::loops::Registered;
 use crate::data::proxy::stages::{Admitted, Identity};
 use crate::data::proxy::{classify, Adopted, DataPath, Proxy, ProxyOptions, Service};
 use crate::data::proxy_protocol::{self, Header, Parse};
+use geoedge_access_log::{AccessLog, End as AccessEnd};
 
 /// A socket's token: slab index, generation bit, side.
 pub(super) fn token(idx: usize, generation: u8, side: Side) -> Token {
@@ -41,15 +43,26 @@ pub(super) enum Entry {
 }
 
 impl Entry {
-    /// Closes the entry's sockets with resets (the drain is over).
-    pub(super) fn abort(self, pool: &mut BufPool) {
+    /// Closes the entry's sockets with resets (the drain is over); its
+    /// access-log line, if any, says `draining`.
+    pub(super) fn abort(self, pool: &mut BufPool, log: Option<&AccessLog>) {
         match self {
-            Entry::Header(h) => reset(&h.client),
+            Entry::Header(h) => {
+                reset(&h.client);
+                if let (Some(line), Some(log)) = (h.log, log) {
+                    line.finish(log, AccessEnd::Draining, 0, 0);
+                }
+            }
             Entry::Pair(mut p) => {
                 p.relay.end(End::Error);
                 let _ = p.relay.poll_io(pool);
                 reset(&p.client);
                 reset(&p.backend);
+                let (up, down) = p.relay.moved();
+                let line = p.log.take().or_else(|| p.dialing.as_mut()?.log.take());
+                if let (Some(line), Some(log)) = (line, log) {
+                    line.finish(log, AccessEnd::Draining, up, down);
+                }
             }
         }
     }
@@ -75,6 +88,8 @@ pub(super) struct Pending {
     slot: Slot,
     /// Counts the connection among the open ones.
     token: TaskTrackerToken,
+    /// The access-log line, when the log is on.
+    log: Option<Box<LogLine>>,
 }
 
 /// What a pair needs while its backend is being connected: enough to ask
@@ -98,6 +113,9 @@ struct Dialing {
     /// The lease answers seen before the first decision (for a client
     /// handed over to wait for one).
     lease_seen: u64,
+    /// The access-log line, when the log is on (the pair's once
+    /// connected).
+    log: Option<Box<LogLine>>,
 }
 
 /// A client and its backend.
@@ -114,6 +132,8 @@ pub(super) struct Pair {
     dialing: Option<Box<Dialing>>,
     /// Flipped with each new backend socket.
     generation: u8,
+    /// The access-log line once connected, when the log is on.
+    log: Option<Box<LogLine>>,
     /// The backend connection's entry among the edge's own (from the
     /// connect on).
     _registered: Option<Registered>,
@@ -176,14 +196,18 @@ impl EventLoop {
             proxy.conns.record(ConnResult::OverLimit);
             return;
         };
+        let log = proxy
+            .access_log
+            .as_ref()
+            .map(|_| LogLine::new(peer, listener, service.app.as_arc()));
         if let Some(backend) = proxy.own.origin(peer, || client.local_addr().ok()) {
             reset(&client);
             proxy.refuse_loop(&backend, peer);
-            proxy.conns.record(ConnResult::Loop);
+            refuse(proxy, log, ConnResult::Loop);
             return;
         }
         let options = proxy.options.load_full();
-        if let Some(why) = needs_pipeline(proxy, service) {
+        if let Some(why) = needs_pipeline(service) {
             proxy.conns.handed_off(why);
             let a = Adopted {
                 client: client.into(),
@@ -196,6 +220,7 @@ impl EventLoop {
                 token: proxy.tasks.token(),
                 lease_seen: None,
                 admitted: None,
+                log,
             };
             if !handoff.send(a) {
                 proxy.conns.record(ConnResult::LocalError);
@@ -213,7 +238,7 @@ impl EventLoop {
             {
                 self.release(idx);
                 reset(&client);
-                proxy.conns.record(ConnResult::LocalError);
+                refuse(proxy, log, ConnResult::LocalError);
                 return;
             }
             self.slab[idx] = Some(Entry::Header(Box::new(Pending {
@@ -226,6 +251,7 @@ impl EventLoop {
                 buf: Vec::new(),
                 slot,
                 token: proxy.tasks.token(),
+                log,
             })));
             return;
         }
@@ -253,6 +279,7 @@ impl EventLoop {
             options: &options,
             slot,
             token: proxy.tasks.token(),
+            log,
         };
         self.start(proxy, handoff, arrival, identity, now);
     }
@@ -313,13 +340,14 @@ impl EventLoop {
             buf,
             slot,
             token,
+            log,
             ..
         } = *pe;
         let (header, consumed) = match parsed {
             Ok(parsed) => parsed,
             Err(e) => {
                 tracing::debug!(%peer, "PROXY header rejected: {e}");
-                proxy.conns.record(ConnResult::BadProxyHeader);
+                refuse(proxy, log, ConnResult::BadProxyHeader);
                 return;
             }
         };
@@ -348,6 +376,7 @@ impl EventLoop {
             options: &options,
             slot,
             token,
+            log,
         };
         self.start(proxy, handoff, arrival, identity, now);
     }
@@ -358,10 +387,17 @@ impl EventLoop {
         &mut self,
         proxy: &Arc<Proxy<D, P>>,
         handoff: &Handoff,
-        a: Arrival<'_>,
+        mut a: Arrival<'_>,
         identity: Identity,
         now: Instant,
     ) {
+        if let Some(line) = a.log.as_deref_mut() {
+            line.record.client = identity.source;
+            line.record.country = identity
+                .lookup
+                .country()
+                .and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
+        }
         let mut dialing = Dialing {
             app: a.service.app.clone(),
             identity,
@@ -371,13 +407,14 @@ impl EventLoop {
             deadline: now,
             started: now,
             lease_seen: 0,
+            log: a.log.take(),
         };
         // Stage 4: the per-client limits, before any decision.
         let admitted = match proxy.client_limits(a.options, &dialing.app, dialing.identity.ip) {
             Ok(admitted) => admitted,
             Err(result) => {
                 reset(&a.client);
-                proxy.conns.record(result);
+                refuse(proxy, dialing.log, result);
                 return;
             }
         };
@@ -400,6 +437,7 @@ impl EventLoop {
                     token: a.token,
                     lease_seen: Some(dialing.lease_seen),
                     admitted: Some(admitted),
+                    log: dialing.log,
                 };
                 if !handoff.send(adopted) {
                     proxy.conns.record(ConnResult::LocalError);
@@ -410,7 +448,7 @@ impl EventLoop {
                 if result == ConnResult::LocalError {
                     reset(&a.client);
                 }
-                proxy.conns.record(result);
+                refuse(proxy, dialing.log, result);
                 return;
             }
         };
@@ -430,7 +468,7 @@ impl EventLoop {
         {
             self.release(idx);
             reset(&client);
-            proxy.conns.record(ConnResult::LocalError);
+            refuse(proxy, dialing.log, ConnResult::LocalError);
             return;
         }
         let options = a.options;
@@ -458,6 +496,7 @@ impl EventLoop {
             route,
             dialing: Some(Box::new(dialing)),
             generation: 0,
+            log: None,
             _registered: registered,
             _admitted: admitted,
             _slot: a.slot,
@@ -532,11 +571,16 @@ impl EventLoop {
         let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
             return;
         };
-        let Some(dialing) = p.dialing.take() else {
+        let Some(mut dialing) = p.dialing.take() else {
             return;
         };
         let backend = Arc::clone(p.route.backend());
         let took = now.saturating_duration_since(dialing.started);
+        if let Some(mut line) = dialing.log.take() {
+            let attempts = dialing.tried.len() + 1;
+            proxy.log_decision(&mut line, &dialing.identity, &p.route, attempts, Some(took));
+            p.log = Some(line);
+        }
         backend.load.connect_stats().observe(took);
         if let Some(change) = proxy.router.report_connect(&backend, true, now) {
             crate::data::health_log::log_connect_change(&backend, change, &proxy.router);
@@ -604,6 +648,17 @@ impl EventLoop {
             reset(&p.backend);
         }
         let (up, down) = p.relay.moved();
+        if let (Some(line), Some(log)) = (p.log.take(), &proxy.access_log) {
+            let how = match end {
+                End::Closed if p.relay.first_done() == Some(Side::Backend) => {
+                    AccessEnd::BackendClosed
+                }
+                End::Closed => AccessEnd::ClientClosed,
+                End::Idle => AccessEnd::IdleTimeout,
+                End::Error => AccessEnd::Error,
+            };
+            line.finish(log, how, up, down);
+        }
         match end {
             End::Closed => tracing::debug!(up, down, "closed"),
             End::Idle => tracing::debug!("idle timeout"),
@@ -629,8 +684,7 @@ impl EventLoop {
         let Some(dialing) = p.dialing.as_deref_mut() else {
             return;
         };
-        let backend = Arc::clone(p.route.backend());
-        let result = match connect_failed(proxy, dialing, &backend, why, error, now) {
+        let result = match connect_failed(proxy, dialing, &p.route, why, error, now) {
             Err(result) => Err(Refusal::Ends(result)),
             Ok(()) => attempt(proxy, dialing, false),
         };
@@ -651,16 +705,18 @@ impl EventLoop {
                     return;
                 }
                 reset(&p.client);
-                proxy.conns.record(ConnResult::LocalError);
+                refuse(proxy, dialing.log.take(), ConnResult::LocalError);
             }
             Err(Refusal::Ends(result)) => {
                 if result == ConnResult::LocalError {
                     reset(&p.client);
                 }
-                proxy.conns.record(result);
+                refuse(proxy, dialing.log.take(), result);
             }
             // Only a first decision waits for a lease.
-            Err(Refusal::LeasePending) => proxy.conns.record(ConnResult::ConnectFailed),
+            Err(Refusal::LeasePending) => {
+                refuse(proxy, dialing.log.take(), ConnResult::ConnectFailed);
+            }
         }
         self.release(idx);
     }
@@ -676,7 +732,7 @@ impl EventLoop {
         match self.slab.get_mut(idx) {
             Some(Some(Entry::Header(pe))) if now >= pe.deadline => {
                 tracing::debug!(peer = %pe.peer, "no PROXY header within {:?}", pe.options.proxy_header_timeout);
-                proxy.conns.record(ConnResult::ProxyHeaderTimeout);
+                refuse(proxy, pe.log.take(), ConnResult::ProxyHeaderTimeout);
                 self.release(idx);
             }
             Some(Some(Entry::Pair(p))) => match p.dialing.as_deref() {
@@ -715,21 +771,26 @@ struct Arrival<'a> {
     slot: Slot,
     /// Counts the connection among the open ones.
     token: TaskTrackerToken,
+    /// The access-log line, when the log is on.
+    log: Option<Box<LogLine>>,
+}
+
+/// Counts a refused connection, and writes its access-log line.
+fn refuse<D: Dialer, P: DataPath>(
+    proxy: &Proxy<D, P>,
+    line: Option<Box<LogLine>>,
+    result: ConnResult,
+) {
+    proxy.conns.record(result);
+    if let (Some(line), Some(log)) = (line, &proxy.access_log) {
+        line.refused(log, result);
+    }
 }
 
 /// Which stage only the tokio pipeline runs a client of `service` needs,
-/// if any: reading the ClientHello, the access log.
-fn needs_pipeline<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
-    service: &Service,
-) -> Option<HandoffReason> {
-    if service.sni {
-        return Some(HandoffReason::Sni);
-    }
-    proxy
-        .access_log
-        .is_some()
-        .then_some(HandoffReason::AccessLog)
+/// if any: reading the ClientHello.
+fn needs_pipeline(service: &Service) -> Option<HandoffReason> {
+    service.sni.then_some(HandoffReason::Sni)
 }
 
 /// A `conn` span for a client, as the tokio pipeline's (its `backend`
@@ -798,7 +859,7 @@ fn attempt<D: Dialer, P: DataPath>(
             }
             Err(e) => {
                 let why = classify(&e);
-                if let Err(result) = connect_failed(proxy, d, &backend, why, Some(e), started) {
+                if let Err(result) = connect_failed(proxy, d, &route, why, Some(e), started) {
                     return Err(Refusal::Ends(result));
                 }
             }
@@ -813,11 +874,12 @@ fn attempt<D: Dialer, P: DataPath>(
 fn connect_failed<D: Dialer, P: DataPath>(
     proxy: &Proxy<D, P>,
     d: &mut Dialing,
-    backend: &geoedge_routing::Backend,
+    route: &Route,
     why: ConnectFailure,
     error: Option<io::Error>,
     now: Instant,
 ) -> Result<(), ConnResult> {
+    let backend = route.backend();
     backend.load.connect_stats().fail(why);
     let span = || {
         let span = conn_span(&d.identity);
@@ -854,5 +916,8 @@ fn connect_failed<D: Dialer, P: DataPath>(
     }
     d.tried.push(backend.id.clone());
     d.attempts_left = d.attempts_left.saturating_sub(1);
+    if let Some(line) = d.log.as_deref_mut() {
+        proxy.log_decision(line, &d.identity, route, d.tried.len(), None);
+    }
     Ok(())
 }

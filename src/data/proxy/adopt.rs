@@ -1,7 +1,7 @@
 //! Connections accepted elsewhere and handed to this pipeline whole: the
 //! epoll worker (`engine = "epoll"`) runs the plain path itself and hands
 //! over each connection that needs a stage it does not run (reading the
-//! ClientHello, the access log, a wait for another POP's lease), on its
+//! ClientHello, a wait for another POP's lease), on its
 //! worker's second thread, a tokio runtime.
 
 use std::net::SocketAddr;
@@ -47,6 +47,9 @@ pub struct Adopted {
     /// The client's place under its per-client limits, when it was held
     /// to them already (see [`Conn::admitted`]).
     pub admitted: Option<Admitted>,
+    /// The connection's access-log line, begun at accept (`None`: the
+    /// access log is off).
+    pub log: Option<Box<LogLine>>,
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
@@ -68,10 +71,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             app: a.service.app.clone(),
             options: a.options,
             sni: a.service.sni,
-            log: self
-                .access_log
-                .as_ref()
-                .map(|_| LogLine::new(a.peer, a.listener, a.service.app.as_arc())),
+            log: a.log,
             lease_seen: a.lease_seen,
             admitted: a.admitted,
         };

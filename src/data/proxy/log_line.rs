@@ -66,6 +66,15 @@ impl LogLine {
         self.write(log);
     }
 
+    /// Writes the line of a connection that ended as `end` having moved
+    /// `up` and `down` bytes (the epoll worker's relay counts its own).
+    pub fn finish(mut self: Box<Self>, log: &AccessLog, end: End, up: u64, down: u64) {
+        self.record.end = end;
+        self.record.bytes_up = up;
+        self.record.bytes_down = down;
+        self.write(log);
+    }
+
     /// Sets the duration and queues the line.
     fn write(mut self: Box<Self>, log: &AccessLog) {
         self.record.duration = self.started.elapsed();

@@ -612,7 +612,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     /// Fills in the decision's part of a connection's access-log line:
     /// the backend, how it was chosen, the client's region, the connect
     /// attempts so far and the last connect's time.
-    fn log_decision(
+    pub(crate) fn log_decision(
         &self,
         line: &mut LogLine,
         identity: &Identity,
