@@ -39,6 +39,8 @@ use crate::data::pair::BufPool;
 use crate::data::proxy::{Adopted, DataPath, Proxy, Service};
 
 mod conn;
+mod dial;
+mod reading;
 
 use conn::Entry;
 

@@ -1,5 +1,6 @@
-//! The epoll worker's connections: a client reading its PROXY header, then
-//! a pair (client and backend) connecting with failover, then relaying
+//! The epoll worker's connections: admitted at accept (or handed over),
+//! held for a PROXY header ([`super::reading`]), then a pair (client and
+//! backend) connecting with failover ([`super::dial`]), then relaying
 //! through its [`PairRelay`]. Each is one slab entry; its sockets' tokens
 //! carry the entry's index, the side and, for the backend, a generation
 //! bit that a failover flips (an event of the closed socket that comes in
@@ -10,13 +11,15 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use geoedge_routing::{AppId, BackendId, ConnectFailure, Request, Route};
+use geoedge_routing::{ConnectFailure, Route};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tracing::field::{display, Empty};
+use tracing::field::display;
 
+use super::dial::{attempt, conn_span, connect_failed, Dialing, Refusal};
+use super::reading::Pending;
 use super::{EventLoop, Handoff};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::{ConnResult, HandoffReason};
@@ -26,7 +29,6 @@ use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::loops::Registered;
 use crate::data::proxy::stages::{Admitted, Identity};
 use crate::data::proxy::{classify, Adopted, DataPath, Proxy, ProxyOptions, Service};
-use crate::data::proxy_protocol::{self, Header, Parse};
 use geoedge_access_log::{AccessLog, End as AccessEnd};
 
 /// A socket's token: slab index, generation bit, side.
@@ -68,56 +70,6 @@ impl Entry {
     }
 }
 
-/// A client of a trusted source whose PROXY header is being read.
-pub(super) struct Pending {
-    /// The accepted socket.
-    client: TcpStream,
-    /// The TCP peer (the trusted source).
-    peer: SocketAddr,
-    /// The listener's address, when known.
-    listener: Option<SocketAddr>,
-    /// What the listener serves.
-    service: Service,
-    /// The settings snapshot taken at accept.
-    options: Arc<ProxyOptions>,
-    /// What was read so far.
-    buf: Vec<u8>,
-    /// The header's deadline.
-    deadline: Instant,
-    /// The connection's slot of the global limit.
-    slot: Slot,
-    /// Counts the connection among the open ones.
-    token: TaskTrackerToken,
-    /// The access-log line, when the log is on.
-    log: Option<Box<LogLine>>,
-}
-
-/// What a pair needs while its backend is being connected: enough to ask
-/// the routing core again, and to hand the client over.
-struct Dialing {
-    /// The app served.
-    app: AppId,
-    /// Who the client is (for the decision; the handed-over pipeline and
-    /// the logs).
-    identity: Identity,
-    /// Backends tried, excluded from the next decision.
-    tried: Vec<BackendId>,
-    /// Connect attempts left, this one included.
-    attempts_left: u32,
-    /// Per-attempt connect timeout.
-    timeout: Duration,
-    /// This attempt's deadline.
-    deadline: Instant,
-    /// This attempt's start (the decision's clock).
-    started: Instant,
-    /// The lease answers seen before the first decision (for a client
-    /// handed over to wait for one).
-    lease_seen: u64,
-    /// The access-log line, when the log is on (the pair's once
-    /// connected).
-    log: Option<Box<LogLine>>,
-}
-
 /// A client and its backend.
 pub(super) struct Pair {
     /// The client's socket.
@@ -149,32 +101,6 @@ pub(super) struct Pair {
 /// Closes `socket` with a reset when it drops.
 fn reset(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
-}
-
-/// A non-blocking connect to `addr` with TCP_NODELAY, as
-/// [`crate::data::dialer::TcpDialer`] makes them.
-fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM.nonblocking(),
-        None,
-    )?;
-    s.set_tcp_nodelay(true)?;
-    match s.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(s.into()))
-}
-
-/// Why a decision-and-dial gave no connect under way.
-enum Refusal {
-    /// The connection ends, counted so.
-    Ends(ConnResult),
-    /// The better backend's lease is being asked for: the client waits
-    /// for it in the tokio pipeline.
-    LeasePending,
 }
 
 impl EventLoop {
@@ -284,106 +210,9 @@ impl EventLoop {
         self.start(proxy, handoff, arrival, identity, now);
     }
 
-    /// Reads what a pending client sent; once its PROXY header is whole,
-    /// routes the client.
-    fn read_header<D: Dialer, P: DataPath>(
-        &mut self,
-        proxy: &Arc<Proxy<D, P>>,
-        handoff: &Handoff,
-        idx: usize,
-        now: Instant,
-    ) {
-        let Some(Some(Entry::Header(pe))) = self.slab.get_mut(idx) else {
-            return;
-        };
-        let parsed = loop {
-            let filled = pe.buf.len();
-            pe.buf.resize(proxy_protocol::MAX_HEADER_LEN, 0);
-            let read = (&pe.client).read(&mut pe.buf[filled..]);
-            match read {
-                Ok(0) => {
-                    pe.buf.truncate(filled);
-                    break Err("closed inside the PROXY header".to_string());
-                }
-                Ok(n) => {
-                    pe.buf.truncate(filled + n);
-                    match proxy_protocol::parse(&pe.buf) {
-                        Ok(Parse::Complete { header, consumed }) => break Ok((header, consumed)),
-                        Ok(Parse::Incomplete) if pe.buf.len() < proxy_protocol::MAX_HEADER_LEN => {
-                            continue
-                        }
-                        Ok(Parse::Incomplete) => break Err("PROXY header too long".to_string()),
-                        Err(e) => break Err(e.to_string()),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    pe.buf.truncate(filled);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => pe.buf.truncate(filled),
-                Err(e) => {
-                    pe.buf.truncate(filled);
-                    break Err(e.to_string());
-                }
-            }
-        };
-        let Some(Entry::Header(pe)) = self.slab[idx].take() else {
-            return;
-        };
-        self.release(idx);
-        let Pending {
-            client,
-            peer,
-            listener,
-            service,
-            options,
-            buf,
-            slot,
-            token,
-            log,
-            ..
-        } = *pe;
-        let (header, consumed) = match parsed {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                tracing::debug!(%peer, "PROXY header rejected: {e}");
-                refuse(proxy, log, ConnResult::BadProxyHeader);
-                return;
-            }
-        };
-        let local = || client.local_addr().ok().or(listener).unwrap_or(peer);
-        let (source, destination) = match header {
-            Header::Proxied {
-                source,
-                destination,
-            } => (source, destination),
-            Header::Local => (peer, local()),
-        };
-        let ip = source.ip().to_canonical();
-        let identity = Identity {
-            source,
-            destination,
-            early: buf[consumed..].to_vec(),
-            ip,
-            lookup: proxy.geoip.lookup(ip),
-        };
-        let arrival = Arrival {
-            client,
-            registered: true,
-            peer,
-            listener,
-            service: &service,
-            options: &options,
-            slot,
-            token,
-            log,
-        };
-        self.start(proxy, handoff, arrival, identity, now);
-    }
-
     /// Routes a client and dials its backend (handing it over when its
     /// decision waits for a lease), and makes its pair.
-    fn start<D: Dialer, P: DataPath>(
+    pub(super) fn start<D: Dialer, P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<D, P>>,
         handoff: &Handoff,
@@ -754,29 +583,29 @@ impl EventLoop {
 }
 
 /// A client ready to be routed.
-struct Arrival<'a> {
+pub(super) struct Arrival<'a> {
     /// The accepted socket.
-    client: TcpStream,
+    pub(super) client: TcpStream,
     /// Registered already (under its PROXY header's token).
-    registered: bool,
+    pub(super) registered: bool,
     /// The TCP peer.
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     /// The listener's address, when known.
-    listener: Option<SocketAddr>,
+    pub(super) listener: Option<SocketAddr>,
     /// What the listener serves.
-    service: &'a Service,
+    pub(super) service: &'a Service,
     /// The settings snapshot taken at accept.
-    options: &'a Arc<ProxyOptions>,
+    pub(super) options: &'a Arc<ProxyOptions>,
     /// The connection's slot of the global limit.
-    slot: Slot,
+    pub(super) slot: Slot,
     /// Counts the connection among the open ones.
-    token: TaskTrackerToken,
+    pub(super) token: TaskTrackerToken,
     /// The access-log line, when the log is on.
-    log: Option<Box<LogLine>>,
+    pub(super) log: Option<Box<LogLine>>,
 }
 
 /// Counts a refused connection, and writes its access-log line.
-fn refuse<D: Dialer, P: DataPath>(
+pub(super) fn refuse<D: Dialer, P: DataPath>(
     proxy: &Proxy<D, P>,
     line: Option<Box<LogLine>>,
     result: ConnResult,
@@ -791,133 +620,4 @@ fn refuse<D: Dialer, P: DataPath>(
 /// if any: reading the ClientHello.
 fn needs_pipeline(service: &Service) -> Option<HandoffReason> {
     service.sni.then_some(HandoffReason::Sni)
-}
-
-/// A `conn` span for a client, as the tokio pipeline's (its `backend`
-/// left to fill in).
-fn conn_span(identity: &Identity) -> tracing::Span {
-    let span =
-        tracing::debug_span!("conn", client = %identity.ip, country = Empty, backend = Empty);
-    if let Some(country) = identity.lookup.country() {
-        span.record("country", display(country));
-    }
-    span
-}
-
-/// The routing core's decision for a client (excluding the backends
-/// tried) and a non-blocking connect to it, for each backend in turn until
-/// one connect is under way. A connect that fails at once counts as the
-/// attempt's failure. Only the `first` decision may wait for a lease.
-fn attempt<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
-    d: &mut Dialing,
-    first: bool,
-) -> Result<(Route, TcpStream, Option<Registered>), Refusal> {
-    loop {
-        if d.attempts_left == 0 {
-            return Err(Refusal::Ends(ConnResult::ConnectFailed));
-        }
-        if first {
-            d.lease_seen = proxy.lease_wait.answers();
-        }
-        let started = Instant::now();
-        let request = Request {
-            app: &d.app,
-            ip: d.identity.ip,
-            location: d.identity.lookup.location(),
-            exclude: &d.tried,
-        };
-        let route = match proxy.router.decide(&request, started) {
-            Ok(route) => route,
-            Err(e) => {
-                if d.tried.is_empty() {
-                    if let Some(suppressed) = proxy.failures.no_backend.check(started) {
-                        tracing::warn!(suppressed, "no backend for a client: {e}");
-                    }
-                    return Err(Refusal::Ends(ConnResult::NoBackend));
-                }
-                tracing::debug!(attempts = d.tried.len(), "no backend reachable");
-                return Err(Refusal::Ends(ConnResult::ConnectFailed));
-            }
-        };
-        if first && d.tried.is_empty() && route.lease_pending {
-            return Err(Refusal::LeasePending);
-        }
-        let backend = Arc::clone(route.backend());
-        d.started = started;
-        d.deadline = started + d.timeout;
-        match dial(backend.addr) {
-            Ok(stream) => {
-                // Recorded from the connect on (its local address is bound
-                // by now): the accept of a connection that comes back may
-                // be handled before this one's connect completes.
-                let registered =
-                    proxy
-                        .own
-                        .register_with(|| stream.local_addr().ok(), backend.addr, &backend.id);
-                return Ok((route, stream, registered));
-            }
-            Err(e) => {
-                let why = classify(&e);
-                if let Err(result) = connect_failed(proxy, d, &route, why, Some(e), started) {
-                    return Err(Refusal::Ends(result));
-                }
-            }
-        }
-    }
-}
-
-/// Counts a failed connect to `backend` (`why`) the tokio pipeline's way:
-/// against the backend's health, unless it is this host's error (then the
-/// client is refused: `Err`); the backend is excluded from the next
-/// decision, one attempt fewer is left.
-fn connect_failed<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
-    d: &mut Dialing,
-    route: &Route,
-    why: ConnectFailure,
-    error: Option<io::Error>,
-    now: Instant,
-) -> Result<(), ConnResult> {
-    let backend = route.backend();
-    backend.load.connect_stats().fail(why);
-    let span = || {
-        let span = conn_span(&d.identity);
-        span.record("backend", display(&backend.id));
-        span
-    };
-    if why == ConnectFailure::Local {
-        if let Some(suppressed) = proxy.failures.local.check(now) {
-            span().in_scope(|| {
-                tracing::warn!(
-                    backend = %backend.id,
-                    suppressed,
-                    "no socket for a backend connect, the client is refused: {}",
-                    error.map_or_else(String::new, |e| e.to_string())
-                )
-            });
-        }
-        return Err(ConnResult::LocalError);
-    }
-    if let Some(change) = proxy.router.report_connect(backend, false, now) {
-        crate::data::health_log::log_connect_change(backend, change, &proxy.router);
-    }
-    if let Some(suppressed) = proxy.failures.connect.check(now) {
-        let timeout = d.timeout;
-        span().in_scope(|| {
-            tracing::warn!(
-                backend = %backend.id,
-                reason = why.as_str(),
-                suppressed,
-                "connecting to a backend failed: {}",
-                error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
-            )
-        });
-    }
-    d.tried.push(backend.id.clone());
-    d.attempts_left = d.attempts_left.saturating_sub(1);
-    if let Some(line) = d.log.as_deref_mut() {
-        proxy.log_decision(line, &d.identity, route, d.tried.len(), None);
-    }
-    Ok(())
 }
