@@ -107,20 +107,17 @@ pub struct ConnStats {
 /// tokio pipeline: a stage it does not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandoffReason {
-    /// A listener that reads the TLS ClientHello (`sni_listen`).
-    Sni,
     /// The client's better backend waits for another POP's lease.
     LeaseWait,
 }
 
 impl HandoffReason {
     /// Every reason, in counter order.
-    pub const ALL: [HandoffReason; 2] = [HandoffReason::Sni, HandoffReason::LeaseWait];
+    pub const ALL: [HandoffReason; 1] = [HandoffReason::LeaseWait];
 
     /// Lower-case label.
     pub fn as_str(self) -> &'static str {
         match self {
-            HandoffReason::Sni => "sni",
             HandoffReason::LeaseWait => "lease_wait",
         }
     }

@@ -11,18 +11,18 @@
 //! The stages are the tokio pipeline's ([`crate::data::proxy::stages`]),
 //! the same shared state ([`Proxy`]) and the same counters, logs and
 //! metrics: the global limit's slot, the loop check, a trusted source's
-//! PROXY header, the GeoIP lookup, the per-client limits (the same
-//! table: a client's connections count the same on either engine), the
-//! routing core's decision, the
-//! connect with failover, passive health, the backend's PROXY header, the
-//! relay with its half-close and idle rules, the access log's line (its
-//! parts filled in as the tokio stages fill them, its byte counts the
-//! relay's), the open-connection count and the drain. A connection that
-//! needs a stage this loop does not run — on a listener that reads the
-//! ClientHello, or waiting for another POP's lease — is handed whole (its place under the
-//! per-client limits with it)
-//! to the tokio pipeline on the worker's second thread ([`Handoff`],
-//! [`Proxy::adopt`]). Bulk transfers are copied (no splice).
+//! PROXY header, the GeoIP lookup, the ClientHello's server name on an
+//! `sni_listen` listener, the per-client limits (the same table: a
+//! client's connections count the same on either engine), the routing
+//! core's decision, the connect with failover, passive health, the
+//! backend's PROXY header, the relay with its half-close and idle rules,
+//! the access log's line (its parts filled in as the tokio stages fill
+//! them, its byte counts the relay's), the open-connection count and the
+//! drain. A client whose decision waits for another POP's lease is handed
+//! whole (its place under the per-client limits with it) to the tokio
+//! pipeline on the worker's second thread ([`Handoff`], [`Proxy::adopt`]),
+//! which waits for the lease's answer. Bulk transfers are copied (no
+//! splice).
 
 use std::io;
 use std::net::SocketAddr;

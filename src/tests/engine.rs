@@ -386,9 +386,7 @@ async fn clients_reach_their_countrys_backend_and_4_mib_each_way_arrives_whole_a
     .await;
     assert_eq!(conns(&edge, "connect_failed"), 0.0);
     // The loop served them all itself.
-    for reason in ["sni", "lease_wait"] {
-        assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
-    }
+    assert_eq!(handoffs(&edge, "lease_wait"), 0.0, "handed over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1032,9 +1030,7 @@ async fn with_the_access_log_on_the_loop_writes_each_connections_line() {
         1.0,
     )
     .await;
-    for reason in ["sni", "lease_wait"] {
-        assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
-    }
+    assert_eq!(handoffs(&edge, "lease_wait"), 0.0, "handed over");
     counted(&edge, "edge_connections_current", 0.0).await;
 }
 
@@ -1069,9 +1065,7 @@ async fn the_loop_keeps_the_per_client_limits_itself_and_a_closed_connection_fre
     first.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still here");
     // The loop kept the limits itself: nothing was handed over.
-    for reason in ["sni", "lease_wait"] {
-        assert_eq!(handoffs(&edge, reason), 0.0, "handed over for {reason}");
-    }
+    assert_eq!(handoffs(&edge, "lease_wait"), 0.0, "handed over");
     // The first connection closes: its place is free, and the client's
     // next connection is served (once the loop has seen the close).
     drop(first);

@@ -116,7 +116,7 @@ pub const SNI_HELLOS_TOTAL: Def = def(
 pub const WORKER_HANDOFFS_TOTAL: Def = def(
     "edge_worker_handoffs_total",
     Counter,
-    "Connections an epoll worker (engine = epoll) handed, whole, to the tokio runtime on its second thread, by the stage it does not run itself: sni (an sni_listen listener), lease_wait (the better backend's lease is being asked for). Always 0 with engine = tokio.",
+    "Connections an epoll worker (engine = epoll) handed, whole, to the tokio runtime on its second thread, by the stage it does not run itself: lease_wait (the better backend's lease from another POP is being asked for: the wait runs on tokio). Always 0 with engine = tokio.",
     &["reason"],
 );
 /// Access-log lines by result.

@@ -19,7 +19,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::field::display;
 
 use super::dial::{attempt, conn_span, connect_failed, Dialing, Refusal};
-use super::reading::Pending;
+use super::reading::{Awaiting, Pending};
 use super::{EventLoop, Handoff};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::{ConnResult, HandoffReason};
@@ -99,7 +99,7 @@ pub(super) struct Pair {
 }
 
 /// Closes `socket` with a reset when it drops.
-fn reset(socket: &TcpStream) {
+pub(super) fn reset(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
@@ -133,26 +133,6 @@ impl EventLoop {
             return;
         }
         let options = proxy.options.load_full();
-        if let Some(why) = needs_pipeline(service) {
-            proxy.conns.handed_off(why);
-            let a = Adopted {
-                client: client.into(),
-                peer,
-                listener,
-                service: service.clone(),
-                options,
-                slot,
-                identity: None,
-                token: proxy.tasks.token(),
-                lease_seen: None,
-                admitted: None,
-                log,
-            };
-            if !handoff.send(a) {
-                proxy.conns.record(ConnResult::LocalError);
-            }
-            return;
-        }
         let ip = peer.ip().to_canonical();
         if options.proxy_protocol_from.iter().any(|n| n.contains(&ip)) {
             let idx = self.vacant();
@@ -178,6 +158,7 @@ impl EventLoop {
                 slot,
                 token: proxy.tasks.token(),
                 log,
+                awaiting: Awaiting::Header,
             })));
             return;
         }
@@ -196,6 +177,23 @@ impl EventLoop {
             ip,
             lookup: proxy.geoip.lookup(ip),
         };
+        if service.sni {
+            let pending = Pending {
+                client,
+                peer,
+                listener,
+                service: service.clone(),
+                deadline: now,
+                options,
+                buf: Vec::new(),
+                slot,
+                token: proxy.tasks.token(),
+                log,
+                awaiting: Awaiting::Header,
+            };
+            self.await_hello(proxy, handoff, None, pending, identity, now);
+            return;
+        }
         let arrival = Arrival {
             client,
             registered: false,
@@ -220,13 +218,7 @@ impl EventLoop {
         identity: Identity,
         now: Instant,
     ) {
-        if let Some(line) = a.log.as_deref_mut() {
-            line.record.client = identity.source;
-            line.record.country = identity
-                .lookup
-                .country()
-                .and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
-        }
+        note_identity(a.log.as_deref_mut(), &identity);
         let mut dialing = Dialing {
             app: a.service.app.clone(),
             identity,
@@ -354,7 +346,7 @@ impl EventLoop {
         let p = match self.slab.get_mut(idx) {
             Some(Some(Entry::Pair(p))) => p,
             Some(Some(Entry::Header(_))) => {
-                self.read_header(proxy, handoff, idx, now);
+                self.read_pending(proxy, handoff, idx, now);
                 return;
             }
             _ => return,
@@ -560,8 +552,8 @@ impl EventLoop {
     ) {
         match self.slab.get_mut(idx) {
             Some(Some(Entry::Header(pe))) if now >= pe.deadline => {
-                tracing::debug!(peer = %pe.peer, "no PROXY header within {:?}", pe.options.proxy_header_timeout);
-                refuse(proxy, pe.log.take(), ConnResult::ProxyHeaderTimeout);
+                tracing::debug!(peer = %pe.peer, result = pe.timed_out().as_str(), "nothing whole within {:?}", pe.options.proxy_header_timeout);
+                refuse(proxy, pe.log.take(), pe.timed_out());
                 self.release(idx);
             }
             Some(Some(Entry::Pair(p))) => match p.dialing.as_deref() {
@@ -604,6 +596,17 @@ pub(super) struct Arrival<'a> {
     pub(super) log: Option<Box<LogLine>>,
 }
 
+/// Puts who the client is in its access-log line, if it has one.
+pub(super) fn note_identity(line: Option<&mut LogLine>, identity: &Identity) {
+    if let Some(line) = line {
+        line.record.client = identity.source;
+        line.record.country = identity
+            .lookup
+            .country()
+            .and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
+    }
+}
+
 /// Counts a refused connection, and writes its access-log line.
 pub(super) fn refuse<D: Dialer, P: DataPath>(
     proxy: &Proxy<D, P>,
@@ -614,10 +617,4 @@ pub(super) fn refuse<D: Dialer, P: DataPath>(
     if let (Some(line), Some(log)) = (line, &proxy.access_log) {
         line.refused(log, result);
     }
-}
-
-/// Which stage only the tokio pipeline runs a client of `service` needs,
-/// if any: reading the ClientHello.
-fn needs_pipeline(service: &Service) -> Option<HandoffReason> {
-    service.sni.then_some(HandoffReason::Sni)
 }

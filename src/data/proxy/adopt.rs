@@ -1,8 +1,7 @@
 //! Connections accepted elsewhere and handed to this pipeline whole: the
-//! epoll worker (`engine = "epoll"`) runs the plain path itself and hands
-//! over each connection that needs a stage it does not run (reading the
-//! ClientHello, a wait for another POP's lease), on its
-//! worker's second thread, a tokio runtime.
+//! epoll worker (`engine = "epoll"`) runs every stage itself but the wait
+//! for another POP's lease, and hands a client whose decision waits for
+//! one to its worker's second thread, a tokio runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
