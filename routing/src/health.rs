@@ -165,6 +165,10 @@ struct Ejection {
     open_at: Instant,
     /// A trial connect is out.
     trial: bool,
+    /// The ejection is for a connection loop: only a trial's success ends
+    /// it (a connect that came back to the edge completes too, and may be
+    /// seen doing so after the loop it made).
+    looped: bool,
 }
 
 /// Passive ejection: consecutive connect failures, backoff, half-open trial.
@@ -223,7 +227,11 @@ impl PassiveState {
     /// again. A later trial that connects re-admits it, as after any
     /// ejection.
     pub fn on_loop(&mut self, now: Instant, cfg: &HealthConfig) -> HealthChange {
-        self.eject(cfg.backoff_max.max(cfg.backoff), now)
+        let change = self.eject(cfg.backoff_max.max(cfg.backoff), now);
+        if let Some(e) = &mut self.ejection {
+            e.looped = true;
+        }
+        change
     }
 
     /// Ejects for `backoff` from `now`, forgetting the failures counted.
@@ -233,6 +241,7 @@ impl PassiveState {
             backoff,
             open_at: after(now, backoff),
             trial: false,
+            looped: false,
         });
         HealthChange::Ejected {
             backoff,
@@ -249,7 +258,12 @@ impl PassiveState {
     ) -> Option<HealthChange> {
         if ok {
             self.failures = 0;
-            // Any success proves the backend takes connections again.
+            // Any success proves the backend takes connections again; after
+            // a loop, only the trial's (a connect that looped completes as
+            // well, and may be reported after its loop was).
+            if self.ejection.is_some_and(|e| e.looped && !e.trial) {
+                return None;
+            }
             return self.ejection.take().map(|_| HealthChange::Readmitted);
         }
         match &mut self.ejection {
@@ -259,6 +273,7 @@ impl PassiveState {
                     backoff,
                     open_at: after(now, backoff),
                     trial: false,
+                    looped: e.looped,
                 };
                 Some(HealthChange::Ejected {
                     backoff,

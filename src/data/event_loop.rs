@@ -172,6 +172,7 @@ impl EventLoop {
             proxy.own.listening_on(l.local);
         }
         let mut events = Events::with_capacity(EVENTS);
+        let mut ready: Vec<usize> = Vec::with_capacity(self.listeners.len());
         let mut next_sweep = Instant::now() + SWEEP;
         loop {
             if self.accepting && *control.stop.borrow() {
@@ -193,16 +194,26 @@ impl EventLoop {
                 (control.beat)(now);
                 self.sweep(proxy, &control.handoff, now);
             }
+            // The batch's connections first, then its listeners: a
+            // connection of this edge's own that comes back through a
+            // backend is accepted after its connect's completion is seen
+            // (the kernel completes that connect before it queues the
+            // connection that came back), so the loop's ejection of that
+            // backend is not undone by the connect's success.
+            ready.clear();
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
                     continue;
                 }
                 if t.0 > LISTENERS - self.listeners.len() && t.0 <= LISTENERS {
-                    self.accept(proxy, &control.handoff, LISTENERS - t.0, usize::MAX, now);
+                    ready.push(LISTENERS - t.0);
                     continue;
                 }
                 self.handle_event(proxy, &control.handoff, ev, now);
+            }
+            for &i in &ready {
+                self.accept(proxy, &control.handoff, i, usize::MAX, now);
             }
             self.free.append(&mut self.released);
         }

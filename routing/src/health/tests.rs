@@ -306,6 +306,10 @@ fn a_loop_ejects_at_once_for_the_longest_backoff() {
         }
     );
     assert_eq!(h.ejections(), 1);
+    // A connect that completes meanwhile (the one that looped, seen to
+    // complete after its loop) does not take the ejection back.
+    assert_eq!(h.on_connect(true, t0 + secs(0.001), &c), None);
+    assert!(!h.is_admitted());
     // Not a moment before the longest backoff has passed.
     assert!(!h.admits(t0 + c.backoff_max - secs(0.001)));
     assert!(h.admits(t0 + c.backoff_max));

@@ -397,14 +397,21 @@ impl EventLoop {
         };
         let backend = Arc::clone(p.route.backend());
         let took = now.saturating_duration_since(dialing.started);
+        // A connect that came back to this edge (a loop, seen and counted
+        // at its accept, its backend ejected) is no success of the
+        // backend's. (Were it reported, the loop's ejection would stand
+        // all the same: only a trial ends it.)
+        let looped = p._registered.as_ref().is_some_and(|r| r.came_back());
         if let Some(mut line) = dialing.log.take() {
             let attempts = dialing.tried.len() + 1;
             proxy.log_decision(&mut line, &dialing.identity, &p.route, attempts, Some(took));
             p.log = Some(line);
         }
-        backend.load.connect_stats().observe(took);
-        if let Some(change) = proxy.router.report_connect(&backend, true, now) {
-            crate::data::health_log::log_connect_change(&backend, change, &proxy.router);
+        if !looped {
+            backend.load.connect_stats().observe(took);
+            if let Some(change) = proxy.router.report_connect(&backend, true, now) {
+                crate::data::health_log::log_connect_change(&backend, change, &proxy.router);
+            }
         }
         p.relay.handle_connected(now);
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -505,6 +512,10 @@ impl EventLoop {
         let Some(dialing) = p.dialing.as_deref_mut() else {
             return;
         };
+        // A connect reset by this edge itself (it came back: a loop) ends
+        // the client with a reset when no other backend takes it: its
+        // transfer must not look complete.
+        let looped = p._registered.as_ref().is_some_and(|r| r.came_back());
         let result = match connect_failed(proxy, dialing, &p.route, why, error, now) {
             Err(result) => Err(Refusal::Ends(result)),
             Ok(()) => attempt(proxy, dialing, false),
@@ -529,7 +540,7 @@ impl EventLoop {
                 refuse(proxy, dialing.log.take(), ConnResult::LocalError);
             }
             Err(Refusal::Ends(result)) => {
-                if result == ConnResult::LocalError {
+                if result == ConnResult::LocalError || looped {
                     reset(&p.client);
                 }
                 refuse(proxy, dialing.log.take(), result);

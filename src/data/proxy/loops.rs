@@ -54,6 +54,9 @@ pub struct OwnConnections {
     /// Digest of a local end in `open` → how many connections use it (the
     /// first question asked of an accepted peer while `open` has entries).
     locals: DashMap<u64, u32>,
+    /// Entries of `open` whose connection was seen coming back (found by
+    /// [`OwnConnections::origin`]), until they close.
+    came_back: DashMap<u64, ()>,
     /// How many entries `open` has (read before any map is).
     count: AtomicUsize,
     /// The secret key of the digests.
@@ -70,6 +73,7 @@ impl Default for OwnConnections {
         OwnConnections {
             open: DashMap::default(),
             locals: DashMap::default(),
+            came_back: DashMap::default(),
             count: AtomicUsize::new(0),
             keys: std::collections::hash_map::RandomState::default(),
             ports: (0..(1 << 16) / 64).map(|_| AtomicU64::new(0)).collect(),
@@ -90,8 +94,19 @@ pub struct Registered {
     local: u64,
 }
 
+impl Registered {
+    /// Whether this connection was seen coming back to the edge (a
+    /// connection loop): its connect's completion is not the backend's
+    /// success. (The epoll worker may accept the connection that came back
+    /// before it sees its own connect complete.)
+    pub fn came_back(&self) -> bool {
+        self.own.came_back.contains_key(&self.ends)
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.own.came_back.remove(&self.ends);
         if self.own.open.remove(&self.ends).is_some() {
             self.own.count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -193,6 +208,8 @@ impl OwnConnections {
             return None;
         }
         let ends = self.ends_key(peer, local()?);
-        self.open.get(&ends).map(|b| b.value().clone())
+        let backend = self.open.get(&ends).map(|b| b.value().clone())?;
+        self.came_back.insert(ends, ());
+        Some(backend)
     }
 }
