@@ -111,7 +111,7 @@ impl EventLoop {
         &mut self,
         proxy: &Arc<Proxy<D, P>>,
         handoff: &Handoff,
-        mut client: TcpStream,
+        client: TcpStream,
         peer: SocketAddr,
         listener: Option<SocketAddr>,
         service: &Service,
@@ -134,20 +134,9 @@ impl EventLoop {
         }
         let options = proxy.options.load_full();
         let ip = peer.ip().to_canonical();
-        if options.proxy_protocol_from.iter().any(|n| n.contains(&ip)) {
-            let idx = self.vacant();
-            if self
-                .poll
-                .registry()
-                .register(&mut client, token(idx, 0, Side::Client), Interest::READABLE)
-                .is_err()
-            {
-                self.release(idx);
-                reset(&client);
-                refuse(proxy, log, ConnResult::LocalError);
-                return;
-            }
-            self.slab[idx] = Some(Entry::Header(Box::new(Pending {
+        let trusted = options.proxy_protocol_from.iter().any(|n| n.contains(&ip));
+        if trusted || service.sni {
+            let pending = Pending {
                 client,
                 peer,
                 listener,
@@ -159,41 +148,17 @@ impl EventLoop {
                 token: proxy.tasks.token(),
                 log,
                 awaiting: Awaiting::Header,
-            })));
-            return;
-        }
-        // The address the client reached: asked of the socket only for a
-        // PROXY header to the backend, as the tokio pipeline does.
-        let destination = if options.send_proxy_protocol.is_some() {
-            client.local_addr().ok().or(listener)
-        } else {
-            listener
-        }
-        .unwrap_or(peer);
-        let identity = Identity {
-            source: peer,
-            destination,
-            early: Vec::new(),
-            ip,
-            lookup: proxy.geoip.lookup(ip),
-        };
-        if service.sni {
-            let pending = Pending {
-                client,
-                peer,
-                listener,
-                service: service.clone(),
-                deadline: now,
-                options,
-                buf: Vec::new(),
-                slot,
-                token: proxy.tasks.token(),
-                log,
-                awaiting: Awaiting::Header,
             };
-            self.await_hello(proxy, handoff, None, pending, identity, now);
+            if trusted {
+                self.await_header(proxy, pending);
+            } else {
+                let identity =
+                    identity_of(proxy, &pending.client, peer, listener, &pending.options);
+                self.await_hello(proxy, handoff, None, pending, identity, now);
+            }
             return;
         }
+        let identity = identity_of(proxy, &client, peer, listener, &options);
         let arrival = Arrival {
             client,
             registered: false,
@@ -605,6 +570,32 @@ pub(super) struct Arrival<'a> {
     pub(super) token: TaskTrackerToken,
     /// The access-log line, when the log is on.
     pub(super) log: Option<Box<LogLine>>,
+}
+
+/// Who a client that sent no PROXY header is: its peer, located.
+fn identity_of<D: Dialer, P: DataPath>(
+    proxy: &Proxy<D, P>,
+    client: &TcpStream,
+    peer: SocketAddr,
+    listener: Option<SocketAddr>,
+    options: &ProxyOptions,
+) -> Identity {
+    // The address the client reached: asked of the socket only for a
+    // PROXY header to the backend, as the tokio pipeline does.
+    let destination = if options.send_proxy_protocol.is_some() {
+        client.local_addr().ok().or(listener)
+    } else {
+        listener
+    }
+    .unwrap_or(peer);
+    let ip = peer.ip().to_canonical();
+    Identity {
+        source: peer,
+        destination,
+        early: Vec::new(),
+        ip,
+        lookup: proxy.geoip.lookup(ip),
+    }
 }
 
 /// Puts who the client is in its access-log line, if it has one.

@@ -164,33 +164,13 @@ pub(super) fn connect_failed<D: Dialer, P: DataPath>(
         span
     };
     if why == ConnectFailure::Local {
-        if let Some(suppressed) = proxy.failures.local.check(now) {
-            span().in_scope(|| {
-                tracing::warn!(
-                    backend = %backend.id,
-                    suppressed,
-                    "no socket for a backend connect, the client is refused: {}",
-                    error.map_or_else(String::new, |e| e.to_string())
-                )
-            });
-        }
+        span().in_scope(|| proxy.warn_local_failure(&backend.id, error, now));
         return Err(ConnResult::LocalError);
     }
     if let Some(change) = proxy.router.report_connect(backend, false, now) {
         crate::data::health_log::log_connect_change(backend, change, &proxy.router);
     }
-    if let Some(suppressed) = proxy.failures.connect.check(now) {
-        let timeout = d.timeout;
-        span().in_scope(|| {
-            tracing::warn!(
-                backend = %backend.id,
-                reason = why.as_str(),
-                suppressed,
-                "connecting to a backend failed: {}",
-                error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
-            )
-        });
-    }
+    span().in_scope(|| proxy.warn_connect_failed(&backend.id, why, error, d.timeout, now));
     d.tried.push(backend.id.clone());
     d.attempts_left = d.attempts_left.saturating_sub(1);
     if let Some(line) = d.log.as_deref_mut() {

@@ -131,6 +131,36 @@ impl Pending {
 }
 
 impl EventLoop {
+    /// Holds a trusted source's client for its PROXY header.
+    pub(super) fn await_header<D: Dialer, P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<D, P>>,
+        mut pending: Pending,
+    ) {
+        let Some(idx) = self.hold(&mut pending) else {
+            refuse(proxy, pending.log, ConnResult::LocalError);
+            return;
+        };
+        self.slab[idx] = Some(Entry::Header(Box::new(pending)));
+    }
+
+    /// Registers a pending client for reading under a new slab index
+    /// (`None`: it could not be; the client is reset).
+    fn hold(&mut self, pending: &mut Pending) -> Option<usize> {
+        let idx = self.vacant();
+        let polled = self.poll.registry().register(
+            &mut pending.client,
+            token(idx, 0, Side::Client),
+            Interest::READABLE,
+        );
+        if polled.is_err() {
+            self.release(idx);
+            reset(&pending.client);
+            return None;
+        }
+        Some(idx)
+    }
+
     /// Holds a client for its ClientHello (its identity known), under slab
     /// index `idx` when it is registered there already, and reads what has
     /// come.
@@ -144,23 +174,9 @@ impl EventLoop {
         mut identity: Identity,
         now: Instant,
     ) {
-        let idx = match registered {
-            Some(idx) => idx,
-            None => {
-                let idx = self.vacant();
-                let polled = self.poll.registry().register(
-                    &mut pending.client,
-                    token(idx, 0, Side::Client),
-                    Interest::READABLE,
-                );
-                if polled.is_err() {
-                    self.release(idx);
-                    reset(&pending.client);
-                    refuse(proxy, pending.log, ConnResult::LocalError);
-                    return;
-                }
-                idx
-            }
+        let Some(idx) = registered.or_else(|| self.hold(&mut pending)) else {
+            refuse(proxy, pending.log, ConnResult::LocalError);
+            return;
         };
         note_identity(pending.log.as_deref_mut(), &identity);
         pending.buf = std::mem::take(&mut identity.early);

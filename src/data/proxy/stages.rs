@@ -497,14 +497,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             if why == ConnectFailure::Local {
                 // Not the backend's fault: its health is left alone, and
                 // another backend would need a socket just the same.
-                if let Some(suppressed) = self.failures.local.check(Instant::now()) {
-                    tracing::warn!(
-                        backend = %backend.id,
-                        suppressed,
-                        "no socket for a backend connect, the client is refused: {}",
-                        error.map_or_else(String::new, |e| e.to_string())
-                    );
-                }
+                self.warn_local_failure(&backend.id, error, Instant::now());
                 // A reset: the client's descriptor goes at once.
                 let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
                 result = ConnResult::LocalError;
@@ -513,17 +506,13 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             if let Some(change) = self.router.report_connect(&backend, false, Instant::now()) {
                 crate::data::health_log::log_connect_change(&backend, change, &self.router);
             }
-            // Formatted only when logged: a storm of failures costs no text.
-            if let Some(suppressed) = self.failures.connect.check(Instant::now()) {
-                let timeout = options.connect_timeout;
-                tracing::warn!(
-                    backend = %backend.id,
-                    reason = why.as_str(),
-                    suppressed,
-                    "connecting to a backend failed: {}",
-                    error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
-                );
-            }
+            self.warn_connect_failed(
+                &backend.id,
+                why,
+                error,
+                options.connect_timeout,
+                Instant::now(),
+            );
             tried.push(backend.id.clone());
             result = ConnResult::ConnectFailed;
             if let Some(line) = conn.log.as_deref_mut() {
@@ -609,6 +598,47 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
 }
 
 impl<D: Dialer, P: DataPath> Proxy<D, P> {
+    /// Logs a failed connect to `backend` (`why`; `error`, or no answer
+    /// within `timeout`) at warn, at most once per
+    /// [`super::FAILURE_LOG_INTERVAL`]. Formatted only when logged: a storm
+    /// of failures costs no text.
+    pub(crate) fn warn_connect_failed(
+        &self,
+        backend: &BackendId,
+        why: ConnectFailure,
+        error: Option<io::Error>,
+        timeout: Duration,
+        now: Instant,
+    ) {
+        if let Some(suppressed) = self.failures.connect.check(now) {
+            tracing::warn!(
+                backend = %backend,
+                reason = why.as_str(),
+                suppressed,
+                "connecting to a backend failed: {}",
+                error.map_or_else(|| format!("no answer within {timeout:?}"), |e| e.to_string())
+            );
+        }
+    }
+
+    /// Logs a connect to `backend` that this host could not make (no
+    /// socket), at most once per [`super::FAILURE_LOG_INTERVAL`].
+    pub(crate) fn warn_local_failure(
+        &self,
+        backend: &BackendId,
+        error: Option<io::Error>,
+        now: Instant,
+    ) {
+        if let Some(suppressed) = self.failures.local.check(now) {
+            tracing::warn!(
+                backend = %backend,
+                suppressed,
+                "no socket for a backend connect, the client is refused: {}",
+                error.map_or_else(String::new, |e| e.to_string())
+            );
+        }
+    }
+
     /// Fills in the decision's part of a connection's access-log line:
     /// the backend, how it was chosen, the client's region, the connect
     /// attempts so far and the last connect's time.
