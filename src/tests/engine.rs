@@ -264,6 +264,16 @@ fn worker_threads(pid: u32) -> Vec<String> {
     names
 }
 
+/// A routing.db (in its temporary directory) with one backend, `be`, in
+/// region eu for Great Britain.
+async fn one_backend() -> (tempfile::TempDir, std::path::PathBuf, Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = routing_db(dir.path());
+    let be = Backend::start("be").await;
+    add_backend(&db, "be", "eu", "GB", be.addr, 100, 200);
+    (dir, db, be)
+}
+
 /// Waits until the edge says it is ready (its workers are all started).
 async fn ready(edge: &Edge) {
     let m = edge.metrics.expect("a metrics listener");
@@ -275,11 +285,7 @@ async fn ready(edge: &Edge) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_epoll_engine_runs_a_loop_thread_and_a_pipeline_thread_per_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = routing_db(dir.path());
-    let be = Backend::start("be").await;
-    add_backend(&db, "be", "eu", "GB", be.addr, 100, 200);
-
+    let (_dir, db, _be) = one_backend().await;
     let edge = Edge::start(&epoll_args(&db, &["--workers", "2"]));
     ready(&edge).await;
     let mut c = connect_as(edge.addr, sample_address("GB")).await;
@@ -440,11 +446,7 @@ async fn after_the_clients_half_close_the_whole_answer_comes_back_then_end_of_fi
 /// having closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backends_end_of_file_half_closes_the_client_or_with_half_close_off_closes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = routing_db(dir.path());
-    let be = Backend::start("be").await;
-    add_backend(&db, "be", "eu", "GB", be.addr, 100, 200);
-
+    let (_dir, db, be) = one_backend().await;
     let edge = Edge::start(&epoll_args(&db, &["--half-close", "on"]));
     let mut c = connect_as(edge.addr, sample_address("GB")).await;
     assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
@@ -706,10 +708,7 @@ async fn a_client_reset_mid_transfer_reaches_the_backend_as_a_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_timeout_closes_a_quiet_connection_and_spares_a_trickling_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = routing_db(dir.path());
-    let be = Backend::start("be").await;
-    add_backend(&db, "be", "eu", "GB", be.addr, 100, 200);
+    let (_dir, db, be) = one_backend().await;
     let edge = Edge::start(&epoll_args(&db, &["--idle-timeout", "1s"]));
 
     let mut quiet = connect_as(edge.addr, IpAddr::from([81, 2, 69, 1])).await;
@@ -1087,10 +1086,7 @@ async fn the_loop_keeps_the_per_client_limits_itself_and_a_closed_connection_fre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_an_open_connection_keeps_relaying_new_ones_are_refused_and_the_exit_is_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = routing_db(dir.path());
-    let be = Backend::start("be").await;
-    add_backend(&db, "be", "eu", "GB", be.addr, 100, 200);
+    let (_dir, db, _be) = one_backend().await;
     let mut edge = Edge::start(&epoll_args(&db, &["--drain-timeout", "60s"]));
     let addr = edge.addr;
 
@@ -1138,10 +1134,7 @@ async fn on_sigterm_an_open_connection_keeps_relaying_new_ones_are_refused_and_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_timeout_resets_what_the_loop_still_relays_and_the_exit_is_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = routing_db(dir.path());
-    let be = Backend::start("be").await;
-    add_backend(&db, "be", "eu", "GB", be.addr, 100, 200);
+    let (_dir, db, _be) = one_backend().await;
     let mut edge = Edge::start(&epoll_args(&db, &["--drain-timeout", "1s"]));
     let mut c = connect_as(edge.addr, sample_address("GB")).await;
     assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
