@@ -147,11 +147,10 @@ pub enum Engine {
     #[default]
     Tokio,
     /// Each worker's own edge-triggered epoll loop accepts, connects and
-    /// relays without a runtime (less CPU per connection); a connection
-    /// that needs what the loop does not do (reading the ClientHello, the
-    /// access log, per-client limits, a wait for another POP's lease) is
-    /// handed whole to a tokio runtime on a second thread of the same
-    /// worker. Bulk transfers are copied, never spliced.
+    /// relays without a runtime (less CPU per connection); a client whose
+    /// decision waits for another POP's lease is handed whole to a tokio
+    /// runtime on a second thread of the same worker. Bulk transfers are
+    /// copied, never spliced.
     Epoll,
 }
 

@@ -3,7 +3,7 @@
 //! backends and relays their bytes, with no async runtime and no task per
 //! connection. Each connection is an entry of the worker's slab, its two
 //! sockets registered once (closing a socket takes it out of the epoll
-//! set: no `epoll_ctl(DEL)`), its relay a [`PairRelay`] that says what IO
+//! set: no `epoll_ctl(DEL)`), its relay a [`PairRelay`](crate::data::pair::PairRelay) that says what IO
 //! to do. Connect and idle timeouts, the PROXY header's deadline and paused
 //! listeners are swept every [`SWEEP`] (no timer per connection), which is
 //! also when the worker's heartbeat is called.
@@ -23,6 +23,10 @@
 //! pipeline on the worker's second thread ([`Handoff`], [`Proxy::adopt`]),
 //! which waits for the lease's answer. Bulk transfers are copied (no
 //! splice).
+//!
+//! The loop dials backends itself, as [`TcpDialer`] does (the dialer seam
+//! of [`Proxy`] is the tokio pipeline's), so it runs a
+//! `Proxy<TcpDialer, _>` only.
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +38,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, watch};
 
 use crate::data::admission::{AcceptError, BACKLOG};
-use crate::data::dialer::Dialer;
+use crate::data::dialer::TcpDialer;
 use crate::data::pair::BufPool;
 use crate::data::proxy::{Adopted, DataPath, Proxy, Service};
 
@@ -163,9 +167,9 @@ impl EventLoop {
     /// Runs until the drain is over: accepting until `control.stop` (then
     /// what the kernel has queued), serving until `control.done` or until
     /// nothing is left, then resetting whatever is still open.
-    pub fn run<D: Dialer, P: DataPath>(
+    pub fn run<P: DataPath>(
         mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         mut control: Control,
     ) -> io::Result<()> {
         for l in &self.listeners {
@@ -231,9 +235,9 @@ impl EventLoop {
     /// waiting for the next client's edge) or `most` are taken. An error other than an aborted
     /// connection pauses the listener (see [`AcceptError::pause`]); the
     /// sweep resumes it.
-    fn accept<D: Dialer, P: DataPath>(
+    fn accept<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         i: usize,
         most: usize,
@@ -281,11 +285,7 @@ impl EventLoop {
 
     /// Takes what the kernel has queued on every listener (at most a full
     /// backlog each: this ends even under a flood), then closes them.
-    fn stop_accepting<D: Dialer, P: DataPath>(
-        &mut self,
-        proxy: &Arc<Proxy<D, P>>,
-        handoff: &Handoff,
-    ) {
+    fn stop_accepting<P: DataPath>(&mut self, proxy: &Arc<Proxy<TcpDialer, P>>, handoff: &Handoff) {
         let now = Instant::now();
         for i in 0..self.listeners.len() {
             self.listeners[i].paused_until = None;
@@ -298,9 +298,9 @@ impl EventLoop {
 
     /// Ends what timed out (a connect fails over), resumes paused
     /// listeners.
-    fn sweep<D: Dialer, P: DataPath>(
+    fn sweep<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         now: Instant,
     ) {

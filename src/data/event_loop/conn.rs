@@ -23,7 +23,7 @@ use super::reading::{Awaiting, Pending};
 use super::{EventLoop, Handoff};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::{ConnResult, HandoffReason};
-use crate::data::dialer::Dialer;
+use crate::data::dialer::TcpDialer;
 use crate::data::pair::{BufPool, End, Io, PairRelay, Readiness, Side};
 use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::loops::Registered;
@@ -107,9 +107,9 @@ impl EventLoop {
     /// A client just accepted: refused, held for its PROXY header, handed
     /// over, or routed and dialed.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn admit<D: Dialer, P: DataPath>(
+    pub(super) fn admit<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         client: TcpStream,
         peer: SocketAddr,
@@ -175,9 +175,9 @@ impl EventLoop {
 
     /// Routes a client and dials its backend (handing it over when its
     /// decision waits for a lease), and makes its pair.
-    pub(super) fn start<D: Dialer, P: DataPath>(
+    pub(super) fn start<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         mut a: Arrival<'_>,
         identity: Identity,
@@ -291,9 +291,9 @@ impl EventLoop {
     }
 
     /// An event of slab entry's socket.
-    pub(super) fn handle_event<D: Dialer, P: DataPath>(
+    pub(super) fn handle_event<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         ev: &Event,
         now: Instant,
@@ -348,9 +348,9 @@ impl EventLoop {
     }
 
     /// The backend of pair `idx` answered its connect.
-    fn connected<D: Dialer, P: DataPath>(
+    fn connected<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         idx: usize,
         now: Instant,
     ) {
@@ -360,7 +360,7 @@ impl EventLoop {
         let Some(mut dialing) = p.dialing.take() else {
             return;
         };
-        let backend = Arc::clone(p.route.backend());
+        let backend = p.route.backend();
         let took = now.saturating_duration_since(dialing.started);
         // A connect that came back to this edge (a loop, seen and counted
         // at its accept, its backend ejected) is no success of the
@@ -374,8 +374,8 @@ impl EventLoop {
         }
         if !looped {
             backend.load.connect_stats().observe(took);
-            if let Some(change) = proxy.router.report_connect(&backend, true, now) {
-                crate::data::health_log::log_connect_change(&backend, change, &proxy.router);
+            if let Some(change) = proxy.router.report_connect(backend, true, now) {
+                crate::data::health_log::log_connect_change(backend, change, &proxy.router);
             }
         }
         p.relay.handle_connected(now);
@@ -388,7 +388,7 @@ impl EventLoop {
 
     /// Runs what pair `idx`'s relay asks until it waits; closes the pair
     /// when it is over.
-    fn drive<D: Dialer, P: DataPath>(&mut self, proxy: &Arc<Proxy<D, P>>, idx: usize) {
+    fn drive<P: DataPath>(&mut self, proxy: &Arc<Proxy<TcpDialer, P>>, idx: usize) {
         let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
             return;
         };
@@ -463,9 +463,9 @@ impl EventLoop {
     /// Pair `idx`'s connect failed (`why`): counted against the backend,
     /// then the next backend the routing core gives is dialed, while
     /// attempts are left; otherwise the pair ends.
-    fn fail_over<D: Dialer, P: DataPath>(
+    fn fail_over<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         idx: usize,
         why: ConnectFailure,
         error: Option<io::Error>,
@@ -520,9 +520,9 @@ impl EventLoop {
 
     /// Slab entry `idx` at a sweep: a PROXY header or a connect past its
     /// deadline, a relay idle for its timeout.
-    pub(super) fn timeout<D: Dialer, P: DataPath>(
+    pub(super) fn timeout<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         idx: usize,
         now: Instant,
     ) {
@@ -573,8 +573,8 @@ pub(super) struct Arrival<'a> {
 }
 
 /// Who a client that sent no PROXY header is: its peer, located.
-fn identity_of<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
+fn identity_of<P: DataPath>(
+    proxy: &Proxy<TcpDialer, P>,
     client: &TcpStream,
     peer: SocketAddr,
     listener: Option<SocketAddr>,
@@ -610,8 +610,8 @@ pub(super) fn note_identity(line: Option<&mut LogLine>, identity: &Identity) {
 }
 
 /// Counts a refused connection, and writes its access-log line.
-pub(super) fn refuse<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
+pub(super) fn refuse<P: DataPath>(
+    proxy: &Proxy<TcpDialer, P>,
     line: Option<Box<LogLine>>,
     result: ConnResult,
 ) {

@@ -4,7 +4,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use geoedge_routing::{AppId, BackendId, ConnectFailure, Request, Route};
@@ -12,7 +11,7 @@ use mio::net::TcpStream;
 use tracing::field::{display, Empty};
 
 use crate::data::conn_stats::ConnResult;
-use crate::data::dialer::Dialer;
+use crate::data::dialer::TcpDialer;
 use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::loops::Registered;
 use crate::data::proxy::stages::Identity;
@@ -85,8 +84,8 @@ pub(super) fn conn_span(identity: &Identity) -> tracing::Span {
 /// tried) and a non-blocking connect to it, for each backend in turn until
 /// one connect is under way. A connect that fails at once counts as the
 /// attempt's failure. Only the `first` decision may wait for a lease.
-pub(super) fn attempt<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
+pub(super) fn attempt<P: DataPath>(
+    proxy: &Proxy<TcpDialer, P>,
     d: &mut Dialing,
     first: bool,
 ) -> Result<(Route, TcpStream, Option<Registered>), Refusal> {
@@ -120,18 +119,18 @@ pub(super) fn attempt<D: Dialer, P: DataPath>(
         if first && d.tried.is_empty() && route.lease_pending {
             return Err(Refusal::LeasePending);
         }
-        let backend = Arc::clone(route.backend());
         d.started = started;
         d.deadline = started + d.timeout;
-        match dial(backend.addr) {
+        let addr = route.backend().addr;
+        match dial(addr) {
             Ok(stream) => {
                 // Recorded from the connect on (its local address is bound
                 // by now): the accept of a connection that comes back may
                 // be handled before this one's connect completes.
-                let registered =
-                    proxy
-                        .own
-                        .register_with(|| stream.local_addr().ok(), backend.addr, &backend.id);
+                let id = &route.backend().id;
+                let registered = proxy
+                    .own
+                    .register_with(|| stream.local_addr().ok(), addr, id);
                 return Ok((route, stream, registered));
             }
             Err(e) => {
@@ -148,8 +147,8 @@ pub(super) fn attempt<D: Dialer, P: DataPath>(
 /// against the backend's health, unless it is this host's error (then the
 /// client is refused: `Err`); the backend is excluded from the next
 /// decision, one attempt fewer is left.
-pub(super) fn connect_failed<D: Dialer, P: DataPath>(
-    proxy: &Proxy<D, P>,
+pub(super) fn connect_failed<P: DataPath>(
+    proxy: &Proxy<TcpDialer, P>,
     d: &mut Dialing,
     route: &Route,
     why: ConnectFailure,

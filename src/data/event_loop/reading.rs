@@ -20,7 +20,7 @@ use super::conn::{note_identity, refuse, reset, token, Arrival, Entry};
 use super::{EventLoop, Handoff};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::ConnResult;
-use crate::data::dialer::Dialer;
+use crate::data::dialer::TcpDialer;
 use crate::data::pair::Side;
 use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::stages::Identity;
@@ -132,9 +132,9 @@ impl Pending {
 
 impl EventLoop {
     /// Holds a trusted source's client for its PROXY header.
-    pub(super) fn await_header<D: Dialer, P: DataPath>(
+    pub(super) fn await_header<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         mut pending: Pending,
     ) {
         let Some(idx) = self.hold(&mut pending) else {
@@ -165,9 +165,9 @@ impl EventLoop {
     /// index `idx` when it is registered there already, and reads what has
     /// come.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn await_hello<D: Dialer, P: DataPath>(
+    pub(super) fn await_hello<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         registered: Option<usize>,
         mut pending: Pending,
@@ -189,9 +189,9 @@ impl EventLoop {
     /// Reads what a pending client sent, until it would block; once what
     /// is awaited is whole, goes on (a PROXY header to the ClientHello or
     /// the routing, a ClientHello to the routing).
-    pub(super) fn read_pending<D: Dialer, P: DataPath>(
+    pub(super) fn read_pending<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         idx: usize,
         now: Instant,
@@ -288,9 +288,9 @@ impl EventLoop {
 
     /// Routes a client whose first bytes are read (registered for reading
     /// under an index released already).
-    fn route<D: Dialer, P: DataPath>(
+    fn route<P: DataPath>(
         &mut self,
-        proxy: &Arc<Proxy<D, P>>,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
         handoff: &Handoff,
         pe: Pending,
         identity: Identity,
