@@ -149,8 +149,8 @@ pub enum Engine {
     /// Each worker's own edge-triggered epoll loop accepts, connects and
     /// relays without a runtime (less CPU per connection); a client whose
     /// decision waits for another POP's lease is handed whole to a tokio
-    /// runtime on a second thread of the same worker. Bulk transfers are
-    /// copied, never spliced.
+    /// runtime on a second thread of the same worker. Bulk transfers
+    /// splice as on the tokio engine (unless `splice` is off).
     Epoll,
 }
 

@@ -21,8 +21,9 @@
 //! drain. A client whose decision waits for another POP's lease is handed
 //! whole (its place under the per-client limits with it) to the tokio
 //! pipeline on the worker's second thread ([`Handoff`], [`Proxy::adopt`]),
-//! which waits for the lease's answer. Bulk transfers are copied (no
-//! splice).
+//! which waits for the lease's answer. Bulk transfers splice through
+//! pipes from the worker thread's pool, by the tokio relay's rule (unless
+//! `--splice off`; see [`crate::data::pair`]).
 //!
 //! The loop dials backends itself, as [`TcpDialer`] does (the dialer seam
 //! of [`Proxy`] is the tokio pipeline's), so it runs a

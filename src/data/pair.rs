@@ -26,6 +26,21 @@
 //!
 //! Memory: a direction holds a buffer from the worker's [`BufPool`] only
 //! while bytes wait in it, so an idle pair holds none.
+//!
+//! Splice: with a [`SpliceRule`], a direction that has moved
+//! [`SpliceRule::after`] bytes and whose last read filled at least
+//! [`SpliceRule::bulk_read`] (a bulk transfer) moves its bytes socket to
+//! pipe to socket ([`Io::SpliceIn`], [`Io::SpliceOut`]) instead of copying
+//! them, the tokio relay's rule. The pipe is the driver's (a pooled one,
+//! [`crate::data::splice::Pipe`]); the relay keeps the count of the bytes
+//! in it and says when the driver may give it back
+//! ([`PairRelay::holds_pipe`]): once drained and the reader would block,
+//! or at its end-of-file. A stretch that ends with a small read goes back
+//! to copying; with no pipe to be had ([`PairRelay::handle_no_pipe`]) the
+//! direction copies until its reader is drained. A splice that comes back
+//! short does not mean the socket is drained (a pipe holds 16 socket
+//! buffers, full or not), so a splicing reader is read until it would
+//! block.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -54,6 +69,17 @@ impl Side {
     }
 }
 
+/// When a direction switches from copying to splice(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceRule {
+    /// Bytes a direction has moved before it may splice.
+    pub after: u64,
+    /// A read at least this big is a bulk read: a direction splices only
+    /// after one, and goes back to copying after a stretch that ended
+    /// with a smaller one.
+    pub bulk_read: usize,
+}
+
 /// What the driver is to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Io {
@@ -63,6 +89,14 @@ pub enum Io {
     /// Write [`PairRelay::write_buf`] to this side's socket, then
     /// [`PairRelay::handle_write`].
     Write(Side),
+    /// Splice from this side's socket into the pipe of the bytes read
+    /// from it (taking one from the pool when it holds none), then
+    /// [`PairRelay::handle_splice_in`]; with no pipe to be had,
+    /// [`PairRelay::handle_no_pipe`] instead.
+    SpliceIn(Side),
+    /// Splice the pipe of the bytes read from the other side into this
+    /// side's socket, then [`PairRelay::handle_splice_out`].
+    SpliceOut(Side),
     /// Shut down this side's writing half (the other side's end-of-file,
     /// passed on), then [`PairRelay::handle_shutdown`].
     Shutdown(Side),
@@ -163,6 +197,14 @@ struct Dir {
     done: bool,
     /// Bytes written to the other side (the uncounted ones excluded).
     moved: u64,
+    /// The size of the last read (or splice into the pipe).
+    last_read: usize,
+    /// Moves bytes by splice ([`SpliceRule`]).
+    splicing: bool,
+    /// No pipe was to be had: copy until the reader is drained.
+    no_pipe: bool,
+    /// Bytes in the driver's pipe for this direction.
+    piped: usize,
 }
 
 /// The relay state of one pair (see the module documentation).
@@ -181,6 +223,8 @@ pub struct PairRelay {
     /// The backend's end-of-file half-closes the client (true) or closes
     /// the pair (false).
     half_close: bool,
+    /// When bulk directions splice; `None`: they copy.
+    splice: Option<SpliceRule>,
     /// Bytes at the front of the client's direction that are not counted
     /// (a PROXY header for the backend).
     uncounted: usize,
@@ -201,11 +245,13 @@ pub struct PairRelay {
 impl PairRelay {
     /// A pair whose backend is being connected at `now`. `first` is written
     /// to the backend before anything read from the client; its first
-    /// `uncounted` bytes are not counted as moved.
+    /// `uncounted` bytes are not counted as moved. Bulk directions splice
+    /// by `splice`, or copy without one.
     pub fn new(
         first: Vec<u8>,
         uncounted: usize,
         half_close: bool,
+        splice: Option<SpliceRule>,
         idle: Duration,
         now: Instant,
     ) -> Self {
@@ -223,6 +269,7 @@ impl PairRelay {
             read_closed: [false; 2],
             connected: false,
             half_close,
+            splice,
             uncounted,
             idle,
             active: false,
@@ -301,11 +348,27 @@ impl PairRelay {
         for src in [Side::Client, Side::Backend] {
             let dst = src.other();
             let d = &mut self.dirs[src.i()];
+            if d.piped > 0 {
+                if self.writable[dst.i()] {
+                    return Some(Io::SpliceOut(dst));
+                }
+                continue;
+            }
             if d.len > 0 {
                 if self.writable[dst.i()] {
                     return Some(Io::Write(dst));
                 }
                 continue;
+            }
+            if let Some(rule) = self.splice {
+                if !d.splicing
+                    && !d.no_pipe
+                    && !d.eof
+                    && d.moved >= rule.after
+                    && d.last_read >= rule.bulk_read
+                {
+                    d.splicing = true;
+                }
             }
             if d.eof {
                 if d.done {
@@ -321,7 +384,11 @@ impl PairRelay {
                 return Some(Io::Shutdown(dst));
             }
             if self.readable[src.i()] {
-                return Some(Io::Read(src));
+                return Some(if d.splicing {
+                    Io::SpliceIn(src)
+                } else {
+                    Io::Read(src)
+                });
             }
         }
         None
@@ -350,13 +417,18 @@ impl PairRelay {
                 let size = d.buf.as_ref().map_or(0, |b| b.len());
                 d.off = 0;
                 d.len = n.min(size);
+                d.last_read = d.len;
                 self.active = true;
                 if n < size && !self.read_closed[i] {
+                    // Drained: the next stretch may find a pipe.
                     self.readable[i] = false;
+                    d.no_pipe = false;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.readable[i] = false;
+                // Drained: the next stretch may find a pipe.
+                d.no_pipe = false;
                 if let Some(buf) = d.buf.take() {
                     pool.give(buf);
                 }
@@ -396,14 +468,7 @@ impl PairRelay {
                 d.off += w;
                 d.len -= w;
                 self.active = true;
-                let skip = if src == Side::Client {
-                    let skip = w.min(self.uncounted);
-                    self.uncounted -= skip;
-                    skip
-                } else {
-                    0
-                };
-                let counted = (w - skip) as u64;
+                let counted = count(src, w, &mut self.uncounted);
                 d.moved += counted;
                 if d.len > 0 {
                     self.writable[i] = false;
@@ -422,6 +487,93 @@ impl PairRelay {
                 0
             }
         }
+    }
+
+    /// What [`Io::SpliceIn`] of `side` did (bytes spliced into the pipe).
+    pub fn handle_splice_in(&mut self, side: Side, result: io::Result<usize>) {
+        let i = side.i();
+        let bulk_read = self.splice.map_or(0, |r| r.bulk_read);
+        let d = &mut self.dirs[i];
+        match result {
+            Ok(0) => {
+                d.eof = true;
+                self.readable[i] = false;
+            }
+            Ok(n) => {
+                d.piped += n;
+                d.last_read = n;
+                self.active = true;
+                // A short splice may have filled the pipe's slots, not
+                // drained the socket: the reader stays readable until it
+                // would block.
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable[i] = false;
+                if d.last_read < bulk_read {
+                    // The stretch ended with a small read: small messages
+                    // again, which copying moves cheaper.
+                    d.splicing = false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => self.end(End::Error),
+        }
+    }
+
+    /// [`Io::SpliceIn`] of `side` found no pipe to be had: the direction
+    /// copies until its reader is drained.
+    pub fn handle_no_pipe(&mut self, side: Side) {
+        let d = &mut self.dirs[side.i()];
+        d.splicing = false;
+        d.no_pipe = true;
+    }
+
+    /// What [`Io::SpliceOut`] to `side` did; returns the bytes to count as
+    /// moved (the uncounted ones excluded).
+    pub fn handle_splice_out(&mut self, side: Side, result: io::Result<usize>) -> u64 {
+        let i = side.i();
+        let src = side.other();
+        let d = &mut self.dirs[src.i()];
+        match result {
+            Ok(0) if d.piped > 0 => {
+                self.end(End::Error);
+                0
+            }
+            Ok(w) => {
+                let w = w.min(d.piped);
+                d.piped -= w;
+                self.active = true;
+                let counted = count(src, w, &mut self.uncounted);
+                d.moved += counted;
+                if d.piped > 0 {
+                    self.writable[i] = false;
+                }
+                counted
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable[i] = false;
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(_) => {
+                self.end(End::Error);
+                0
+            }
+        }
+    }
+
+    /// Whether the pipe of the bytes read from `side` is still needed:
+    /// bytes wait in it, or its reader is mid-stretch. Once not, the driver
+    /// gives it back to the pool (empty) or closes it (the pair ended with
+    /// bytes in it).
+    pub fn holds_pipe(&self, side: Side) -> bool {
+        let d = &self.dirs[side.i()];
+        self.ended.is_none() && (d.piped > 0 || (d.splicing && !d.eof && self.readable[side.i()]))
+    }
+
+    /// Whether the bytes read from `side` move by splice now.
+    pub fn is_splicing(&self, side: Side) -> bool {
+        self.dirs[side.i()].splicing
     }
 
     /// What [`Io::Shutdown`] of `side` did.
@@ -462,11 +614,25 @@ impl PairRelay {
     fn release(&mut self, pool: &mut BufPool) {
         for d in &mut self.dirs {
             d.len = 0;
+            d.piped = 0;
             if let Some(buf) = d.buf.take() {
                 pool.give(buf);
             }
         }
     }
+}
+
+/// Of `w` bytes written from `src`'s direction, those to count as moved:
+/// the client's first `uncounted` bytes (a PROXY header) are not.
+fn count(src: Side, w: usize, uncounted: &mut usize) -> u64 {
+    let skip = if src == Side::Client {
+        let skip = w.min(*uncounted);
+        *uncounted -= skip;
+        skip
+    } else {
+        0
+    };
+    (w - skip) as u64
 }
 
 #[cfg(test)]

@@ -357,14 +357,14 @@ const EOF_CHECK_BELOW: u64 = 16 * 1024;
 /// A direction that has moved this much is a bulk transfer: it switches
 /// from copying to splice (below it, two syscalls per chunk either way, and
 /// a pipe would cost kernel memory for nothing).
-const SPLICE_AFTER: u64 = 256 * 1024;
+pub(crate) const SPLICE_AFTER: u64 = 256 * 1024;
 
 /// A read at least this big is a bulk read. Long-lived connections that
 /// exchange small messages (keep-alive HTTP) pass [`SPLICE_AFTER`] too, but
 /// splicing a small message costs two splices and a pipe where copying
 /// costs a read and a write, so a direction splices only while its reads
 /// are big, and goes back to copying after a small one.
-const BULK_READ: usize = 16 * 1024;
+pub(crate) const BULK_READ: usize = 16 * 1024;
 
 /// One direction of a relay: what it has read and not yet written.
 #[derive(Default)]

@@ -1151,3 +1151,5 @@ async fn the_drain_timeout_resets_what_the_loop_still_relays_and_the_exit_is_0()
         "a connection cut by the drain looked complete"
     );
 }
+
+mod splice;

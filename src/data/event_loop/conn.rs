@@ -1,13 +1,13 @@
 //! The epoll worker's connections: admitted at accept (or handed over),
 //! held for a PROXY header ([`super::reading`]), then a pair (client and
 //! backend) connecting with failover ([`super::dial`]), then relaying
-//! through its [`PairRelay`]. Each is one slab entry; its sockets' tokens
+//! through its [`PairRelay`] ([`drive`]). Each is one slab entry; its sockets' tokens
 //! carry the entry's index, the side and, for the backend, a generation
 //! bit that a failover flips (an event of the closed socket that comes in
 //! the same batch carries the old bit and is ignored).
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,16 @@ use super::{EventLoop, Handoff};
 use crate::data::admission::Slot;
 use crate::data::conn_stats::{ConnResult, HandoffReason};
 use crate::data::dialer::TcpDialer;
-use crate::data::pair::{BufPool, End, Io, PairRelay, Readiness, Side};
+use crate::data::pair::{BufPool, End, PairRelay, Readiness, Side, SpliceRule};
 use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::loops::Registered;
 use crate::data::proxy::stages::{Admitted, Identity};
 use crate::data::proxy::{classify, Adopted, DataPath, Proxy, ProxyOptions, Service};
+use crate::data::relay::{BULK_READ, SPLICE_AFTER};
+use crate::data::splice::Pipe;
 use geoedge_access_log::{AccessLog, End as AccessEnd};
+
+mod drive;
 
 /// A socket's token: slab index, generation bit, side.
 pub(super) fn token(idx: usize, generation: u8, side: Side) -> Token {
@@ -78,6 +82,9 @@ pub(super) struct Pair {
     backend: TcpStream,
     /// The relay's state.
     relay: PairRelay,
+    /// The pipes of splicing directions (by the side read from), from the
+    /// worker thread's pool; allocated at a pair's first splice.
+    pipes: Option<Box<[Option<Pipe>; 2]>>,
     /// The decision, holding the backend's connection slot until it drops.
     route: Route,
     /// Set while the backend is being connected.
@@ -268,10 +275,15 @@ impl EventLoop {
         }
         let uncounted = first.len();
         first.extend_from_slice(&dialing.identity.early);
+        let splice = options.splice.then_some(SpliceRule {
+            after: SPLICE_AFTER,
+            bulk_read: BULK_READ,
+        });
         let relay = PairRelay::new(
             first,
             uncounted,
             options.half_close,
+            splice,
             options.idle_timeout,
             dialing.started,
         );
@@ -279,6 +291,7 @@ impl EventLoop {
             client,
             backend,
             relay,
+            pipes: None,
             route,
             dialing: Some(Box::new(dialing)),
             generation: 0,
@@ -384,80 +397,6 @@ impl EventLoop {
             span.record("backend", display(&backend.id));
             span.in_scope(|| tracing::debug!(kind = p.route.kind.as_str(), "relaying"));
         }
-    }
-
-    /// Runs what pair `idx`'s relay asks until it waits; closes the pair
-    /// when it is over.
-    fn drive<P: DataPath>(&mut self, proxy: &Arc<Proxy<TcpDialer, P>>, idx: usize) {
-        let Some(Some(Entry::Pair(p))) = self.slab.get_mut(idx) else {
-            return;
-        };
-        let pool = &mut self.pool;
-        let mut ended = None;
-        while let Some(io) = p.relay.poll_io(pool) {
-            match io {
-                Io::Read(side) => {
-                    let socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    let mut socket = socket;
-                    let result = socket.read(p.relay.read_buf(side, pool));
-                    p.relay.handle_read(side, result, pool);
-                }
-                Io::Write(side) => {
-                    let mut socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    let result = socket.write(p.relay.write_buf(side));
-                    let counted = p.relay.handle_write(side, result, pool);
-                    if counted > 0 {
-                        match side {
-                            Side::Backend => proxy.conns.up().add(counted),
-                            Side::Client => proxy.conns.down().add(counted),
-                        }
-                    }
-                }
-                Io::Shutdown(side) => {
-                    let socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    p.relay
-                        .handle_shutdown(side, socket.shutdown(Shutdown::Write));
-                }
-                Io::Close { end } => ended = Some(end),
-            }
-        }
-        let Some(end) = ended else {
-            return;
-        };
-        if end.reset() {
-            reset(&p.client);
-            reset(&p.backend);
-        }
-        let (up, down) = p.relay.moved();
-        if let (Some(line), Some(log)) = (p.log.take(), &proxy.access_log) {
-            let how = match end {
-                End::Closed if p.relay.first_done() == Some(Side::Backend) => {
-                    AccessEnd::BackendClosed
-                }
-                End::Closed => AccessEnd::ClientClosed,
-                End::Idle => AccessEnd::IdleTimeout,
-                End::Error => AccessEnd::Error,
-            };
-            line.finish(log, how, up, down);
-        }
-        match end {
-            End::Closed => tracing::debug!(up, down, "closed"),
-            End::Idle => tracing::debug!("idle timeout"),
-            End::Error => tracing::debug!(up, down, "relay ended by a socket error"),
-        }
-        self.release(idx);
     }
 
     /// Pair `idx`'s connect failed (`why`): counted against the backend,

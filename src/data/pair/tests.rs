@@ -29,11 +29,33 @@ struct Sock {
     after_shut: usize,
 }
 
+/// The driver's pipes, as the model keeps them.
+#[derive(Debug, Default)]
+struct Pipes {
+    /// Per direction (by the side read from): the pipe held, and the
+    /// bytes in it.
+    held: [Option<VecDeque<u8>>; 2],
+    /// Bytes a pipe holds at most.
+    cap: usize,
+    /// Bytes one splice into a pipe moves at most (less than `cap`: a
+    /// splice that comes back short with bytes still in the socket).
+    fill_max: usize,
+    /// Pipes the pool can still give.
+    available: usize,
+    /// Splices done, either way.
+    splices: usize,
+    /// Bytes spliced into pipes.
+    spliced: usize,
+    /// A pipe was given back with bytes in it before the pair ended.
+    dropped_full: usize,
+}
+
 /// A model of both sockets of a pair.
 struct Model {
     socks: [Sock; 2],
     relay: PairRelay,
     pool: BufPool,
+    pipes: Pipes,
     counted: [u64; 2],
     closed: Option<End>,
     ios_after_close: usize,
@@ -41,11 +63,24 @@ struct Model {
 
 impl Model {
     fn new(first: Vec<u8>, uncounted: usize, half_close: bool, room: [usize; 2]) -> Self {
+        Self::with_splice(first, uncounted, half_close, room, None, Pipes::default())
+    }
+
+    fn with_splice(
+        first: Vec<u8>,
+        uncounted: usize,
+        half_close: bool,
+        room: [usize; 2],
+        rule: Option<SpliceRule>,
+        pipes: Pipes,
+    ) -> Self {
         let now = Instant::now();
+        let idle = Duration::from_secs(60);
         let mut m = Model {
             socks: Default::default(),
-            relay: PairRelay::new(first, uncounted, half_close, Duration::from_secs(60), now),
+            relay: PairRelay::new(first, uncounted, half_close, rule, idle, now),
             pool: BufPool::new(16, 4),
+            pipes,
             counted: [0; 2],
             closed: None,
             ios_after_close: 0,
@@ -53,6 +88,20 @@ impl Model {
         m.socks[0].room = room[0];
         m.socks[1].room = room[1];
         m
+    }
+
+    /// Gives the pipe of the bytes read from `side` back once the relay no
+    /// longer holds it (as the driver does).
+    fn give_back(&mut self, side: Side) {
+        let i = Self::side(side);
+        if !self.relay.holds_pipe(side) {
+            if let Some(pipe) = self.pipes.held[i].take() {
+                if !pipe.is_empty() && !self.relay.is_over() {
+                    self.pipes.dropped_full += 1;
+                }
+                self.pipes.available += 1;
+            }
+        }
     }
 
     fn side(s: Side) -> usize {
@@ -147,6 +196,57 @@ impl Model {
                     let counted = self.relay.handle_write(side, result, &mut self.pool);
                     self.counted[Self::side(side)] += counted;
                 }
+                Io::SpliceIn(side) => {
+                    let i = Self::side(side);
+                    if self.pipes.held[i].is_none() && self.pipes.available > 0 {
+                        self.pipes.available -= 1;
+                        self.pipes.held[i] = Some(VecDeque::new());
+                    }
+                    let Some(pipe) = self.pipes.held[i].as_mut() else {
+                        self.relay.handle_no_pipe(side);
+                        continue;
+                    };
+                    self.pipes.splices += 1;
+                    let s = &mut self.socks[i];
+                    let result = if s.rx.is_empty() {
+                        if s.rx_eof {
+                            Ok(0)
+                        } else {
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                    } else {
+                        let room = self.pipes.cap - pipe.len();
+                        let n = room.min(self.pipes.fill_max).min(s.rx.len());
+                        pipe.extend(s.rx.drain(..n));
+                        self.pipes.spliced += n;
+                        Ok(n)
+                    };
+                    self.relay.handle_splice_in(side, result);
+                    self.give_back(side);
+                }
+                Io::SpliceOut(side) => {
+                    let src = side.other();
+                    let pipe = self.pipes.held[Self::side(src)]
+                        .as_mut()
+                        .expect("a splice out of a pipe not held");
+                    assert!(!pipe.is_empty(), "a splice out of an empty pipe");
+                    self.pipes.splices += 1;
+                    let s = &mut self.socks[Self::side(side)];
+                    let room = s.room.saturating_sub(s.tx.len());
+                    let result = if room == 0 {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        let n = room.min(pipe.len());
+                        if s.shut {
+                            s.after_shut += n;
+                        }
+                        s.tx.extend(pipe.drain(..n));
+                        Ok(n)
+                    };
+                    let counted = self.relay.handle_splice_out(side, result);
+                    self.counted[Self::side(side)] += counted;
+                    self.give_back(src);
+                }
                 Io::Shutdown(side) => {
                     let s = &mut self.socks[Self::side(side)];
                     assert!(!s.shut, "shut down twice");
@@ -156,6 +256,12 @@ impl Model {
                 Io::Close { end } => {
                     assert!(self.closed.is_none(), "closed twice");
                     self.closed = Some(end);
+                    // The pair's pipes go with it.
+                    for held in &mut self.pipes.held {
+                        if held.take().is_some() {
+                            self.pipes.available += 1;
+                        }
+                    }
                 }
             }
         }
@@ -268,7 +374,7 @@ fn an_error_event_resets_both() {
 fn a_quiet_pair_ends_after_its_idle_timeout_and_a_busy_one_does_not() {
     let t0 = Instant::now();
     let idle = Duration::from_secs(10);
-    let mut r = PairRelay::new(Vec::new(), 0, true, idle, t0);
+    let mut r = PairRelay::new(Vec::new(), 0, true, None, idle, t0);
     let mut pool = BufPool::new(16, 4);
     // A connect under way is not idle.
     r.handle_timeout(t0 + idle * 2);
@@ -295,7 +401,14 @@ fn a_quiet_pair_ends_after_its_idle_timeout_and_a_busy_one_does_not() {
 
 #[test]
 fn a_short_read_waits_for_the_next_edge_unless_the_peer_ended() {
-    let mut r = PairRelay::new(Vec::new(), 0, true, Duration::from_secs(1), Instant::now());
+    let mut r = PairRelay::new(
+        Vec::new(),
+        0,
+        true,
+        None,
+        Duration::from_secs(1),
+        Instant::now(),
+    );
     let mut pool = BufPool::new(16, 4);
     r.handle_connected(Instant::now());
     r.handle_readiness(Side::Client, readable());
@@ -331,6 +444,7 @@ fn a_failover_forgets_the_old_backend_socket() {
         b"x".to_vec(),
         0,
         true,
+        None,
         Duration::from_secs(1),
         Instant::now(),
     );
@@ -393,11 +507,25 @@ proptest! {
         rooms in (1usize..50, 1usize..50),
         connect_after in 0usize..10,
         half_close in any::<bool>(),
+        splice in proptest::option::of((0u64..60, 1usize..17, 1usize..30, 1usize..40, 0usize..3)),
         steps in proptest::collection::vec(step(), 0..200),
     ) {
         let mut first = header.clone();
         first.extend_from_slice(&early);
-        let mut m = Model::new(first, header.len(), half_close, [rooms.0, rooms.1]);
+        // Splice past `after` bytes and reads of `bulk_read`, through
+        // pipes of `cap` bytes filled `fill_max` at a time, `available`
+        // of them in the pool.
+        let (rule, pipes) = match splice {
+            Some((after, bulk_read, cap, fill_max, available)) => (
+                Some(SpliceRule { after, bulk_read }),
+                Pipes { cap, fill_max, available, ..Pipes::default() },
+            ),
+            None => (None, Pipes::default()),
+        };
+        let pipes_at_start = pipes.available;
+        let mut m = Model::with_splice(
+            first, header.len(), half_close, [rooms.0, rooms.1], rule, pipes,
+        );
         let streams = [up.clone(), down.clone()];
         let mut sent = [0usize; 2];
         let mut ended = [false; 2];
@@ -461,6 +589,13 @@ proptest! {
             prop_assert!(expected.starts_with(&m.socks[1].got));
         }
         prop_assert!(m.pool.spare() <= 4);
+        // Every pipe went back, none with bytes in it.
+        prop_assert_eq!(m.pipes.available, pipes_at_start);
+        prop_assert_eq!(m.pipes.dropped_full, 0);
+        if rule.is_none() {
+            prop_assert_eq!(m.pipes.splices, 0);
+        }
+        prop_assert!(m.pipes.spliced <= up.len() + down.len());
     }
 
     /// A failure at any point ends the pair with one reset and no IO after.
@@ -468,9 +603,13 @@ proptest! {
     fn a_failure_anywhere_resets_once(
         up in proptest::collection::vec(any::<u8>(), 1..200),
         fail_at in 0usize..30,
+        splice in any::<bool>(),
         steps in proptest::collection::vec(step(), 1..60),
     ) {
-        let mut m = Model::new(Vec::new(), 0, true, [8, 8]);
+        // Splicing, every direction splices from its first byte on.
+        let rule = splice.then_some(SpliceRule { after: 0, bulk_read: 0 });
+        let pipes = Pipes { cap: 8, fill_max: 8, available: 2, ..Pipes::default() };
+        let mut m = Model::with_splice(Vec::new(), 0, true, [8, 8], rule, pipes);
         m.relay.handle_connected(Instant::now());
         let mut ios = 0;
         m.send(Side::Client, &up);
@@ -497,6 +636,14 @@ proptest! {
                         let r = if ios == fail_at { Err(io::ErrorKind::BrokenPipe.into()) } else { Err(io::ErrorKind::WouldBlock.into()) };
                         m.relay.handle_write(s, r, &mut m.pool);
                     }
+                    Io::SpliceIn(s) => {
+                        let r = if ios == fail_at { Err(io::ErrorKind::ConnectionReset.into()) } else { Ok(1) };
+                        m.relay.handle_splice_in(s, r);
+                    }
+                    Io::SpliceOut(s) => {
+                        let r = if ios == fail_at { Err(io::ErrorKind::BrokenPipe.into()) } else { Err(io::ErrorKind::WouldBlock.into()) };
+                        m.relay.handle_splice_out(s, r);
+                    }
                     Io::Shutdown(s) => m.relay.handle_shutdown(s, Err(io::ErrorKind::NotConnected.into())),
                 }
                 prop_assert!(ios < 10_000);
@@ -508,3 +655,5 @@ proptest! {
         }
     }
 }
+
+mod splice;
