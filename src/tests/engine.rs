@@ -25,6 +25,9 @@
 //!   ones are refused, and the process exits 0 once it closes; what the
 //!   drain timeout cuts is reset.
 //!
+//! - bulk transfers splice through pooled pipes on both engines, and open
+//!   no pipe with `--splice off` (`engine/splice.rs`).
+//!
 //! Nothing here needs root or a namespace (a backend that never answers is
 //! a listener whose backlog is full, see [`Unanswered`]).
 
