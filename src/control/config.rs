@@ -148,9 +148,8 @@ pub enum Engine {
     Tokio,
     /// Each worker's own edge-triggered epoll loop accepts, connects and
     /// relays without a runtime (less CPU per connection); a client whose
-    /// decision waits for another POP's lease is handed whole to a tokio
-    /// runtime on a second thread of the same worker. Bulk transfers
-    /// splice as on the tokio engine (unless `splice` is off).
+    /// decision waits for another POP's lease waits in the loop too. Bulk
+    /// transfers splice as on the tokio engine (unless `splice` is off).
     Epoll,
 }
 

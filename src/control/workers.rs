@@ -17,13 +17,12 @@
 //! its own runtime, so a worker whose thread is stuck stops feeding the
 //! systemd watchdog.
 //!
-//! With `engine = "epoll"` ([`Engine::Epoll`]) a worker is two threads
-//! instead: `ge-worker-N` runs the worker's epoll loop
-//! ([`crate::data::event_loop`]) over the same listeners, and ticks the
-//! heartbeat at each of its sweeps; `ge-pipeline-N` runs a
-//! single-threaded tokio runtime that adopts the connections the loop
-//! hands over, and wakes the loop when the edge stops accepting and when
-//! the drain is over.
+//! With `engine = "epoll"` ([`Engine::Epoll`]) the thread `ge-worker-N`
+//! runs the worker's epoll loop ([`crate::data::event_loop`]) over the
+//! same listeners instead, and ticks the heartbeat at each of its sweeps;
+//! a task on the control plane's runtime wakes the loop when the edge
+//! stops accepting and when the drain is over, and every lease answer
+//! wakes it (its clients waiting for one are decided for again).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,7 +122,7 @@ const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_millis(250)
 
 /// The running workers.
 pub struct Workers {
-    /// The worker threads (two per worker with the epoll engine).
+    /// The worker threads, one per worker.
     threads: Vec<JoinHandle<()>>,
     /// The number of workers.
     count: usize,
@@ -147,7 +146,7 @@ pub fn spawn(
     let mut threads = Vec::with_capacity(count);
     for (i, set) in listeners.per_worker.into_iter().enumerate() {
         if engine == Engine::Epoll {
-            threads.extend(spawn_epoll(
+            threads.push(spawn_epoll(
                 i,
                 proxy,
                 set,
@@ -216,8 +215,9 @@ pub fn spawn(
     })
 }
 
-/// Worker `i` with the epoll engine: its loop's thread and its pipeline
-/// thread (see the module documentation).
+/// Worker `i` with the epoll engine: its loop's thread (see the module
+/// documentation). Must be called on the control plane's runtime, which
+/// wakes the loop when the edge stops accepting and when the drain ends.
 fn spawn_epoll(
     i: usize,
     proxy: &Arc<Proxy<TcpDialer>>,
@@ -226,14 +226,9 @@ fn spawn_epoll(
     done: &watch::Receiver<bool>,
     stopped: mpsc::Sender<()>,
     beats: &Arc<Heartbeats>,
-) -> anyhow::Result<[JoinHandle<()>; 2]> {
-    use crate::data::event_loop::{Control, EventLoop, Handoff};
+) -> anyhow::Result<JoinHandle<()>> {
+    use crate::data::event_loop::{Control, EventLoop};
     let (event_loop, waker) = EventLoop::new(set).context("starting a worker's epoll loop")?;
-    let (handoff, mut adopt) = Handoff::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a worker's runtime")?;
     let control = Control {
         stop: stop.clone(),
         done: done.clone(),
@@ -244,58 +239,31 @@ fn spawn_epoll(
             let beats = Arc::clone(beats);
             Box::new(move |now| beats.beat(i, now))
         },
-        handoff,
     };
-    let looping = {
-        let proxy = Arc::clone(proxy);
-        std::thread::Builder::new()
-            .name(format!("ge-worker-{i}"))
-            .spawn(move || {
-                if let Err(e) = event_loop.run(&proxy, control) {
-                    tracing::error!("worker {i}: epoll loop: {e}");
-                }
-            })
-            .context("starting a worker thread")?
-    };
-    let (proxy, mut stop, mut done) = (Arc::clone(proxy), stop.clone(), done.clone());
-    let pipeline = std::thread::Builder::new()
-        .name(format!("ge-pipeline-{i}"))
+    // A lease answer wakes the loop: its clients waiting for one are
+    // decided for again at once.
+    let wake = Arc::clone(&waker);
+    proxy.lease_wait.on_answer(Box::new(move || {
+        let _ = wake.wake();
+    }));
+    // The loop polls with a timeout; the waker makes it see a stop and the
+    // drain's end at once.
+    let (mut stop, mut done) = (stop.clone(), done.clone());
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        let _ = waker.wake();
+        let _ = done.wait_for(|d| *d).await;
+        let _ = waker.wake();
+    });
+    let proxy = Arc::clone(proxy);
+    std::thread::Builder::new()
+        .name(format!("ge-worker-{i}"))
         .spawn(move || {
-            runtime.block_on(async move {
-                // The timer driver's horizon, as in a tokio worker.
-                tokio::spawn(async move {
-                    let mut every = tokio::time::interval(TIMER_HORIZON);
-                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        every.tick().await;
-                    }
-                });
-                // The loop polls with a timeout; the waker makes it see a
-                // stop and the drain's end at once.
-                let wake = Arc::clone(&waker);
-                let mut done_seen = done.clone();
-                tokio::spawn(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                    let _ = wake.wake();
-                    let _ = done_seen.wait_for(|d| *d).await;
-                    let _ = wake.wake();
-                });
-                let adopting = async {
-                    while let Some(a) = adopt.recv().await {
-                        proxy.adopt(a);
-                    }
-                };
-                tokio::select! {
-                    () = adopting => {}
-                    _ = done.wait_for(|d| *d) => {}
-                }
-                // Adopted connections keep running here while the edge
-                // drains.
-                let _ = done.wait_for(|d| *d).await;
-            });
+            if let Err(e) = event_loop.run(&proxy, control) {
+                tracing::error!("worker {i}: epoll loop: {e}");
+            }
         })
-        .context("starting a worker's pipeline thread")?;
-    Ok([looping, pipeline])
+        .context("starting a worker thread")
 }
 
 impl Workers {

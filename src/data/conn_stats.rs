@@ -98,29 +98,6 @@ pub struct ConnStats {
     /// refusals that cost the connection nothing else (a configuration
     /// error, a client over its limit, not TLS), kept off the sharded line.
     rare: [AtomicU64; RARE],
-    /// Connections the epoll worker handed to the tokio pipeline, by
-    /// [`HandoffReason`].
-    handoffs: [AtomicU64; HandoffReason::ALL.len()],
-}
-
-/// Why the epoll worker (`engine = "epoll"`) handed a connection to the
-/// tokio pipeline: a stage it does not run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandoffReason {
-    /// The client's better backend waits for another POP's lease.
-    LeaseWait,
-}
-
-impl HandoffReason {
-    /// Every reason, in counter order.
-    pub const ALL: [HandoffReason; 1] = [HandoffReason::LeaseWait];
-
-    /// Lower-case label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandoffReason::LeaseWait => "lease_wait",
-        }
-    }
 }
 
 /// The results counted apart, in [`ConnStats::rare`]: `Loop` and after.
@@ -220,16 +197,6 @@ impl ConnStats {
             at: BYTES_DOWN,
             tally: None,
         }
-    }
-
-    /// Counts a connection handed to the tokio pipeline.
-    pub fn handed_off(&self, why: HandoffReason) {
-        self.handoffs[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Connections handed to the tokio pipeline for `why` so far.
-    pub fn handoffs(&self, why: HandoffReason) -> u64 {
-        self.handoffs[why as usize].load(Ordering::Relaxed)
     }
 
     /// Client-to-backend payload bytes so far.

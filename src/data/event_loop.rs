@@ -18,10 +18,12 @@
 //! backend's PROXY header, the relay with its half-close and idle rules,
 //! the access log's line (its parts filled in as the tokio stages fill
 //! them, its byte counts the relay's), the open-connection count and the
-//! drain. A client whose decision waits for another POP's lease is handed
-//! whole (its place under the per-client limits with it) to the tokio
-//! pipeline on the worker's second thread ([`Handoff`], [`Proxy::adopt`]),
-//! which waits for the lease's answer. Bulk transfers splice through
+//! drain, and the wait for another POP's lease: a client whose decision
+//! found the better backend's lease being asked for waits in the slab, no
+//! socket registered, until a lease answer (every answer wakes the loop:
+//! [`LeaseWait::on_answer`](crate::data::lease_wait::LeaseWait::on_answer))
+//! or its patience runs out, and is decided for again, as the tokio
+//! pipeline does. Bulk transfers splice through
 //! pipes from the worker thread's pool, by the tokio relay's rule (unless
 //! `--splice off`; see [`crate::data::pair`]).
 //!
@@ -36,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::data::admission::{AcceptError, BACKLOG};
 use crate::data::dialer::TcpDialer;
 use crate::data::pair::BufPool;
-use crate::data::proxy::{Adopted, DataPath, Proxy, Service};
+use crate::data::proxy::{DataPath, Proxy, Service};
 
 mod conn;
 mod dial;
@@ -67,25 +69,6 @@ const WAKER: Token = Token(usize::MAX);
 /// Listener `i`'s token is `LISTENERS - i`.
 const LISTENERS: usize = usize::MAX - 1;
 
-/// Where connections the loop does not serve itself go: the tokio
-/// pipeline on the worker's second thread.
-#[derive(Debug, Clone)]
-pub struct Handoff(mpsc::UnboundedSender<Adopted>);
-
-impl Handoff {
-    /// A hand-off and the receiving end, for the runtime that adopts.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Adopted>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Handoff(tx), rx)
-    }
-
-    /// Hands `a` over; false when the receiving runtime is gone (the
-    /// connection is then closed).
-    fn send(&self, a: Adopted) -> bool {
-        self.0.send(a).is_ok()
-    }
-}
-
 /// What the loop answers to besides its sockets.
 pub struct Control {
     /// Turns true when the edge stops accepting.
@@ -96,8 +79,6 @@ pub struct Control {
     pub stopped: Box<dyn FnMut() + Send>,
     /// Called at every sweep: the worker's heartbeat.
     pub beat: Box<dyn FnMut(Instant) + Send>,
-    /// Where connections needing the tokio pipeline go.
-    pub handoff: Handoff,
 }
 
 /// A listener and what it serves.
@@ -128,6 +109,8 @@ pub struct EventLoop {
     released: Vec<usize>,
     /// Relay buffers.
     pool: BufPool,
+    /// Slab indexes of the clients waiting for a lease.
+    leasing: Vec<usize>,
     /// Still accepting.
     accepting: bool,
 }
@@ -159,6 +142,7 @@ impl EventLoop {
                 free: Vec::new(),
                 released: Vec::new(),
                 pool: BufPool::new(BUFFER, POOL_CAP),
+                leasing: Vec::new(),
                 accepting: true,
             },
             waker,
@@ -181,14 +165,22 @@ impl EventLoop {
         let mut next_sweep = Instant::now() + SWEEP;
         loop {
             if self.accepting && *control.stop.borrow() {
-                self.stop_accepting(proxy, &control.handoff);
+                self.stop_accepting(proxy);
                 (control.stopped)();
             }
             if !self.accepting && (*control.done.borrow() || self.slab.iter().all(Option::is_none))
             {
                 break;
             }
-            match self.poll.poll(&mut events, Some(SWEEP)) {
+            // A client waiting for a lease is decided for again at its
+            // deadline at the latest.
+            let wait = match self.lease_deadline() {
+                Some(deadline) => deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(SWEEP),
+                None => SWEEP,
+            };
+            match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -197,7 +189,10 @@ impl EventLoop {
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
                 (control.beat)(now);
-                self.sweep(proxy, &control.handoff, now);
+                self.sweep(proxy, now);
+            }
+            if !self.leasing.is_empty() {
+                self.resume_leasing(proxy, now);
             }
             // The batch's connections first, then its listeners: a
             // connection of this edge's own that comes back through a
@@ -215,10 +210,10 @@ impl EventLoop {
                     ready.push(LISTENERS - t.0);
                     continue;
                 }
-                self.handle_event(proxy, &control.handoff, ev, now);
+                self.handle_event(proxy, ev, now);
             }
             for &i in &ready {
-                self.accept(proxy, &control.handoff, i, usize::MAX, now);
+                self.accept(proxy, i, usize::MAX, now);
             }
             self.free.append(&mut self.released);
         }
@@ -239,7 +234,6 @@ impl EventLoop {
     fn accept<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         i: usize,
         most: usize,
         now: Instant,
@@ -279,18 +273,18 @@ impl EventLoop {
             };
             taken += 1;
             let (local, service) = (l.local, l.service.clone());
-            self.admit(proxy, handoff, client, peer, local, &service, now);
+            self.admit(proxy, client, peer, local, &service, now);
         }
         taken
     }
 
     /// Takes what the kernel has queued on every listener (at most a full
     /// backlog each: this ends even under a flood), then closes them.
-    fn stop_accepting<P: DataPath>(&mut self, proxy: &Arc<Proxy<TcpDialer, P>>, handoff: &Handoff) {
+    fn stop_accepting<P: DataPath>(&mut self, proxy: &Arc<Proxy<TcpDialer, P>>) {
         let now = Instant::now();
         for i in 0..self.listeners.len() {
             self.listeners[i].paused_until = None;
-            let taken = self.accept(proxy, handoff, i, BACKLOG as usize, now);
+            let taken = self.accept(proxy, i, BACKLOG as usize, now);
             tracing::info!(listener = ?self.listeners[i].local, taken, "stopped accepting");
         }
         self.listeners.clear();
@@ -299,18 +293,13 @@ impl EventLoop {
 
     /// Ends what timed out (a connect fails over), resumes paused
     /// listeners.
-    fn sweep<P: DataPath>(
-        &mut self,
-        proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
-        now: Instant,
-    ) {
+    fn sweep<P: DataPath>(&mut self, proxy: &Arc<Proxy<TcpDialer, P>>, now: Instant) {
         for idx in 0..self.slab.len() {
             self.timeout(proxy, idx, now);
         }
         for i in 0..self.listeners.len() {
             if self.listeners[i].paused_until.is_some_and(|t| now >= t) {
-                self.accept(proxy, handoff, i, usize::MAX, now);
+                self.accept(proxy, i, usize::MAX, now);
             }
         }
         self.free.append(&mut self.released);

@@ -5,15 +5,23 @@
 //! [`LeaseWait::patience`] for an answer ([`LeaseWait::granted`]), and
 //! decides again, instead of going at once to the next best backend. The
 //! lease task of the control plane is on the other side of both signals.
+//!
+//! The tokio pipeline waits on [`LeaseWait::next_answer`]; the epoll
+//! worker, which has no runtime, keeps its waiting clients itself and
+//! registers a wake-up of its loop ([`LeaseWait::on_answer`]) that every
+//! answer calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// A wake-up called at each lease answer (an epoll worker's waker).
+pub type OnAnswer = Box<dyn Fn() + Send + Sync>;
+
 /// The two signals between connections waiting for a lease and the task
 /// that asks for leases.
-#[derive(Debug)]
 pub struct LeaseWait {
     /// A connection wants a lease asked for now.
     wanted: Notify,
@@ -24,6 +32,19 @@ pub struct LeaseWait {
     answers: AtomicU64,
     /// How long a connection waits for one.
     patience: Duration,
+    /// Called at each answer (registered once per epoll worker, at its
+    /// start; the lock is taken there and at an answer, never across an
+    /// await).
+    on_answer: Mutex<Vec<OnAnswer>>,
+}
+
+impl std::fmt::Debug for LeaseWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseWait")
+            .field("answers", &self.answers())
+            .field("patience", &self.patience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LeaseWait {
@@ -34,7 +55,16 @@ impl LeaseWait {
             answered: Notify::new(),
             answers: AtomicU64::new(0),
             patience,
+            on_answer: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Registers `wake`, called at every answer from now on.
+    pub fn on_answer(&self, wake: OnAnswer) {
+        self.on_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(wake);
     }
 
     /// How long a connection waits.
@@ -57,6 +87,14 @@ impl LeaseWait {
     pub fn answered(&self) {
         self.answers.fetch_add(1, Ordering::Release);
         self.answered.notify_waiters();
+        for wake in self
+            .on_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            wake();
+        }
     }
 
     /// Answers so far (a connection reads it before deciding).
@@ -109,5 +147,22 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), w.wanted())
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn every_answer_calls_each_registered_wake_up() {
+        use std::sync::Arc;
+        let w = LeaseWait::new(Duration::from_millis(250));
+        let woken = Arc::new(AtomicU64::new(0));
+        for _ in 0..2 {
+            let woken = Arc::clone(&woken);
+            w.on_answer(Box::new(move || {
+                woken.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+        w.answered();
+        w.answered();
+        assert_eq!(woken.load(Ordering::Relaxed), 4);
+        assert_eq!(w.answers(), 2);
     }
 }

@@ -41,13 +41,11 @@ use crate::data::dialer::Dialer;
 use crate::data::proxy_protocol::Version;
 use crate::data::throttle::Throttle;
 
-pub mod adopt;
 pub mod data_path;
 pub mod log_line;
 pub mod loops;
 pub mod stages;
 
-pub use adopt::Adopted;
 pub use data_path::{DataPath, Relay};
 pub use loops::OwnConnections;
 pub use stages::Conn;
@@ -369,13 +367,11 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
                 .access_log
                 .as_ref()
                 .map(|_| log_line::LogLine::new(peer, local, service.app.as_arc())),
-            lease_seen: None,
-            admitted: None,
         };
         let this = Arc::clone(self);
         let span = tracing::debug_span!("conn", client = Empty, country = Empty, backend = Empty);
         self.tasks
-            .spawn(Self::handle(this, slot, conn, None).instrument(span));
+            .spawn(Self::handle(this, slot, conn).instrument(span));
     }
 }
 

@@ -3,10 +3,9 @@
 //! backends on loopback. Each test passes `--engine epoll` itself (so it
 //! tests the loop whatever `GEOEDGE_ENGINE` says) and checks what a client
 //! or a backend sees, and what the metrics count:
-//! - the engine runs: a loop thread and a pipeline thread per worker
-//!   (one thread per worker on the tokio engine);
+//! - each engine runs one thread per worker and logs which engine it runs;
 //! - routing by country (IPv4 and IPv6 clients), a 4 MiB echo arriving
-//!   whole and in order, the `ok` and byte counters, nothing handed over;
+//!   whole and in order, the `ok` and byte counters;
 //! - half-close: a client's end-of-file still gets the whole answer; a
 //!   backend's end-of-file half-closes the client, or (`--half-close off`)
 //!   closes it;
@@ -19,14 +18,15 @@
 //!   reach the backend, a header that never comes times out, an untrusted
 //!   source's header is payload, the backend gets the header it is
 //!   configured for;
-//! - hand-off to the worker's tokio pipeline (access log, per-client
-//!   limits);
+//! - the access log's lines and the per-client limits, kept by the loop;
 //! - the drain: an open connection keeps relaying after SIGTERM while new
 //!   ones are refused, and the process exits 0 once it closes; what the
-//!   drain timeout cuts is reset.
-//!
+//!   drain timeout cuts is reset;
 //! - bulk transfers splice through pooled pipes on both engines, and open
 //!   no pipe with `--splice off` (`engine/splice.rs`).
+//!
+//! The wait for another POP's lease runs in the loop too: the fleet's
+//! tests (`fleet::`) cover it when `.ci/run` runs them on this engine.
 //!
 //! Nothing here needs root or a namespace (a backend that never answers is
 //! a listener whose backlog is full, see [`Unanswered`]).
@@ -95,15 +95,6 @@ fn conns(edge: &Edge, result: &str) -> f64 {
     value(
         edge,
         &format!(r#"edge_connections_total{{result="{result}"}}"#),
-    )
-}
-
-/// `edge_worker_handoffs_total` of one reason: connections the loop
-/// handed to its worker's tokio pipeline.
-fn handoffs(edge: &Edge, reason: &str) -> f64 {
-    value(
-        edge,
-        &format!(r#"edge_worker_handoffs_total{{reason="{reason}"}}"#),
     )
 }
 
@@ -254,14 +245,14 @@ impl Unanswered {
 }
 
 /// The names (`/proc/PID/task/*/comm`) of a process's worker threads
-/// (`ge-worker-N`, `ge-pipeline-N`: within the 15 bytes the kernel keeps).
+/// (`ge-worker-N`: within the 15 bytes the kernel keeps).
 fn worker_threads(pid: u32) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .map(|n| n.trim_end().to_owned())
-        .filter(|n| n.starts_with("ge-worker-") || n.starts_with("ge-pipeline-"))
+        .filter(|n| n.starts_with("ge-worker-"))
         .collect();
     names.sort();
     names
@@ -287,31 +278,23 @@ async fn ready(edge: &Edge) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_epoll_engine_runs_a_loop_thread_and_a_pipeline_thread_per_worker() {
+async fn each_engine_runs_one_thread_per_worker_and_says_which_engine_it_runs() {
     let (_dir, db, _be) = one_backend().await;
-    let edge = Edge::start(&epoll_args(&db, &["--workers", "2"]));
-    ready(&edge).await;
-    let mut c = connect_as(edge.addr, sample_address("GB")).await;
-    assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
-    let expected = [
-        "ge-pipeline-0",
-        "ge-pipeline-1",
-        "ge-worker-0",
-        "ge-worker-1",
-    ];
-    assert_eq!(worker_threads(edge.pid()), expected, "--engine epoll");
-    drop(edge);
-
-    let edge = Edge::start(&edge_args(&db, &["--engine", "tokio", "--workers", "2"]));
-    ready(&edge).await;
-    let mut c = connect_as(edge.addr, sample_address("GB")).await;
-    assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
-    let expected = ["ge-worker-0", "ge-worker-1"];
-    assert_eq!(
-        worker_threads(edge.pid()),
-        expected,
-        "--engine tokio has no pipeline thread"
-    );
+    for engine in ["epoll", "tokio"] {
+        let edge = Edge::start(&edge_args(&db, &["--engine", engine, "--workers", "2"]));
+        ready(&edge).await;
+        let mut c = connect_as(edge.addr, sample_address("GB")).await;
+        assert_eq!(greeting(&mut c).await.as_deref(), Some("be"));
+        let expected = ["ge-worker-0", "ge-worker-1"];
+        assert_eq!(worker_threads(edge.pid()), expected, "--engine {engine}");
+        let started = format!("engine=\"{engine}\"");
+        assert!(
+            edge.log()
+                .iter()
+                .any(|l| l.contains("workers started") && l.contains(&started)),
+            "--engine {engine}: no `workers started` line with {started}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,8 +377,6 @@ async fn clients_reach_their_countrys_backend_and_4_mib_each_way_arrives_whole_a
     })
     .await;
     assert_eq!(conns(&edge, "connect_failed"), 0.0);
-    // The loop served them all itself.
-    assert_eq!(handoffs(&edge, "lease_wait"), 0.0, "handed over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1032,7 +1013,6 @@ async fn with_the_access_log_on_the_loop_writes_each_connections_line() {
         1.0,
     )
     .await;
-    assert_eq!(handoffs(&edge, "lease_wait"), 0.0, "handed over");
     counted(&edge, "edge_connections_current", 0.0).await;
 }
 
@@ -1066,8 +1046,6 @@ async fn the_loop_keeps_the_per_client_limits_itself_and_a_closed_connection_fre
     let mut buf = [0u8; 10];
     first.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still here");
-    // The loop kept the limits itself: nothing was handed over.
-    assert_eq!(handoffs(&edge, "lease_wait"), 0.0, "handed over");
     // The first connection closes: its place is free, and the client's
     // next connection is served (once the loop has seen the close).
     drop(first);

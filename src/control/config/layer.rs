@@ -153,7 +153,7 @@ pub struct Layer {
     #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// How each worker runs client connections: tokio (a runtime per worker, every feature) or epoll (its own epoll loop, less CPU per connection; a client waiting for another POP's lease goes to a tokio runtime on a second thread of the worker); fixed at start.
+    /// How each worker runs client connections: tokio (a runtime per worker, every feature) or epoll (its own epoll loop, less CPU per connection, every feature); fixed at start.
     #[arg(
         long,
         env = "GEOEDGE_ENGINE",

@@ -1,6 +1,5 @@
 //! The collector for the per-client limits' table, the server names read
-//! on `sni_listen` listeners, the epoll workers' hand-offs and the access
-//! log: read at scrape time from
+//! on `sni_listen` listeners and the access log: read at scrape time from
 //! the counters the proxy keeps (the refusals themselves are results of
 //! `edge_connections_total`).
 
@@ -19,12 +18,11 @@ const METRICS: &[Def] = &[
     n::CLIENT_TABLE_CAPACITY,
     n::CLIENT_TABLE_EVICTIONS_TOTAL,
     n::SNI_HELLOS_TOTAL,
-    n::WORKER_HANDOFFS_TOTAL,
     n::ACCESS_LOG_LINES_TOTAL,
 ];
 
 /// `edge_client_table_*`, `edge_sni_hellos_total`,
-/// `edge_worker_handoffs_total`, `edge_access_log_lines_total`.
+/// `edge_access_log_lines_total`.
 pub struct FeaturesCollector {
     /// The proxy whose counters are read.
     proxy: Arc<Proxy<TcpDialer>>,
@@ -60,10 +58,6 @@ impl Collector for FeaturesCollector {
         sni.add(&["routed"], routed as f64);
         sni.add(&["unmatched"], unmatched as f64);
         sni.add(&["no_sni"], missing as f64);
-        let mut handoffs = Family::new(n::WORKER_HANDOFFS_TOTAL);
-        for why in crate::data::conn_stats::HandoffReason::ALL {
-            handoffs.add(&[why.as_str()], p.conns.handoffs(why) as f64);
-        }
         let mut log = Family::new(n::ACCESS_LOG_LINES_TOTAL);
         let (written, dropped, failed) = p
             .access_log
@@ -77,7 +71,6 @@ impl Collector for FeaturesCollector {
             capacity.finish(),
             evictions.finish(),
             sni.finish(),
-            handoffs.finish(),
             log.finish(),
         ]
     }

@@ -112,13 +112,6 @@ pub const SNI_HELLOS_TOTAL: Def = def(
     "TLS ClientHellos read on sni_listen listeners, by result: routed (sni_routes matched the server name), unmatched (no route: the listener's default app), no_sni (no server name: the default app).",
     &["result"],
 );
-/// Connections the epoll worker handed to the tokio pipeline, by reason.
-pub const WORKER_HANDOFFS_TOTAL: Def = def(
-    "edge_worker_handoffs_total",
-    Counter,
-    "Connections an epoll worker (engine = epoll) handed, whole, to the tokio runtime on its second thread, by the stage it does not run itself: lease_wait (the better backend's lease from another POP is being asked for: the wait runs on tokio). Always 0 with engine = tokio.",
-    &["reason"],
-);
 /// Access-log lines by result.
 pub const ACCESS_LOG_LINES_TOTAL: Def = def(
     "edge_access_log_lines_total",
@@ -532,7 +525,6 @@ pub const ALL: &[Def] = &[
     CLIENT_TABLE_CAPACITY,
     CLIENT_TABLE_EVICTIONS_TOTAL,
     SNI_HELLOS_TOTAL,
-    WORKER_HANDOFFS_TOTAL,
     ACCESS_LOG_LINES_TOTAL,
     BACKEND_CONNECTIONS_CURRENT,
     BACKEND_GLOBAL_CONNECTIONS,

@@ -1,5 +1,6 @@
-//! The epoll worker's connections: admitted at accept (or handed over),
-//! held for a PROXY header ([`super::reading`]), then a pair (client and
+//! The epoll worker's connections: admitted at accept, held for a PROXY
+//! header ([`super::reading`]), waiting for a lease answer when their
+//! decision found the better backend's lease being asked for, then a pair (client and
 //! backend) connecting with failover ([`super::dial`]), then relaying
 //! through its [`PairRelay`] ([`drive`]). Each is one slab entry; its sockets' tokens
 //! carry the entry's index, the side and, for the backend, a generation
@@ -20,15 +21,15 @@ use tracing::field::display;
 
 use super::dial::{attempt, conn_span, connect_failed, Dialing, Refusal};
 use super::reading::{Awaiting, Pending};
-use super::{EventLoop, Handoff};
+use super::EventLoop;
 use crate::data::admission::Slot;
-use crate::data::conn_stats::{ConnResult, HandoffReason};
+use crate::data::conn_stats::ConnResult;
 use crate::data::dialer::TcpDialer;
 use crate::data::pair::{BufPool, End, PairRelay, Readiness, Side, SpliceRule};
 use crate::data::proxy::log_line::LogLine;
 use crate::data::proxy::loops::Registered;
 use crate::data::proxy::stages::{Admitted, Identity};
-use crate::data::proxy::{classify, Adopted, DataPath, Proxy, ProxyOptions, Service};
+use crate::data::proxy::{classify, DataPath, Proxy, ProxyOptions, Service};
 use crate::data::relay::{BULK_READ, SPLICE_AFTER};
 use crate::data::splice::Pipe;
 use geoedge_access_log::{AccessLog, End as AccessEnd};
@@ -44,6 +45,8 @@ pub(super) fn token(idx: usize, generation: u8, side: Side) -> Token {
 pub(super) enum Entry {
     /// A trusted source's client whose PROXY header is being read.
     Header(Box<Pending>),
+    /// A client waiting for a lease answer (no socket registered).
+    Leasing(Box<Deciding>),
     /// A client and its backend.
     Pair(Box<Pair>),
 }
@@ -56,6 +59,12 @@ impl Entry {
             Entry::Header(h) => {
                 reset(&h.client);
                 if let (Some(line), Some(log)) = (h.log, log) {
+                    line.finish(log, AccessEnd::Draining, 0, 0);
+                }
+            }
+            Entry::Leasing(d) => {
+                reset(&d.client);
+                if let (Some(line), Some(log)) = (d.dialing.log, log) {
                     line.finish(log, AccessEnd::Draining, 0, 0);
                 }
             }
@@ -72,6 +81,30 @@ impl Entry {
             }
         }
     }
+}
+
+/// A client on its way to a backend: held to its per-client limits,
+/// about to be decided for (or waiting for a lease answer to be decided
+/// for again).
+pub(super) struct Deciding {
+    /// The client's socket.
+    client: TcpStream,
+    /// The socket is registered already (under an index released since).
+    registered: bool,
+    /// The settings snapshot taken at accept.
+    options: Arc<ProxyOptions>,
+    /// The connection's slot of the global limit.
+    slot: Slot,
+    /// Counts the connection among the open ones.
+    token: TaskTrackerToken,
+    /// The client's place under its per-client limits, if it is held to
+    /// any.
+    admitted: Admitted,
+    /// What the decisions and the connects need.
+    dialing: Dialing,
+    /// Once it waits for a lease: until when (its patience, from its first
+    /// decision); past it, the decision stands, lease or not.
+    lease_until: Option<Instant>,
 }
 
 /// A client and its backend.
@@ -111,13 +144,12 @@ pub(super) fn reset(socket: &TcpStream) {
 }
 
 impl EventLoop {
-    /// A client just accepted: refused, held for its PROXY header, handed
-    /// over, or routed and dialed.
+    /// A client just accepted: refused, held for its PROXY header, or
+    /// routed and dialed.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn admit<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         client: TcpStream,
         peer: SocketAddr,
         listener: Option<SocketAddr>,
@@ -161,7 +193,7 @@ impl EventLoop {
             } else {
                 let identity =
                     identity_of(proxy, &pending.client, peer, listener, &pending.options);
-                self.await_hello(proxy, handoff, None, pending, identity, now);
+                self.await_hello(proxy, None, pending, identity, now);
             }
             return;
         }
@@ -169,29 +201,26 @@ impl EventLoop {
         let arrival = Arrival {
             client,
             registered: false,
-            peer,
-            listener,
             service,
             options: &options,
             slot,
             token: proxy.tasks.token(),
             log,
         };
-        self.start(proxy, handoff, arrival, identity, now);
+        self.start(proxy, arrival, identity, now);
     }
 
-    /// Routes a client and dials its backend (handing it over when its
-    /// decision waits for a lease), and makes its pair.
+    /// Holds a client to its per-client limits, then routes it and dials
+    /// its backend ([`EventLoop::decide`]).
     pub(super) fn start<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         mut a: Arrival<'_>,
         identity: Identity,
         now: Instant,
     ) {
         note_identity(a.log.as_deref_mut(), &identity);
-        let mut dialing = Dialing {
+        let dialing = Dialing {
             app: a.service.app.clone(),
             identity,
             tried: Vec::new(),
@@ -211,45 +240,125 @@ impl EventLoop {
                 return;
             }
         };
-        let (route, mut backend, registered) = match attempt(proxy, &mut dialing, true) {
+        let d = Deciding {
+            client: a.client,
+            registered: a.registered,
+            options: Arc::clone(a.options),
+            slot: a.slot,
+            token: a.token,
+            admitted,
+            dialing,
+            lease_until: None,
+        };
+        self.decide(proxy, d, now);
+    }
+
+    /// Routes a client and dials its backend, and makes its pair; or, when
+    /// its decision found the better backend's lease being asked for and
+    /// its patience is not spent, keeps it waiting for a lease answer (it
+    /// is decided for again at the next one, or at its deadline:
+    /// [`EventLoop::resume_leasing`]).
+    fn decide<P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
+        mut d: Deciding,
+        now: Instant,
+    ) {
+        let may_wait = d.lease_until.is_none_or(|until| now < until);
+        let (route, backend, registered) = match attempt(proxy, &mut d.dialing, may_wait) {
             Ok(dialed) => dialed,
             Err(Refusal::LeasePending) => {
-                proxy.conns.handed_off(HandoffReason::LeaseWait);
-                let mut client = a.client;
-                if a.registered {
-                    let _ = self.poll.registry().deregister(&mut client);
+                if d.registered {
+                    // Nothing is read while it waits.
+                    let _ = self.poll.registry().deregister(&mut d.client);
+                    d.registered = false;
                 }
-                let adopted = Adopted {
-                    client: client.into(),
-                    peer: a.peer,
-                    listener: a.listener,
-                    service: a.service.clone(),
-                    options: Arc::clone(a.options),
-                    slot: a.slot,
-                    identity: Some(dialing.identity),
-                    token: a.token,
-                    lease_seen: Some(dialing.lease_seen),
-                    admitted: Some(admitted),
-                    log: dialing.log,
-                };
-                if !handoff.send(adopted) {
-                    proxy.conns.record(ConnResult::LocalError);
+                d.lease_until
+                    .get_or_insert(now + proxy.lease_wait.patience());
+                // The lease is asked for at once (unless an answer came
+                // since the decision: the loop then decides again at once).
+                if proxy.lease_wait.answers() == d.dialing.lease_seen {
+                    proxy.lease_wait.want();
                 }
+                let idx = self.vacant();
+                self.slab[idx] = Some(Entry::Leasing(Box::new(d)));
+                self.leasing.push(idx);
                 return;
             }
             Err(Refusal::Ends(result)) => {
                 if result == ConnResult::LocalError {
-                    reset(&a.client);
+                    reset(&d.client);
                 }
-                refuse(proxy, dialing.log, result);
+                refuse(proxy, d.dialing.log, result);
                 return;
             }
         };
-        let mut client = a.client;
+        self.pair_up(proxy, d, route, backend, registered);
+    }
+
+    /// Clients waiting for a lease: those that saw no answer yet wait on
+    /// unless their deadline passed; the others are decided for again.
+    pub(super) fn resume_leasing<P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
+        now: Instant,
+    ) {
+        let answers = proxy.lease_wait.answers();
+        let waiting = std::mem::take(&mut self.leasing);
+        for idx in waiting {
+            let due = match self.slab.get(idx) {
+                Some(Some(Entry::Leasing(d))) => {
+                    d.dialing.lease_seen != answers || d.lease_until.is_some_and(|t| now >= t)
+                }
+                _ => continue,
+            };
+            if !due {
+                self.leasing.push(idx);
+                continue;
+            }
+            let Some(Entry::Leasing(d)) = self.slab[idx].take() else {
+                continue;
+            };
+            self.release(idx);
+            self.decide(proxy, *d, now);
+        }
+    }
+
+    /// The earliest deadline of the clients waiting for a lease.
+    pub(super) fn lease_deadline(&self) -> Option<Instant> {
+        self.leasing
+            .iter()
+            .filter_map(|&idx| match self.slab.get(idx) {
+                Some(Some(Entry::Leasing(d))) => d.lease_until,
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Registers a routed client and its backend's socket, a connect under
+    /// way, as a new pair.
+    fn pair_up<P: DataPath>(
+        &mut self,
+        proxy: &Arc<Proxy<TcpDialer, P>>,
+        d: Deciding,
+        route: Route,
+        mut backend: TcpStream,
+        registered: Option<Registered>,
+    ) {
+        let Deciding {
+            mut client,
+            registered: client_known,
+            options,
+            slot,
+            token: open,
+            admitted,
+            dialing,
+            lease_until: _,
+        } = d;
         let idx = self.vacant();
         let both = Interest::READABLE | Interest::WRITABLE;
         let registry = self.poll.registry();
-        let client_registered = if a.registered {
+        let client_registered = if client_known {
             registry.reregister(&mut client, token(idx, 0, Side::Client), both)
         } else {
             registry.register(&mut client, token(idx, 0, Side::Client), both)
@@ -264,7 +373,6 @@ impl EventLoop {
             refuse(proxy, dialing.log, ConnResult::LocalError);
             return;
         }
-        let options = a.options;
         let mut first = Vec::new();
         if let Some(version) = options.send_proxy_protocol {
             version.encode(
@@ -298,8 +406,8 @@ impl EventLoop {
             log: None,
             _registered: registered,
             _admitted: admitted,
-            _slot: a.slot,
-            _token: a.token,
+            _slot: slot,
+            _token: open,
         })));
     }
 
@@ -307,7 +415,6 @@ impl EventLoop {
     pub(super) fn handle_event<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         ev: &Event,
         now: Instant,
     ) {
@@ -324,7 +431,7 @@ impl EventLoop {
         let p = match self.slab.get_mut(idx) {
             Some(Some(Entry::Pair(p))) => p,
             Some(Some(Entry::Header(_))) => {
-                self.read_pending(proxy, handoff, idx, now);
+                self.read_pending(proxy, idx, now);
                 return;
             }
             _ => return,
@@ -495,10 +602,6 @@ pub(super) struct Arrival<'a> {
     pub(super) client: TcpStream,
     /// Registered already (under its PROXY header's token).
     pub(super) registered: bool,
-    /// The TCP peer.
-    pub(super) peer: SocketAddr,
-    /// The listener's address, when known.
-    pub(super) listener: Option<SocketAddr>,
     /// What the listener serves.
     pub(super) service: &'a Service,
     /// The settings snapshot taken at accept.

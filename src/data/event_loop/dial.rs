@@ -22,8 +22,7 @@ use crate::data::proxy::{classify, DataPath, Proxy};
 pub(super) struct Dialing {
     /// The app served.
     pub(super) app: AppId,
-    /// Who the client is (for the decision; the handed-over pipeline and
-    /// the logs).
+    /// Who the client is (for the decision and the logs).
     pub(super) identity: Identity,
     /// Backends tried, excluded from the next decision.
     pub(super) tried: Vec<BackendId>,
@@ -35,8 +34,9 @@ pub(super) struct Dialing {
     pub(super) deadline: Instant,
     /// This attempt's start (the decision's clock).
     pub(super) started: Instant,
-    /// The lease answers seen before the first decision (for a client
-    /// handed over to wait for one).
+    /// The lease answers seen before the last decision that may wait for
+    /// a lease (a client waiting for one is decided for again once there
+    /// are more).
     pub(super) lease_seen: u64,
     /// The access-log line, when the log is on (the pair's once
     /// connected).
@@ -65,7 +65,7 @@ pub(super) enum Refusal {
     /// The connection ends, counted so.
     Ends(ConnResult),
     /// The better backend's lease is being asked for: the client waits
-    /// for it in the tokio pipeline.
+    /// for an answer.
     LeasePending,
 }
 
@@ -83,17 +83,19 @@ pub(super) fn conn_span(identity: &Identity) -> tracing::Span {
 /// The routing core's decision for a client (excluding the backends
 /// tried) and a non-blocking connect to it, for each backend in turn until
 /// one connect is under way. A connect that fails at once counts as the
-/// attempt's failure. Only the `first` decision may wait for a lease.
+/// attempt's failure. A decision may wait for a lease only when
+/// `may_wait` (a client's decisions before its patience is spent) and no
+/// backend was tried yet.
 pub(super) fn attempt<P: DataPath>(
     proxy: &Proxy<TcpDialer, P>,
     d: &mut Dialing,
-    first: bool,
+    may_wait: bool,
 ) -> Result<(Route, TcpStream, Option<Registered>), Refusal> {
     loop {
         if d.attempts_left == 0 {
             return Err(Refusal::Ends(ConnResult::ConnectFailed));
         }
-        if first {
+        if may_wait {
             d.lease_seen = proxy.lease_wait.answers();
         }
         let started = Instant::now();
@@ -116,7 +118,7 @@ pub(super) fn attempt<P: DataPath>(
                 return Err(Refusal::Ends(ConnResult::ConnectFailed));
             }
         };
-        if first && d.tried.is_empty() && route.lease_pending {
+        if may_wait && d.tried.is_empty() && route.lease_pending {
             return Err(Refusal::LeasePending);
         }
         d.started = started;

@@ -17,7 +17,7 @@ use mio::Interest;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::conn::{note_identity, refuse, reset, token, Arrival, Entry};
-use super::{EventLoop, Handoff};
+use super::EventLoop;
 use crate::data::admission::Slot;
 use crate::data::conn_stats::ConnResult;
 use crate::data::dialer::TcpDialer;
@@ -168,7 +168,6 @@ impl EventLoop {
     pub(super) fn await_hello<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         registered: Option<usize>,
         mut pending: Pending,
         mut identity: Identity,
@@ -183,7 +182,7 @@ impl EventLoop {
         pending.deadline = now + pending.options.proxy_header_timeout;
         pending.awaiting = Awaiting::Hello(Box::new(identity));
         self.slab[idx] = Some(Entry::Header(Box::new(pending)));
-        self.read_pending(proxy, handoff, idx, now);
+        self.read_pending(proxy, idx, now);
     }
 
     /// Reads what a pending client sent, until it would block; once what
@@ -192,7 +191,6 @@ impl EventLoop {
     pub(super) fn read_pending<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         idx: usize,
         now: Instant,
     ) {
@@ -250,11 +248,11 @@ impl EventLoop {
                 };
                 if pe.service.sni {
                     // Registered already, under this index.
-                    self.await_hello(proxy, handoff, Some(idx), pe, identity, now);
+                    self.await_hello(proxy, Some(idx), pe, identity, now);
                     return;
                 }
                 self.release(idx);
-                self.route(proxy, handoff, pe, identity, now);
+                self.route(proxy, pe, identity, now);
             }
             Step::Hello(name) => {
                 self.release(idx);
@@ -281,7 +279,7 @@ impl EventLoop {
                 // included) never reads the hello again.
                 pe.service = Service::app(app);
                 identity.early = std::mem::take(&mut pe.buf);
-                self.route(proxy, handoff, pe, *identity, now);
+                self.route(proxy, pe, *identity, now);
             }
         }
     }
@@ -291,7 +289,6 @@ impl EventLoop {
     fn route<P: DataPath>(
         &mut self,
         proxy: &Arc<Proxy<TcpDialer, P>>,
-        handoff: &Handoff,
         pe: Pending,
         identity: Identity,
         now: Instant,
@@ -299,14 +296,12 @@ impl EventLoop {
         let arrival = Arrival {
             client: pe.client,
             registered: true,
-            peer: pe.peer,
-            listener: pe.listener,
             service: &pe.service,
             options: &pe.options,
             slot: pe.slot,
             token: pe.token,
             log: pe.log,
         };
-        self.start(proxy, handoff, arrival, identity, now);
+        self.start(proxy, arrival, identity, now);
     }
 }

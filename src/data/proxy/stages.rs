@@ -67,16 +67,6 @@ pub struct Conn {
     pub sni: bool,
     /// The connection's access-log line, when the access log is on.
     pub log: Option<Box<LogLine>>,
-    /// Set when the epoll worker decided for this client already and
-    /// found the better backend's lease being asked for: the count of lease
-    /// answers it had seen before deciding. [`Proxy::route_and_dial`] then
-    /// waits at once instead of deciding again first (which would count
-    /// the client as waiting twice).
-    pub lease_seen: Option<u64>,
-    /// Set when the epoll worker held the client to its per-client limits
-    /// already (`Some(None)`: it is held to none): stage 4 takes this
-    /// place instead of admitting the client a second time.
-    pub admitted: Option<Admitted>,
 }
 
 /// A client's place under its per-client connection cap, until it drops
@@ -124,20 +114,11 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
     /// waits, so the stages before the relay run in a future of their own
     /// ([`Self::prepare`]) and the relay's future takes only what it moves
     /// bytes with ([`Self::relay_conn`]).
-    ///
-    /// `known` is the client's identity when the epoll worker found it
-    /// already (it read the PROXY header, then handed the connection over:
-    /// [`crate::data::event_loop`]); stage 1 is then skipped.
-    pub(crate) async fn handle(
-        self: Arc<Self>,
-        slot: Slot,
-        mut conn: Conn,
-        known: Option<Identity>,
-    ) {
+    pub(crate) async fn handle(self: Arc<Self>, slot: Slot, mut conn: Conn) {
         // The relay's future is made in a statement of its own, so that
         // nothing of the stages before it (the result they returned, moved
         // from or not) stays in this future while the relay runs.
-        let prepared = self.prepare(&mut conn, known).await;
+        let prepared = self.prepare(&mut conn).await;
         match prepared {
             Ok((identity, dialed)) => self.relay_conn(conn, identity, dialed).await,
             Err(result) => {
@@ -152,24 +133,11 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
 
     /// The stages up to the relay: identify, admit, classify, limit, route
     /// and dial.
-    async fn prepare(
-        &self,
-        conn: &mut Conn,
-        known: Option<Identity>,
-    ) -> Result<(Identity, Dialed), ConnResult> {
-        let mut identity = match known {
-            Some(identity) => {
-                Self::note_identity(conn, &identity);
-                identity
-            }
-            None => self.identify(conn).await?,
-        };
+    async fn prepare(&self, conn: &mut Conn) -> Result<(Identity, Dialed), ConnResult> {
+        let mut identity = self.identify(conn).await?;
         self.admit_client(conn, &identity)?;
         let app = self.classify(conn, &mut identity).await?;
-        let client = match conn.admitted.take() {
-            Some(admitted) => admitted,
-            None => self.limit_client(conn, &identity, &app)?,
-        };
+        let client = self.limit_client(conn, &identity, &app)?;
         let mut dialed = self.route_and_dial(conn, &identity, &app).await?;
         dialed.client = client;
         Ok((identity, dialed))
@@ -410,42 +378,32 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             };
             // The decision's clock also starts the connect's.
             let mut started = Instant::now();
+            let mut seen = self.lease_wait.answers();
+            let mut decided = decide(started);
             let pending = |d: &Result<Route, _>| d.as_ref().is_ok_and(|r| r.lease_pending);
-            // A client the epoll worker handed over has had its first
-            // decision: it found the lease missing.
-            let (mut seen, first) = match conn.lease_seen.take() {
-                Some(seen) => (seen, None),
-                None => {
-                    let seen = self.lease_wait.answers();
-                    (seen, Some(decide(started)))
-                }
-            };
-            let decided = match first {
-                Some(decided) if !(may_wait && pending(&decided)) => decided,
+            if may_wait && pending(&decided) {
                 // Only a client that found its lease missing waits, holding
                 // no slot: signed up for the next answer (unless one came
                 // since it decided), it asks for the lease at once, waits,
                 // and decides again; so at each answer, up to a deadline.
-                first => {
-                    drop(first);
-                    let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
-                    loop {
-                        let mut answer = std::pin::pin!(self.lease_wait.next_answer());
-                        answer.as_mut().enable();
-                        if self.lease_wait.answers() == seen {
-                            self.lease_wait.want();
-                            self.lease_wait.granted(answer.as_mut(), deadline).await;
-                        }
-                        seen = self.lease_wait.answers();
-                        started = Instant::now();
-                        let again = decide(started);
-                        if !pending(&again) || tokio::time::Instant::now() >= deadline {
-                            break again;
-                        }
-                        drop(again);
+                drop(decided);
+                let deadline = tokio::time::Instant::now() + self.lease_wait.patience();
+                decided = loop {
+                    let mut answer = std::pin::pin!(self.lease_wait.next_answer());
+                    answer.as_mut().enable();
+                    if self.lease_wait.answers() == seen {
+                        self.lease_wait.want();
+                        self.lease_wait.granted(answer.as_mut(), deadline).await;
                     }
-                }
-            };
+                    seen = self.lease_wait.answers();
+                    started = Instant::now();
+                    let again = decide(started);
+                    if !pending(&again) || tokio::time::Instant::now() >= deadline {
+                        break again;
+                    }
+                    drop(again);
+                };
+            }
             may_wait = false;
             let route = match decided {
                 Ok(route) => route,

@@ -133,8 +133,6 @@ async fn accepted(options: ProxyOptions) -> (TcpStream, Conn) {
         options: Arc::new(options),
         sni: false,
         log: None,
-        lease_seen: None,
-        admitted: None,
     };
     (client, conn)
 }
