@@ -455,36 +455,45 @@ impl PairRelay {
         result: io::Result<usize>,
         pool: &mut BufPool,
     ) -> u64 {
-        let i = side.i();
         let src = side.other();
+        let Some(w) = self.written(side, result, self.dirs[src.i()].len) else {
+            return 0;
+        };
         let d = &mut self.dirs[src.i()];
+        d.off += w;
+        d.len -= w;
+        let counted = count(src, w, &mut self.uncounted);
+        d.moved += counted;
+        if d.len > 0 {
+            self.writable[side.i()] = false;
+        } else if let Some(buf) = d.buf.take() {
+            pool.give(buf);
+        }
+        counted
+    }
+
+    /// What a write (or splice) of `pending` bytes to `side` moved, or
+    /// `None` when it moved none: it would block (the side waits for its
+    /// next edge), was interrupted, or failed (the pair ends; so does a
+    /// write of zero bytes while some wait).
+    fn written(&mut self, side: Side, result: io::Result<usize>, pending: usize) -> Option<usize> {
         match result {
-            Ok(0) if d.len > 0 => {
+            Ok(0) if pending > 0 => {
                 self.end(End::Error);
-                0
+                None
             }
             Ok(w) => {
-                let w = w.min(d.len);
-                d.off += w;
-                d.len -= w;
                 self.active = true;
-                let counted = count(src, w, &mut self.uncounted);
-                d.moved += counted;
-                if d.len > 0 {
-                    self.writable[i] = false;
-                } else if let Some(buf) = d.buf.take() {
-                    pool.give(buf);
-                }
-                counted
+                Some(w.min(pending))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.writable[i] = false;
-                0
+                self.writable[side.i()] = false;
+                None
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
             Err(_) => {
                 self.end(End::Error);
-                0
+                None
             }
         }
     }
@@ -531,35 +540,18 @@ impl PairRelay {
     /// What [`Io::SpliceOut`] to `side` did; returns the bytes to count as
     /// moved (the uncounted ones excluded).
     pub fn handle_splice_out(&mut self, side: Side, result: io::Result<usize>) -> u64 {
-        let i = side.i();
         let src = side.other();
+        let Some(w) = self.written(side, result, self.dirs[src.i()].piped) else {
+            return 0;
+        };
         let d = &mut self.dirs[src.i()];
-        match result {
-            Ok(0) if d.piped > 0 => {
-                self.end(End::Error);
-                0
-            }
-            Ok(w) => {
-                let w = w.min(d.piped);
-                d.piped -= w;
-                self.active = true;
-                let counted = count(src, w, &mut self.uncounted);
-                d.moved += counted;
-                if d.piped > 0 {
-                    self.writable[i] = false;
-                }
-                counted
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.writable[i] = false;
-                0
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(_) => {
-                self.end(End::Error);
-                0
-            }
+        d.piped -= w;
+        let counted = count(src, w, &mut self.uncounted);
+        d.moved += counted;
+        if d.piped > 0 {
+            self.writable[side.i()] = false;
         }
+        counted
     }
 
     /// Whether the pipe of the bytes read from `side` is still needed:

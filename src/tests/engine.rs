@@ -258,6 +258,43 @@ fn worker_threads(pid: u32) -> Vec<String> {
     names
 }
 
+/// Waits until the edge has counted `up` bytes to backends and `down` to
+/// clients.
+async fn counted_bytes(edge: &Edge, up: u64, down: u64) {
+    counted(edge, r#"edge_bytes_total{direction="up"}"#, up as f64).await;
+    counted(edge, r#"edge_bytes_total{direction="down"}"#, down as f64).await;
+}
+
+/// Sends `echo`, then `n` pattern bytes and a half-close on `c` while
+/// reading the echo back; asserts that it came back whole and in order,
+/// then end-of-file (`what` says which case failed). Returns both halves,
+/// still open.
+async fn echo_whole(
+    c: BufReader<TcpStream>,
+    n: u64,
+    what: &str,
+) -> (
+    tokio::io::ReadHalf<BufReader<TcpStream>>,
+    tokio::io::WriteHalf<BufReader<TcpStream>>,
+) {
+    let (mut r, mut w) = tokio::io::split(c);
+    let writer = tokio::spawn(async move {
+        w.write_all(b"echo\n").await.unwrap();
+        write_pattern(&mut w, n).await.unwrap();
+        w.shutdown().await.unwrap();
+        w
+    });
+    let echoed = tokio::time::timeout(GIVE_UP, read_pattern(&mut r))
+        .await
+        .expect("the echo ends");
+    assert_eq!(
+        echoed.unwrap(),
+        Some(n),
+        "{what}: the echo came back whole and in order, then end-of-file"
+    );
+    (r, writer.await.unwrap())
+}
+
 /// A routing.db (in its temporary directory) with one backend, `be`, in
 /// region eu for Great Britain.
 async fn one_backend() -> (tempfile::TempDir, std::path::PathBuf, Backend) {
@@ -337,36 +374,10 @@ async fn clients_reach_their_countrys_backend_and_4_mib_each_way_arrives_whole_a
     assert!(line.starts_with("backend=eu-1 "), "{line}");
     down += line.len() as u64;
     served += 1.0;
-    let (mut r, mut w) = tokio::io::split(c);
-    let writer = tokio::spawn(async move {
-        w.write_all(b"echo\n").await.unwrap();
-        write_pattern(&mut w, n).await.unwrap();
-        w.shutdown().await.unwrap();
-        w
-    });
-    let echoed = tokio::time::timeout(GIVE_UP, read_pattern(&mut r))
-        .await
-        .expect("the echo ends");
-    assert_eq!(
-        echoed.unwrap(),
-        Some(n),
-        "the echo came back whole and in order, then end-of-file"
-    );
-    let _w = writer.await.unwrap();
+    let (r, _w) = echo_whole(c, n, "").await;
 
     counted(&edge, r#"edge_connections_total{result="ok"}"#, served).await;
-    counted(
-        &edge,
-        r#"edge_bytes_total{direction="up"}"#,
-        (b"echo\n".len() as u64 + n) as f64,
-    )
-    .await;
-    counted(
-        &edge,
-        r#"edge_bytes_total{direction="down"}"#,
-        (down + n) as f64,
-    )
-    .await;
+    counted_bytes(&edge, b"echo\n".len() as u64 + n, down + n).await;
     // Every connection is closed and none is left counted.
     drop((r, _w));
     counted(&edge, "edge_connections_current", 0.0).await;

@@ -29,6 +29,38 @@ struct Sock {
     after_shut: usize,
 }
 
+impl Sock {
+    /// What a read of up to `max` bytes gets: the bytes, the end-of-file
+    /// (none), or would-block.
+    fn recv(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        if self.rx.is_empty() {
+            return if self.rx_eof {
+                Ok(Vec::new())
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = max.min(self.rx.len());
+        Ok(self.rx.drain(..n).collect())
+    }
+
+    /// What a write of `bytes` does: as many as there is room for, or
+    /// would-block.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        assert!(!bytes.is_empty(), "a write of nothing");
+        let room = self.room.saturating_sub(self.tx.len());
+        if room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = room.min(bytes.len());
+        if self.shut {
+            self.after_shut += n;
+        }
+        self.tx.extend(&bytes[..n]);
+        Ok(n)
+    }
+}
+
 /// The driver's pipes, as the model keeps them.
 #[derive(Debug, Default)]
 struct Pipes {
@@ -163,36 +195,14 @@ impl Model {
                 Io::Read(side) => {
                     let s = &mut self.socks[Self::side(side)];
                     let buf = self.relay.read_buf(side, &mut self.pool);
-                    let result = if s.rx.is_empty() {
-                        if s.rx_eof {
-                            Ok(0)
-                        } else {
-                            Err(io::ErrorKind::WouldBlock.into())
-                        }
-                    } else {
-                        let n = buf.len().min(s.rx.len());
-                        for (b, byte) in buf.iter_mut().zip(s.rx.drain(..n)) {
-                            *b = byte;
-                        }
-                        Ok(n)
-                    };
+                    let result = s.recv(buf.len()).map(|got| {
+                        buf[..got.len()].copy_from_slice(&got);
+                        got.len()
+                    });
                     self.relay.handle_read(side, result, &mut self.pool);
                 }
                 Io::Write(side) => {
-                    let s = &mut self.socks[Self::side(side)];
-                    let bytes = self.relay.write_buf(side);
-                    assert!(!bytes.is_empty(), "a write of nothing");
-                    let room = s.room.saturating_sub(s.tx.len());
-                    let result = if room == 0 {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        let n = room.min(bytes.len());
-                        if s.shut {
-                            s.after_shut += n;
-                        }
-                        s.tx.extend(&bytes[..n]);
-                        Ok(n)
-                    };
+                    let result = self.socks[Self::side(side)].send(self.relay.write_buf(side));
                     let counted = self.relay.handle_write(side, result, &mut self.pool);
                     self.counted[Self::side(side)] += counted;
                 }
@@ -207,20 +217,14 @@ impl Model {
                         continue;
                     };
                     self.pipes.splices += 1;
-                    let s = &mut self.socks[i];
-                    let result = if s.rx.is_empty() {
-                        if s.rx_eof {
-                            Ok(0)
-                        } else {
-                            Err(io::ErrorKind::WouldBlock.into())
-                        }
-                    } else {
-                        let room = self.pipes.cap - pipe.len();
-                        let n = room.min(self.pipes.fill_max).min(s.rx.len());
-                        pipe.extend(s.rx.drain(..n));
-                        self.pipes.spliced += n;
-                        Ok(n)
-                    };
+                    let room = self.pipes.cap - pipe.len();
+                    let result = self.socks[i]
+                        .recv(room.min(self.pipes.fill_max))
+                        .map(|got| {
+                            pipe.extend(&got);
+                            self.pipes.spliced += got.len();
+                            got.len()
+                        });
                     self.relay.handle_splice_in(side, result);
                     self.give_back(side);
                 }
@@ -231,18 +235,10 @@ impl Model {
                         .expect("a splice out of a pipe not held");
                     assert!(!pipe.is_empty(), "a splice out of an empty pipe");
                     self.pipes.splices += 1;
-                    let s = &mut self.socks[Self::side(side)];
-                    let room = s.room.saturating_sub(s.tx.len());
-                    let result = if room == 0 {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        let n = room.min(pipe.len());
-                        if s.shut {
-                            s.after_shut += n;
-                        }
-                        s.tx.extend(pipe.drain(..n));
-                        Ok(n)
-                    };
+                    let result = self.socks[Self::side(side)].send(pipe.make_contiguous());
+                    if let Ok(n) = result {
+                        pipe.drain(..n);
+                    }
                     let counted = self.relay.handle_splice_out(side, result);
                     self.counted[Self::side(side)] += counted;
                     self.give_back(src);

@@ -32,34 +32,8 @@ async fn bulk_echo(engine: &str, splice: &str) -> usize {
     let mut c = connect_as(edge.addr, sample_address("GB")).await;
     let line = greeting_line(&mut c).await;
     assert!(line.starts_with("backend=be "), "{line}");
-    let (mut r, mut w) = tokio::io::split(c);
-    let writer = tokio::spawn(async move {
-        w.write_all(b"echo\n").await.unwrap();
-        write_pattern(&mut w, n).await.unwrap();
-        w.shutdown().await.unwrap();
-        w
-    });
-    let echoed = tokio::time::timeout(GIVE_UP, read_pattern(&mut r))
-        .await
-        .expect("the echo ends");
-    assert_eq!(
-        echoed.unwrap(),
-        Some(n),
-        "{engine}, splice {splice}: the echo came back whole and in order, then end-of-file"
-    );
-    let _w = writer.await.unwrap();
-    counted(
-        &edge,
-        r#"edge_bytes_total{direction="up"}"#,
-        (b"echo\n".len() as u64 + n) as f64,
-    )
-    .await;
-    counted(
-        &edge,
-        r#"edge_bytes_total{direction="down"}"#,
-        (line.len() as u64 + n) as f64,
-    )
-    .await;
+    let _halves = echo_whole(c, n, &format!("--engine {engine} --splice {splice}")).await;
+    counted_bytes(&edge, b"echo\n".len() as u64 + n, line.len() as u64 + n).await;
     pipes(edge.pid()).saturating_sub(before)
 }
 
