@@ -3,8 +3,8 @@
 //! backends and relays their bytes, with no async runtime and no task per
 //! connection. Each connection is an entry of the worker's slab, its two
 //! sockets registered once (closing a socket takes it out of the epoll
-//! set: no `epoll_ctl(DEL)`), its relay a [`PairRelay`](crate::data::pair::PairRelay) that says what IO
-//! to do. Connect and idle timeouts, the PROXY header's deadline and paused
+//! set: no `epoll_ctl(DEL)`), its relay a
+//! [`PairRelay`](crate::data::pair::PairRelay) that says what IO to do. Connect and idle timeouts, the PROXY header's deadline and paused
 //! listeners are swept every [`SWEEP`] (no timer per connection), which is
 //! also when the worker's heartbeat is called.
 //!
@@ -23,9 +23,9 @@
 //! socket registered, until a lease answer (every answer wakes the loop:
 //! [`LeaseWait::on_answer`](crate::data::lease_wait::LeaseWait::on_answer))
 //! or its patience runs out, and is decided for again, as the tokio
-//! pipeline does. Bulk transfers splice through
-//! pipes from the worker thread's pool, by the tokio relay's rule (unless
-//! `--splice off`; see [`crate::data::pair`]).
+//! pipeline does. Bulk transfers splice through pipes from the worker
+//! thread's pool, by the tokio relay's rule (unless `--splice off`; see
+//! [`crate::data::pair`]).
 //!
 //! The loop dials backends itself, as [`TcpDialer`] does (the dialer seam
 //! of [`Proxy`] is the tokio pipeline's), so it runs a

@@ -564,6 +564,7 @@ impl PairRelay {
     }
 
     /// Whether the bytes read from `side` move by splice now.
+    #[cfg(test)]
     pub fn is_splicing(&self, side: Side) -> bool {
         self.dirs[side.i()].splicing
     }

@@ -1,11 +1,12 @@
 //! The epoll worker's connections: admitted at accept, held for a PROXY
 //! header ([`super::reading`]), waiting for a lease answer when their
-//! decision found the better backend's lease being asked for, then a pair (client and
-//! backend) connecting with failover ([`super::dial`]), then relaying
-//! through its [`PairRelay`] ([`drive`]). Each is one slab entry; its sockets' tokens
-//! carry the entry's index, the side and, for the backend, a generation
-//! bit that a failover flips (an event of the closed socket that comes in
-//! the same batch carries the old bit and is ignored).
+//! decision found the better backend's lease being asked for, then a pair
+//! (client and backend) connecting with failover ([`super::dial`]), then
+//! relaying through its [`PairRelay`] ([`drive`]). Each is one slab entry;
+//! its sockets' tokens carry the entry's index, the side and, for the
+//! backend, a generation bit that a failover flips (an event of the closed
+//! socket that comes in the same batch carries the old bit and is
+//! ignored).
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +36,13 @@ use crate::data::splice::Pipe;
 use geoedge_access_log::{AccessLog, End as AccessEnd};
 
 mod drive;
+
+/// When a pair's bulk directions splice (unless `splice` is off): the
+/// tokio relay's rule.
+const SPLICE: SpliceRule = SpliceRule {
+    after: SPLICE_AFTER,
+    bulk_read: BULK_READ,
+};
 
 /// A socket's token: slab index, generation bit, side.
 pub(super) fn token(idx: usize, generation: u8, side: Side) -> Token {
@@ -383,15 +391,11 @@ impl EventLoop {
         }
         let uncounted = first.len();
         first.extend_from_slice(&dialing.identity.early);
-        let splice = options.splice.then_some(SpliceRule {
-            after: SPLICE_AFTER,
-            bulk_read: BULK_READ,
-        });
         let relay = PairRelay::new(
             first,
             uncounted,
             options.half_close,
-            splice,
+            options.splice.then_some(SPLICE),
             options.idle_timeout,
             dialing.started,
         );
@@ -643,11 +647,7 @@ fn identity_of<P: DataPath>(
 /// Puts who the client is in its access-log line, if it has one.
 pub(super) fn note_identity(line: Option<&mut LogLine>, identity: &Identity) {
     if let Some(line) = line {
-        line.record.client = identity.source;
-        line.record.country = identity
-            .lookup
-            .country()
-            .and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
+        line.identify(identity.source, identity.lookup.country());
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use geoedge_access_log::{AccessLog, End, Record};
+use geoedge_geoip::CountryCode;
 
 use crate::data::conn_stats::ConnResult;
 use crate::data::relay::Ended;
@@ -57,6 +58,13 @@ impl LogLine {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
         })
+    }
+
+    /// Who the client is: its address (a trusted PROXY header's source, or
+    /// the peer) and its country, when located.
+    pub fn identify(&mut self, client: std::net::SocketAddr, country: Option<CountryCode>) {
+        self.record.client = client;
+        self.record.country = country.and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
     }
 
     /// Writes the line of a connection that ended before its relay.

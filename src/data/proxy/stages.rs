@@ -211,9 +211,7 @@ impl<D: Dialer, P: DataPath> Proxy<D, P> {
             span.record("country", display(country));
         }
         if let Some(line) = conn.log.as_deref_mut() {
-            line.record.client = identity.source;
-            line.record.country =
-                country.and_then(|c| <[u8; 2]>::try_from(c.as_str().as_bytes()).ok());
+            line.identify(identity.source, country);
         }
     }
 

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 
-use super::{reset, Entry};
+use super::{reset, Entry, Pair};
 use crate::data::dialer::TcpDialer;
 use crate::data::event_loop::EventLoop;
 use crate::data::pair::{End, Io, Side};
@@ -25,85 +25,60 @@ impl EventLoop {
         };
         let pool = &mut self.pool;
         let mut ended = None;
-        while let Some(io) = p.relay.poll_io(pool) {
+        let Pair {
+            client,
+            backend,
+            relay,
+            pipes,
+            ..
+        } = &mut **p;
+        let socket = |side| match side {
+            Side::Client => &*client,
+            Side::Backend => &*backend,
+        };
+        while let Some(io) = relay.poll_io(pool) {
             match io {
                 Io::Read(side) => {
-                    let socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    let mut socket = socket;
-                    let result = socket.read(p.relay.read_buf(side, pool));
-                    p.relay.handle_read(side, result, pool);
+                    let result = socket(side).read(relay.read_buf(side, pool));
+                    relay.handle_read(side, result, pool);
                 }
                 Io::Write(side) => {
-                    let mut socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    let result = socket.write(p.relay.write_buf(side));
-                    let counted = p.relay.handle_write(side, result, pool);
-                    if counted > 0 {
-                        match side {
-                            Side::Backend => proxy.conns.up().add(counted),
-                            Side::Client => proxy.conns.down().add(counted),
-                        }
-                    }
+                    let result = socket(side).write(relay.write_buf(side));
+                    let n = relay.handle_write(side, result, pool);
+                    count_moved(proxy, side, n);
                 }
                 Io::SpliceIn(side) => {
-                    let socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    let pipes = p.pipes.get_or_insert_with(Default::default);
-                    let held = &mut pipes[side as usize];
+                    let socket = socket(side);
+                    let held = &mut pipes.get_or_insert_with(Default::default)[side as usize];
                     if held.is_none() {
                         *held = Pipe::take();
                     }
                     match held {
-                        Some(pipe) => p.relay.handle_splice_in(side, pipe.fill_from(socket)),
-                        None => p.relay.handle_no_pipe(side),
+                        Some(pipe) => relay.handle_splice_in(side, pipe.fill_from(socket)),
+                        None => relay.handle_no_pipe(side),
                     }
-                    if !p.relay.holds_pipe(side) {
+                    if !relay.holds_pipe(side) {
                         *held = None;
                     }
                 }
                 Io::SpliceOut(side) => {
-                    let socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
                     let src = side.other();
-                    let held = p.pipes.as_mut().map(|pipes| &mut pipes[src as usize]);
+                    let held = pipes.as_mut().map(|held| &mut held[src as usize]);
                     let result = match held {
-                        Some(Some(pipe)) => pipe.drain_to(socket),
+                        Some(Some(pipe)) => pipe.drain_to(socket(side)),
                         _ => Err(io::Error::other("relay pipe missing")),
                     };
-                    let counted = p.relay.handle_splice_out(side, result);
-                    if counted > 0 {
-                        match side {
-                            Side::Backend => proxy.conns.up().add(counted),
-                            Side::Client => proxy.conns.down().add(counted),
-                        }
-                    }
-                    if !p.relay.holds_pipe(src) {
-                        if let Some(pipes) = p.pipes.as_mut() {
-                            pipes[src as usize] = None;
+                    let n = relay.handle_splice_out(side, result);
+                    count_moved(proxy, side, n);
+                    if !relay.holds_pipe(src) {
+                        if let Some(held) = pipes.as_mut() {
+                            held[src as usize] = None;
                         }
                     }
                 }
                 Io::Shutdown(side) => {
-                    let socket = if side == Side::Client {
-                        &p.client
-                    } else {
-                        &p.backend
-                    };
-                    p.relay
-                        .handle_shutdown(side, socket.shutdown(Shutdown::Write));
+                    let result = socket(side).shutdown(Shutdown::Write);
+                    relay.handle_shutdown(side, result);
                 }
                 Io::Close { end } => ended = Some(end),
             }
@@ -133,5 +108,16 @@ impl EventLoop {
             End::Error => tracing::debug!(up, down, "relay ended by a socket error"),
         }
         self.release(idx);
+    }
+}
+
+/// Counts `n` bytes written to `side` (to the backend: up; to the client:
+/// down).
+fn count_moved<P: DataPath>(proxy: &Proxy<TcpDialer, P>, side: Side, n: u64) {
+    if n > 0 {
+        match side {
+            Side::Backend => proxy.conns.up().add(n),
+            Side::Client => proxy.conns.down().add(n),
+        }
     }
 }
