@@ -1,11 +1,10 @@
 //! Worker threads for client connections (named `ge-worker-N`: the kernel
-//! keeps 15 bytes of a thread's name, shown by `top -H`, `ps -L` and perf):
-//! each runs a single-threaded
-//! tokio runtime with its own `SO_REUSEPORT` listener for every client
-//! address, so the kernel spreads new connections over the workers and a
-//! connection stays on the thread that accepted it (no work stealing, no
-//! cross-thread wake-ups on the relay path). Control work (reloads,
-//! metrics, signals, the WireGuard device) stays on the main runtime.
+//! keeps 15 bytes of a thread's name, shown by `top -H`, `ps -L` and perf),
+//! each with its own `SO_REUSEPORT` listener for every client address, so
+//! the kernel spreads new connections over the workers and a connection
+//! stays on the thread that accepted it (no work stealing, no cross-thread
+//! wake-ups on the relay path). Control work (reloads, metrics, signals,
+//! the WireGuard device) stays on the main runtime.
 //!
 //! The listeners are bound before the workers start: the first for each
 //! address as asked (port 0 picks a port), the others on the address the
@@ -13,16 +12,16 @@
 //! addresses while an old one drains: only one started with `--takeover`
 //! does ([`crate::control::takeover`] refuses the others before they bind).
 //!
-//! Each worker also ticks its entry of the [`Heartbeats`] from a task on
-//! its own runtime, so a worker whose thread is stuck stops feeding the
-//! systemd watchdog.
-//!
-//! With `engine = "epoll"` ([`Engine::Epoll`]) the thread `ge-worker-N`
-//! runs the worker's epoll loop ([`crate::data::event_loop`]) over the
-//! same listeners instead, and ticks the heartbeat at each of its sweeps;
-//! a task on the control plane's runtime wakes the loop when the edge
-//! stops accepting and when the drain is over, and every lease answer
+//! With `engine = "epoll"` ([`Engine::Epoll`], the default) each thread
+//! runs the worker's epoll loop ([`crate::data::event_loop`]) over its
+//! listeners and ticks its entry of the [`Heartbeats`] at each of its
+//! sweeps, so a worker whose thread is stuck stops feeding the systemd
+//! watchdog; a task on the control plane's runtime wakes the loop when the
+//! edge stops accepting and when the drain is over, and every lease answer
 //! wakes it (its clients waiting for one are decided for again).
+//!
+//! With `engine = "tokio"` ([`Engine::Tokio`]) each thread runs a
+//! single-threaded tokio runtime, and a task on it ticks the heartbeat.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

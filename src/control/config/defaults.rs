@@ -122,9 +122,9 @@ pub const ACCESS_LOG_QUEUE: usize = 64 * 1024;
 pub const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 /// `workers`' bounds (the default is one per CPU).
 pub const WORKERS_RANGE: RangeInclusive<usize> = 1..=1024;
-/// `engine`: each worker's connections on a tokio runtime (`epoll`: on
-/// the worker's own epoll loop).
-pub const ENGINE: &str = "tokio";
+/// `engine`: each worker's connections on the worker's own epoll loop
+/// (`tokio`: on a tokio runtime per worker).
+pub const ENGINE: &str = "epoll";
 /// `binding_ipv4_prefix`' bounds.
 pub const BINDING_IPV4_PREFIX_RANGE: RangeInclusive<u8> = 0..=32;
 /// `binding_ipv6_prefix`' bounds.

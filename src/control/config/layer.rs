@@ -149,16 +149,16 @@ pub struct Layer {
     )]
     pub drain_timeout: Option<HumanDuration>,
 
-    /// Worker threads serving client connections, each with its own runtime and its own SO_REUSEPORT listener per address.
+    /// Worker threads serving client connections, each with its own epoll loop (or runtime) and its own SO_REUSEPORT listener per address.
     #[arg(long, env = "GEOEDGE_WORKERS", global = true, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// How each worker runs client connections: tokio (a runtime per worker, every feature) or epoll (its own epoll loop, less CPU per connection, every feature); fixed at start.
+    /// How each worker runs client connections: epoll (its own epoll loop, less CPU per connection) or tokio (a runtime per worker), every feature on either [default: epoll]; fixed at start.
     #[arg(
         long,
         env = "GEOEDGE_ENGINE",
         global = true,
-        value_name = "tokio|epoll"
+        value_name = "epoll|tokio"
     )]
     pub engine: Option<String>,
 
