@@ -19,7 +19,11 @@ struct NetNs(Netns);
 impl NetNs {
     fn new(tag: &str) -> NetNs {
         let name = format!("geLc{tag}{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // One left by an earlier run of this process id (quietly: `ip`
+        // complains about a namespace that is not there).
+        if Path::new("/run/netns").join(&name).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
         NetNs(Netns::new(name))
     }
 
