@@ -4,6 +4,20 @@
 
 use super::*;
 
+/// An epoll edge that trusts PROXY headers from loopback and sends v1 to
+/// its backends.
+fn trusting_v1_edge(db: &Path) -> Edge {
+    Edge::start(&bare_epoll_args(
+        db,
+        &[
+            "--proxy-protocol-from",
+            "127.0.0.1/32",
+            "--send-proxy-protocol",
+            "v1",
+        ],
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_header_v1_or_v2_places_the_client_and_the_bytes_behind_it_arrive() {
     let dir = tempfile::tempdir().unwrap();
@@ -11,15 +25,7 @@ async fn a_proxy_header_v1_or_v2_places_the_client_and_the_bytes_behind_it_arriv
     let (eu, us) = (Backend::start("eu-1").await, Backend::start("us-1").await);
     add_backend(&db, "eu-1", "eu", "GB", eu.addr, 100, 200);
     add_backend(&db, "us-1", "us", "US", us.addr, 100, 200);
-    let edge = Edge::start(&bare_epoll_args(
-        &db,
-        &[
-            "--proxy-protocol-from",
-            "127.0.0.1/32",
-            "--send-proxy-protocol",
-            "v1",
-        ],
-    ));
+    let edge = trusting_v1_edge(&db);
     let port = edge.addr.port();
     let (gb, us_ip) = (sample_address("GB"), sample_address("US"));
     let mut v1 = format!("PROXY TCP4 {gb} 127.0.0.1 40000 {port}\r\n").into_bytes();
@@ -127,15 +133,7 @@ async fn the_backend_receives_the_proxy_header_it_is_configured_for() {
         local
     }
 
-    let edge = Edge::start(&bare_epoll_args(
-        &db,
-        &[
-            "--proxy-protocol-from",
-            "127.0.0.1/32",
-            "--send-proxy-protocol",
-            "v1",
-        ],
-    ));
+    let edge = trusting_v1_edge(&db);
     let port = edge.addr.port();
     // A trusted v1 header.
     let v1 = format!("PROXY TCP4 81.2.69.160 127.0.0.1 40000 {port}\r\n");
