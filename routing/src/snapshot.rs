@@ -7,7 +7,7 @@
 //!
 //! [`build`] makes a snapshot from nothing; [`rebuild`] validates every row
 //! the same way but keeps the parts of the snapshot in service that the
-//! rows describe unchanged (see [`assemble`](self::assemble)), so a reload
+//! rows describe unchanged (see [`assemble`]), so a reload
 //! allocates in proportion to what it changed. Both give the same snapshot.
 
 use std::collections::HashMap;

@@ -11,7 +11,7 @@
 //!   `sendmsg` each, through quinn-udp).
 //! - UDP → TUN: one `recvmmsg` of up to 32 buffers (UDP GRO coalesces a
 //!   sender's burst into one buffer); the datagrams are decrypted under one
-//!   lock into [`TUN_BATCH`] packet buffers, which [`Coalescer`] merges
+//!   lock into [`TUN_BATCH`] packet buffers, which [`Coalescer`](crate::gro::Coalescer) merges
 //!   back into TCP super-packets (GRO) before they are written; handshake
 //!   replies and what queued behind a handshake go out as one batch.
 //! - a 100 ms timer tick.

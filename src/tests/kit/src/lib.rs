@@ -1,5 +1,5 @@
 //! The scaffolding geoedge's tests share, written once: network namespaces
-//! and veth pairs ([`netns`]), why a test skips ([`skip`]), the `sqlite3`,
+//! and veth pairs ([`netns`]), why a test skips ([`mod@skip`]), the `sqlite3`,
 //! `ip` and other commands ([`cmd`]), the `geoedge` process ([`process`]),
 //! echo backends and PROXY clients ([`backend`]), HTTP scrapes of the
 //! metrics listener ([`http`]), real `nats-server`s ([`nats`]), TCP/IP packet builders ([`packet`]), the
