@@ -1,5 +1,6 @@
-//! Driving one pair's relay: the IO its [`PairRelay`](crate::data::pair::PairRelay) asks for, done on
-//! the pair's sockets (reads and writes through the worker's buffers,
+//! Driving one pair's relay: the IO its
+//! [`PairRelay`](crate::data::pair::PairRelay) asks for, done on the pair's
+//! sockets (reads and writes through the worker's buffers,
 //! splices through pipes from the worker thread's pool, shutdowns), the
 //! bytes counted, and the pair closed, logged and released once it is
 //! over.
