@@ -8,8 +8,8 @@
 //!   no clock.
 //! - [`status`]: each POP's report and how `geoedge db status` reads it
 //!   (current, behind, silent, diverged); no IO, `now` passed in.
-//! - [`file`](mod@file): routing.db files: a consistent copy of the master, its
-//!   digest and validation, the install beside routing.db by rename, and
+//! - [`file`](mod@file): routing.db files: a consistent copy of the master,
+//!   its digest and validation, the install beside routing.db by rename, and
 //!   the record of the installed revision.
 //! - [`creds`]: reading a NATS credentials file (refused when group- or
 //!   world-readable) and making users for the server's configuration.

@@ -132,8 +132,8 @@ pub struct Changes {
 }
 
 /// Compares two sets of settings key by key (the names are the TOML
-/// keys): a key of [`LiveSettings`](crate::control::config::LiveSettings) that differs applies live, any other
-/// needs a restart. The keys come from the settings' own structure, so a
+/// keys): a key of [`LiveSettings`](crate::control::config::LiveSettings)
+/// that differs applies live, any other needs a restart. The keys come from the settings' own structure, so a
 /// new setting is compared (and sorted live or not) without a list to keep.
 pub fn diff(old: &Settings, new: &Settings) -> Changes {
     let keys = |s: &Settings| match serde_json::to_value(s) {

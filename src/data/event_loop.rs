@@ -4,7 +4,8 @@
 //! connection. Each connection is an entry of the worker's slab, its two
 //! sockets registered once (closing a socket takes it out of the epoll
 //! set: no `epoll_ctl(DEL)`), its relay a
-//! [`PairRelay`](crate::data::pair::PairRelay) that says what IO to do. Connect and idle timeouts, the PROXY header's deadline and paused
+//! [`PairRelay`](crate::data::pair::PairRelay) that says what IO to do.
+//! Connect and idle timeouts, the PROXY header's deadline and paused
 //! listeners are swept every [`SWEEP`] (no timer per connection), which is
 //! also when the worker's heartbeat is called.
 //!

@@ -1,10 +1,11 @@
 //! The scaffolding geoedge's tests share, written once: network namespaces
-//! and veth pairs ([`netns`]), why a test skips ([`mod@skip`]), the `sqlite3`,
-//! `ip` and other commands ([`cmd`]), the `geoedge` process ([`process`]),
-//! echo backends and PROXY clients ([`backend`]), HTTP scrapes of the
-//! metrics listener ([`http`]), real `nats-server`s ([`nats`]), TCP/IP packet builders ([`packet`]), the
-//! WireGuard handshake flooder (`handshake_flood`, feature `wireguard`) and the
-//! lock the heavy tests take ([`HEAVY`]).
+//! and veth pairs ([`netns`]), why a test skips ([`mod@skip`]), the
+//! `sqlite3`, `ip` and other commands ([`cmd`]), the `geoedge` process
+//! ([`process`]), echo backends and PROXY clients ([`backend`]), HTTP
+//! scrapes of the metrics listener ([`http`]), real `nats-server`s
+//! ([`nats`]), TCP/IP packet builders ([`packet`]), the WireGuard handshake
+//! flooder (`handshake_flood`, feature `wireguard`) and the lock the heavy
+//! tests take ([`HEAVY`]).
 //!
 //! Everything is re-exported at the top, so a test file says
 //! `use geoedge_testkit::*;`. The kit is a dev-dependency only. Without its
